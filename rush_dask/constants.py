@@ -1,0 +1,122 @@
+"""States, defaults and the Redis key layout of a network.
+
+Every key of network ``NET`` starts with ``rush:{NET}:``. The braces are a
+Redis Cluster hash tag: all keys of one network land in one hash slot, so the
+Lua scripts may touch any of them and a clustered Redis can host many
+networks side by side.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Task states.
+QUEUED = "queued"
+RUNNING = "running"
+FINISHED = "finished"
+FAILED = "failed"
+TASK_STATES = (QUEUED, RUNNING, FINISHED, FAILED)
+
+# Worker states.
+TERMINATED = "terminated"
+KILLED = "killed"
+LOST = "lost"
+WORKER_STATES = (RUNNING, TERMINATED, KILLED, LOST)
+
+DEFAULT_HEARTBEAT_PERIOD = 5.0
+DEFAULT_HEARTBEAT_EXPIRE = 30.0
+DEFAULT_MAX_LOST = 3  # like distributed's allowed-failures
+DEFAULT_REDIS_RETRY_TIMEOUT = 60.0
+LOG_MAX_RECORDS = 10_000  # per worker; older records are trimmed
+WAKE_TOKENS_MAX = 64
+
+_NETWORK_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+def check_network_id(network_id: str) -> str:
+    """Return ``network_id`` if it is a usable network name, else raise ValueError."""
+    if not isinstance(network_id, str) or not _NETWORK_ID.match(network_id):
+        raise ValueError(
+            f"network_id must be 1-128 characters of letters, digits, '_', '.' or '-'; "
+            f"got {network_id!r}"
+        )
+    return network_id
+
+
+class Keys:
+    """Names of the Redis keys of one network.
+
+    >>> Keys("test").task("abc")
+    'rush:{test}:task:abc'
+    """
+
+    def __init__(self, network_id: str):
+        self.network_id = check_network_id(network_id)
+        self.prefix = f"rush:{{{network_id}}}:"
+
+    # Tasks
+    def task(self, key: str) -> str:  # hash: xs, ys, state, worker_id, timestamps ...
+        return f"{self.prefix}task:{key}"
+
+    @property
+    def all_tasks(self) -> str:  # list of every task key, in push order
+        return self.prefix + "tasks"
+
+    @property
+    def queue(self) -> str:  # sorted set: the shared queue, lowest score first
+        return self.prefix + "queue"
+
+    def priority_queue(self, worker_id: str) -> str:  # list: one worker's own queue
+        return f"{self.prefix}pq:{worker_id}"
+
+    @property
+    def running(self) -> str:  # set of running task keys
+        return self.prefix + "running"
+
+    @property
+    def finished(self) -> str:  # list of finished task keys, in finish order
+        return self.prefix + "finished"
+
+    @property
+    def failed(self) -> str:  # list of failed task keys, in failure order
+        return self.prefix + "failed"
+
+    @property
+    def seq(self) -> str:  # counter giving every task its submission number
+        return self.prefix + "seq"
+
+    def function(self, fun_id: str) -> str:  # a pickled function shared by many tasks
+        return f"{self.prefix}fun:{fun_id}"
+
+    # Workers
+    @property
+    def worker_states(self) -> str:  # hash worker_id -> state
+        return self.prefix + "worker_states"
+
+    def worker(self, worker_id: str) -> str:  # hash: pid, hostname, started_at ...
+        return f"{self.prefix}worker:{worker_id}"
+
+    def heartbeat(self, worker_id: str) -> str:  # string with a TTL
+        return f"{self.prefix}hb:{worker_id}"
+
+    def held(self, worker_id: str) -> str:  # set of task keys a worker holds
+        return f"{self.prefix}held:{worker_id}"
+
+    def start_config(self, start_id: str) -> str:  # hash: fun, loop, constants
+        return f"{self.prefix}start:{start_id}"
+
+    def log(self, worker_id: str) -> str:  # list of JSON log records
+        return f"{self.prefix}log:{worker_id}"
+
+    @property
+    def wake(self) -> str:  # list of tokens that wake idle workers
+        return self.prefix + "wake"
+
+    def wake_worker(self, worker_id: str) -> str:
+        return f"{self.prefix}wake:{worker_id}"
+
+    @property
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of this network (and nothing else)."""
+        escaped = re.sub(r"([\[\]*?\\])", r"\\\1", self.prefix)
+        return escaped + "*"

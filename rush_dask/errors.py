@@ -1,0 +1,21 @@
+"""Exceptions raised by rush_dask."""
+
+
+class RushError(Exception):
+    """Base class of rush_dask's own errors."""
+
+
+class RedisUnavailableError(RushError, ConnectionError):
+    """Redis cannot be reached or refused the credentials."""
+
+
+class WorkerStartError(RushError):
+    """A worker process exited before it registered with the network."""
+
+
+class TaskTimeoutError(RushError, TimeoutError):
+    """A task ran longer than the ``timeout`` it was pushed with."""
+
+
+class WorkerLostError(RushError):
+    """The worker was declared lost or killed; its late result was dropped."""

@@ -1,0 +1,393 @@
+"""The read side of a network, shared by the controller and the workers.
+
+:class:`NetworkView` answers "what is in Redis now": counters, worker lists,
+tasks as pandas DataFrames, logs. It holds no state of its own except an
+incremental cache of finished tasks, so any number of views, in any
+process, see the same network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from . import constants as C
+from .serialize import loads
+
+if TYPE_CHECKING:  # pandas is imported lazily: workers that never fetch don't pay for it
+    import pandas as pd
+
+HOSTNAME = socket.gethostname()
+
+# Fields read for every task row, in this order.
+_TASK_FIELDS = (
+    "xs", "ys", "extra", "state", "worker_id", "queued_at", "started_at",
+    "finished_at", "attempts", "error", "seq",
+)
+_META_COLUMNS = (
+    "state", "worker_id", "pid", "keys", "queued_at", "started_at",
+    "finished_at", "attempts", "error",
+)
+_BATCH = 5_000
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class NetworkView:
+    """Counters, worker lists and DataFrames of one network (needs ``client``, ``keys``)."""
+
+    client: Any
+    keys: C.Keys
+    scripts: Any
+
+    def _init_view(self) -> None:
+        self._finished_offset = 0
+        self._finished_frames: list[pd.DataFrame] = []
+        self._new_offset = 0
+        self._pids: dict[str, int | None] = {}
+
+    @property
+    def network_id(self) -> str:
+        return self.keys.network_id
+
+    # ------------------------------------------------------------------ workers
+    def _worker_states(self) -> dict[str, str]:
+        raw = self.client.hgetall(self.keys.worker_states)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def _ids_in_state(self, state: str) -> list[str]:
+        return sorted(w for w, s in self._worker_states().items() if s == state)
+
+    @property
+    def worker_ids(self) -> list[str]:
+        """Ids of every worker that ever registered with the network."""
+        return sorted(self._worker_states())
+
+    @property
+    def running_worker_ids(self) -> list[str]:
+        """Ids of the workers in state ``running``."""
+        return self._ids_in_state(C.RUNNING)
+
+    @property
+    def terminated_worker_ids(self) -> list[str]:
+        """Ids of the workers that stopped gracefully."""
+        return self._ids_in_state(C.TERMINATED)
+
+    @property
+    def killed_worker_ids(self) -> list[str]:
+        """Ids of the workers killed by ``stop_workers(type="kill")``."""
+        return self._ids_in_state(C.KILLED)
+
+    @property
+    def lost_worker_ids(self) -> list[str]:
+        """Ids of the workers that crashed or became unreachable."""
+        return self._ids_in_state(C.LOST)
+
+    n_workers = property(lambda self: len(self.worker_ids), doc="Number of workers ever registered.")
+    n_running_workers = property(lambda self: len(self.running_worker_ids), doc="Running workers.")
+    n_terminated_workers = property(lambda self: len(self.terminated_worker_ids), doc="Terminated workers.")
+    n_killed_workers = property(lambda self: len(self.killed_worker_ids), doc="Killed workers.")
+    n_lost_workers = property(lambda self: len(self.lost_worker_ids), doc="Lost workers.")
+
+    def _worker_records(self, worker_ids: Sequence[str]) -> list[dict[str, Any]]:
+        pipe = self.client.pipeline(transaction=False)
+        for wid in worker_ids:
+            pipe.hgetall(self.keys.worker(wid))
+            pipe.pttl(self.keys.heartbeat(wid))
+        replies = pipe.execute()
+        records = []
+        for i, wid in enumerate(worker_ids):
+            raw = {k.decode(): v.decode() for k, v in replies[2 * i].items()}
+            ttl = replies[2 * i + 1]
+            raw["worker_id"] = wid
+            raw["heartbeat_ttl"] = ttl / 1000 if ttl and ttl > 0 else None
+            records.append(raw)
+        return records
+
+    @property
+    def worker_info(self) -> "pd.DataFrame":
+        """One row per worker: worker_id, pid, hostname, state, heartbeat, resources, times.
+
+        >>> rush.worker_info[["worker_id", "state"]]   # doctest: +SKIP
+        """
+        import pandas as pd
+
+        states = self._worker_states()
+        records = self._worker_records(sorted(states))
+        rows = []
+        for rec in records:
+            rows.append({
+                "worker_id": rec["worker_id"],
+                "state": states[rec["worker_id"]],
+                "pid": int(rec["pid"]) if rec.get("pid") else None,
+                "hostname": rec.get("hostname"),
+                "heartbeat_period": float(rec["heartbeat_period"]) if rec.get("heartbeat_period") else None,
+                "heartbeat_expire": float(rec["heartbeat_expire"]) if rec.get("heartbeat_expire") else None,
+                "heartbeat": rec["heartbeat_ttl"] is not None,
+                "resources": json.loads(rec.get("resources") or "{}"),
+                "started_at": _timestamp(rec.get("started_at")),
+                "stopped_at": _timestamp(rec.get("stopped_at")),
+            })
+        columns = ["worker_id", "state", "pid", "hostname", "heartbeat_period",
+                   "heartbeat_expire", "heartbeat", "resources", "started_at", "stopped_at"]
+        frame = pd.DataFrame(rows, columns=columns)
+        for col in ("started_at", "stopped_at"):
+            frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+        return frame.sort_values("started_at", kind="stable").reset_index(drop=True)
+
+    def _check_worker_ids(self, worker_ids: Iterable[str]) -> list[str]:
+        if isinstance(worker_ids, str):
+            worker_ids = [worker_ids]
+        worker_ids = list(worker_ids)
+        known = self._worker_states()
+        unknown = [w for w in worker_ids if w not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown worker id(s) {unknown} in network {self.network_id!r}; "
+                f"known ids are in rush.worker_ids ({len(known)} workers)"
+            )
+        return worker_ids
+
+    def _dead_local_workers(self) -> list[str]:
+        """Running workers on this host whose process no longer exists."""
+        running = self.running_worker_ids
+        if not running:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for wid in running:
+            pipe.hmget(self.keys.worker(wid), "hostname", "pid")
+        dead = []
+        for wid, (host, pid) in zip(running, pipe.execute()):
+            if host is not None and pid and host.decode() == HOSTNAME and not pid_alive(int(pid)):
+                dead.append(wid)
+        return dead
+
+    def _sweep_lost_workers(self, dead: Sequence[str] = ()) -> list[str]:
+        reason = "worker lost (heartbeat expired or process gone); the task was lost too often"
+        changed = self.scripts.mark_workers(args=[self.keys.prefix, C.LOST, reason, "1", *dead])
+        return [w.decode() for w in changed]
+
+    # -------------------------------------------------------------------- tasks
+    @property
+    def n_queued_tasks(self) -> int:
+        """Tasks waiting in the shared queue."""
+        return self.client.zcard(self.keys.queue)
+
+    @property
+    def n_queued_priority_tasks(self) -> int:
+        """Tasks waiting in the workers' own queues."""
+        workers = list(self._worker_states())
+        pipe = self.client.pipeline(transaction=False)
+        for wid in workers:
+            pipe.llen(self.keys.priority_queue(wid))
+        return sum(pipe.execute()) if workers else 0
+
+    @property
+    def n_running_tasks(self) -> int:
+        """Tasks that a worker is running now."""
+        return self.client.scard(self.keys.running)
+
+    @property
+    def n_finished_tasks(self) -> int:
+        """Tasks that finished."""
+        return self.client.llen(self.keys.finished)
+
+    @property
+    def n_failed_tasks(self) -> int:
+        """Tasks that failed for good."""
+        return self.client.llen(self.keys.failed)
+
+    @property
+    def n_tasks(self) -> int:
+        """Every task ever pushed to the network."""
+        return self.client.llen(self.keys.all_tasks)
+
+    def _counts(self) -> dict[str, int]:
+        states = self._worker_states()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.queue)
+        for wid in states:
+            pipe.llen(self.keys.priority_queue(wid))
+        pipe.scard(self.keys.running)
+        pipe.llen(self.keys.finished)
+        pipe.llen(self.keys.failed)
+        replies = pipe.execute()
+        return {
+            "running_workers": sum(1 for s in states.values() if s == C.RUNNING),
+            "queued": replies[0],
+            "priority": sum(replies[1:-3]),
+            "running": replies[-3],
+            "finished": replies[-2],
+            "failed": replies[-1],
+        }
+
+    def _task_rows(self, keys: Sequence[str]) -> "pd.DataFrame":
+        import pandas as pd
+
+        records: list[list[Any]] = []
+        for start in range(0, len(keys), _BATCH):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys[start:start + _BATCH]:
+                pipe.hmget(self.keys.task(key), _TASK_FIELDS)
+            records.extend(pipe.execute())
+
+        inputs: dict[str, list[Any]] = {}
+        n = len(records)
+
+        def put(name: str, i: int, value: Any) -> None:
+            column = inputs.get(name)
+            if column is None:
+                column = inputs[name] = [None] * n
+            column[i] = value
+
+        meta: dict[str, list[Any]] = {name: [None] * n for name in _META_COLUMNS}
+        seqs = [0] * n
+        for i, (xs, ys, extra, state, wid, qat, sat, fat, attempts, error, seq) in enumerate(records):
+            for blob in (xs, ys, extra):
+                if blob:
+                    for name, value in loads(blob).items():
+                        put(name, i, value)
+            meta["state"][i] = _text(state)
+            meta["worker_id"][i] = _text(wid)
+            meta["keys"][i] = keys[i]
+            meta["queued_at"][i] = float(qat) if qat else None
+            meta["started_at"][i] = float(sat) if sat else None
+            meta["finished_at"][i] = float(fat) if fat else None
+            meta["attempts"][i] = int(attempts) if attempts else 0
+            meta["error"][i] = _text(error)
+            seqs[i] = int(seq) if seq else 0
+        meta["pid"] = self._pids_of(meta["worker_id"])
+        meta.pop("keys")
+        columns = {**inputs, **meta, "keys": list(keys)}
+        order = [*inputs, "pid", "worker_id", "state", "keys", "queued_at", "started_at",
+                 "finished_at", "attempts", "error"]
+        frame = pd.DataFrame({name: columns[name] for name in order})
+        for col in ("queued_at", "started_at", "finished_at"):
+            frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+        frame["pid"] = frame["pid"].astype("Int64")
+        frame["attempts"] = frame["attempts"].astype("int64")
+        frame.attrs["seq"] = seqs
+        return frame
+
+    def _pids_of(self, worker_ids: Sequence[str | None]) -> list[int | None]:
+        missing = sorted({w for w in worker_ids if w and w not in self._pids})
+        if missing:
+            pipe = self.client.pipeline(transaction=False)
+            for wid in missing:
+                pipe.hget(self.keys.worker(wid), "pid")
+            for wid, pid in zip(missing, pipe.execute()):
+                self._pids[wid] = int(pid) if pid else None
+        return [self._pids.get(w) if w else None for w in worker_ids]
+
+    def _keys_of(self, key: str, *, sorted_set: bool = False) -> list[str]:
+        raw = self.client.zrange(key, 0, -1) if sorted_set else self.client.lrange(key, 0, -1)
+        return [k.decode() for k in raw]
+
+    def fetch_tasks(self) -> "pd.DataFrame":
+        """Every task of the network, in push order, with inputs, outputs and state.
+
+        >>> rush.fetch_tasks()[["x1", "x2", "y", "state"]]   # doctest: +SKIP
+        """
+        return self._task_rows(self._keys_of(self.keys.all_tasks))
+
+    @property
+    def data(self) -> "pd.DataFrame":
+        """All tasks as a DataFrame (same as :meth:`fetch_tasks`)."""
+        return self.fetch_tasks()
+
+    def fetch_queued_tasks(self) -> "pd.DataFrame":
+        """Tasks waiting in the shared queue, in the order they will be popped."""
+        return self._task_rows(self._keys_of(self.keys.queue, sorted_set=True))
+
+    def fetch_priority_tasks(self) -> "pd.DataFrame":
+        """Tasks waiting in the workers' own queues (column ``worker_id`` is empty until popped)."""
+        keys: list[str] = []
+        for wid in self.worker_ids:
+            keys.extend(self._keys_of(self.keys.priority_queue(wid)))
+        return self._task_rows(keys)
+
+    def fetch_running_tasks(self) -> "pd.DataFrame":
+        """Tasks that a worker is running now."""
+        keys = sorted(k.decode() for k in self.client.smembers(self.keys.running))
+        return self._task_rows(keys)
+
+    def fetch_failed_tasks(self) -> "pd.DataFrame":
+        """Tasks that failed for good, with the ``error`` column set."""
+        return self._task_rows(self._keys_of(self.keys.failed))
+
+    def fetch_finished_tasks(self) -> "pd.DataFrame":
+        """Finished tasks, in finish order. Incremental: each call reads only the new ones.
+
+        >>> rush.fetch_finished_tasks()["y"].max()   # doctest: +SKIP
+        """
+        import pandas as pd
+
+        new = [k.decode() for k in self.client.lrange(self.keys.finished, self._finished_offset, -1)]
+        if new:
+            self._finished_frames = [pd.concat([*self._finished_frames, self._task_rows(new)],
+                                               ignore_index=True)]
+            self._finished_offset += len(new)
+        if not self._finished_frames:
+            return self._task_rows([])
+        return self._finished_frames[0].copy()
+
+    def fetch_new_tasks(self, timeout: float = 0) -> "pd.DataFrame":
+        """Tasks finished since the previous call; waits up to ``timeout`` s for at least one.
+
+        >>> for _ in range(10):
+        ...     new = rush.fetch_new_tasks(timeout=5)    # doctest: +SKIP
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            new = self.client.lrange(self.keys.finished, self._new_offset, -1)
+            if new or time.monotonic() >= deadline:
+                break
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+            delay = min(delay * 2, 0.05)
+        self._new_offset += len(new)
+        return self._task_rows([k.decode() for k in new])
+
+    # --------------------------------------------------------------------- logs
+    def read_log(self, worker_ids: Iterable[str] | None = None) -> "pd.DataFrame":
+        """Log records that workers (and code in tasks) wrote with ``logging``.
+
+        Returns columns time, worker_id, level, logger, message, oldest first.
+
+        >>> rush.read_log()[["worker_id", "message"]]   # doctest: +SKIP
+        """
+        import pandas as pd
+
+        ids = self.worker_ids if worker_ids is None else self._check_worker_ids(worker_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for wid in ids:
+            pipe.lrange(self.keys.log(wid), 0, -1)
+        rows = []
+        for wid, entries in zip(ids, pipe.execute() if ids else []):
+            for entry in entries:
+                record = json.loads(entry)
+                record["worker_id"] = wid
+                rows.append(record)
+        frame = pd.DataFrame(rows, columns=["time", "worker_id", "level", "logger", "message"])
+        frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
+        return frame.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def _timestamp(value: str | None) -> float | None:
+    return float(value) if value else None

@@ -1,0 +1,467 @@
+"""The controller :class:`Rush`: start workers, push tasks, wait, fetch results."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import signal
+import tempfile
+import time
+import uuid
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from . import constants as C
+from .connections import connect, current_plan, redact, resolve_url
+from .errors import WorkerStartError
+from .network import HOSTNAME, NetworkView, pid_alive
+from .processes import WorkerProcess, spawn_worker, stop_processes
+from .scripts import Scripts
+from .serialize import content_id, dumps, dumps_function
+from .tasks import check_xss, new_keys
+from .worker import check_heartbeat
+
+logger = logging.getLogger("rush_dask")
+
+_PUSH_BATCH = 1_000  # tasks per script call; calls are pipelined
+_live_controllers: "weakref.WeakSet[Rush]" = weakref.WeakSet()
+
+
+def _stop_all_at_exit() -> None:
+    for rush in list(_live_controllers):
+        rush.close()
+
+
+atexit.register(_stop_all_at_exit)
+
+
+class Rush(NetworkView):
+    """The controller of a network: start workers, push tasks, wait, read results.
+
+    >>> from rush_dask import Rush
+    >>> rush = Rush("test")                           # doctest: +SKIP
+    >>> def fun(x1, x2, **kwargs):
+    ...     return {"y": x1 + x2}
+    >>> rush.start_workers(fun, n_workers=2)          # doctest: +SKIP
+    >>> keys = rush.push_tasks([{"x1": 3, "x2": 5}])  # doctest: +SKIP
+    >>> rush.wait_for_tasks(keys)                     # doctest: +SKIP
+    >>> rush.data[["x1", "x2", "y", "state"]]         # doctest: +SKIP
+
+    Redis comes from ``url=``, else ``$RUSH_REDIS_URL``, else
+    :func:`rush_dask.plan`, else a private server started on first use.
+    Any number of controllers, in any process, may attach to one network.
+    """
+
+    def __init__(self, network_id: str | None = None, url: str | None = None, *,
+                 seed: int | None = None, **options: Any):
+        if options:
+            raise TypeError(f"unknown option(s) {sorted(options)} for Rush()")
+        if seed is not None and (not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.keys = C.Keys(network_id or f"rush-{uuid.uuid4().hex[:8]}")
+        self.url = resolve_url(url)
+        self.client = connect(self.url)
+        self.scripts = Scripts(self.client)
+        self.seed = seed
+        self._init_view()
+        self._processes: dict[str, WorkerProcess] = {}
+        self._log_dir: Path | None = None
+        _live_controllers.add(self)
+
+    def __repr__(self) -> str:
+        try:
+            c = self._counts()
+        except Exception as exc:  # a repr must not raise
+            return f"<Rush network={self.network_id!r} url={redact(self.url)} (unreachable: {type(exc).__name__})>"
+        return (f"<Rush network={self.network_id!r}: {c['running_workers']} running workers; tasks: "
+                f"{c['queued']} queued, {c['priority']} queued priority, {c['running']} running, "
+                f"{c['finished']} finished, {c['failed']} failed>")
+
+    def __enter__(self) -> "Rush":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ workers
+    def start_workers(
+        self,
+        fun: Callable | None = None,
+        n_workers: int | None = None,
+        *,
+        worker_loop: Callable | None = None,
+        heartbeat_period: float = C.DEFAULT_HEARTBEAT_PERIOD,
+        heartbeat_expire: float | None = None,
+        resources: dict[str, float] | None = None,
+        redis_retry_timeout: float = C.DEFAULT_REDIS_RETRY_TIMEOUT,
+        log_dir: str | Path | None = None,
+        log_level: int = logging.INFO,
+        **constants: Any,
+    ) -> list[str]:
+        """Start ``n_workers`` local worker processes; returns their ids at once.
+
+        Each worker calls ``fun(**xs, **constants)`` for every task it pops
+        (or runs ``worker_loop(worker, **constants)`` instead). Worker
+        stdout/stderr go to files in ``log_dir`` (a temporary directory by
+        default). Use :meth:`wait_for_workers` to wait until they registered.
+
+        >>> ids = rush.start_workers(fun, n_workers=2, scale=10)   # doctest: +SKIP
+        >>> rush.wait_for_workers(2)                               # doctest: +SKIP
+        """
+        start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
+                                            resources, redis_retry_timeout, log_level, constants)
+        n = self._check_n_workers(n_workers)
+        directory = Path(log_dir) if log_dir else self._default_log_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        ids = []
+        for _ in range(n):
+            wid = uuid.uuid4().hex[:12]
+            self._processes[wid] = spawn_worker(self.network_id, start_id, wid, self.url, directory)
+            ids.append(wid)
+        logger.info("started %d workers (logs in %s)", n, directory)
+        return ids
+
+    def worker_script(self, fun: Callable | None = None, *, worker_loop: Callable | None = None,
+                      heartbeat_period: float = C.DEFAULT_HEARTBEAT_PERIOD,
+                      heartbeat_expire: float | None = None, resources: dict[str, float] | None = None,
+                      redis_retry_timeout: float = C.DEFAULT_REDIS_RETRY_TIMEOUT,
+                      **constants: Any) -> str:
+        """A shell command that starts one worker anywhere that reaches Redis.
+
+        The Redis URL is not in the command: set ``RUSH_REDIS_URL`` on the
+        worker's machine (so a password never shows in ``ps`` or in logs).
+
+        >>> print(rush.worker_script(fun))    # doctest: +SKIP
+        python -m rush_dask.worker --network test --start-id 5f0c...
+        """
+        start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
+                                            resources, redis_retry_timeout, logging.INFO, constants)
+        return f"python -m rush_dask.worker --network {self.network_id} --start-id {start_id}"
+
+    def _check_n_workers(self, n_workers: int | None) -> int:
+        n = n_workers if n_workers is not None else current_plan().n_workers
+        if n is None:
+            import os
+            n = os.cpu_count() or 1
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
+        return n
+
+    def _store_start_config(self, fun, worker_loop, heartbeat_period, heartbeat_expire, resources,
+                            redis_retry_timeout, log_level, constants) -> str:
+        # Everything is checked and serialized before the first write.
+        period, expire = check_heartbeat(heartbeat_period, heartbeat_expire)
+        if worker_loop is not None and not callable(worker_loop):
+            raise TypeError(f"worker_loop must be a function loop(worker, **loop_args), got {worker_loop!r}")
+        if resources is not None and (not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) for k, v in resources.items())):
+            raise TypeError(f"resources must be a dict of name -> amount, got {resources!r}")
+        if not isinstance(redis_retry_timeout, (int, float)) or redis_retry_timeout < 0:
+            raise ValueError(f"redis_retry_timeout must be >= 0 seconds, got {redis_retry_timeout!r}")
+        fun_blob = dumps_function(fun) if fun is not None else None
+        config: dict[str, Any] = {
+            "heartbeat_period": period, "heartbeat_expire": expire,
+            "resources": __import__("json").dumps(resources or {}),
+            "redis_retry_timeout": redis_retry_timeout, "log_level": int(log_level),
+            "constants": dumps(constants),
+        }
+        if worker_loop is not None:
+            config["loop"] = dumps_function(worker_loop)
+        start_id = uuid.uuid4().hex[:16]
+        pipe = self.client.pipeline(transaction=True)
+        if fun_blob is not None:
+            config["fun"] = self._fun_id(fun_blob, pipe)
+        pipe.hset(self.keys.start_config(start_id), mapping=config)
+        pipe.execute()
+        return start_id
+
+    def _fun_id(self, blob: bytes, pipe: Any) -> str:
+        fun_id = content_id(blob)
+        pipe.set(self.keys.function(fun_id), blob, nx=True)
+        return fun_id
+
+    def _default_log_dir(self) -> Path:
+        if self._log_dir is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix=f"rush-{self.network_id}-"))
+        return self._log_dir
+
+    def _check_started_processes(self) -> None:
+        """Raise WorkerStartError for a local worker that died before it registered."""
+        if not self._processes:
+            return
+        states = self._worker_states()
+        for proc in self._processes.values():
+            if proc.registered:
+                continue
+            if proc.worker_id in states:
+                proc.registered = True
+            elif not proc.alive:
+                raise WorkerStartError(
+                    f"worker {proc.worker_id} exited with code {proc.process.returncode} before it "
+                    f"registered. Last lines of its stderr ({proc.stderr_path}):\n{proc.stderr_tail()}")
+
+    def wait_for_workers(self, n: int | None = None, worker_ids: Sequence[str] | None = None,
+                         timeout: float | None = None) -> None:
+        """Wait until ``n`` workers (or the given ids) are running.
+
+        Raises :class:`WorkerStartError` with the worker's last stderr lines
+        if a local worker dies while starting, ``TimeoutError`` after ``timeout``.
+
+        >>> rush.wait_for_workers(2, timeout=30)   # doctest: +SKIP
+        """
+        if n is None and worker_ids is None:
+            n = len(self._processes)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_started_processes()
+            states = self._worker_states()
+            running = [w for w, s in states.items() if s == C.RUNNING]
+            if worker_ids is not None:
+                done = all(states.get(w) == C.RUNNING for w in worker_ids)
+                gone = [w for w in worker_ids if states.get(w) not in (None, C.RUNNING)]
+                if gone:
+                    raise WorkerStartError(f"workers {gone} stopped ({[states[w] for w in gone]})")
+            else:
+                done = len(running) >= n
+            if done:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(running)} of {n if n is not None else len(worker_ids)} "
+                                   f"workers running after {timeout} s")
+            time.sleep(0.02)
+
+    def stop_workers(self, type: str = "terminate", worker_ids: Iterable[str] | None = None) -> list[str]:
+        """Stop workers: ``terminate`` lets the current task finish, ``kill`` stops them now.
+
+        A killed worker's running task fails with "worker killed"; local
+        processes get SIGKILL, remote ones hard-exit at their next heartbeat.
+        Returns the ids that were asked to stop.
+
+        >>> rush.stop_workers(type="kill", worker_ids=[rush.running_worker_ids[0]])  # doctest: +SKIP
+        """
+        if type not in ("terminate", "kill"):
+            raise ValueError(f"type must be 'terminate' or 'kill', got {type!r}")
+        ids = self.running_worker_ids if worker_ids is None else self._check_worker_ids(worker_ids)
+        if not ids:
+            return []
+        if type == "kill":
+            self.scripts.mark_workers(args=[self.keys.prefix, C.KILLED, "worker killed by the user", "0", *ids])
+            self._signal_local(ids, signal.SIGKILL)
+        else:
+            pipe = self.client.pipeline(transaction=True)
+            for wid in ids:
+                pipe.hset(self.keys.worker(wid), "terminate", "1")
+                pipe.lpush(self.keys.wake_worker(wid), "1")
+            pipe.execute()
+        return ids
+
+    def _signal_local(self, worker_ids: Sequence[str], signum: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for wid in worker_ids:
+            pipe.hmget(self.keys.worker(wid), "hostname", "pid")
+        for wid, (host, pid) in zip(worker_ids, pipe.execute()):
+            proc = self._processes.get(wid)
+            if proc is not None:
+                proc.signal(signum)
+                try:
+                    proc.process.wait(5)
+                except Exception:
+                    pass
+            elif host is not None and host.decode() == HOSTNAME and pid and pid_alive(int(pid)):
+                import os
+                try:
+                    os.kill(int(pid), signum)
+                except ProcessLookupError:
+                    pass
+
+    def detect_lost_workers(self) -> list[str]:
+        """Mark workers whose heartbeat expired (or whose local process is gone) as ``lost``.
+
+        Their tasks go back to the queue (or fail after ``max_lost`` losses).
+        Returns the ids newly marked lost.
+
+        >>> rush.detect_lost_workers()   # doctest: +SKIP
+        []
+        """
+        for proc in self._processes.values():
+            proc.process.poll()  # reap exited children, so their pid is really gone
+        lost = self._sweep_lost_workers(self._dead_local_workers())
+        if lost:
+            logger.warning("workers lost: %s", lost)
+        return lost
+
+    # -------------------------------------------------------------------- tasks
+    def push_tasks(self, xss: Sequence[dict[str, Any]], extra: Sequence[dict[str, Any]] | None = None, *,
+                   fun: Callable | None = None, max_retries: int = 0, timeout: float | None = None,
+                   seed: int | None = None, priority: int = 0, max_lost: int = C.DEFAULT_MAX_LOST) -> list[str]:
+        """Queue one task per dict of inputs; returns their keys.
+
+        ``extra`` (one dict per task) is stored with the task as extra
+        columns, not passed to the function. ``fun`` runs these tasks instead
+        of the workers' function. ``max_retries``: a task that raises is
+        queued again up to that many times. ``timeout``: seconds before a
+        running task is interrupted and failed. ``seed``: reproducible random
+        streams (default: the controller's seed). ``priority``: higher runs first.
+
+        >>> keys = rush.push_tasks([{"x1": 1, "x2": 2}], max_retries=2)   # doctest: +SKIP
+        """
+        return self._push(xss, extra, [""] * _len(xss), fun=fun, max_retries=max_retries,
+                          timeout=timeout, seed=seed, priority=priority, max_lost=max_lost)
+
+    def push_priority_tasks(self, xss: Sequence[dict[str, Any]], worker_ids: Sequence[str],
+                            extra: Sequence[dict[str, Any]] | None = None, **options: Any) -> list[str]:
+        """Queue each task on one worker's own queue (popped before the shared queue).
+
+        ``worker_ids`` gives one worker id per task. A task for a worker that is
+        not running goes to the shared queue. Other options as :meth:`push_tasks`.
+
+        >>> keys = rush.push_priority_tasks([{"x": 1}], worker_ids=[rush.running_worker_ids[0]])  # doctest: +SKIP
+        """
+        check_xss(xss, extra)
+        targets = [worker_ids] if isinstance(worker_ids, str) else list(worker_ids)
+        if len(targets) != len(xss):
+            raise ValueError(f"worker_ids has {len(targets)} entries but xss has {len(xss)}; "
+                             "give one worker id per task")
+        self._check_worker_ids(set(targets))
+        return self._push(xss, extra, targets, **options)
+
+    def _push(self, xss, extra, targets, *, fun=None, max_retries=0, timeout=None, seed=None,
+              priority=0, max_lost=C.DEFAULT_MAX_LOST) -> list[str]:
+        check_xss(xss, extra)
+        _check_int("max_retries", max_retries, minimum=0)
+        _check_int("max_lost", max_lost, minimum=0)
+        _check_int("priority", priority, minimum=-1000, maximum=1000)
+        if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0
+                                    or math.isinf(timeout)):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        seed = self.seed if seed is None else seed
+        if seed is not None:
+            _check_int("seed", seed, minimum=0)
+        # Serialize everything first: a bad task must leave the network untouched.
+        blobs = [dumps(dict(xs)) for xs in xss]
+        extras = [dumps(dict(e)) if e else b"" for e in extra] if extra else [b""] * len(xss)
+        fun_blob = dumps_function(fun) if fun is not None else None
+        keys = new_keys(len(xss))
+        pipe = self.client.pipeline(transaction=True)
+        fun_id = self._fun_id(fun_blob, pipe) if fun_blob is not None else ""
+        header = [self.keys.prefix, 0, fun_id, max_retries, "" if timeout is None else timeout,
+                  "" if seed is None else seed, priority, max_lost]
+        for start in range(0, len(keys), _PUSH_BATCH):
+            args = list(header)
+            args[1] = min(_PUSH_BATCH, len(keys) - start)
+            for i in range(start, start + args[1]):
+                args += [keys[i], blobs[i], extras[i], targets[i]]
+            self.scripts.push(args=args, client=pipe)
+        pipe.execute()
+        return keys
+
+    def wait_for_tasks(self, keys: Sequence[str] | None = None, timeout: float | None = None, *,
+                       detect_lost_workers: bool = True, progress: bool | None = None) -> None:
+        """Wait until the tasks are finished or failed (all tasks of the network by default).
+
+        While waiting it detects lost workers (their tasks are requeued) and
+        raises :class:`WorkerStartError` if local workers died while starting.
+        A progress bar appears on a terminal when the wait lasts over 2 s.
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+
+        >>> rush.wait_for_tasks(keys, timeout=60)   # doctest: +SKIP
+        """
+        from tqdm.auto import tqdm
+
+        pending = set(keys) if keys is not None else None
+        total = len(pending) if pending is not None else self.n_tasks
+        offsets = [0, 0]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        next_check = time.monotonic() + 0.5
+        delay = 0.0005
+        # disable=None: tqdm shows the bar only on a terminal.
+        bar = tqdm(total=total, unit="task", delay=2, desc=self.network_id,
+                   disable=None if progress is None else not progress)
+        try:
+            while True:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.lrange(self.keys.finished, offsets[0], -1)
+                pipe.lrange(self.keys.failed, offsets[1], -1)
+                if pending is None:
+                    pipe.zcard(self.keys.queue)
+                    pipe.scard(self.keys.running)
+                replies = pipe.execute()
+                done_now = 0
+                for i in (0, 1):
+                    offsets[i] += len(replies[i])
+                    if pending is not None:
+                        before = len(pending)
+                        pending.difference_update(k.decode() for k in replies[i])
+                        done_now += before - len(pending)
+                    else:
+                        done_now += len(replies[i])
+                if done_now:
+                    bar.update(done_now)
+                    delay = 0.0005
+                if pending is not None and not pending:
+                    return
+                if pending is None and replies[2] == 0 and replies[3] == 0 and self.n_queued_priority_tasks == 0:
+                    return
+                now = time.monotonic()
+                if deadline is not None and now > deadline:
+                    left = len(pending) if pending is not None else replies[2] + replies[3]
+                    raise TimeoutError(f"{left} tasks not done after {timeout} s; {self!r}")
+                if now > next_check:
+                    next_check = now + 0.5
+                    self._check_started_processes()
+                    if detect_lost_workers:
+                        self.detect_lost_workers()
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.02)
+        finally:
+            bar.close()
+
+    def empty_queue(self, reason: str = "removed from the queue by empty_queue()") -> int:
+        """Fail every queued task (shared and priority queues); returns how many.
+
+        >>> rush.empty_queue()   # doctest: +SKIP
+        3
+        """
+        return self.scripts.empty_queue(args=[self.keys.prefix, reason])
+
+    def reset(self, workers: bool = True) -> None:
+        """Delete every key of this network from Redis (and kill its workers first).
+
+        Only this network's keys are touched, never the rest of the database.
+
+        >>> rush.reset()   # doctest: +SKIP
+        """
+        if workers:
+            running = self.running_worker_ids
+            if running:
+                self.stop_workers("kill", running)
+            stop_processes(list(self._processes.values()), grace=0)
+            self._processes.clear()
+        keys = list(self.client.scan_iter(match=self.keys.pattern, count=1000))
+        for start in range(0, len(keys), 1000):
+            self.client.unlink(*keys[start:start + 1000])
+        self._init_view()
+
+    def close(self) -> None:
+        """Stop the local worker processes that this controller started (SIGTERM, then SIGKILL)."""
+        procs = [p for p in self._processes.values() if p.alive]
+        if procs:
+            stop_processes(procs, grace=5)
+        self._processes.clear()
+        _live_controllers.discard(self)
+
+
+def _len(xss: Any) -> int:
+    try:
+        return len(xss)
+    except TypeError:
+        return 0
+
+
+def _check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be between {minimum} and {maximum}, got {value}")

@@ -1,0 +1,363 @@
+"""Every Lua script of rush_dask, in one place.
+
+Each state change of a task or a worker is one of these scripts, so it is
+atomic: Redis runs a script to the end before it serves anyone else. That is
+what makes "first writer wins" hold: a worker that was declared lost and
+comes back finds its state changed and its result is dropped.
+
+All scripts take the network's key prefix (``rush:{NET}:``) as ARGV[1] and
+build the key names from it; every key of a network shares one hash tag, so
+the scripts stay within one slot of a Redis Cluster.
+
+Task hash fields (``task:<key>``): xs, ys, extra, state, fun, seq, score,
+queued_at, started_at, finished_at, worker_id, attempts, max_retries,
+n_errors, max_lost, n_lost, timeout, seed, own, error, traceback, exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Helpers shared by the scripts below (prepended to each of them).
+_PREAMBLE = r"""
+local p = ARGV[1]
+
+-- Server time as "seconds.micros": one clock for every host of the network.
+local function now()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+
+-- Wake up to n idle workers blocked on the shared wake list.
+local function wake(n)
+  if n <= 0 then return end
+  local tokens = {}
+  for i = 1, math.min(n, 64) do tokens[i] = '1' end
+  redis.call('LPUSH', p .. 'wake', unpack(tokens))
+  redis.call('LTRIM', p .. 'wake', 0, 63)
+end
+
+-- Put a task back on the shared queue with the score it was pushed with.
+local function requeue(key)
+  local tk = p .. 'task:' .. key
+  redis.call('HSET', tk, 'state', 'queued')
+  redis.call('HDEL', tk, 'worker_id', 'started_at')
+  redis.call('ZADD', p .. 'queue', redis.call('HGET', tk, 'score'), key)
+  wake(1)
+end
+
+-- Move a task to 'failed' for good.
+local function fail(key, reason, t)
+  local tk = p .. 'task:' .. key
+  redis.call('HSET', tk, 'state', 'failed', 'finished_at', t)
+  if reason then redis.call('HSET', tk, 'error', reason) end
+  redis.call('RPUSH', p .. 'failed', key)
+end
+
+-- Hand a queued task to a worker.
+local function start(wid, key, t)
+  local tk = p .. 'task:' .. key
+  redis.call('HSET', tk, 'state', 'running', 'worker_id', wid, 'started_at', t)
+  redis.call('HINCRBY', tk, 'attempts', 1)
+  redis.call('SADD', p .. 'running', key)
+  redis.call('SADD', p .. 'held:' .. wid, key)
+  redis.call('HSET', p .. 'worker:' .. wid, 'current', key)
+end
+
+-- What a worker needs to run a task.
+local function task_reply(key)
+  local f = redis.call('HMGET', p .. 'task:' .. key,
+                       'xs', 'fun', 'timeout', 'seed', 'seq', 'attempts')
+  return {'task', key, f[1], f[2], f[3], f[4], f[5], f[6]}
+end
+
+-- Record the outcome of a running task. Only the worker that holds it may:
+-- anything else (a worker declared lost, a duplicate reply) is dropped.
+local function settle(wid, key, outcome, payload, tb, exc, t)
+  local tk = p .. 'task:' .. key
+  local f = redis.call('HMGET', tk, 'state', 'worker_id')
+  if f[1] ~= 'running' or f[2] ~= wid then return 'dropped' end
+  redis.call('SREM', p .. 'running', key)
+  redis.call('SREM', p .. 'held:' .. wid, key)
+  if outcome == 'finished' then
+    redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t)
+    redis.call('RPUSH', p .. 'finished', key)
+    return 'finished'
+  end
+  redis.call('HSET', tk, 'error', payload, 'traceback', tb)
+  if exc ~= '' then redis.call('HSET', tk, 'exception', exc) end
+  local n_errors = redis.call('HINCRBY', tk, 'n_errors', 1)
+  if n_errors <= tonumber(redis.call('HGET', tk, 'max_retries') or '0') then
+    requeue(key)
+    return 'retried'
+  end
+  fail(key, nil, t)
+  return 'failed'
+end
+
+-- Move the tasks waiting on one worker's own queue to the shared queue.
+local function release_priority_queue(wid)
+  local pq = p .. 'pq:' .. wid
+  local keys = redis.call('LRANGE', pq, 0, -1)
+  for _, key in ipairs(keys) do
+    redis.call('ZADD', p .. 'queue', redis.call('HGET', p .. 'task:' .. key, 'score'), key)
+  end
+  redis.call('DEL', pq)
+  wake(#keys)
+end
+"""
+
+# Create n tasks. Tasks with a target worker go on that worker's own queue if
+# it is running, else on the shared queue. Returns the first sequence number.
+# ARGV: p, n, fun, max_retries, timeout, seed, priority, max_lost,
+#       then n times: key, xs, extra, target
+PUSH = r"""
+local n = tonumber(ARGV[2])
+local fun, max_retries, timeout, seed = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local priority, max_lost = tonumber(ARGV[7]), ARGV[8]
+local base = redis.call('INCRBY', p .. 'seq', n) - n
+local t = now()
+local to_shared = 0
+for i = 0, n - 1 do
+  local j = 9 + 4 * i
+  local key, xs, extra, target = ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
+  local tk = p .. 'task:' .. key
+  local seq = base + i + 1
+  local score = -priority * 1e12 + seq
+  redis.call('HSET', tk, 'xs', xs, 'state', 'queued', 'seq', seq, 'score', score,
+             'queued_at', t, 'attempts', 0, 'max_retries', max_retries, 'max_lost', max_lost)
+  if extra ~= '' then redis.call('HSET', tk, 'extra', extra) end
+  if fun ~= '' then redis.call('HSET', tk, 'fun', fun) end
+  if timeout ~= '' then redis.call('HSET', tk, 'timeout', timeout) end
+  if seed ~= '' then redis.call('HSET', tk, 'seed', seed) end
+  redis.call('RPUSH', p .. 'tasks', key)
+  if target ~= '' and redis.call('HGET', p .. 'worker_states', target) == 'running' then
+    redis.call('RPUSH', p .. 'pq:' .. target, key)
+    redis.call('LPUSH', p .. 'wake:' .. target, '1')
+  else
+    redis.call('ZADD', p .. 'queue', score, key)
+    to_shared = to_shared + 1
+  end
+end
+wake(to_shared)
+return base
+"""
+
+# The worker's one round trip per task: record the outcome of the task it
+# just ran (if any), then pop the next one (own queue first, then the shared
+# queue). Idempotent: a call repeated with the same request id (because its
+# reply was lost) gets the task popped the first time, not a second one.
+# ARGV: p, worker_id, prev_key, outcome ('finished'|'error'), payload,
+#       traceback, exception, request_id
+# Returns {'task', key, xs, fun, timeout, seed, seq, attempts},
+#         {'empty', '', note} or {'stop', reason, note}.
+FINISH_AND_POP = r"""
+local wid = ARGV[2]
+local state = redis.call('HGET', p .. 'worker_states', wid)
+if state ~= 'running' then return {'stop', state or 'unknown', 'dropped'} end
+local t = now()
+local prev = ARGV[3]
+local note = ''
+if prev ~= '' then note = settle(wid, prev, ARGV[4], ARGV[5], ARGV[6], ARGV[7], t) end
+local wk = p .. 'worker:' .. wid
+if redis.call('HGET', wk, 'terminate') == '1' then return {'stop', 'terminate', note} end
+local request = ARGV[8]
+local last = redis.call('HMGET', wk, 'request', 'current')
+if last[1] == request and last[2] then
+  local f = redis.call('HMGET', p .. 'task:' .. last[2], 'state', 'worker_id')
+  if f[1] == 'running' and f[2] == wid then return task_reply(last[2]) end
+end
+local key = redis.call('LPOP', p .. 'pq:' .. wid)
+if not key then
+  local z = redis.call('ZPOPMIN', p .. 'queue')
+  if #z > 0 then key = z[1] end
+end
+if not key then
+  redis.call('DEL', p .. 'wake')
+  return {'empty', '', note}
+end
+start(wid, key, t)
+redis.call('HSET', wk, 'request', request)
+return task_reply(key)
+"""
+
+# Decentralized mode: a worker creates tasks that it runs itself.
+# ARGV: p, worker_id, n, then n times: key, xs, extra
+PUSH_RUNNING = r"""
+local wid = ARGV[2]
+if redis.call('HGET', p .. 'worker_states', wid) ~= 'running' then
+  return redis.error_reply('worker ' .. wid .. ' is not running')
+end
+local n = tonumber(ARGV[3])
+local base = redis.call('INCRBY', p .. 'seq', n) - n
+local t = now()
+for i = 0, n - 1 do
+  local j = 4 + 3 * i
+  local key, xs, extra = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+  local tk = p .. 'task:' .. key
+  local seq = base + i + 1
+  redis.call('HSET', tk, 'xs', xs, 'state', 'running', 'seq', seq, 'score', seq,
+             'queued_at', t, 'started_at', t, 'worker_id', wid, 'attempts', 1,
+             'max_retries', 0, 'max_lost', 0, 'own', 1)
+  if extra ~= '' then redis.call('HSET', tk, 'extra', extra) end
+  redis.call('RPUSH', p .. 'tasks', key)
+  redis.call('SADD', p .. 'running', key)
+  redis.call('SADD', p .. 'held:' .. wid, key)
+end
+return base
+"""
+
+# Record outcomes of several running tasks held by one worker (custom loops).
+# ARGV: p, worker_id, outcome, n, then n times: key, payload, traceback
+# Returns one note per task: finished, retried, failed or dropped.
+SETTLE_MANY = r"""
+local wid = ARGV[2]
+local outcome = ARGV[3]
+local n = tonumber(ARGV[4])
+local t = now()
+local notes = {}
+local alive = redis.call('HGET', p .. 'worker_states', wid) == 'running'
+for i = 0, n - 1 do
+  local j = 5 + 3 * i
+  if alive then
+    notes[i + 1] = settle(wid, ARGV[j], outcome, ARGV[j + 1], ARGV[j + 2], '', t)
+  else
+    notes[i + 1] = 'dropped'
+  end
+end
+return notes
+"""
+
+# Register a new worker. Returns 0 if the id is taken.
+# ARGV: p, worker_id, heartbeat_expire_ms, then field, value pairs
+REGISTER = r"""
+local wid = ARGV[2]
+if redis.call('HEXISTS', p .. 'worker_states', wid) == 1 then return 0 end
+redis.call('HSET', p .. 'worker_states', wid, 'running')
+redis.call('HSET', p .. 'worker:' .. wid, 'started_at', now())
+for i = 4, #ARGV, 2 do redis.call('HSET', p .. 'worker:' .. wid, ARGV[i], ARGV[i + 1]) end
+redis.call('SET', p .. 'hb:' .. wid, '1', 'PX', ARGV[3])
+return 1
+"""
+
+# Refresh a worker's heartbeat, unless its state is no longer 'running' (a
+# worker declared lost must not come back to life).
+# ARGV: p, worker_id, heartbeat_expire_ms. Returns {state, terminate flag}.
+HEARTBEAT = r"""
+local wid = ARGV[2]
+local state = redis.call('HGET', p .. 'worker_states', wid)
+if state ~= 'running' then return {state or 'unknown', '0'} end
+redis.call('SET', p .. 'hb:' .. wid, '1', 'PX', ARGV[3])
+return {'running', redis.call('HGET', p .. 'worker:' .. wid, 'terminate') or '0'}
+"""
+
+# A worker stops gracefully: state 'terminated', its own queue goes to the
+# shared queue, tasks it still holds are requeued (or failed, for tasks it
+# created itself).
+# ARGV: p, worker_id. Returns the worker's state after the call.
+DEREGISTER = r"""
+local wid = ARGV[2]
+local state = redis.call('HGET', p .. 'worker_states', wid)
+if state ~= 'running' then return state end
+local t = now()
+redis.call('HSET', p .. 'worker_states', wid, 'terminated')
+redis.call('HSET', p .. 'worker:' .. wid, 'stopped_at', t)
+redis.call('DEL', p .. 'hb:' .. wid)
+for _, key in ipairs(redis.call('SMEMBERS', p .. 'held:' .. wid)) do
+  redis.call('SREM', p .. 'running', key)
+  if redis.call('HGET', p .. 'task:' .. key, 'own') == '1' then
+    fail(key, 'worker ' .. wid .. ' stopped before finishing its own task', t)
+  else
+    requeue(key)
+  end
+end
+redis.call('DEL', p .. 'held:' .. wid)
+release_priority_queue(wid)
+return 'terminated'
+"""
+
+# Declare running workers 'lost' or 'killed' and deal with the tasks they
+# held: a lost worker's tasks are requeued until a task has been lost
+# max_lost times (then failed); a killed worker's tasks are failed.
+# With scan = '1', every running worker whose heartbeat key expired is
+# declared too. ARGV: p, new_state, reason, scan, worker_ids...
+# Returns the ids of the workers whose state changed.
+MARK_WORKERS = r"""
+local new_state, reason, scan = ARGV[2], ARGV[3], ARGV[4]
+local candidates = {}
+for i = 5, #ARGV do candidates[#candidates + 1] = ARGV[i] end
+if scan == '1' then
+  local states = redis.call('HGETALL', p .. 'worker_states')
+  for i = 1, #states, 2 do
+    if states[i + 1] == 'running' and redis.call('EXISTS', p .. 'hb:' .. states[i]) == 0 then
+      candidates[#candidates + 1] = states[i]
+    end
+  end
+end
+local t = now()
+local changed = {}
+for _, wid in ipairs(candidates) do
+  if redis.call('HGET', p .. 'worker_states', wid) == 'running' then
+    redis.call('HSET', p .. 'worker_states', wid, new_state)
+    redis.call('HSET', p .. 'worker:' .. wid, 'stopped_at', t)
+    redis.call('DEL', p .. 'hb:' .. wid)
+    for _, key in ipairs(redis.call('SMEMBERS', p .. 'held:' .. wid)) do
+      local tk = p .. 'task:' .. key
+      local f = redis.call('HMGET', tk, 'state', 'worker_id', 'own', 'max_lost')
+      if f[1] == 'running' and f[2] == wid then
+        redis.call('SREM', p .. 'running', key)
+        local n_lost = redis.call('HINCRBY', tk, 'n_lost', 1)
+        if new_state == 'lost' and f[3] ~= '1' and n_lost <= tonumber(f[4] or '0') then
+          requeue(key)
+        else
+          fail(key, reason .. ' (worker ' .. wid .. ', attempt ' ..
+               (redis.call('HGET', tk, 'attempts') or '?') .. ')', t)
+        end
+      end
+    end
+    redis.call('DEL', p .. 'held:' .. wid)
+    release_priority_queue(wid)
+    changed[#changed + 1] = wid
+  end
+end
+return changed
+"""
+
+# Fail every queued task (shared queue and all workers' own queues).
+# ARGV: p, reason. Returns the number of tasks failed.
+EMPTY_QUEUE = r"""
+local reason = ARGV[2]
+local t = now()
+local keys = redis.call('ZRANGE', p .. 'queue', 0, -1)
+redis.call('DEL', p .. 'queue')
+for _, wid in ipairs(redis.call('HKEYS', p .. 'worker_states')) do
+  for _, key in ipairs(redis.call('LRANGE', p .. 'pq:' .. wid, 0, -1)) do keys[#keys + 1] = key end
+  redis.call('DEL', p .. 'pq:' .. wid)
+end
+for _, key in ipairs(keys) do fail(key, reason, t) end
+return #keys
+"""
+
+_BODIES = {
+    "push": PUSH,
+    "finish_and_pop": FINISH_AND_POP,
+    "push_running": PUSH_RUNNING,
+    "settle_many": SETTLE_MANY,
+    "register": REGISTER,
+    "heartbeat": HEARTBEAT,
+    "deregister": DEREGISTER,
+    "mark_workers": MARK_WORKERS,
+    "empty_queue": EMPTY_QUEUE,
+}
+
+
+class Scripts:
+    """The scripts registered on one client; call as ``scripts.push(args=[...])``.
+
+    redis-py sends EVALSHA and falls back to EVAL if the server lost its
+    script cache (after a restart), so the scripts survive Redis restarts.
+    """
+
+    def __init__(self, client: Any):
+        for name, body in _BODIES.items():
+            setattr(self, name, client.register_script(_PREAMBLE + body))

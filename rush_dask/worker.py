@@ -1,0 +1,473 @@
+"""The worker side: :class:`RushWorker`, the default loop and the process entry point.
+
+A worker registers itself (id, pid, hostname, start time), starts a
+heartbeat thread, and then runs a loop. The default loop spends one Redis
+round trip per task in steady state: the ``finish_and_pop`` script records
+the outcome of the task just run and hands out the next one. When the
+queues are empty the worker blocks on a wake list (BLPOP) that pushers fill,
+so it reacts at once to new work without polling; every now and then an
+idle worker also sweeps for lost workers, so their tasks come back even
+when no controller is attached.
+
+Start one from a shell (the URL comes from ``$RUSH_REDIS_URL``)::
+
+    python -m rush_dask.worker --network test --start-id <id>
+
+where ``<id>`` names the configuration (function, constants, heartbeat)
+that ``Rush.start_workers`` or ``Rush.worker_script`` stored in Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pickle
+import random
+import signal
+import sys
+import time
+import traceback
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import redis
+
+from . import constants as C
+from .connections import URL_ENV, connect, redact, resolve_url
+from .errors import RedisUnavailableError, TaskTimeoutError, WorkerLostError
+from .heartbeat import EXIT_LOST, EXIT_REDIS_GONE, Heartbeat
+from .logs import RedisLogHandler
+from .network import HOSTNAME, NetworkView
+from .scripts import Scripts
+from .serialize import dumps, loads
+from .tasks import check_xss, new_keys
+
+logger = logging.getLogger("rush_dask.worker")
+
+_RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+@dataclass
+class Task:
+    """A task handed to a worker: ``key``, inputs ``xs`` and how to run it."""
+
+    key: str
+    xs: dict[str, Any]
+    fun_id: str | None = None
+    timeout: float | None = None
+    seed: int | None = None
+    seq: int = 0
+    attempts: int = 1
+
+    @classmethod
+    def from_reply(cls, reply: list) -> "Task":
+        _, key, xs, fun, timeout, seed, seq, attempts = reply
+        return cls(
+            key=key.decode(),
+            xs=loads(xs),
+            fun_id=fun.decode() if fun else None,
+            timeout=float(timeout) if timeout else None,
+            seed=int(seed) if seed else None,
+            seq=int(seq) if seq else 0,
+            attempts=int(attempts) if attempts else 1,
+        )
+
+
+def seed_task(seed: int, seq: int) -> None:
+    """Seed ``random`` and ``numpy.random`` for the task with submission number ``seq``.
+
+    The stream depends only on the network seed and the task's position, not
+    on which worker runs it or how often it was retried.
+    """
+    import numpy as np
+
+    sequence = np.random.SeedSequence(entropy=seed, spawn_key=(seq,))
+    state = sequence.generate_state(4)
+    random.seed(int.from_bytes(state.tobytes(), "little"))
+    np.random.seed(state)
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`TaskTimeoutError` in the main thread after ``seconds``."""
+    if not seconds:
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise TaskTimeoutError(f"task exceeded its timeout of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def describe_error(exc: BaseException) -> tuple[str, str, bytes]:
+    """(``"Type: message"``, traceback text, pickled exception or b"")."""
+    text = f"{type(exc).__name__}: {exc}"
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        blob = pickle.dumps(exc)
+        pickle.loads(blob)
+    except Exception:
+        blob = b""
+    return text, tb, blob
+
+
+class RushWorker(NetworkView):
+    """One worker of a network; what a custom worker loop receives.
+
+    >>> def loop(worker, **loop_args):
+    ...     while not worker.terminated:
+    ...         task = worker.pop_task(timeout=1)
+    ...         if task is not None:
+    ...             worker.finish_tasks([task.key], [{"y": task.xs["x"] ** 2}])
+
+    Create one directly to take part in a network from any process::
+
+        worker = RushWorker("test", url="redis://host:6379/0")
+    """
+
+    def __init__(
+        self,
+        network_id: str,
+        url: str | None = None,
+        worker_id: str | None = None,
+        *,
+        heartbeat_period: float = C.DEFAULT_HEARTBEAT_PERIOD,
+        heartbeat_expire: float | None = None,
+        resources: dict[str, float] | None = None,
+        redis_retry_timeout: float = C.DEFAULT_REDIS_RETRY_TIMEOUT,
+        fun: Callable | None = None,
+        constants: dict[str, Any] | None = None,
+        log_level: int = logging.INFO,
+        start_id: str | None = None,
+    ):
+        self.keys = C.Keys(network_id)
+        self.worker_id = worker_id or uuid.uuid4().hex[:12]
+        self.heartbeat_period, self.heartbeat_expire = check_heartbeat(heartbeat_period, heartbeat_expire)
+        self.resources = dict(resources or {})
+        self.redis_retry_timeout = redis_retry_timeout
+        self.fun = fun
+        self.constants = dict(constants or {})
+        self.url = resolve_url(url)
+        self.client = connect(self.url)
+        self.scripts = Scripts(self.client)
+        self._init_view()
+        self._functions: dict[str, Callable] = {}
+        self._terminate_requested = False
+        self._requests = 0  # request ids make a repeated finish_and_pop idempotent
+        self._last_sweep = time.monotonic()
+
+        self.log_handler = RedisLogHandler(self.keys.log(self.worker_id), level=log_level)
+        root = logging.getLogger()
+        root.addHandler(self.log_handler)
+        if root.level > log_level or root.level == logging.NOTSET:
+            root.setLevel(log_level)
+
+        registered = self.scripts.register(args=[
+            self.keys.prefix, self.worker_id, int(self.heartbeat_expire * 1000),
+            "pid", os.getpid(), "hostname", HOSTNAME,
+            "heartbeat_period", self.heartbeat_period, "heartbeat_expire", self.heartbeat_expire,
+            "resources", json.dumps(self.resources), "start_id", start_id or "",
+            "python", sys.version.split()[0],
+        ])
+        if not registered:
+            raise ValueError(f"worker id {self.worker_id!r} is already taken in network {network_id!r}")
+        self._heartbeat = Heartbeat(
+            beat=self._beat,
+            period=self.heartbeat_period,
+            redis_retry_timeout=redis_retry_timeout,
+            on_terminate=self._request_terminate,
+            after_beat=lambda: self.log_handler.ship(self._heartbeat_client),
+        )
+        self._heartbeat_client = connect(self.url, check=False)
+        self._heartbeat_scripts = Scripts(self._heartbeat_client)
+        self._heartbeat.start()
+        logger.info("worker %s started (pid %s on %s)", self.worker_id, os.getpid(), HOSTNAME)
+
+    def __repr__(self) -> str:
+        return f"<RushWorker {self.worker_id} network={self.network_id!r} url={redact(self.url)}>"
+
+    # ------------------------------------------------------------ Redis access
+    def _retry(self, call: Callable[[], Any]) -> Any:
+        """Run ``call``, retrying with backoff while Redis is unreachable.
+
+        Every script that a retry may repeat is idempotent, so a call whose
+        reply was lost can be sent again safely.
+        """
+        deadline = time.monotonic() + self.redis_retry_timeout
+        delay = 0.05
+        while True:
+            try:
+                return call()
+            except _RETRYABLE as exc:
+                if time.monotonic() > deadline:
+                    raise RedisUnavailableError(
+                        f"Redis at {redact(self.url)} unreachable for {self.redis_retry_timeout:g} s: {exc}"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _beat(self) -> tuple[str, bool]:
+        state, terminate = self._heartbeat_scripts.heartbeat(
+            args=[self.keys.prefix, self.worker_id, int(self.heartbeat_expire * 1000)])
+        return state.decode(), terminate == b"1"
+
+    def _request_terminate(self) -> None:
+        self._terminate_requested = True
+
+    @property
+    def terminated(self) -> bool:
+        """True once a graceful stop was asked (``stop_workers`` or SIGTERM): finish and return."""
+        return self._terminate_requested
+
+    @property
+    def state(self) -> str:
+        """This worker's state in Redis."""
+        value = self.client.hget(self.keys.worker_states, self.worker_id)
+        return value.decode() if value else "unknown"
+
+    # ------------------------------------------------------------------- tasks
+    def _finish_and_pop(self, prev_key: str = "", outcome: str = "", payload: bytes | str = b"",
+                        tb: str = "", exc: bytes = b"") -> list:
+        self._requests += 1
+        args = [self.keys.prefix, self.worker_id, prev_key, outcome, payload, tb, exc, self._requests]
+        return self._retry(lambda: self.scripts.finish_and_pop(args=args))
+
+    def pop_task(self, timeout: float | None = 0) -> Task | None:
+        """Pop the next task (own queue first, then the shared queue) and mark it running.
+
+        Waits up to ``timeout`` seconds (``None``: until a task comes or a
+        stop is asked). Returns ``None`` if nothing came, or if this worker
+        was asked to stop.
+
+        >>> task = worker.pop_task(timeout=1)     # doctest: +SKIP
+        >>> task.key, task.xs                     # doctest: +SKIP
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            reply = self._finish_and_pop()
+            if reply[0] == b"task":
+                return Task.from_reply(reply)
+            if reply[0] == b"stop":
+                self._on_stop_reply(reply)
+                return None
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0 or self.terminated:
+                return None
+            self._wait_for_work(remaining)
+
+    def _wait_for_work(self, limit: float | None) -> None:
+        """Block until a wake token arrives (or about a second passes), sweeping now and then."""
+        if time.monotonic() - self._last_sweep > self.heartbeat_expire:
+            self._last_sweep = time.monotonic()
+            self._retry(lambda: self._sweep_lost_workers(self._dead_local_workers()))
+        wait = 1.0 if limit is None else max(min(limit, 1.0), 0.001)
+        self._retry(lambda: self.client.blpop(
+            [self.keys.wake_worker(self.worker_id), self.keys.wake], timeout=wait))
+
+    def _on_stop_reply(self, reply: list) -> None:
+        reason = reply[1].decode()
+        if reason == "terminate":
+            self._terminate_requested = True
+        else:
+            raise WorkerLostError(
+                f"worker {self.worker_id} is {reason!r} in Redis; its results are no longer accepted")
+
+    def push_running_tasks(self, xss: Sequence[dict[str, Any]],
+                           extra: Sequence[dict[str, Any]] | None = None) -> list[str]:
+        """Create tasks that this worker runs itself (the decentralized mode); returns their keys.
+
+        >>> keys = worker.push_running_tasks([{"x": 0.3}])   # doctest: +SKIP
+        >>> worker.finish_tasks(keys, [{"y": 0.09}])         # doctest: +SKIP
+        """
+        check_xss(xss, extra)
+        keys = new_keys(len(xss))
+        args: list[Any] = [self.keys.prefix, self.worker_id, len(xss)]
+        for i, key in enumerate(keys):
+            args += [key, dumps(dict(xss[i])), dumps(dict(extra[i])) if extra else b""]
+        self._retry(lambda: self.scripts.push_running(args=args))
+        return keys
+
+    def finish_tasks(self, keys: Sequence[str], yss: Sequence[dict[str, Any]]) -> list[str]:
+        """Store outputs of running tasks held by this worker and mark them finished.
+
+        Returns one note per key: ``finished``, or ``dropped`` if the task
+        was no longer this worker's (it was declared lost meanwhile).
+        """
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        if len(keys) != len(yss):
+            raise ValueError(f"got {len(keys)} keys but {len(yss)} results")
+        payloads = [dumps(ys if isinstance(ys, dict) else {"y": ys}) for ys in yss]
+        return self._settle(keys, "finished", [(p, "") for p in payloads])
+
+    def fail_tasks(self, keys: Sequence[str], errors: Sequence[BaseException | str]) -> list[str]:
+        """Mark running tasks held by this worker as failed (or retried, within ``max_retries``)."""
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        if len(keys) != len(errors):
+            raise ValueError(f"got {len(keys)} keys but {len(errors)} errors")
+        described = [describe_error(e)[:2] if isinstance(e, BaseException) else (str(e), "") for e in errors]
+        return self._settle(keys, "error", described)
+
+    def _settle(self, keys: list[str], outcome: str, payloads: list[tuple[Any, str]]) -> list[str]:
+        args: list[Any] = [self.keys.prefix, self.worker_id, outcome, len(keys)]
+        for key, (payload, tb) in zip(keys, payloads):
+            args += [key, payload, tb]
+        notes = [n.decode() for n in self._retry(lambda: self.scripts.settle_many(args=args))]
+        for key, note in zip(keys, notes):
+            if note == "dropped":
+                logger.warning("result of task %s dropped: the task is no longer held by %s",
+                               key, self.worker_id)
+        return notes
+
+    # --------------------------------------------------------------- execution
+    def _function(self, fun_id: str | None) -> Callable:
+        if fun_id is None:
+            if self.fun is None:
+                raise RuntimeError(
+                    "this worker has no function: pass fun= to start_workers, or push the "
+                    "task with fun=")
+            return self.fun
+        fun = self._functions.get(fun_id)
+        if fun is None:
+            blob = self._retry(lambda: self.client.get(self.keys.function(fun_id)))
+            if blob is None:
+                raise RuntimeError(f"function {fun_id} is missing from Redis (network was reset?)")
+            fun = self._functions[fun_id] = loads(blob)
+        return fun
+
+    def execute(self, task: Task) -> tuple[str, Any, str, bytes]:
+        """Run one task here; returns (outcome, payload, traceback, pickled exception)."""
+        try:
+            fun = self._function(task.fun_id)
+            if task.seed is not None:
+                seed_task(task.seed, task.seq)
+            with time_limit(task.timeout):
+                result = fun(**task.xs, **self.constants)
+            ys = result if isinstance(result, dict) else {"y": result}
+            bad = [name for name in ys if not isinstance(name, str)]
+            if bad:
+                raise TypeError(f"output names must be strings, got {bad!r}")
+            return "finished", dumps(ys), "", b""
+        except Exception as exc:
+            text, tb, blob = describe_error(exc)
+            logger.info("task %s failed: %s", task.key, text)
+            return "error", text, tb, blob
+
+    def run(self) -> None:
+        """The default loop: pop, run, store, repeat, until asked to stop.
+
+        One round trip per task in steady state: the outcome of a task and the
+        next pop travel in the same script call.
+        """
+        outcome: tuple = ()
+        while True:
+            reply = self._finish_and_pop(*outcome)
+            outcome = ()
+            kind = reply[0]
+            if len(reply) > 2 and reply[2] == b"dropped":
+                logger.warning("a late result of %s was dropped (first writer wins)", self.worker_id)
+            if kind == b"task":
+                task = Task.from_reply(reply)
+                outcome = (task.key, *self.execute(task))
+                if self.log_handler.pending:
+                    self._retry(lambda: self.log_handler.ship(self.client))
+            elif kind == b"empty":
+                if self.terminated:
+                    return
+                self._wait_for_work(None)
+            else:
+                self._on_stop_reply(reply)
+                return
+
+    def close(self) -> None:
+        """Deregister (state ``terminated`` unless already lost or killed) and stop the heartbeat."""
+        self._heartbeat.stop()
+        try:
+            self._retry(lambda: self.scripts.deregister(args=[self.keys.prefix, self.worker_id]))
+            logger.info("worker %s stopped", self.worker_id)
+            self.log_handler.ship(self.client)
+        finally:
+            logging.getLogger().removeHandler(self.log_handler)
+
+
+def check_heartbeat(period: float, expire: float | None) -> tuple[float, float]:
+    """Validate heartbeat settings; ``expire`` defaults to 6 periods."""
+    if not isinstance(period, (int, float)) or period <= 0:
+        raise ValueError(f"heartbeat_period must be a positive number of seconds, got {period!r}")
+    expire = period * 6 if expire is None else expire
+    if not isinstance(expire, (int, float)) or expire <= period:
+        raise ValueError(
+            f"heartbeat_expire ({expire!r} s) must be longer than heartbeat_period ({period!r} s), "
+            "or a live worker would be declared lost between two beats")
+    return float(period), float(expire)
+
+
+def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
+               url: str | None = None) -> int:
+    """Start a worker from the configuration ``start_id`` stored in Redis and run it to the end."""
+    client = connect(resolve_url(url))
+    keys = C.Keys(network_id)
+    raw = client.hgetall(keys.start_config(start_id))
+    if not raw:
+        raise SystemExit(f"no worker configuration {start_id!r} in network {network_id!r}")
+    config = {k.decode(): v for k, v in raw.items()}
+    fun_id = config.get("fun", b"").decode()
+    fun = loads(client.get(keys.function(fun_id))) if fun_id else None
+    loop = loads(config["loop"]) if config.get("loop") else None
+    constants = loads(config["constants"]) if config.get("constants") else {}
+    client.close()
+
+    worker = RushWorker(
+        network_id, url=url, worker_id=worker_id,
+        heartbeat_period=float(config["heartbeat_period"]),
+        heartbeat_expire=float(config["heartbeat_expire"]),
+        resources=json.loads(config.get("resources", b"{}")),
+        redis_retry_timeout=float(config["redis_retry_timeout"]),
+        fun=fun, constants={} if loop else constants,
+        log_level=int(config.get("log_level", logging.INFO)), start_id=start_id,
+    )
+    signal.signal(signal.SIGTERM, lambda signum, frame: worker._request_terminate())
+    try:
+        if loop is not None:
+            loop(worker, **constants)
+        else:
+            worker.run()
+    except WorkerLostError as exc:
+        logger.warning("%s", exc)
+        print(f"rush worker: {exc}", file=sys.stderr, flush=True)
+        return EXIT_LOST
+    except RedisUnavailableError as exc:
+        print(f"rush worker: {exc}; exiting", file=sys.stderr, flush=True)
+        return EXIT_REDIS_GONE
+    except BaseException:
+        logger.exception("worker %s crashed", worker.worker_id)
+        worker.close()
+        raise
+    worker.close()
+    return 0
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rush_dask.worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--network", required=True, help="network id")
+    parser.add_argument("--start-id", required=True, help="worker configuration stored by the controller")
+    parser.add_argument("--worker-id", default=None, help="id of this worker (default: random)")
+    parser.add_argument("--url", default=None, help=f"Redis URL (default: ${URL_ENV})")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run_worker(args.network, args.start_id, worker_id=args.worker_id, url=args.url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
