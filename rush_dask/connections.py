@@ -91,18 +91,18 @@ def connect(url: str, *, check: bool = True, **options) -> redis.Redis:
     if check:
         try:
             client.ping()
-        except redis.AuthenticationError:
-            raise RedisUnavailableError(
-                f"Redis at {redact(url)} refused the credentials: check the password "
-                f"(and user) in the URL or in ${URL_ENV}"
-            ) from None
-        except redis.ResponseError as exc:
-            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+        except (redis.AuthenticationError, redis.ResponseError) as exc:
+            if not isinstance(exc, redis.AuthenticationError) and "NOAUTH" not in str(exc):
+                raise
+            if _has_password(url):
                 raise RedisUnavailableError(
-                    f"Redis at {redact(url)} needs a password: put it in the URL "
-                    f"(redis://:PASSWORD@host:port/0) or in ${URL_ENV}"
+                    f"Redis at {redact(url)} refused the credentials: check the password "
+                    f"(and user) in the URL or in ${URL_ENV}"
                 ) from None
-            raise
+            raise RedisUnavailableError(
+                f"Redis at {redact(url)} needs a password: put it in the URL "
+                f"(redis://:PASSWORD@host:port/0) or in ${URL_ENV}"
+            ) from None
         except (redis.ConnectionError, OSError) as exc:
             raise RedisUnavailableError(
                 f"cannot reach Redis at {redact(url)} ({type(exc).__name__}: "
@@ -110,3 +110,8 @@ def connect(url: str, *, check: bool = True, **options) -> redis.Redis:
                 f"${URL_ENV}; without any URL rush_dask starts a private server itself."
             ) from None
     return client
+
+
+def _has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.password) or "password=" in parts.query

@@ -60,7 +60,7 @@ class Rush(NetworkView):
             raise TypeError(f"unknown option(s) {sorted(options)} for Rush()")
         if seed is not None and (not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.keys = C.Keys(network_id or f"rush-{uuid.uuid4().hex[:8]}")
+        self.keys = C.Keys(f"rush-{uuid.uuid4().hex[:8]}" if network_id is None else network_id)
         self.url = resolve_url(url)
         self.client = connect(self.url)
         self.scripts = Scripts(self.client)
@@ -110,9 +110,9 @@ class Rush(NetworkView):
         >>> ids = rush.start_workers(fun, n_workers=2, scale=10)   # doctest: +SKIP
         >>> rush.wait_for_workers(2)                               # doctest: +SKIP
         """
+        n = self._check_n_workers(n_workers)
         start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
                                             resources, redis_retry_timeout, log_level, constants)
-        n = self._check_n_workers(n_workers)
         directory = Path(log_dir) if log_dir else self._default_log_dir()
         directory.mkdir(parents=True, exist_ok=True)
         ids = []

@@ -1,0 +1,49 @@
+"""Fixtures: a real Redis server and a fresh network per test.
+
+By default the suite starts its own private Redis server. Set
+``RUSH_TEST_REDIS_URL`` (for example ``redis://127.0.0.1:6379/0``) to run it
+against an external Redis instead; the suite then deletes only the keys of
+the networks it created, never anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import redis
+
+from rush_dask import Rush
+from rush_dask.server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    external = os.environ.get("RUSH_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    server = RedisServer().start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def network_id():
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def rush(redis_url, network_id):
+    controller = Rush(network_id, url=redis_url)
+    yield controller
+    controller.reset()
+    controller.close()
+    leftover = list(redis.Redis.from_url(redis_url).scan_iter(match=controller.keys.pattern))
+    assert leftover == [], f"reset() left keys behind: {leftover[:5]}"
+
+
+def network_keys(url: str, network: Rush) -> set[bytes]:
+    """Every key of one network, for 'nothing was written' checks."""
+    return set(redis.Redis.from_url(url).scan_iter(match=network.keys.pattern))
