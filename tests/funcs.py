@@ -87,3 +87,10 @@ def popping_loop(worker, **kwargs):
 
 def raising_loop(worker, **kwargs):
     raise RuntimeError("the loop itself is broken")
+
+
+def random_then_fail_until(x, counter_dir, succeed_on, **kwargs):
+    """Draw a random number, then fail until attempt ``succeed_on``."""
+    drawn = random.random()
+    fail_until(x, counter_dir, succeed_on)
+    return {"y": drawn}
