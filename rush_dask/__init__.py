@@ -25,6 +25,11 @@ _EXPORTS = {
     "WorkerStartError": "rush_dask.errors",
     "TaskTimeoutError": "rush_dask.errors",
     "WorkerLostError": "rush_dask.errors",
+    "KilledWorker": "rush_dask.errors",
+    "TaskFailedError": "rush_dask.errors",
+    "RushFuture": "rush_dask.futures",
+    "as_completed": "rush_dask.futures",
+    "default_rush": "rush_dask.default",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -41,3 +46,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
+
+
+def _register_named_scheduler() -> None:
+    """Make ``scheduler="rush"`` mean the process-wide default network (needs dask)."""
+    import os
+
+    if os.environ.get("RUSH_DASK_WORKER") == "1":  # worker processes don't need it; start faster
+        return
+    from dask.base import named_schedulers
+
+    from .default import DEFAULT_SCHEDULER
+
+    named_schedulers.setdefault("rush", DEFAULT_SCHEDULER)
+
+
+_register_named_scheduler()

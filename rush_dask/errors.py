@@ -19,3 +19,11 @@ class TaskTimeoutError(RushError, TimeoutError):
 
 class WorkerLostError(RushError):
     """The worker was declared lost or killed; its late result was dropped."""
+
+
+class KilledWorker(RushError):
+    """A graph node was lost with its worker too many times (like distributed's KilledWorker)."""
+
+
+class TaskFailedError(RushError):
+    """A task failed for a reason that is not an exception of its own (killed, cancelled)."""

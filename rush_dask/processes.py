@@ -50,6 +50,7 @@ def spawn_worker(network_id: str, start_id: str, worker_id: str, url: str, log_d
     """Start one local worker process."""
     env = dict(os.environ)
     env[URL_ENV] = url
+    env["RUSH_DASK_WORKER"] = "1"
     # The worker must import what the controller imports (functions pickled by reference).
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])
     stdout_path = log_dir / f"worker-{worker_id}.out"

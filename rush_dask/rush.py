@@ -18,6 +18,7 @@ from .connections import connect, current_plan, redact, resolve_url
 from .errors import WorkerStartError
 from .network import HOSTNAME, NetworkView, pid_alive
 from .processes import WorkerProcess, spawn_worker, stop_processes
+from .scheduler import DaskScheduler
 from .scripts import Scripts
 from .serialize import content_id, dumps, dumps_function
 from .tasks import check_xss, new_keys
@@ -37,7 +38,7 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
-class Rush(NetworkView):
+class Rush(DaskScheduler, NetworkView):
     """The controller of a network: start workers, push tasks, wait, read results.
 
     >>> from rush_dask import Rush
@@ -66,6 +67,7 @@ class Rush(NetworkView):
         self.scripts = Scripts(self.client)
         self.seed = seed
         self._init_view()
+        self._init_scheduler()
         self._processes: dict[str, WorkerProcess] = {}
         self._log_dir: Path | None = None
         _live_controllers.add(self)

@@ -12,6 +12,13 @@ the scripts stay within one slot of a Redis Cluster.
 Task hash fields (``task:<key>``): xs, ys, extra, state, fun, seq, score,
 queued_at, started_at, finished_at, worker_id, attempts, max_retries,
 n_errors, max_lost, n_lost, timeout, seed, own, error, traceback, exception.
+
+Nodes of a Dask graph are the same kind of task, popped by the same script,
+with a few more fields: graph (its id), deps and dependents (space-separated
+task keys), waiting (inputs not finished yet; queued at 0), refs (results
+not yet read: dependents still to run, plus one for the client; deleted at
+0), res (resources it needs) and notify (a client reads ``gdone:<graph>``).
+Their extra state ``waiting`` means "inputs not ready".
 """
 
 from __future__ import annotations
@@ -37,21 +44,114 @@ local function wake(n)
   redis.call('LTRIM', p .. 'wake', 0, 63)
 end
 
--- Put a task back on the shared queue with the score it was pushed with.
-local function requeue(key)
+-- Space-separated task keys (fields deps/dependents of graph nodes) as a list.
+local function split(text)
+  local out = {}
+  if text then for key in string.gmatch(text, '%S+') do out[#out + 1] = key end end
+  return out
+end
+
+-- Queue a task by its score: on the shared queue, or on the queue of the
+-- resources it needs (field res, e.g. 'GPU=1'), which only workers that
+-- have them pop.
+local function enqueue(key)
   local tk = p .. 'task:' .. key
+  local f = redis.call('HMGET', tk, 'score', 'res')
   redis.call('HSET', tk, 'state', 'queued')
-  redis.call('HDEL', tk, 'worker_id', 'started_at')
-  redis.call('ZADD', p .. 'queue', redis.call('HGET', tk, 'score'), key)
+  if f[2] and f[2] ~= '' then
+    redis.call('SADD', p .. 'rqueues', f[2])
+    redis.call('ZADD', p .. 'rq:' .. f[2], f[1], key)
+  else
+    redis.call('ZADD', p .. 'queue', f[1], key)
+  end
+end
+
+-- Remove a queued task from whichever queue holds it.
+local function dequeue(key)
+  local res = redis.call('HGET', p .. 'task:' .. key, 'res')
+  if res and res ~= '' then redis.call('ZREM', p .. 'rq:' .. res, key)
+  else redis.call('ZREM', p .. 'queue', key) end
+end
+
+-- Put a task back on its queue with the score it was pushed with.
+local function requeue(key)
+  redis.call('HDEL', p .. 'task:' .. key, 'worker_id', 'started_at')
+  enqueue(key)
   wake(1)
+end
+
+-- Delete a graph node; the graph's bookkeeping goes with its last node.
+local function drop_node(key, gid)
+  redis.call('DEL', p .. 'task:' .. key)
+  if redis.call('HINCRBY', p .. 'graph:' .. gid, 'live', -1) <= 0 then
+    redis.call('DEL', p .. 'graph:' .. gid, p .. 'gdone:' .. gid)
+  end
+end
+
+-- One reference less on a graph node's result (a dependent finished, or the
+-- client released it). A finished or failed node that nothing needs is deleted.
+local function decref(key)
+  local tk = p .. 'task:' .. key
+  if redis.call('EXISTS', tk) == 0 then return end
+  local refs = redis.call('HINCRBY', tk, 'refs', -1)
+  local f = redis.call('HMGET', tk, 'state', 'graph')
+  if refs <= 0 and (f[1] == 'finished' or f[1] == 'failed') then drop_node(key, f[2]) end
+end
+
+-- Fail a graph node and, transitively, every node that depends on it (they
+-- could never run). Each gets the root's error; each stops needing its inputs.
+-- A graph computed by a client is told through its gdone list ('!' + key).
+local function fail_graph_node(key, t)
+  local root = redis.call('HMGET', p .. 'task:' .. key, 'error', 'traceback', 'exception', 'graph', 'notify')
+  if root[5] == '1' then redis.call('RPUSH', p .. 'gdone:' .. root[4], '!' .. key) end
+  local stack = {key}
+  while #stack > 0 do
+    local k = table.remove(stack)
+    local tk = p .. 'task:' .. k
+    local f = redis.call('HMGET', tk, 'state', 'deps', 'dependents', 'refs', 'graph')
+    if f[1] and f[1] ~= 'finished' and f[1] ~= 'failed' then
+      if f[1] == 'queued' then dequeue(k) end
+      redis.call('HSET', tk, 'state', 'failed', 'finished_at', t)
+      if k ~= key then
+        redis.call('HSET', tk, 'error', 'dependency ' .. key .. ' failed: ' .. (root[1] or ''),
+                   'traceback', root[2] or '')
+        if root[3] then redis.call('HSET', tk, 'exception', root[3]) end
+      end
+      for _, dep in ipairs(split(f[2])) do decref(dep) end
+      for _, child in ipairs(split(f[3])) do stack[#stack + 1] = child end
+      if tonumber(f[4] or '0') <= 0 then drop_node(k, f[5]) end
+    end
+  end
 end
 
 -- Move a task to 'failed' for good.
 local function fail(key, reason, t)
   local tk = p .. 'task:' .. key
-  redis.call('HSET', tk, 'state', 'failed', 'finished_at', t)
   if reason then redis.call('HSET', tk, 'error', reason) end
+  if redis.call('HEXISTS', tk, 'graph') == 1 then return fail_graph_node(key, t) end
+  redis.call('HSET', tk, 'state', 'failed', 'finished_at', t)
   redis.call('RPUSH', p .. 'failed', key)
+end
+
+-- A graph node finished: its inputs lose a reference, its dependents whose
+-- inputs are now all done are queued, its client is told.
+local function finish_graph_node(key, payload, t)
+  local tk = p .. 'task:' .. key
+  redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t)
+  redis.call('HDEL', tk, 'xs')
+  local f = redis.call('HMGET', tk, 'deps', 'dependents', 'graph', 'notify', 'refs')
+  for _, dep in ipairs(split(f[1])) do decref(dep) end
+  local released = 0
+  for _, child in ipairs(split(f[2])) do
+    local ck = p .. 'task:' .. child
+    if redis.call('EXISTS', ck) == 1 and redis.call('HINCRBY', ck, 'waiting', -1) == 0 then
+      enqueue(child)
+      released = released + 1
+    end
+  end
+  wake(released)
+  if f[4] == '1' then redis.call('RPUSH', p .. 'gdone:' .. f[3], key) end
+  if tonumber(f[5] or '0') <= 0 then drop_node(key, f[3]) end
 end
 
 -- Hand a queued task to a worker.
@@ -64,11 +164,25 @@ local function start(wid, key, t)
   redis.call('HSET', p .. 'worker:' .. wid, 'current', key)
 end
 
--- What a worker needs to run a task.
+-- What a worker needs to run a task. For a graph node, the results of its
+-- inputs come along when they are small (one round trip); large ones are
+-- left for the worker to read, or to find in its own cache.
 local function task_reply(key)
   local f = redis.call('HMGET', p .. 'task:' .. key,
-                       'xs', 'fun', 'timeout', 'seed', 'seq', 'attempts')
-  return {'task', key, f[1], f[2], f[3], f[4], f[5], f[6]}
+                       'xs', 'fun', 'timeout', 'seed', 'seq', 'attempts', 'graph', 'deps')
+  local inputs = {}
+  if f[7] then
+    for _, dep in ipairs(split(f[8])) do
+      local dk = p .. 'task:' .. dep
+      inputs[#inputs + 1] = dep
+      if redis.call('HSTRLEN', dk, 'ys') <= 65536 then
+        inputs[#inputs + 1] = redis.call('HGET', dk, 'ys') or ''
+      else
+        inputs[#inputs + 1] = ''
+      end
+    end
+  end
+  return {'task', key, f[1], f[2], f[3], f[4], f[5], f[6], f[7], inputs}
 end
 
 -- Record the outcome of a running task. Only the worker that holds it may:
@@ -80,8 +194,12 @@ local function settle(wid, key, outcome, payload, tb, exc, t)
   redis.call('SREM', p .. 'running', key)
   redis.call('SREM', p .. 'held:' .. wid, key)
   if outcome == 'finished' then
-    redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t)
-    redis.call('RPUSH', p .. 'finished', key)
+    if redis.call('HEXISTS', tk, 'graph') == 1 then
+      finish_graph_node(key, payload, t)
+    else
+      redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t)
+      redis.call('RPUSH', p .. 'finished', key)
+    end
     return 'finished'
   end
   redis.call('HSET', tk, 'error', payload, 'traceback', tb)
@@ -99,9 +217,7 @@ end
 local function release_priority_queue(wid)
   local pq = p .. 'pq:' .. wid
   local keys = redis.call('LRANGE', pq, 0, -1)
-  for _, key in ipairs(keys) do
-    redis.call('ZADD', p .. 'queue', redis.call('HGET', p .. 'task:' .. key, 'score'), key)
-  end
+  for _, key in ipairs(keys) do enqueue(key) end
   redis.call('DEL', pq)
   wake(#keys)
 end
@@ -148,8 +264,8 @@ return base
 # queue). Idempotent: a call repeated with the same request id (because its
 # reply was lost) gets the task popped the first time, not a second one.
 # ARGV: p, worker_id, prev_key, outcome ('finished'|'error'), payload,
-#       traceback, exception, request_id
-# Returns {'task', key, xs, fun, timeout, seed, seq, attempts},
+#       traceback, exception, request_id, resources ('GPU=1,MEM=8' or '')
+# Returns {'task', key, xs, fun, timeout, seed, seq, attempts, graph, inputs},
 #         {'empty', '', note} or {'stop', reason, note}.
 FINISH_AND_POP = r"""
 local wid = ARGV[2]
@@ -168,6 +284,21 @@ if last[1] == request and last[2] then
   if f[1] == 'running' and f[2] == wid then return task_reply(last[2]) end
 end
 local key = redis.call('LPOP', p .. 'pq:' .. wid)
+if not key and ARGV[9] ~= '' then
+  -- This worker has resources: first the queues of tasks that need them.
+  local have = {}
+  for name, amount in string.gmatch(ARGV[9], '([^=,]+)=([^,]+)') do have[name] = tonumber(amount) end
+  for _, spec in ipairs(redis.call('SMEMBERS', p .. 'rqueues')) do
+    local ok = true
+    for name, amount in string.gmatch(spec, '([^=,]+)=([^,]+)') do
+      if (have[name] or 0) < tonumber(amount) then ok = false end
+    end
+    if ok then
+      local z = redis.call('ZPOPMIN', p .. 'rq:' .. spec)
+      if #z > 0 then key = z[1]; break end
+    end
+  end
+end
 if not key then
   local z = redis.call('ZPOPMIN', p .. 'queue')
   if #z > 0 then key = z[1] end
@@ -334,8 +465,91 @@ for _, wid in ipairs(redis.call('HKEYS', p .. 'worker_states')) do
   for _, key in ipairs(redis.call('LRANGE', p .. 'pq:' .. wid, 0, -1)) do keys[#keys + 1] = key end
   redis.call('DEL', p .. 'pq:' .. wid)
 end
+for _, spec in ipairs(redis.call('SMEMBERS', p .. 'rqueues')) do
+  for _, key in ipairs(redis.call('ZRANGE', p .. 'rq:' .. spec, 0, -1)) do keys[#keys + 1] = key end
+  redis.call('DEL', p .. 'rq:' .. spec)
+end
 for _, key in ipairs(keys) do fail(key, reason, t) end
 return #keys
+"""
+
+# Create the nodes of a Dask graph (one batch; the client sends all batches
+# in one MULTI/EXEC, so workers never see half a graph). A node waits for its
+# inputs that are not finished yet; inputs from earlier graphs (persisted
+# results, futures) get one more reference and learn about the new dependent.
+# ARGV: p, graph_id, n_nodes_in_graph, notify ('1': a client reads gdone),
+#       then per node: key, xs, refs, deps, dependents, score, res, max_retries, max_lost
+PUSH_GRAPH = r"""
+local gid, notify = ARGV[2], ARGV[4]
+local t = now()
+redis.call('HSET', p .. 'graph:' .. gid, 'live', ARGV[3])
+local queued = 0
+for j = 5, #ARGV, 9 do
+  local key = ARGV[j]
+  local tk = p .. 'task:' .. key
+  redis.call('HSET', tk, 'xs', ARGV[j + 1], 'graph', gid, 'refs', ARGV[j + 2],
+             'deps', ARGV[j + 3], 'dependents', ARGV[j + 4], 'score', ARGV[j + 5],
+             'res', ARGV[j + 6], 'max_retries', ARGV[j + 7], 'max_lost', ARGV[j + 8],
+             'attempts', 0, 'queued_at', t, 'notify', notify)
+  local waiting = 0
+  for _, dep in ipairs(split(ARGV[j + 3])) do
+    local dk = p .. 'task:' .. dep
+    local f = redis.call('HMGET', dk, 'state', 'graph')
+    if f[2] ~= gid then
+      redis.call('HINCRBY', dk, 'refs', 1)
+      if f[1] ~= 'finished' then
+        redis.call('HSET', dk, 'dependents', (redis.call('HGET', dk, 'dependents') or '') .. ' ' .. key)
+        waiting = waiting + 1
+      end
+    elseif f[1] ~= 'finished' then
+      waiting = waiting + 1
+    end
+  end
+  redis.call('HSET', tk, 'waiting', waiting)
+  if waiting == 0 then
+    enqueue(key)
+    queued = queued + 1
+  else
+    redis.call('HSET', tk, 'state', 'waiting')
+  end
+end
+wake(queued)
+return queued
+"""
+
+# Drop one reference from each node (the client read or released it).
+# ARGV: p, keys...
+RELEASE = r"""
+for i = 2, #ARGV do decref(ARGV[i]) end
+return #ARGV - 1
+"""
+
+# Cancel a graph: delete every node still there, take them off the queues and
+# off the workers (their late results are dropped), and give back the
+# references they held on results of earlier graphs.
+# ARGV: p, graph_id, keys...
+CANCEL_GRAPH = r"""
+local gid = ARGV[2]
+for i = 3, #ARGV do
+  local key = ARGV[i]
+  local tk = p .. 'task:' .. key
+  local f = redis.call('HMGET', tk, 'state', 'worker_id', 'deps')
+  if f[1] then
+    if f[1] == 'queued' then dequeue(key) end
+    if f[1] == 'running' then
+      redis.call('SREM', p .. 'running', key)
+      if f[2] then redis.call('SREM', p .. 'held:' .. f[2], key) end
+    end
+    if f[1] ~= 'finished' and f[1] ~= 'failed' then
+      for _, dep in ipairs(split(f[3])) do
+        if redis.call('HGET', p .. 'task:' .. dep, 'graph') ~= gid then decref(dep) end
+      end
+    end
+    redis.call('DEL', tk)
+  end
+end
+redis.call('DEL', p .. 'graph:' .. gid, p .. 'gdone:' .. gid)
+return 1
 """
 
 _BODIES = {
@@ -348,6 +562,9 @@ _BODIES = {
     "deregister": DEREGISTER,
     "mark_workers": MARK_WORKERS,
     "empty_queue": EMPTY_QUEUE,
+    "push_graph": PUSH_GRAPH,
+    "release": RELEASE,
+    "cancel_graph": CANCEL_GRAPH,
 }
 
 

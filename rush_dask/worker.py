@@ -31,7 +31,8 @@ import time
 import traceback
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import redis
@@ -44,6 +45,7 @@ from .logs import RedisLogHandler
 from .network import HOSTNAME, NetworkView
 from .scripts import Scripts
 from .serialize import dumps, loads
+from .cache import ResultCache
 from .tasks import check_xss, new_keys
 
 logger = logging.getLogger("rush_dask.worker")
@@ -56,24 +58,33 @@ class Task:
     """A task handed to a worker: ``key``, inputs ``xs`` and how to run it."""
 
     key: str
-    xs: dict[str, Any]
+    payload: bytes
     fun_id: str | None = None
     timeout: float | None = None
     seed: int | None = None
     seq: int = 0
     attempts: int = 1
+    graph: str | None = None  # set for nodes of a Dask graph
+    inputs: dict[str, bytes | None] = field(default_factory=dict)  # graph inputs sent inline
+
+    @cached_property
+    def xs(self) -> Any:
+        """The inputs (a dict; for a graph node, the node and its input keys)."""
+        return loads(self.payload)
 
     @classmethod
     def from_reply(cls, reply: list) -> "Task":
-        _, key, xs, fun, timeout, seed, seq, attempts = reply
+        _, key, xs, fun, timeout, seed, seq, attempts, graph, inputs = reply
         return cls(
             key=key.decode(),
-            xs=loads(xs),
+            payload=xs,
             fun_id=fun.decode() if fun else None,
             timeout=float(timeout) if timeout else None,
             seed=int(seed) if seed else None,
             seq=int(seq) if seq else 0,
             attempts=int(attempts) if attempts else 1,
+            graph=graph.decode() if graph else None,
+            inputs={inputs[i].decode(): inputs[i + 1] or None for i in range(0, len(inputs), 2)},
         )
 
 
@@ -155,6 +166,8 @@ class RushWorker(NetworkView):
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.heartbeat_period, self.heartbeat_expire = check_heartbeat(heartbeat_period, heartbeat_expire)
         self.resources = dict(resources or {})
+        self._resource_spec = ",".join(f"{k}={v}" for k, v in sorted(self.resources.items()))
+        self.cache = ResultCache()  # results of graph nodes made or read here
         self.redis_retry_timeout = redis_retry_timeout
         self.fun = fun
         self.constants = dict(constants or {})
@@ -240,7 +253,8 @@ class RushWorker(NetworkView):
     def _finish_and_pop(self, prev_key: str = "", outcome: str = "", payload: bytes | str = b"",
                         tb: str = "", exc: bytes = b"") -> list:
         self._requests += 1
-        args = [self.keys.prefix, self.worker_id, prev_key, outcome, payload, tb, exc, self._requests]
+        args = [self.keys.prefix, self.worker_id, prev_key, outcome, payload, tb, exc, self._requests,
+                self._resource_spec]
         return self._retry(lambda: self.scripts.finish_and_pop(args=args))
 
     def pop_task(self, timeout: float | None = 0) -> Task | None:
@@ -345,9 +359,41 @@ class RushWorker(NetworkView):
             fun = self._functions[fun_id] = loads(blob)
         return fun
 
+    def _graph_inputs(self, task: Task, deps: dict) -> dict:
+        """Values of a graph node's inputs: sent inline, cached here, or read from Redis."""
+        values, missing = {}, []
+        for dask_key, task_key in deps.items():
+            inline = task.inputs.get(task_key)
+            if inline is not None:
+                values[dask_key] = loads(inline)
+            elif task_key in self.cache:
+                values[dask_key] = self.cache[task_key]
+            else:
+                missing.append((dask_key, task_key))
+        if missing:
+            pipe = self.client.pipeline(transaction=False)
+            for _, task_key in missing:
+                pipe.hget(self.keys.task(task_key), "ys")
+            blobs = self._retry(pipe.execute)
+            for (dask_key, task_key), blob in zip(missing, blobs):
+                if blob is None:
+                    raise RuntimeError(f"the result of input {dask_key!r} is no longer in Redis")
+                values[dask_key] = loads(blob)
+                self.cache.put(task_key, values[dask_key], len(blob))
+        return values
+
+    def _run_graph_node(self, task: Task) -> bytes:
+        node, deps = task.xs
+        result = node(self._graph_inputs(task, deps))
+        payload = dumps(result)
+        self.cache.put(task.key, result, len(payload))
+        return payload
+
     def execute(self, task: Task) -> tuple[str, Any, str, bytes]:
         """Run one task here; returns (outcome, payload, traceback, pickled exception)."""
         try:
+            if task.graph is not None:
+                return "finished", self._run_graph_node(task), "", b""
             fun = self._function(task.fun_id)
             if task.seed is not None:
                 seed_task(task.seed, task.seq)

@@ -1,0 +1,1 @@
+"""Benchmarks of rush_dask (run them as scripts, see README.md)."""

@@ -1,0 +1,445 @@
+"""Throughput of rush_dask against a bare Redis list queue, on one private Redis server.
+
+What is measured (2 local worker processes, the same private Redis server
+on a unix socket for everything, started here and stopped at the end):
+
+* **trivial**: 10,000 tasks whose function returns ``{"y": x + 1}``: the
+  per-task overhead of the system itself.
+* **sleep**: 1,000 tasks of ``time.sleep(0.01)``: how close the system gets
+  to the ideal 2 workers / 0.01 s = 200 tasks/s (5 s for 1,000 tasks).
+
+Each workload runs on
+
+* **rush_dask**: one ``Rush`` per repetition with a fresh network id,
+  ``start_workers(fun, n_workers=2)`` and ``wait_for_workers(2)`` before the
+  clock starts; timed from ``push_tasks`` (one call for all tasks) until
+  ``wait_for_tasks`` returns; then ``reset()``.
+* **bare queue**: the practical limit of a Redis work queue written here:
+  the controller pipelines one LPUSH per pickled task, 2 worker processes
+  loop BRPOP task -> compute -> LPUSH pickled result, and the controller
+  BRPOPs (then RPOPs in bulk) until it holds every result.
+
+Both timings include pickling the inputs and end when the controller knows
+every task is done. Every figure is the median of ``--repeats`` runs
+(default 3) with [min - max]; the workloads are interleaved within each
+repetition. Also reported:
+
+* Redis server CPU per task (``INFO cpu`` delta), for both systems;
+* Redis commands per task of the rush trivial run, from ``INFO commandstats``
+  (``CONFIG RESETSTAT`` right before the push). Note that commandstats also
+  counts the commands that Lua scripts run, so it measures server work,
+  not round trips;
+* round trips: one extra, untimed rush trivial run watched with ``MONITOR``
+  (in a separate process), which splits top-level commands (sent by clients,
+  EVALSHA broken down by script) from the commands run inside scripts.
+
+Run from the repository root::
+
+    python benchmarks/bench_rush.py               # full run, 3 repeats (about 2 minutes)
+    python benchmarks/bench_rush.py --repeats 5
+    python benchmarks/bench_rush.py --quick       # smoke run: 1,000 + 200 tasks, 1 repeat
+
+The Markdown tables are printed and written to ``benchmarks/results/rush_core.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import pickle
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import redis
+
+from rush_dask import Rush
+from rush_dask.server import RedisServer
+
+N_WORKERS = 2
+SLEEP_SECONDS = 0.01
+WAIT_TIMEOUT = 600.0  # seconds; a run that takes longer is broken
+RESULTS_FILE = Path(__file__).resolve().parent / "results" / "rush_core.md"
+RUSH = "rush_dask"
+BARE = "bare queue"
+
+
+# ------------------------------------------------------------ task functions
+# Module level, so that workers can load them: rush pickles them with
+# cloudpickle (by value when this file runs as __main__), the bare queue's
+# spawned processes re-import this file.
+
+def add_one(x, **kwargs):
+    return {"y": x + 1}
+
+
+def sleep_then_add_one(x, **kwargs):
+    time.sleep(SLEEP_SECONDS)
+    return {"y": x + 1}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    fun: Callable
+    n_tasks: int
+
+    def inputs(self) -> list[dict]:
+        return [{"x": i} for i in range(self.n_tasks)]
+
+    @property
+    def ideal_seconds(self) -> float | None:
+        """Time with zero overhead (only for the sleep workload)."""
+        if self.fun is sleep_then_add_one:
+            return self.n_tasks * SLEEP_SECONDS / N_WORKERS
+        return None
+
+
+@dataclass
+class Run:
+    seconds: float
+    redis_cpu: float  # server CPU seconds (user + sys) during the timed window
+    commandstats: dict[str, dict] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ helpers
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def median_min_max(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(values: list[float], digits: int = 0) -> str:
+    med, lo, hi = median_min_max(values)
+    if len(values) == 1:
+        return f"{med:,.{digits}f}"
+    return f"{med:,.{digits}f} [{lo:,.{digits}f} – {hi:,.{digits}f}]"
+
+
+# ---------------------------------------------------------------- rush_dask
+def run_rush(url: str, workload: Workload, log_dir: str, *, monitor: bool = False) -> Run | Counter:
+    """One timed rush_dask run; with ``monitor=True`` an untimed MONITOR pass instead."""
+    rush = Rush(f"bench-{uuid.uuid4().hex[:10]}", url=url)
+    try:
+        rush.start_workers(workload.fun, n_workers=N_WORKERS, log_dir=log_dir)
+        rush.wait_for_workers(N_WORKERS, timeout=120)
+        xss = workload.inputs()
+        if monitor:
+            return _monitored_rush_run(rush, xss, url)
+        rush.client.config_resetstat()
+        cpu0, t0 = redis_cpu_seconds(rush.client), time.perf_counter()
+        keys = rush.push_tasks(xss)
+        rush.wait_for_tasks(keys, timeout=WAIT_TIMEOUT, progress=False)
+        seconds = time.perf_counter() - t0
+        run = Run(seconds, redis_cpu_seconds(rush.client) - cpu0, rush.client.info("commandstats"))
+        _check_rush(rush, workload.n_tasks)
+        return run
+    finally:
+        rush.reset()
+        rush.close()
+
+
+def _check_rush(rush: Rush, n_tasks: int) -> None:
+    finished, failed = rush.n_finished_tasks, rush.n_failed_tasks
+    if finished != n_tasks or failed:
+        raise RuntimeError(f"rush run: {finished} finished and {failed} failed of {n_tasks} tasks")
+
+
+def _monitored_rush_run(rush: Rush, xss: list[dict], url: str) -> Counter:
+    """Push and wait while a separate process counts every command with MONITOR."""
+    script_names = {s.sha: name for name, s in vars(rush.scripts).items() if hasattr(s, "sha")}
+    stop_token = f"bench-monitor-stop-{uuid.uuid4().hex}"
+    ctx = multiprocessing.get_context("spawn")
+    replies = ctx.Queue()
+    watcher = ctx.Process(target=monitor_commands, args=(url, stop_token, script_names, replies))
+    watcher.start()
+    try:
+        if replies.get(timeout=60) != "ready":
+            raise RuntimeError("MONITOR process did not start")
+        keys = rush.push_tasks(xss)
+        rush.wait_for_tasks(keys, timeout=WAIT_TIMEOUT, progress=False)
+        rush.client.echo(stop_token)
+        counts = replies.get(timeout=300)
+        _check_rush(rush, len(xss))
+        return counts
+    finally:
+        watcher.join(10)
+        if watcher.is_alive():
+            watcher.terminate()
+            watcher.join()
+
+
+def monitor_commands(url: str, stop_token: str, script_names: dict[str, str], replies) -> None:
+    """(In its own process.) Count commands seen by MONITOR until ``ECHO stop_token``.
+
+    Keys: ``("top", "evalsha finish_and_pop")``, ``("top", "lrange")``, ...
+    for commands sent by clients, ``("lua", "hset")``, ... for commands run
+    inside scripts.
+    """
+    counts: Counter = Counter()
+    stop = stop_token.encode()
+    with redis.Redis.from_url(url).monitor() as mon:
+        replies.put("ready")
+        while True:
+            # A line looks like: 1700000000.123456 [0 unix:/path/redis.sock] "evalsha" "8a50..." "0" ...
+            line = mon.connection.read_response()
+            where, _, command = line.partition(b"] ")
+            parts = command.split(b'"', 4)  # ['', name, ' ', first argument, rest]
+            name = parts[1].decode().lower()
+            first_arg = parts[3] if len(parts) > 3 else b""
+            if name == "echo" and first_arg == stop:
+                break
+            if where.endswith(b" lua"):
+                counts[("lua", name)] += 1
+            elif name in ("evalsha", "eval"):
+                counts[("top", f"{name} {script_names.get(first_arg.decode(), 'other script')}")] += 1
+            else:
+                counts[("top", name)] += 1
+    replies.put(counts)
+
+
+# --------------------------------------------------------------- bare queue
+def bare_worker(url: str, queue: str, results: str, ready: str, fun: Callable) -> None:
+    """(In its own process.) BRPOP a task, run it, LPUSH the result; ``None`` stops."""
+    client = redis.Redis.from_url(url)
+    client.lpush(ready, b"1")
+    while True:
+        _, payload = client.brpop([queue], timeout=0)
+        task = pickle.loads(payload)
+        if task is None:
+            return
+        task_id, xs = task
+        client.lpush(results, pickle.dumps((task_id, fun(**xs)), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def run_bare(url: str, workload: Workload) -> Run:
+    """One timed run of the bare Redis list queue."""
+    client = redis.Redis.from_url(url)
+    prefix = f"bare:{uuid.uuid4().hex[:10]}:"
+    queue, results, ready = prefix + "queue", prefix + "results", prefix + "ready"
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters, like rush's workers
+    workers = [ctx.Process(target=bare_worker, args=(url, queue, results, ready, workload.fun))
+               for _ in range(N_WORKERS)]
+    for proc in workers:
+        proc.start()
+    try:
+        for _ in workers:
+            if client.brpop([ready], timeout=120) is None:
+                raise RuntimeError("bare queue workers did not start")
+        xss = workload.inputs()
+        cpu0, t0 = redis_cpu_seconds(client), time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        for i, xs in enumerate(xss):
+            pipe.lpush(queue, pickle.dumps((i, xs), protocol=pickle.HIGHEST_PROTOCOL))
+        pipe.execute()
+        raw = collect_results(client, results, len(xss))
+        seconds = time.perf_counter() - t0
+        run = Run(seconds, redis_cpu_seconds(client) - cpu0)
+        _check_bare(raw, len(xss))
+        return run
+    finally:
+        _stop_bare_workers(client, queue, workers)
+        client.delete(queue, results, ready)
+        client.close()
+
+
+def collect_results(client: redis.Redis, key: str, n: int) -> list[bytes]:
+    """Block for one result, then take whatever else is there in one RPOP; until ``n``."""
+    out: list[bytes] = []
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while len(out) < n:
+        item = client.brpop([key], timeout=1)
+        if item is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bare queue: {len(out)} of {n} results after {WAIT_TIMEOUT} s")
+            continue
+        out.append(item[1])
+        out.extend(client.rpop(key, n - len(out)) or [])
+    return out
+
+
+def _check_bare(raw: list[bytes], n_tasks: int) -> None:
+    results = dict(pickle.loads(blob) for blob in raw)
+    if sorted(results) != list(range(n_tasks)) or any(ys["y"] != i + 1 for i, ys in results.items()):
+        raise RuntimeError("bare queue: missing or wrong results")
+
+
+def _stop_bare_workers(client: redis.Redis, queue: str, workers: list) -> None:
+    client.lpush(queue, *[pickle.dumps(None)] * len(workers))
+    for proc in workers:
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
+
+
+# ------------------------------------------------------------------ reports
+def commands_per_task(stats: list[dict[str, dict]], n_tasks: int) -> list[tuple[str, list[float], list[float]]]:
+    """(command, calls per task in each run, µs per call in each run), most calls first."""
+    names = sorted({name for run in stats for name in run if name != "cmdstat_config|resetstat"})
+    rows = []
+    for name in names:
+        calls = [run.get(name, {}).get("calls", 0) / n_tasks for run in stats]
+        usec = [run[name]["usec_per_call"] for run in stats if name in run]
+        rows.append((name.removeprefix("cmdstat_"), calls, usec))
+    return sorted(rows, key=lambda row: -statistics.median(row[1]))
+
+
+def throughput_table(results: dict, workloads: list[Workload]) -> list[str]:
+    lines = ["| workload | system | tasks | time (s) | tasks/s | ms per task per worker | Redis CPU µs/task |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for w in workloads:
+        for system in (RUSH, BARE):
+            runs = results[system, w.name]
+            lines.append(
+                f"| {w.name} | {system} | {w.n_tasks:,} | {fmt([r.seconds for r in runs], 3)} "
+                f"| {fmt([w.n_tasks / r.seconds for r in runs])} "
+                f"| {fmt([r.seconds * N_WORKERS / w.n_tasks * 1e3 for r in runs], 3)} "
+                f"| {fmt([r.redis_cpu / w.n_tasks * 1e6 for r in runs], 1)} |")
+        if w.ideal_seconds:
+            lines.append(f"| {w.name} | ideal | {w.n_tasks:,} | {w.ideal_seconds:.3f} "
+                         f"| {w.n_tasks / w.ideal_seconds:,.0f} | {SLEEP_SECONDS * 1e3:.3f} | |")
+    return lines
+
+
+def ratio_table(results: dict, trivial: Workload, sleep: Workload) -> list[str]:
+    """Ratios per repetition (runs of one repetition paired), then median [min – max]."""
+    def rate(system: str, w: Workload) -> list[float]:
+        return [w.n_tasks / r.seconds for r in results[system, w.name]]
+
+    ideal = sleep.n_tasks / sleep.ideal_seconds
+    rows = [
+        ("rush / bare queue, trivial tasks/s",
+         [a / b for a, b in zip(rate(RUSH, trivial), rate(BARE, trivial))]),
+        ("rush / bare queue, sleep tasks/s", [a / b for a, b in zip(rate(RUSH, sleep), rate(BARE, sleep))]),
+        (f"rush sleep / ideal ({ideal:,.0f} tasks/s)", [a / ideal for a in rate(RUSH, sleep)]),
+        (f"bare queue sleep / ideal ({ideal:,.0f} tasks/s)", [a / ideal for a in rate(BARE, sleep)]),
+    ]
+    return ["| ratio | value |", "|---|---:|", *[f"| {name} | {fmt(values, 3)} |" for name, values in rows]]
+
+
+def commandstats_table(runs: list[Run], n_tasks: int) -> list[str]:
+    rows = commands_per_task([r.commandstats for r in runs], n_tasks)
+    total = [sum(row[1][i] for row in rows) for i in range(len(runs))]
+    lines = ["| command | calls per task | µs per call |", "|---|---:|---:|"]
+    lines += [f"| {name} | {fmt(calls, 4)} | {fmt(usec, 2) if usec else ''} |" for name, calls, usec in rows]
+    lines.append(f"| **all commands (top-level + inside scripts)** | {fmt(total, 2)} | |")
+    return lines
+
+
+def monitor_table(counts: Counter, n_tasks: int) -> list[str]:
+    top = sorted(((name, c) for (kind, name), c in counts.items() if kind == "top"), key=lambda x: -x[1])
+    lua_total = sum(c for (kind, _), c in counts.items() if kind == "lua")
+    lines = ["| command sent by a client | per task |", "|---|---:|"]
+    lines += [f"| {name} | {c / n_tasks:.4f} |" for name, c in top]
+    lines.append(f"| **all top-level commands** | {sum(c for _, c in top) / n_tasks:.3f} |")
+    lines.append(f"| commands run inside scripts | {lua_total / n_tasks:.2f} |")
+    return lines
+
+
+def environment(url: str) -> str:
+    info = redis.Redis.from_url(url).info("server")
+    return (f"Python {platform.python_version()}, redis-py {redis.__version__}, "
+            f"Redis {info['redis_version']} (private server, unix socket), {os.cpu_count()} cores, "
+            f"{N_WORKERS} workers, rush_dask at {git_revision()}")
+
+
+def git_revision() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "rush_dask"], cwd=root,
+                               timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return "unknown revision"
+    return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown revision"
+
+
+def report(results: dict, workloads: list[Workload], counts: Counter, repeats: int, env: str) -> str:
+    trivial, sleep = workloads
+    rush_trivial = results[RUSH, trivial.name]
+    return "\n".join([
+        "# rush_dask core throughput",
+        "",
+        f"{env}. Median of {repeats} repeat(s) [min – max]; generated by `benchmarks/bench_rush.py` "
+        f"on {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        "## Throughput",
+        "",
+        *throughput_table(results, workloads),
+        "",
+        "## Ratios",
+        "",
+        *ratio_table(results, trivial, sleep),
+        "",
+        f"## Redis commands per task, rush_dask {trivial.name} run (INFO commandstats)",
+        "",
+        "Counts include the commands that Lua scripts run; µs per call of `evalsha` includes them too.",
+        "",
+        *commandstats_table(rush_trivial, trivial.n_tasks),
+        "",
+        f"## Round trips per task, rush_dask {trivial.name} run (one untimed run under MONITOR)",
+        "",
+        "Commands in a pipeline are counted one by one (the controller's wait loop sends 2 LRANGE per round trip).",
+        "",
+        *monitor_table(counts, trivial.n_tasks),
+        "",
+    ])
+
+
+# --------------------------------------------------------------------- main
+def run_all(url: str, workloads: list[Workload], repeats: int, log_dir: str) -> dict:
+    results: dict = {}
+    for rep in range(1, repeats + 1):
+        for w in workloads:
+            for system in (RUSH, BARE):
+                run = run_rush(url, w, log_dir) if system == RUSH else run_bare(url, w)
+                results.setdefault((system, w.name), []).append(run)
+                print(f"repeat {rep}/{repeats}  {w.name:<8} {system:<10} {run.seconds:7.3f} s  "
+                      f"{w.n_tasks / run.seconds:9,.0f} tasks/s", file=sys.stderr, flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 + 200 tasks, 1 repeat")
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    if repeats < 1:
+        parser.error("--repeats must be >= 1")
+    workloads = [
+        Workload("trivial", add_one, 1_000 if args.quick else 10_000),
+        Workload("sleep", sleep_then_add_one, 200 if args.quick else 1_000),
+    ]
+    server = RedisServer().start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-rush-logs-") as log_dir:
+            env = environment(server.url)
+            results = run_all(server.url, workloads, repeats, log_dir)
+            counts = run_rush(server.url, workloads[0], log_dir, monitor=True)
+    finally:
+        server.stop()
+    text = report(results, workloads, counts, repeats, env)
+    print(text)
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE.write_text(text)
+    print(f"(written to {RESULTS_FILE})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

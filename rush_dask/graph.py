@@ -1,0 +1,266 @@
+"""Running a Dask graph as Redis tasks.
+
+How a graph runs
+----------------
+The client converts the graph (``convert_legacy_graph``) and numbers its
+nodes. Node ``i`` of graph ``G`` becomes the Redis task ``G.i``: a task hash
+like any Rush task, with the pickled node (``Task``, ``DataNode`` or
+``Alias``) and a map from each input's Dask key to its task key. It also
+carries two counters:
+
+* ``waiting``: inputs not finished yet. At 0 the node is queued, with score
+  ``-priority * 1e12 + (graph offset + dask.order rank)``: user priority
+  first, then submission order across graphs, then ``dask.order``.
+* ``refs``: who still needs its result: dependents that have not finished,
+  plus one for the client if it is an output (or a future).
+
+The whole graph is written in one MULTI/EXEC. From then on the client is not
+in the loop: a worker pops a node (its small inputs come in the same reply,
+large ones from Redis or its own cache), runs ``node(inputs)``, and one
+script stores the result, decrements ``refs`` of the inputs (deleting the
+results nobody needs any more), decrements ``waiting`` of the dependents
+(queueing those that are ready), tells the client through the list
+``gdone:G`` — and pops the next node.
+
+The client blocks on ``gdone:G`` (BLMPOP), runs the Dask callbacks, reads the
+outputs and releases them; when the last node of ``G`` is deleted the
+graph's bookkeeping goes too, so nothing of ``G`` is left in Redis. The first
+node that fails (after its retries) fails its dependents too; the client
+cancels the rest of the graph and re-raises the original exception.
+
+Inputs that are not in the graph are results of earlier graphs (persisted
+collections, futures): the new graph holds a reference on them while it
+needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
+
+from dask._task_spec import GraphNode, convert_legacy_graph
+from dask.core import flatten
+from dask.order import order
+
+from . import constants as C
+from .errors import KilledWorker, TaskFailedError
+from .serialize import dumps, loads
+
+if TYPE_CHECKING:
+    from .futures import RushFuture
+    from .rush import Rush
+
+logger = logging.getLogger("rush_dask")
+
+_BATCH = 1_000
+
+
+def to_task_graph(dsk: Any) -> tuple[dict[Hashable, GraphNode], dict[Hashable, Any], dict[str, dict]]:
+    """(graph nodes, futures standing for keys, annotations) of an expression or a dict graph."""
+    from .futures import RushFuture
+
+    annotations: dict[str, dict] = {}
+    if hasattr(dsk, "__dask_graph__"):
+        get_annotations = getattr(dsk, "__dask_annotations__", None)
+        annotations = dict(get_annotations() or {}) if get_annotations else {}
+        dsk = dsk.__dask_graph__()
+    raw = dict(dsk)
+    futures = {k: v for k, v in raw.items() if isinstance(v, RushFuture)}
+    graph = convert_legacy_graph({k: v for k, v in raw.items() if k not in futures})
+    return graph, futures, annotations
+
+
+def _resource_spec(resources: Mapping[str, float] | None) -> str:
+    if not resources:
+        return ""
+    if not isinstance(resources, Mapping):
+        raise TypeError(f"resources must be a dict like {{'GPU': 1}}, got {resources!r}")
+    return ",".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
+
+
+def raise_node_error(rush: "Rush", task_key: str, dask_key: Any) -> None:
+    """Re-raise the exception a node failed with, its remote traceback attached."""
+    error, tb, blob = rush.client.hmget(rush.keys.task(task_key), "error", "traceback", "exception")
+    text = error.decode() if error else "unknown error"
+    remote_tb = tb.decode() if tb else ""
+    exc: BaseException | None = None
+    if blob:
+        try:
+            exc = loads(blob)
+        except Exception:
+            exc = None
+    if exc is None:
+        cls = KilledWorker if "lost" in text else TaskFailedError
+        exc = cls(f"task {dask_key!r} failed: {text}")
+    exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
+    if remote_tb and hasattr(exc, "add_note"):
+        exc.add_note(f"Remote traceback of task {dask_key!r}:\n{remote_tb.rstrip()}")
+    raise exc
+
+
+class GraphRun:
+    """One graph pushed to Redis: submit it, follow it, cancel it."""
+
+    def __init__(self, rush: "Rush", dsk: Any, outputs: list, *, notify: bool,
+                 priority: int = 0, retries: int = 0, resources: Mapping[str, float] | None = None,
+                 max_lost: int = C.DEFAULT_MAX_LOST):
+        self.rush = rush
+        self.graph, futures, self.annotations = to_task_graph(dsk)
+        self.notify = notify
+        self.graph_id = uuid.uuid4().hex[:12]
+        self.outputs = list(dict.fromkeys(outputs))
+        self.task_keys = {key: f"{self.graph_id}.{i}" for i, key in enumerate(self.graph)}
+        self.external: dict[Hashable, RushFuture] = dict(futures)
+        self._find_external_inputs()
+        self.defaults = {"priority": priority, "retries": retries, "resources": resources}
+        self.max_lost = max_lost
+
+    def _find_external_inputs(self) -> None:
+        needed = {dep for node in self.graph.values() for dep in node.dependencies}
+        needed.update(self.outputs)
+        for key in needed:
+            if key in self.graph or key in self.external:
+                continue
+            future = self.rush._futures_by_key.get(key)
+            if future is None:
+                raise KeyError(
+                    f"the graph needs key {key!r}, which is neither in the graph nor the key of "
+                    "a live rush future (was it released?)")
+            self.external[key] = future
+
+    def task_key(self, key: Hashable) -> str:
+        return self.task_keys[key] if key in self.graph else self.external[key].task_key
+
+    def _annotation(self, name: str, key: Hashable) -> Any:
+        values = self.annotations.get(name)
+        if isinstance(values, Mapping) and key in values:
+            return values[key]
+        return self.defaults[name]
+
+    def submit(self) -> None:
+        """Write every node to Redis in one transaction."""
+        graph = self.graph
+        self._check_external_inputs()
+        ranks = order(graph) if graph else {}
+        dependents: dict[Hashable, list[str]] = {key: [] for key in graph}
+        for key, node in graph.items():
+            for dep in node.dependencies:
+                if dep in graph:
+                    dependents[dep].append(self.task_keys[key])
+        outputs = set(self.outputs)
+        base = self.rush.client.incrby(self.rush.keys.seq, max(len(graph), 1)) - len(graph)
+        rows: list[list[Any]] = []
+        for key, node in graph.items():
+            deps = {dep: self.task_key(dep) for dep in node.dependencies}
+            priority = self._annotation("priority", key)
+            rank = ranks[key]
+            rank = rank.priority if hasattr(rank, "priority") else rank
+            rows.append([
+                self.task_keys[key], dumps((node, deps)),
+                len(dependents[key]) + (key in outputs),
+                " ".join(deps.values()), " ".join(dependents[key]),
+                repr(-int(priority) * 1e12 + base + rank),
+                _resource_spec(self._annotation("resources", key)),
+                int(self._annotation("retries", key) or 0), self.max_lost,
+            ])
+        pipe = self.rush.client.pipeline(transaction=True)
+        header = [self.rush.keys.prefix, self.graph_id, len(graph), "1" if self.notify else "0"]
+        for start in range(0, len(rows), _BATCH):
+            args = list(header)
+            for row in rows[start:start + _BATCH]:
+                args.extend(row)
+            self.rush.scripts.push_graph(args=args, client=pipe)
+        # Outputs that are futures of earlier graphs: the client holds one more reference.
+        held = [self.external[k].task_key for k in self.outputs if k not in graph]
+        if held:
+            for task_key in held:
+                pipe.hincrby(self.rush.keys.task(task_key), "refs", 1)
+        pipe.execute()
+
+    def _check_external_inputs(self) -> None:
+        if not self.external:
+            return
+        pipe = self.rush.client.pipeline(transaction=False)
+        futures = list(self.external.items())
+        for _, future in futures:
+            pipe.hget(self.rush.keys.task(future.task_key), "state")
+        for (key, future), state in zip(futures, pipe.execute()):
+            if state is None:
+                raise KeyError(f"the result of {key!r} was released; persist or submit it again")
+            if state == b"failed":
+                raise_node_error(self.rush, future.task_key, key)
+
+    def wait(self, *, on_done: Callable[[Hashable], None] = lambda key: None,
+             timeout: float | None = None) -> dict[Hashable, Any]:
+        """Follow the run until every node finished; returns the outputs' values."""
+        rush = self.rush
+        by_task_key = {task_key: key for key, task_key in self.task_keys.items()}
+        done_key = rush.keys.prefix + f"gdone:{self.graph_id}"
+        outputs_here = [k for k in self.outputs if k in self.graph]
+        remaining = len(self.graph)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        next_check = time.monotonic() + 0.5
+        try:
+            while remaining:
+                reply = rush.client.blmpop(0.2, 1, done_key, direction="LEFT", count=10_000)
+                for item in (reply[1] if reply else []):
+                    item = item.decode()
+                    if item.startswith("!"):
+                        raise_node_error(rush, item[1:], by_task_key.get(item[1:], item[1:]))
+                    remaining -= 1
+                    on_done(by_task_key[item])
+                now = time.monotonic()
+                if deadline is not None and now > deadline:
+                    raise TimeoutError(f"{remaining} of {len(self.graph)} tasks not done after {timeout} s")
+                if now > next_check:
+                    next_check = now + 0.5
+                    rush._check_started_processes()
+                    rush.detect_lost_workers()
+        except BaseException:
+            self.cancel()
+            raise
+        values = self._read([self.task_keys[k] for k in outputs_here])
+        results = dict(zip(outputs_here, values))
+        external = [k for k in self.outputs if k not in self.graph]
+        if external:
+            results.update(zip(external, rush.gather([self.external[k] for k in external])))
+        rush.scripts.release(args=[rush.keys.prefix, *[self.task_key(k) for k in self.outputs]])
+        return results
+
+    def _read(self, task_keys: list[str]) -> list[Any]:
+        pipe = self.rush.client.pipeline(transaction=False)
+        for task_key in task_keys:
+            pipe.hget(self.rush.keys.task(task_key), "ys")
+        return [loads(blob) for blob in pipe.execute()]
+
+    def cancel(self) -> None:
+        """Delete what is left of this graph (queued nodes, late results are dropped)."""
+        keys = list(self.task_keys.values())
+        for start in range(0, max(len(keys), 1), 10_000):
+            self.rush.scripts.cancel_graph(args=[self.rush.keys.prefix, self.graph_id,
+                                                 *keys[start:start + 10_000]])
+
+    def futures(self) -> dict[Hashable, "RushFuture"]:
+        """One future per output (for persist and submit)."""
+        from .futures import RushFuture
+
+        out = {}
+        for key in self.outputs:
+            if key in self.graph:
+                out[key] = RushFuture(key, self.task_keys[key], self.rush)
+            else:
+                out[key] = self.external[key]
+        return out
+
+
+def pack_results(keys: Any, results: Mapping[Hashable, Any]) -> Any:
+    """Arrange results like ``keys`` (a key, or nested lists of keys)."""
+    if isinstance(keys, list):
+        return [pack_results(k, results) for k in keys]
+    return results[keys]
+
+
+def flat_keys(keys: Any) -> list:
+    return list(flatten(keys)) if isinstance(keys, list) else [keys]
