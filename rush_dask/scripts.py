@@ -103,7 +103,11 @@ end
 -- A graph computed by a client is told through its gdone list ('!' + key).
 local function fail_graph_node(key, t)
   local root = redis.call('HMGET', p .. 'task:' .. key, 'error', 'traceback', 'exception', 'graph', 'notify')
-  if root[5] == '1' then redis.call('RPUSH', p .. 'gdone:' .. root[4], '!' .. key) end
+  if root[5] == '1' then
+    -- The client reads the error, then cancels the graph: keep the node till then.
+    redis.call('HINCRBY', p .. 'task:' .. key, 'refs', 1)
+    redis.call('RPUSH', p .. 'gdone:' .. root[4], '!' .. key)
+  end
   local stack = {key}
   while #stack > 0 do
     local k = table.remove(stack)

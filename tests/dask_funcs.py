@@ -1,0 +1,59 @@
+"""Functions for the Dask tests, importable by worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def inc(x):
+    return x + 1
+
+
+def add(a, b):
+    return a + b
+
+
+def slow_inc(x, duration=0.05):
+    time.sleep(duration)
+    return x + 1
+
+
+def boom(x):
+    raise ZeroDivisionError(f"boom on {x}")
+
+
+def record_order(x, path):
+    with open(path, "a") as handle:
+        handle.write(f"{x}\n")
+    return x
+
+
+def fail_first_time(x, marker_dir):
+    marker = Path(marker_dir) / f"seen-{x}"
+    if not marker.exists():
+        marker.write_text("1")
+        raise RuntimeError("first attempt fails")
+    return x * 10
+
+
+def which_worker(x):
+    return os.getpid()
+
+
+def sigkill_once(x, marker_dir):
+    """Kill the worker process the first time this runs."""
+    import signal
+
+    marker = Path(marker_dir) / f"killed-{x}"
+    if not marker.exists():
+        marker.write_text("1")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x + 100
+
+
+def kill_self(x):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
