@@ -165,7 +165,6 @@ local function start(wid, key, t)
   redis.call('HINCRBY', tk, 'attempts', 1)
   redis.call('SADD', p .. 'running', key)
   redis.call('SADD', p .. 'held:' .. wid, key)
-  redis.call('HSET', p .. 'worker:' .. wid, 'current', key)
 end
 
 -- What a worker needs to run a task. For a graph node, the results of its
@@ -186,7 +185,7 @@ local function task_reply(key)
       end
     end
   end
-  return {'task', key, f[1], f[2], f[3], f[4], f[5], f[6], f[7], inputs}
+  return {key, f[1], f[2], f[3], f[4], f[5], f[6], f[7], inputs}
 end
 
 -- Record the outcome of a running task. Only the worker that holds it may:
@@ -263,57 +262,86 @@ wake(to_shared)
 return base
 """
 
-# The worker's one round trip per task: record the outcome of the task it
-# just ran (if any), then pop the next one (own queue first, then the shared
-# queue). Idempotent: a call repeated with the same request id (because its
-# reply was lost) gets the task popped the first time, not a second one.
-# ARGV: p, worker_id, prev_key, outcome ('finished'|'error'), payload,
-#       traceback, exception, request_id, resources ('GPU=1,MEM=8' or '')
-# Returns {'task', key, xs, fun, timeout, seed, seq, attempts, graph, inputs},
-#         {'empty', '', note} or {'stop', reason, note}.
-FINISH_AND_POP = r"""
-local wid = ARGV[2]
+# The worker's one round trip: record the outcomes of the tasks it just ran,
+# then pop up to `want` tasks (own queue first, then the queues of resources
+# it has, then the shared queue). A worker asks for more than one task only
+# when its tasks are very short, so the round trip is shared by several.
+# Idempotent: a call repeated with the same request id (because its reply was
+# lost) gets the tasks popped the first time, not new ones.
+# With min_queue > 0 it is a prefetch (the worker is still busy): it pops only
+# while the shared queue holds at least min_queue tasks, so a busy worker
+# never takes the last tasks away from idle ones.
+# ARGV: p, worker_id, request_id, resources ('GPU=1,MEM=8' or ''), want,
+#       min_queue, n, then n times: key, outcome ('finished'|'error'),
+#       payload, traceback, exception
+# Returns {kind, reason, notes, task...}: kind is 'tasks', 'empty' or 'stop'
+# (reason: 'terminate', 'lost', 'killed'); notes has one entry per outcome
+# (finished, retried, failed or dropped); each task is
+# {key, xs, fun, timeout, seed, seq, attempts, graph, inputs}.
+SETTLE_AND_POP = r"""
+local wid, request, resources = ARGV[2], ARGV[3], ARGV[4]
+local want, min_queue, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local state = redis.call('HGET', p .. 'worker_states', wid)
-if state ~= 'running' then return {'stop', state or 'unknown', 'dropped'} end
-local t = now()
-local prev = ARGV[3]
-local note = ''
-if prev ~= '' then note = settle(wid, prev, ARGV[4], ARGV[5], ARGV[6], ARGV[7], t) end
-local wk = p .. 'worker:' .. wid
-if redis.call('HGET', wk, 'terminate') == '1' then return {'stop', 'terminate', note} end
-local request = ARGV[8]
-local last = redis.call('HMGET', wk, 'request', 'current')
-if last[1] == request and last[2] then
-  local f = redis.call('HMGET', p .. 'task:' .. last[2], 'state', 'worker_id')
-  if f[1] == 'running' and f[2] == wid then return task_reply(last[2]) end
+local notes = {}
+if state ~= 'running' then
+  for i = 1, n do notes[i] = 'dropped' end
+  return {'stop', state or 'unknown', notes}
 end
-local key = redis.call('LPOP', p .. 'pq:' .. wid)
-if not key and ARGV[9] ~= '' then
-  -- This worker has resources: first the queues of tasks that need them.
-  local have = {}
-  for name, amount in string.gmatch(ARGV[9], '([^=,]+)=([^,]+)') do have[name] = tonumber(amount) end
+local t = now()
+for i = 0, n - 1 do
+  local j = 8 + 5 * i
+  notes[i + 1] = settle(wid, ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], t)
+end
+if want == 0 or (min_queue > 0 and redis.call('ZCARD', p .. 'queue') < min_queue) then
+  return {'empty', '', notes}
+end
+local wk = p .. 'worker:' .. wid
+if redis.call('HGET', wk, 'terminate') == '1' then return {'stop', 'terminate', notes} end
+local reply = {'tasks', '', notes}
+local last = redis.call('HMGET', wk, 'request', 'current')
+if last[1] == request then
+  for _, key in ipairs(split(last[2])) do
+    local f = redis.call('HMGET', p .. 'task:' .. key, 'state', 'worker_id')
+    if f[1] == 'running' and f[2] == wid then reply[#reply + 1] = task_reply(key) end
+  end
+  if #reply > 3 then return reply end
+end
+local have, specs = nil, {}
+if resources ~= '' then
+  have = {}
+  for name, amount in string.gmatch(resources, '([^=,]+)=([^,]+)') do have[name] = tonumber(amount) end
   for _, spec in ipairs(redis.call('SMEMBERS', p .. 'rqueues')) do
     local ok = true
     for name, amount in string.gmatch(spec, '([^=,]+)=([^,]+)') do
       if (have[name] or 0) < tonumber(amount) then ok = false end
     end
-    if ok then
-      local z = redis.call('ZPOPMIN', p .. 'rq:' .. spec)
+    if ok then specs[#specs + 1] = p .. 'rq:' .. spec end
+  end
+end
+local popped = {}
+while #popped < want do
+  local key = redis.call('LPOP', p .. 'pq:' .. wid)
+  if not key then
+    for _, queue in ipairs(specs) do
+      local z = redis.call('ZPOPMIN', queue)
       if #z > 0 then key = z[1]; break end
     end
   end
+  if not key then
+    local z = redis.call('ZPOPMIN', p .. 'queue')
+    if #z > 0 then key = z[1] end
+  end
+  if not key then break end
+  start(wid, key, t)
+  popped[#popped + 1] = key
+  reply[#reply + 1] = task_reply(key)
 end
-if not key then
-  local z = redis.call('ZPOPMIN', p .. 'queue')
-  if #z > 0 then key = z[1] end
+if #popped == 0 then
+  if min_queue == 0 then redis.call('DEL', p .. 'wake') end
+  return {'empty', '', notes}
 end
-if not key then
-  redis.call('DEL', p .. 'wake')
-  return {'empty', '', note}
-end
-start(wid, key, t)
-redis.call('HSET', wk, 'request', request)
-return task_reply(key)
+redis.call('HSET', wk, 'request', request, 'current', table.concat(popped, ' '))
+return reply
 """
 
 # Decentralized mode: a worker creates tasks that it runs itself.
@@ -340,27 +368,6 @@ for i = 0, n - 1 do
   redis.call('SADD', p .. 'held:' .. wid, key)
 end
 return base
-"""
-
-# Record outcomes of several running tasks held by one worker (custom loops).
-# ARGV: p, worker_id, outcome, n, then n times: key, payload, traceback
-# Returns one note per task: finished, retried, failed or dropped.
-SETTLE_MANY = r"""
-local wid = ARGV[2]
-local outcome = ARGV[3]
-local n = tonumber(ARGV[4])
-local t = now()
-local notes = {}
-local alive = redis.call('HGET', p .. 'worker_states', wid) == 'running'
-for i = 0, n - 1 do
-  local j = 5 + 3 * i
-  if alive then
-    notes[i + 1] = settle(wid, ARGV[j], outcome, ARGV[j + 1], ARGV[j + 2], '', t)
-  else
-    notes[i + 1] = 'dropped'
-  end
-end
-return notes
 """
 
 # Register a new worker. Returns 0 if the id is taken.
@@ -558,9 +565,8 @@ return 1
 
 _BODIES = {
     "push": PUSH,
-    "finish_and_pop": FINISH_AND_POP,
+    "settle_and_pop": SETTLE_AND_POP,
     "push_running": PUSH_RUNNING,
-    "settle_many": SETTLE_MANY,
     "register": REGISTER,
     "heartbeat": HEARTBEAT,
     "deregister": DEREGISTER,

@@ -2,8 +2,9 @@
 
 A worker registers itself (id, pid, hostname, start time), starts a
 heartbeat thread, and then runs a loop. The default loop spends one Redis
-round trip per task in steady state: the ``finish_and_pop`` script records
-the outcome of the task just run and hands out the next one. When the
+round trip per task in steady state: the ``settle_and_pop`` script records
+the outcome of the task just run and hands out the next one (several at
+once when tasks are very short). When the
 queues are empty the worker blocks on a wake list (BLPOP) that pushers fill,
 so it reacts at once to new work without polling; every now and then an
 idle worker also sweeps for lost workers, so their tasks come back even
@@ -20,6 +21,7 @@ that ``Rush.start_workers`` or ``Rush.worker_script`` stored in Redis.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -30,6 +32,7 @@ import sys
 import time
 import traceback
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -49,6 +52,10 @@ from .cache import ResultCache
 from .tasks import check_xss, new_keys
 
 logger = logging.getLogger("rush_dask.worker")
+
+BATCH_MAX = 32  # tasks per round trip, at most
+BATCH_SECONDS = 0.002  # aim for about this much work per round trip
+PREFETCH_MIN_QUEUE = 4  # a busy worker prefetches only while the queue is at least this long
 
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
@@ -74,7 +81,7 @@ class Task:
 
     @classmethod
     def from_reply(cls, reply: list) -> "Task":
-        _, key, xs, fun, timeout, seed, seq, attempts, graph, inputs = reply
+        key, xs, fun, timeout, seed, seq, attempts, graph, inputs = reply
         return cls(
             key=key.decode(),
             payload=xs,
@@ -177,7 +184,8 @@ class RushWorker(NetworkView):
         self._init_view()
         self._functions: dict[str, Callable] = {}
         self._terminate_requested = False
-        self._requests = 0  # request ids make a repeated finish_and_pop idempotent
+        self._requests = 0  # request ids make a repeated settle_and_pop idempotent
+        self._task_seconds: float | None = None  # moving average of task run time
         self._last_sweep = time.monotonic()
 
         self.log_handler = RedisLogHandler(self.keys.log(self.worker_id), level=log_level)
@@ -250,12 +258,19 @@ class RushWorker(NetworkView):
         return value.decode() if value else "unknown"
 
     # ------------------------------------------------------------------- tasks
-    def _finish_and_pop(self, prev_key: str = "", outcome: str = "", payload: bytes | str = b"",
-                        tb: str = "", exc: bytes = b"") -> list:
+    def _settle_and_pop(self, outcomes: Sequence[tuple] = (), want: int = 1, min_queue: int = 0) -> list:
+        """One round trip: report ``(key, outcome, payload, traceback, exception)`` tuples, pop ``want`` tasks."""
         self._requests += 1
-        args = [self.keys.prefix, self.worker_id, prev_key, outcome, payload, tb, exc, self._requests,
-                self._resource_spec]
-        return self._retry(lambda: self.scripts.finish_and_pop(args=args))
+        args: list[Any] = [self.keys.prefix, self.worker_id, self._requests, self._resource_spec,
+                           want, min_queue, len(outcomes)]
+        for outcome in outcomes:
+            args.extend(outcome)
+        reply = self._retry(lambda: self.scripts.settle_and_pop(args=args))
+        for outcome, note in zip(outcomes, reply[2]):
+            if note == b"dropped":
+                logger.warning("result of task %s dropped: the task is no longer held by %s "
+                               "(first writer wins)", outcome[0], self.worker_id)
+        return reply
 
     def pop_task(self, timeout: float | None = 0) -> Task | None:
         """Pop the next task (own queue first, then the shared queue) and mark it running.
@@ -269,9 +284,9 @@ class RushWorker(NetworkView):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            reply = self._finish_and_pop()
-            if reply[0] == b"task":
-                return Task.from_reply(reply)
+            reply = self._settle_and_pop()
+            if reply[0] == b"tasks":
+                return Task.from_reply(reply[3])
             if reply[0] == b"stop":
                 self._on_stop_reply(reply)
                 return None
@@ -321,27 +336,22 @@ class RushWorker(NetworkView):
         keys = [keys] if isinstance(keys, str) else list(keys)
         if len(keys) != len(yss):
             raise ValueError(f"got {len(keys)} keys but {len(yss)} results")
-        payloads = [dumps(ys if isinstance(ys, dict) else {"y": ys}) for ys in yss]
-        return self._settle(keys, "finished", [(p, "") for p in payloads])
+        outcomes = [(key, "finished", dumps(ys if isinstance(ys, dict) else {"y": ys}), "", b"")
+                    for key, ys in zip(keys, yss)]
+        return self._settle(outcomes)
 
     def fail_tasks(self, keys: Sequence[str], errors: Sequence[BaseException | str]) -> list[str]:
         """Mark running tasks held by this worker as failed (or retried, within ``max_retries``)."""
         keys = [keys] if isinstance(keys, str) else list(keys)
         if len(keys) != len(errors):
             raise ValueError(f"got {len(keys)} keys but {len(errors)} errors")
-        described = [describe_error(e)[:2] if isinstance(e, BaseException) else (str(e), "") for e in errors]
-        return self._settle(keys, "error", described)
+        outcomes = [(key, "error", *describe_error(e)) if isinstance(e, BaseException)
+                    else (key, "error", str(e), "", b"") for key, e in zip(keys, errors)]
+        return self._settle(outcomes)
 
-    def _settle(self, keys: list[str], outcome: str, payloads: list[tuple[Any, str]]) -> list[str]:
-        args: list[Any] = [self.keys.prefix, self.worker_id, outcome, len(keys)]
-        for key, (payload, tb) in zip(keys, payloads):
-            args += [key, payload, tb]
-        notes = [n.decode() for n in self._retry(lambda: self.scripts.settle_many(args=args))]
-        for key, note in zip(keys, notes):
-            if note == "dropped":
-                logger.warning("result of task %s dropped: the task is no longer held by %s",
-                               key, self.worker_id)
-        return notes
+    def _settle(self, outcomes: list[tuple]) -> list[str]:
+        reply = self._settle_and_pop(outcomes, want=0)
+        return [note.decode() for note in reply[2]]
 
     # --------------------------------------------------------------- execution
     def _function(self, fun_id: str | None) -> Callable:
@@ -409,31 +419,63 @@ class RushWorker(NetworkView):
             logger.info("task %s failed: %s", task.key, text)
             return "error", text, tb, blob
 
+    def _batch_size(self) -> int:
+        """How many tasks to pop at once: 1, unless tasks take well under a millisecond."""
+        if self._task_seconds is None:
+            return 1
+        return max(1, min(BATCH_MAX, int(BATCH_SECONDS / max(self._task_seconds, 1e-6))))
+
     def run(self) -> None:
         """The default loop: pop, run, store, repeat, until asked to stop.
 
-        One round trip per task in steady state: the outcome of a task and the
-        next pop travel in the same script call.
+        One round trip per task in steady state: the outcomes of the tasks
+        just run and the next pop travel in the same script call. That call
+        is sent from a background thread while the next task runs (when the
+        queue is long enough to prefetch), so the worker does not wait for
+        Redis between tasks. When tasks are very short, one call carries
+        several of them (at most ``BATCH_MAX``, about ``BATCH_SECONDS`` of work).
         """
-        outcome: tuple = ()
-        while True:
-            reply = self._finish_and_pop(*outcome)
-            outcome = ()
-            kind = reply[0]
-            if len(reply) > 2 and reply[2] == b"dropped":
-                logger.warning("a late result of %s was dropped (first writer wins)", self.worker_id)
-            if kind == b"task":
-                task = Task.from_reply(reply)
-                outcome = (task.key, *self.execute(task))
+        local: collections.deque[Task] = collections.deque()
+        outcomes: list[tuple] = []
+        courier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rush-courier")
+        in_flight: Future | None = None
+        try:
+            while True:
+                if in_flight is not None and (not local or in_flight.done()):
+                    reply, in_flight = in_flight.result(), None
+                    self._accept(reply, local)
+                if not local:
+                    reply = self._settle_and_pop(outcomes, want=self._batch_size())
+                    outcomes = []
+                    if not self._accept(reply, local):
+                        if self.terminated:
+                            return
+                        self._wait_for_work(None)
+                    continue
+                task = local.popleft()
+                if in_flight is None and not local and not self.terminated:
+                    # Report what ran so far and prefetch, while this task runs.
+                    in_flight = courier.submit(self._settle_and_pop, outcomes, self._batch_size(),
+                                               PREFETCH_MIN_QUEUE)
+                    outcomes = []
+                started = time.perf_counter()
+                outcomes.append((task.key, *self.execute(task)))
+                elapsed = time.perf_counter() - started
+                self._task_seconds = elapsed if self._task_seconds is None else \
+                    0.8 * self._task_seconds + 0.2 * elapsed
                 if self.log_handler.pending:
                     self._retry(lambda: self.log_handler.ship(self.client))
-            elif kind == b"empty":
-                if self.terminated:
-                    return
-                self._wait_for_work(None)
-            else:
-                self._on_stop_reply(reply)
-                return
+        finally:
+            courier.shutdown(wait=True)
+
+    def _accept(self, reply: list, local: collections.deque) -> bool:
+        """Queue the tasks of a reply locally; handle stop orders. True if tasks came."""
+        if reply[0] == b"tasks":
+            local.extend(Task.from_reply(raw) for raw in reply[3:])
+            return True
+        if reply[0] == b"stop":
+            self._on_stop_reply(reply)
+        return False
 
     def close(self) -> None:
         """Deregister (state ``terminated`` unless already lost or killed) and stop the heartbeat."""
