@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 
@@ -74,8 +74,9 @@ def redact(url: str) -> str:
         netloc = f"{user}:***@{host}" if user or ":" in userinfo else f"***@{host}"
     query = "&".join(
         "password=***" if item.startswith("password=") else item for item in parts.query.split("&")
-    ) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    )
+    text = f"{parts.scheme}://{netloc}{parts.path}"  # keeps unix:///path as it was
+    return text + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def connect(url: str, *, check: bool = True, **options) -> redis.Redis:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -319,3 +321,61 @@ def _wait_until(condition, timeout: float = TIMEOUT) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.05)
+
+
+def test_worker_script_starts_a_worker_from_a_shell(rush, tmp_path):
+    import os
+    import shlex
+    import subprocess
+
+    command = rush.worker_script(funcs.add, heartbeat_period=0.5)
+    assert command.startswith("python -m rush_dask.worker --network ")
+    assert rush.url not in command  # the URL (and any password) stays out of the command
+    argv = shlex.split(command)
+    env = dict(os.environ, RUSH_REDIS_URL=rush.url,
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen([sys.executable, *argv[1:]], env=env, stderr=subprocess.PIPE)
+    try:
+        rush.wait_for_workers(1, timeout=TIMEOUT)
+        keys = rush.push_tasks([{"x1": 2, "x2": 3}])
+        rush.wait_for_tasks(keys, timeout=TIMEOUT)
+        assert rush.fetch_finished_tasks()["y"].tolist() == [5]
+        rush.stop_workers("terminate")
+        assert process.wait(TIMEOUT) == 0
+        assert rush.n_terminated_workers == 1
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_detect_lost_workers_returns_the_lost_ids(rush):
+    import os
+    import signal
+
+    victim, _ = rush.start_workers(funcs.add, n_workers=2)
+    rush.wait_for_workers(2, timeout=TIMEOUT)
+    assert rush.detect_lost_workers() == []
+    os.kill(rush._processes[victim].process.pid, signal.SIGKILL)
+    rush._processes[victim].process.wait()
+    assert rush.detect_lost_workers() == [victim]
+    assert rush.detect_lost_workers() == []  # first writer wins: declared once
+    assert rush.lost_worker_ids == [victim]
+
+
+def test_context_manager_stops_its_workers(redis_url, network_id):
+    with Rush(network_id, url=redis_url) as rush:
+        (wid,) = rush.start_workers(funcs.add, n_workers=1)
+        rush.wait_for_workers(1, timeout=TIMEOUT)
+        process = rush._processes[wid].process
+    assert process.poll() == 0  # SIGTERM: a graceful stop
+    assert rush.terminated_worker_ids == [wid]
+    rush.reset()
+
+
+def test_repr_hides_the_password():
+    from rush_dask.connections import redact
+
+    assert redact("redis://:hunter2@h:1/0") == "redis://:***@h:1/0"
+    assert redact("rediss://user:hunter2@h:1/0") == "rediss://user:***@h:1/0"
+    assert redact("unix:///tmp/s.sock?password=hunter2&db=0") == "unix:///tmp/s.sock?password=***&db=0"
+    assert redact("redis://h:1/0") == "redis://h:1/0"
