@@ -9,11 +9,12 @@ needs it) when the future is garbage collected or ``release()``d.
 
 from __future__ import annotations
 
-import time
 import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from dask._task_spec import TaskRef
+
+from .waiting import Patience
 
 if TYPE_CHECKING:
     from .rush import Rush
@@ -72,8 +73,7 @@ def as_completed(futures: Iterable[RushFuture], timeout: float | None = None) ->
     ...     print(future.result())
     """
     pending = list(futures)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.0005
+    patience = Patience(timeout)
     while pending:
         by_rush: dict[int, list[RushFuture]] = {}
         for future in pending:
@@ -91,9 +91,7 @@ def as_completed(futures: Iterable[RushFuture], timeout: float | None = None) ->
             pending.remove(future)
             yield future
         if ready:
-            delay = 0.0005
+            patience.progressed()
             continue
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"{len(pending)} futures not done after {timeout} s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.02)
+        patience.check(lambda: f"{len(pending)} futures not done")
+        patience.sleep()

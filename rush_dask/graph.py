@@ -36,7 +36,6 @@ needs them.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
@@ -47,6 +46,7 @@ from dask.order import order
 from . import constants as C
 from .errors import KilledWorker, TaskFailedError
 from .serialize import dumps, loads
+from .waiting import Patience
 
 if TYPE_CHECKING:
     from .futures import RushFuture
@@ -200,8 +200,7 @@ class GraphRun:
         done_key = rush.keys.prefix + f"gdone:{self.graph_id}"
         outputs_here = [k for k in self.outputs if k in self.graph]
         remaining = len(self.graph)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        next_check = time.monotonic() + 0.5
+        patience = Patience(timeout, rush._health_check)
         try:
             while remaining:
                 reply = rush.client.blmpop(0.2, 1, done_key, direction="LEFT", count=10_000)
@@ -211,13 +210,7 @@ class GraphRun:
                         raise_node_error(rush, item[1:], by_task_key.get(item[1:], item[1:]))
                     remaining -= 1
                     on_done(by_task_key[item])
-                now = time.monotonic()
-                if deadline is not None and now > deadline:
-                    raise TimeoutError(f"{remaining} of {len(self.graph)} tasks not done after {timeout} s")
-                if now > next_check:
-                    next_check = now + 0.5
-                    rush._check_started_processes()
-                    rush.detect_lost_workers()
+                patience.check(lambda: f"{remaining} of {len(self.graph)} tasks not done")
         except BaseException:
             self.cancel()
             raise

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from . import constants as C
 from .serialize import loads
+from .waiting import Patience
 
 if TYPE_CHECKING:  # pandas is imported lazily: workers that never fetch don't pay for it
     import pandas as pd
@@ -353,14 +353,12 @@ class NetworkView:
         >>> for _ in range(10):
         ...     new = rush.fetch_new_tasks(timeout=5)    # doctest: +SKIP
         """
-        deadline = time.monotonic() + timeout
-        delay = 0.001
+        patience = Patience(timeout)
         while True:
             new = self.client.lrange(self.keys.finished, self._new_offset, -1)
-            if new or time.monotonic() >= deadline:
+            if new or patience.expired:
                 break
-            time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-            delay = min(delay * 2, 0.05)
+            patience.sleep()
         self._new_offset += len(new)
         return self._task_rows([k.decode() for k in new])
 

@@ -7,7 +7,6 @@ import logging
 import math
 import signal
 import tempfile
-import time
 import uuid
 import weakref
 from pathlib import Path
@@ -22,6 +21,7 @@ from .scheduler import DaskScheduler
 from .scripts import Scripts
 from .serialize import content_id, dumps, dumps_function
 from .tasks import check_xss, new_keys
+from .waiting import Patience
 from .worker import check_heartbeat
 
 logger = logging.getLogger("rush_dask")
@@ -215,7 +215,7 @@ class Rush(DaskScheduler, NetworkView):
         """
         if n is None and worker_ids is None:
             n = len(self._processes)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        patience = Patience(timeout, max_delay=0.02)
         while True:
             self._check_started_processes()
             states = self._worker_states()
@@ -229,10 +229,9 @@ class Rush(DaskScheduler, NetworkView):
                 done = len(running) >= n
             if done:
                 return
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{len(running)} of {n if n is not None else len(worker_ids)} "
-                                   f"workers running after {timeout} s")
-            time.sleep(0.02)
+            patience.check(lambda: f"{len(running)} of {n if n is not None else len(worker_ids)} "
+                                   "workers running")
+            patience.sleep()
 
     def stop_workers(self, type: str = "terminate", worker_ids: Iterable[str] | None = None) -> list[str]:
         """Stop workers: ``terminate`` lets the current task finish, ``kill`` stops them now.
@@ -277,6 +276,11 @@ class Rush(DaskScheduler, NetworkView):
                     os.kill(int(pid), signum)
                 except ProcessLookupError:
                     pass
+
+    def _health_check(self) -> None:
+        """Run while waiting: fail fast on workers that died starting, requeue tasks of lost ones."""
+        self._check_started_processes()
+        self.detect_lost_workers()
 
     def detect_lost_workers(self) -> list[str]:
         """Mark workers whose heartbeat expired (or whose local process is gone) as ``lost``.
@@ -375,9 +379,7 @@ class Rush(DaskScheduler, NetworkView):
         pending = set(keys) if keys is not None else None
         total = len(pending) if pending is not None else self.n_tasks
         offsets = [0, 0]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        next_check = time.monotonic() + 0.5
-        delay = 0.0005
+        patience = Patience(timeout, self._health_check if detect_lost_workers else self._check_started_processes)
         # disable=None: tqdm shows the bar only on a terminal.
         bar = tqdm(total=total, unit="task", delay=2, desc=self.network_id,
                    disable=None if progress is None else not progress)
@@ -401,22 +403,14 @@ class Rush(DaskScheduler, NetworkView):
                         done_now += len(replies[i])
                 if done_now:
                     bar.update(done_now)
-                    delay = 0.0005
+                    patience.progressed()
                 if pending is not None and not pending:
                     return
                 if pending is None and replies[2] == 0 and replies[3] == 0 and self.n_queued_priority_tasks == 0:
                     return
-                now = time.monotonic()
-                if deadline is not None and now > deadline:
-                    left = len(pending) if pending is not None else replies[2] + replies[3]
-                    raise TimeoutError(f"{left} tasks not done after {timeout} s; {self!r}")
-                if now > next_check:
-                    next_check = now + 0.5
-                    self._check_started_processes()
-                    if detect_lost_workers:
-                        self.detect_lost_workers()
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.02)
+                left = len(pending) if pending is not None else replies[2] + replies[3]
+                patience.check(lambda: f"{left} tasks not done")
+                patience.sleep()
         finally:
             bar.close()
 

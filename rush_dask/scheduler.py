@@ -14,13 +14,13 @@ arrives, local workers are started (``plan(n_workers=...)`` or one per core).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 import weakref
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from .graph import GraphRun, flat_keys, pack_results, raise_node_error
 from .serialize import loads
+from .waiting import Patience
 
 logger = logging.getLogger("rush_dask")
 
@@ -180,8 +180,7 @@ class DaskScheduler:
         flat = [f for f in flat_keys(futures)]
         pending = {f.task_key: f for f in flat}
         results: dict[str, Any] = {}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay, next_check = 0.0005, time.monotonic() + 0.5
+        patience = Patience(timeout, self._health_check)
         while pending:
             pipe = self.client.pipeline(transaction=False)
             for task_key in pending:
@@ -196,14 +195,8 @@ class DaskScheduler:
                     raise KeyError(f"the result of {future.key!r} was released")
             if not pending:
                 break
-            now = time.monotonic()
-            if deadline is not None and now > deadline:
-                raise TimeoutError(f"{len(pending)} futures not done after {timeout} s")
-            if now > next_check:
-                next_check = now + 0.5
-                self.detect_lost_workers()
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.02)
+            patience.check(lambda: f"{len(pending)} futures not done")
+            patience.sleep()
         return _pack_futures(futures, results)
 
 

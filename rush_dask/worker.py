@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import redis
 
 from . import constants as C
+from .cache import ResultCache
 from .connections import URL_ENV, connect, redact, resolve_url
 from .errors import RedisUnavailableError, TaskTimeoutError, WorkerLostError
 from .heartbeat import EXIT_LOST, EXIT_REDIS_GONE, Heartbeat
@@ -48,7 +49,6 @@ from .logs import RedisLogHandler
 from .network import HOSTNAME, NetworkView
 from .scripts import Scripts
 from .serialize import dumps, loads
-from .cache import ResultCache
 from .tasks import check_xss, new_keys
 
 logger = logging.getLogger("rush_dask.worker")

@@ -7,10 +7,10 @@ import sys
 import textwrap
 import threading
 
-import pytest
-
 import funcs
+import pytest
 from conftest import network_keys
+
 from rush_dask import RedisUnavailableError, Rush, WorkerStartError
 from rush_dask.server import RedisServer
 

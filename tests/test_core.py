@@ -6,10 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+import funcs
 import pandas as pd
 import pytest
 
-import funcs
 from rush_dask import Rush
 
 TIMEOUT = 60

@@ -11,11 +11,11 @@ import dask
 import dask.array as da
 import dask.bag as db
 import dask.dataframe as dd
+import dask_funcs as f
 import numpy as np
 import pandas as pd
 import pytest
 
-import dask_funcs as f
 import rush_dask
 from rush_dask import KilledWorker, Rush
 

@@ -11,9 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 import funcs
+
 from rush_dask import Rush
 from rush_dask.heartbeat import EXIT_KILLED, EXIT_LOST, EXIT_REDIS_GONE
 from rush_dask.server import RedisServer
