@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import shutil
 import signal
 import tempfile
 import uuid
@@ -350,7 +351,9 @@ class Rush(DaskScheduler, NetworkView):
         extras = [dumps(dict(e)) if e else b"" for e in extra] if extra else [b""] * len(xss)
         fun_blob = dumps_function(fun) if fun is not None else None
         keys = new_keys(len(xss))
-        pipe = self.client.pipeline(transaction=True)
+        # Each batch is one atomic script; no MULTI around them, so workers start on the
+        # first batch while the rest is sent, and Redis serves other clients in between.
+        pipe = self.client.pipeline(transaction=False)
         fun_id = self._fun_id(fun_blob, pipe) if fun_blob is not None else ""
         header = [self.keys.prefix, 0, fun_id, max_retries, "" if timeout is None else timeout,
                   "" if seed is None else seed, priority, max_lost]
@@ -441,11 +444,18 @@ class Rush(DaskScheduler, NetworkView):
         self._init_view()
 
     def close(self) -> None:
-        """Stop the local worker processes that this controller started (SIGTERM, then SIGKILL)."""
+        """Stop the local worker processes that this controller started (SIGTERM, then SIGKILL).
+
+        Also removes the temporary directory of their stdout/stderr files
+        (a ``log_dir`` you chose is kept).
+        """
         procs = [p for p in self._processes.values() if p.alive]
         if procs:
             stop_processes(procs, grace=5)
         self._processes.clear()
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
         _live_controllers.discard(self)
 
 

@@ -192,12 +192,16 @@ end
 -- anything else (a worker declared lost, a duplicate reply) is dropped.
 local function settle(wid, key, outcome, payload, tb, exc, t)
   local tk = p .. 'task:' .. key
-  local f = redis.call('HMGET', tk, 'state', 'worker_id')
-  if f[1] ~= 'running' or f[2] ~= wid then return 'dropped' end
+  local f = redis.call('HMGET', tk, 'state', 'worker_id', 'graph')
+  if f[1] ~= 'running' or f[2] ~= wid then
+    -- A repeated call (its first reply was lost) finds its own work done.
+    if f[2] == wid and f[1] == 'finished' and outcome == 'finished' then return 'finished' end
+    return 'dropped'
+  end
   redis.call('SREM', p .. 'running', key)
   redis.call('SREM', p .. 'held:' .. wid, key)
   if outcome == 'finished' then
-    if redis.call('HEXISTS', tk, 'graph') == 1 then
+    if f[3] then
       finish_graph_node(key, payload, t)
     else
       redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t)

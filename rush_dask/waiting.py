@@ -34,8 +34,9 @@ class Patience:
             self.every_half_second()
 
     def progressed(self) -> None:
-        """Something happened: poll quickly again."""
-        self.delay = self.first_delay
+        """Something happened: poll sooner again (halving the interval, so a steady
+        stream of results does not make the loop spin)."""
+        self.delay = max(self.first_delay, self.delay / 2)
 
     def sleep(self) -> None:
         """Wait before the next poll, a little longer each time nothing happens."""
