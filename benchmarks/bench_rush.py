@@ -1,7 +1,7 @@
 """Throughput of rush_dask against a bare Redis list queue, on one private Redis server.
 
-What is measured (2 local worker processes, the same private Redis server
-on a unix socket for everything, started here and stopped at the end):
+What is measured (2 local worker processes, one private Redis server on a
+unix socket for everything, started here and stopped at the end):
 
 * **trivial**: 10,000 tasks whose function returns ``{"y": x + 1}``: the
   per-task overhead of the system itself.
@@ -14,28 +14,34 @@ Each workload runs on
   ``start_workers(fun, n_workers=2)`` and ``wait_for_workers(2)`` before the
   clock starts; timed from ``push_tasks`` (one call for all tasks) until
   ``wait_for_tasks`` returns; then ``reset()``.
-* **bare queue**: the practical limit of a Redis work queue written here:
-  the controller pipelines one LPUSH per pickled task, 2 worker processes
-  loop BRPOP task -> compute -> LPUSH pickled result, and the controller
-  BRPOPs (then RPOPs in bulk) until it holds every result.
+* **bare queue**: the practical limit of a one-task-at-a-time Redis work
+  queue, written here: the controller pipelines one LPUSH per pickled task,
+  2 worker processes loop BRPOP task -> compute -> LPUSH pickled result, and
+  the controller BRPOPs (then RPOPs in bulk) until it holds every result.
+* **bare queue, batches of 32**: the same, but a worker's one round trip
+  pushes the results of its last batch and pops up to 32 tasks (RPOP with a
+  count), like rush_dask's workers do for very short tasks.
 
-Both timings include pickling the inputs and end when the controller knows
-every task is done. Every figure is the median of ``--repeats`` runs
-(default 3) with [min - max]; the workloads are interleaved within each
-repetition. Also reported:
+Timings include pickling the inputs and end when the controller knows every
+task is done. Every figure is the median of ``--repeats`` runs (default 3)
+with [min - max]; the workloads are interleaved within each repetition, and
+ratios pair the runs of one repetition. Before each timed run the script
+waits while pytest or another benchmark runs (15 minutes at most in all;
+``--no-wait`` to skip), and the report says how many runs were not quiet.
+Also reported:
 
-* Redis server CPU per task (``INFO cpu`` delta), for both systems;
+* the time of the push alone, the time until the workers are ready (not
+  part of the timed run), and the Redis server's CPU per task (``INFO cpu``);
 * Redis commands per task of the rush trivial run, from ``INFO commandstats``
-  (``CONFIG RESETSTAT`` right before the push). Note that commandstats also
-  counts the commands that Lua scripts run, so it measures server work,
-  not round trips;
+  (``CONFIG RESETSTAT`` right before the push). Commandstats also counts the
+  commands that Lua scripts run, so it measures server work, not round trips;
 * round trips: one extra, untimed rush trivial run watched with ``MONITOR``
-  (in a separate process), which splits top-level commands (sent by clients,
-  EVALSHA broken down by script) from the commands run inside scripts.
+  (in a separate process), which splits the commands sent by clients
+  (EVALSHA broken down by script) from the commands run inside scripts.
 
 Run from the repository root::
 
-    python benchmarks/bench_rush.py               # full run, 3 repeats (about 2 minutes)
+    python benchmarks/bench_rush.py               # full run, 3 repeats (about 1 minute on 2 cores)
     python benchmarks/bench_rush.py --repeats 5
     python benchmarks/bench_rush.py --quick       # smoke run: 1,000 + 200 tasks, 1 repeat
 
@@ -49,6 +55,7 @@ import multiprocessing
 import os
 import pickle
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -56,9 +63,9 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import redis
 
@@ -67,10 +74,15 @@ from rush_dask.server import RedisServer
 
 N_WORKERS = 2
 SLEEP_SECONDS = 0.01
+BARE_BATCH = 32  # tasks per round trip of the batched bare queue (rush_dask's BATCH_MAX)
 WAIT_TIMEOUT = 600.0  # seconds; a run that takes longer is broken
+QUIET_BUDGET = 900.0  # seconds, in all, of waiting for other benchmarks or tests to end
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "rush_core.md"
 RUSH = "rush_dask"
 BARE = "bare queue"
+BATCHED = f"bare queue, batches of {BARE_BATCH}"
+SYSTEMS = (RUSH, BARE, BATCHED)
+PICKLE = pickle.HIGHEST_PROTOCOL
 
 
 # ------------------------------------------------------------ task functions
@@ -106,8 +118,10 @@ class Workload:
 
 @dataclass
 class Run:
-    seconds: float
-    redis_cpu: float  # server CPU seconds (user + sys) during the timed window
+    seconds: float  # push -> every task done
+    push_seconds: float  # the push alone
+    ready_seconds: float  # workers started -> ready (not part of `seconds`)
+    redis_cpu: float  # server CPU seconds (user + sys) during `seconds`
     commandstats: dict[str, dict] = field(default_factory=dict)
 
 
@@ -117,33 +131,95 @@ def redis_cpu_seconds(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def median_min_max(values: list[float]) -> tuple[float, float, float]:
-    return statistics.median(values), min(values), max(values)
-
-
 def fmt(values: list[float], digits: int = 0) -> str:
-    med, lo, hi = median_min_max(values)
+    """Median [min – max] of the values (just the value if there is one)."""
+    med = statistics.median(values)
     if len(values) == 1:
         return f"{med:,.{digits}f}"
-    return f"{med:,.{digits}f} [{lo:,.{digits}f} – {hi:,.{digits}f}]"
+    return f"{med:,.{digits}f} [{min(values):,.{digits}f} – {max(values):,.{digits}f}]"
+
+
+def measured_sleep(n: int = 100) -> float:
+    """What ``time.sleep(SLEEP_SECONDS)`` really takes here (it always overshoots a little)."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        time.sleep(SLEEP_SECONDS)
+    return (time.perf_counter() - t0) / n
+
+
+class Quiet:
+    """Wait before a timed run while pytest or another benchmark runs, within a total budget.
+
+    Two benchmarks that wait for each other would wait forever, so the wait
+    is bounded; runs that start while others are busy are counted.
+    """
+
+    def __init__(self, budget: float):
+        self.budget = budget
+        self.noisy_runs = 0
+        self.runs = 0
+
+    def wait(self) -> None:
+        self.runs += 1
+        others = other_busy_processes()
+        if others and self.budget > 0:
+            print(f"waiting (at most {self.budget:.0f} s): {len(others)} other test/benchmark "
+                  f"process(es) running, e.g. {others[0][:100]!r}", file=sys.stderr, flush=True)
+        while others and self.budget > 0:
+            time.sleep(5)
+            self.budget -= 5
+            others = other_busy_processes()
+        if others:
+            self.noisy_runs += 1
+
+
+def other_busy_processes() -> list[str]:
+    """Command lines of running pytest or benchmark processes, other than us and our family."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True,
+                         timeout=10, check=False).stdout
+    procs = {}
+    for line in out.splitlines():
+        pid, ppid, args = (line.split(None, 2) + [""])[:3]
+        procs[int(pid)] = (int(ppid), args)
+    family, pid = set(), os.getpid()
+    while pid in procs and pid not in family:  # ourselves and our ancestors
+        family.add(pid)
+        pid = procs[pid][0]
+    grew = True
+    while grew:  # our descendants
+        grew = False
+        for pid, (ppid, _) in procs.items():
+            if ppid in family and pid not in family:
+                family.add(pid)
+                grew = True
+    return [args for pid, (_, args) in procs.items() if pid not in family
+            and re.search(r"pytest|bench_\w+\.py|benchmarks\.bench_", args)
+            and re.search(r"python|pytest", args)]
 
 
 # ---------------------------------------------------------------- rush_dask
-def run_rush(url: str, workload: Workload, log_dir: str, *, monitor: bool = False) -> Run | Counter:
+def run_rush(url: str, workload: Workload, log_dir: str, quiet: Quiet | None = None, *,
+             monitor: bool = False) -> Run | Counter:
     """One timed rush_dask run; with ``monitor=True`` an untimed MONITOR pass instead."""
     rush = Rush(f"bench-{uuid.uuid4().hex[:10]}", url=url)
     try:
+        t0 = time.perf_counter()
         rush.start_workers(workload.fun, n_workers=N_WORKERS, log_dir=log_dir)
         rush.wait_for_workers(N_WORKERS, timeout=120)
+        ready = time.perf_counter() - t0
         xss = workload.inputs()
         if monitor:
             return _monitored_rush_run(rush, xss, url)
+        if quiet:
+            quiet.wait()
         rush.client.config_resetstat()
         cpu0, t0 = redis_cpu_seconds(rush.client), time.perf_counter()
         keys = rush.push_tasks(xss)
+        pushed = time.perf_counter()
         rush.wait_for_tasks(keys, timeout=WAIT_TIMEOUT, progress=False)
-        seconds = time.perf_counter() - t0
-        run = Run(seconds, redis_cpu_seconds(rush.client) - cpu0, rush.client.info("commandstats"))
+        done = time.perf_counter()
+        run = Run(done - t0, pushed - t0, ready, redis_cpu_seconds(rush.client) - cpu0,
+                  rush.client.info("commandstats"))
         _check_rush(rush, workload.n_tasks)
         return run
     finally:
@@ -184,7 +260,7 @@ def _monitored_rush_run(rush: Rush, xss: list[dict], url: str) -> Counter:
 def monitor_commands(url: str, stop_token: str, script_names: dict[str, str], replies) -> None:
     """(In its own process.) Count commands seen by MONITOR until ``ECHO stop_token``.
 
-    Keys: ``("top", "evalsha finish_and_pop")``, ``("top", "lrange")``, ...
+    Keys: ``("top", "evalsha settle_and_pop")``, ``("top", "lrange")``, ...
     for commands sent by clients, ``("lua", "hset")``, ... for commands run
     inside scripts.
     """
@@ -221,32 +297,60 @@ def bare_worker(url: str, queue: str, results: str, ready: str, fun: Callable) -
         if task is None:
             return
         task_id, xs = task
-        client.lpush(results, pickle.dumps((task_id, fun(**xs)), protocol=pickle.HIGHEST_PROTOCOL))
+        client.lpush(results, pickle.dumps((task_id, fun(**xs)), protocol=PICKLE))
 
 
-def run_bare(url: str, workload: Workload) -> Run:
+def batched_bare_worker(url: str, queue: str, results: str, ready: str, fun: Callable) -> None:
+    """(In its own process.) One round trip: LPUSH the last results + RPOP up to BARE_BATCH tasks."""
+    client = redis.Redis.from_url(url)
+    client.lpush(ready, b"1")
+    done: list[bytes] = []
+    while True:
+        pipe = client.pipeline(transaction=False)
+        if done:
+            pipe.lpush(results, *done)
+        pipe.rpop(queue, BARE_BATCH)
+        payloads = pipe.execute()[-1] or [client.brpop([queue], timeout=0)[1]]
+        done = []
+        for i, payload in enumerate(payloads):
+            task = pickle.loads(payload)
+            if task is None:  # stop; give back the other workers' stop markers
+                if payloads[i + 1:]:
+                    client.rpush(queue, *payloads[i + 1:])
+                return
+            task_id, xs = task
+            done.append(pickle.dumps((task_id, fun(**xs)), protocol=PICKLE))
+
+
+def run_bare(url: str, workload: Workload, quiet: Quiet | None = None, *, batched: bool = False) -> Run:
     """One timed run of the bare Redis list queue."""
     client = redis.Redis.from_url(url)
     prefix = f"bare:{uuid.uuid4().hex[:10]}:"
     queue, results, ready = prefix + "queue", prefix + "results", prefix + "ready"
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters, like rush's workers
-    workers = [ctx.Process(target=bare_worker, args=(url, queue, results, ready, workload.fun))
+    target = batched_bare_worker if batched else bare_worker
+    workers = [ctx.Process(target=target, args=(url, queue, results, ready, workload.fun))
                for _ in range(N_WORKERS)]
+    t0 = time.perf_counter()
     for proc in workers:
         proc.start()
     try:
         for _ in workers:
             if client.brpop([ready], timeout=120) is None:
                 raise RuntimeError("bare queue workers did not start")
+        ready_seconds = time.perf_counter() - t0
         xss = workload.inputs()
+        if quiet:
+            quiet.wait()
         cpu0, t0 = redis_cpu_seconds(client), time.perf_counter()
         pipe = client.pipeline(transaction=False)
         for i, xs in enumerate(xss):
-            pipe.lpush(queue, pickle.dumps((i, xs), protocol=pickle.HIGHEST_PROTOCOL))
+            pipe.lpush(queue, pickle.dumps((i, xs), protocol=PICKLE))
         pipe.execute()
+        pushed = time.perf_counter()
         raw = collect_results(client, results, len(xss))
-        seconds = time.perf_counter() - t0
-        run = Run(seconds, redis_cpu_seconds(client) - cpu0)
+        done = time.perf_counter()
+        run = Run(done - t0, pushed - t0, ready_seconds, redis_cpu_seconds(client) - cpu0)
         _check_bare(raw, len(xss))
         return run
     finally:
@@ -286,9 +390,12 @@ def _stop_bare_workers(client: redis.Redis, queue: str, workers: list) -> None:
 
 
 # ------------------------------------------------------------------ reports
+_OWN_COMMANDS = {"cmdstat_config|resetstat", "cmdstat_info"}  # sent by this benchmark, not by rush
+
+
 def commands_per_task(stats: list[dict[str, dict]], n_tasks: int) -> list[tuple[str, list[float], list[float]]]:
     """(command, calls per task in each run, µs per call in each run), most calls first."""
-    names = sorted({name for run in stats for name in run if name != "cmdstat_config|resetstat"})
+    names = sorted({name for run in stats for name in run if name not in _OWN_COMMANDS})
     rows = []
     for name in names:
         calls = [run.get(name, {}).get("calls", 0) / n_tasks for run in stats]
@@ -298,34 +405,43 @@ def commands_per_task(stats: list[dict[str, dict]], n_tasks: int) -> list[tuple[
 
 
 def throughput_table(results: dict, workloads: list[Workload]) -> list[str]:
-    lines = ["| workload | system | tasks | time (s) | tasks/s | ms per task per worker | Redis CPU µs/task |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [("| workload | system | tasks | time (s) | tasks/s | ms per task per worker | push (s) "
+              "| Redis CPU µs/task | workers ready (s) |"),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for w in workloads:
-        for system in (RUSH, BARE):
+        for system in SYSTEMS:
             runs = results[system, w.name]
             lines.append(
                 f"| {w.name} | {system} | {w.n_tasks:,} | {fmt([r.seconds for r in runs], 3)} "
                 f"| {fmt([w.n_tasks / r.seconds for r in runs])} "
                 f"| {fmt([r.seconds * N_WORKERS / w.n_tasks * 1e3 for r in runs], 3)} "
-                f"| {fmt([r.redis_cpu / w.n_tasks * 1e6 for r in runs], 1)} |")
+                f"| {fmt([r.push_seconds for r in runs], 3)} "
+                f"| {fmt([r.redis_cpu / w.n_tasks * 1e6 for r in runs], 1)} "
+                f"| {fmt([r.ready_seconds for r in runs], 2)} |")
         if w.ideal_seconds:
             lines.append(f"| {w.name} | ideal | {w.n_tasks:,} | {w.ideal_seconds:.3f} "
-                         f"| {w.n_tasks / w.ideal_seconds:,.0f} | {SLEEP_SECONDS * 1e3:.3f} | |")
+                         f"| {w.n_tasks / w.ideal_seconds:,.0f} | {SLEEP_SECONDS * 1e3:.3f} | | | |")
     return lines
 
 
-def ratio_table(results: dict, trivial: Workload, sleep: Workload) -> list[str]:
-    """Ratios per repetition (runs of one repetition paired), then median [min – max]."""
+def ratio_table(results: dict, trivial: Workload, sleep: Workload, sleep_seconds: float) -> list[str]:
+    """Ratios per repetition (the runs of one repetition paired), then median [min – max]."""
     def rate(system: str, w: Workload) -> list[float]:
         return [w.n_tasks / r.seconds for r in results[system, w.name]]
 
+    def ratio(a: list[float], b: list[float]) -> list[float]:
+        return [x / y for x, y in zip(a, b)]
+
     ideal = sleep.n_tasks / sleep.ideal_seconds
     rows = [
-        ("rush / bare queue, trivial tasks/s",
-         [a / b for a, b in zip(rate(RUSH, trivial), rate(BARE, trivial))]),
-        ("rush / bare queue, sleep tasks/s", [a / b for a, b in zip(rate(RUSH, sleep), rate(BARE, sleep))]),
-        (f"rush sleep / ideal ({ideal:,.0f} tasks/s)", [a / ideal for a in rate(RUSH, sleep)]),
-        (f"bare queue sleep / ideal ({ideal:,.0f} tasks/s)", [a / ideal for a in rate(BARE, sleep)]),
+        ("rush / bare queue, trivial tasks/s", ratio(rate(RUSH, trivial), rate(BARE, trivial))),
+        ("rush / bare queue, sleep tasks/s", ratio(rate(RUSH, sleep), rate(BARE, sleep))),
+        (f"rush / {BATCHED}, trivial tasks/s", ratio(rate(RUSH, trivial), rate(BATCHED, trivial))),
+        (f"rush / {BATCHED}, sleep tasks/s", ratio(rate(RUSH, sleep), rate(BATCHED, sleep))),
+        *[(f"{system} sleep / ideal ({ideal:,.0f} tasks/s)", [r / ideal for r in rate(system, sleep)])
+          for system in SYSTEMS],
+        ((f"ceiling: {SLEEP_SECONDS * 1e3:g} ms / measured time.sleep({SLEEP_SECONDS:g}) "
+          f"({sleep_seconds * 1e3:.3f} ms)"), [SLEEP_SECONDS / sleep_seconds]),
     ]
     return ["| ratio | value |", "|---|---:|", *[f"| {name} | {fmt(values, 3)} |" for name, values in rows]]
 
@@ -335,7 +451,7 @@ def commandstats_table(runs: list[Run], n_tasks: int) -> list[str]:
     total = [sum(row[1][i] for row in rows) for i in range(len(runs))]
     lines = ["| command | calls per task | µs per call |", "|---|---:|---:|"]
     lines += [f"| {name} | {fmt(calls, 4)} | {fmt(usec, 2) if usec else ''} |" for name, calls, usec in rows]
-    lines.append(f"| **all commands (top-level + inside scripts)** | {fmt(total, 2)} | |")
+    lines.append(f"| **all commands (sent by clients + run inside scripts)** | {fmt(total, 2)} | |")
     return lines
 
 
@@ -344,7 +460,7 @@ def monitor_table(counts: Counter, n_tasks: int) -> list[str]:
     lua_total = sum(c for (kind, _), c in counts.items() if kind == "lua")
     lines = ["| command sent by a client | per task |", "|---|---:|"]
     lines += [f"| {name} | {c / n_tasks:.4f} |" for name, c in top]
-    lines.append(f"| **all top-level commands** | {sum(c for _, c in top) / n_tasks:.3f} |")
+    lines.append(f"| **all commands sent by clients** | {sum(c for _, c in top) / n_tasks:.4f} |")
     lines.append(f"| commands run inside scripts | {lua_total / n_tasks:.2f} |")
     return lines
 
@@ -360,40 +476,46 @@ def git_revision() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
+                             text=True, timeout=10, check=False).stdout.strip()
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "rush_dask"], cwd=root,
-                               timeout=10).returncode != 0
+                               timeout=10, check=False).returncode != 0
     except (OSError, subprocess.SubprocessError):
         return "unknown revision"
     return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown revision"
 
 
-def report(results: dict, workloads: list[Workload], counts: Counter, repeats: int, env: str) -> str:
+def report(results: dict, workloads: list[Workload], counts: Counter, sleep_seconds: float,
+           quiet: Quiet, repeats: int, env: str) -> str:
     trivial, sleep = workloads
-    rush_trivial = results[RUSH, trivial.name]
+    noisy = (f" **{quiet.noisy_runs} of {quiet.runs} timed runs started while other test or benchmark "
+             "processes were running: their figures may be low.**" if quiet.noisy_runs else "")
     return "\n".join([
         "# rush_dask core throughput",
         "",
-        f"{env}. Median of {repeats} repeat(s) [min – max]; generated by `benchmarks/bench_rush.py` "
-        f"on {time.strftime('%Y-%m-%d %H:%M')}.",
+        (f"{env}. Median of {repeats} repeat(s) [min – max]; generated by `benchmarks/bench_rush.py` "
+         f"on {time.strftime('%Y-%m-%d %H:%M')}.{noisy}"),
         "",
         "## Throughput",
+        "",
+        ("`time`: from the push to the controller knowing that every task is done; `push`: the push "
+         "alone (included in `time`); `workers ready`: start to ready, not included."),
         "",
         *throughput_table(results, workloads),
         "",
         "## Ratios",
         "",
-        *ratio_table(results, trivial, sleep),
+        *ratio_table(results, trivial, sleep, sleep_seconds),
         "",
         f"## Redis commands per task, rush_dask {trivial.name} run (INFO commandstats)",
         "",
         "Counts include the commands that Lua scripts run; µs per call of `evalsha` includes them too.",
         "",
-        *commandstats_table(rush_trivial, trivial.n_tasks),
+        *commandstats_table(results[RUSH, trivial.name], trivial.n_tasks),
         "",
         f"## Round trips per task, rush_dask {trivial.name} run (one untimed run under MONITOR)",
         "",
-        "Commands in a pipeline are counted one by one (the controller's wait loop sends 2 LRANGE per round trip).",
+        ("Commands in a pipeline are counted one by one (the controller's wait loop sends 2 LRANGE "
+         "per round trip)."),
         "",
         *monitor_table(counts, trivial.n_tasks),
         "",
@@ -401,14 +523,20 @@ def report(results: dict, workloads: list[Workload], counts: Counter, repeats: i
 
 
 # --------------------------------------------------------------------- main
-def run_all(url: str, workloads: list[Workload], repeats: int, log_dir: str) -> dict:
+def run_once(system: str, url: str, workload: Workload, log_dir: str, quiet: Quiet) -> Run:
+    if system == RUSH:
+        return run_rush(url, workload, log_dir, quiet)
+    return run_bare(url, workload, quiet, batched=system == BATCHED)
+
+
+def run_all(url: str, workloads: list[Workload], repeats: int, log_dir: str, quiet: Quiet) -> dict:
     results: dict = {}
     for rep in range(1, repeats + 1):
         for w in workloads:
-            for system in (RUSH, BARE):
-                run = run_rush(url, w, log_dir) if system == RUSH else run_bare(url, w)
+            for system in SYSTEMS:
+                run = run_once(system, url, w, log_dir, quiet)
                 results.setdefault((system, w.name), []).append(run)
-                print(f"repeat {rep}/{repeats}  {w.name:<8} {system:<10} {run.seconds:7.3f} s  "
+                print(f"repeat {rep}/{repeats}  {w.name:<8} {system:<26} {run.seconds:7.3f} s  "
                       f"{w.n_tasks / run.seconds:9,.0f} tasks/s", file=sys.stderr, flush=True)
     return results
 
@@ -417,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 + 200 tasks, 1 repeat")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="do not wait while pytest or other benchmarks run")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     if repeats < 1:
@@ -425,16 +555,17 @@ def main(argv: list[str] | None = None) -> int:
         Workload("trivial", add_one, 1_000 if args.quick else 10_000),
         Workload("sleep", sleep_then_add_one, 200 if args.quick else 1_000),
     ]
+    quiet = Quiet(0 if args.no_wait else QUIET_BUDGET)
     server = RedisServer().start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-rush-logs-") as log_dir:
             env = environment(server.url)
-            results = run_all(server.url, workloads, repeats, log_dir)
+            results = run_all(server.url, workloads, repeats, log_dir, quiet)
             counts = run_rush(server.url, workloads[0], log_dir, monitor=True)
     finally:
         server.stop()
-    text = report(results, workloads, counts, repeats, env)
-    print(text)
+    text = report(results, workloads, counts, measured_sleep(), quiet, repeats, env)
+    print(text, flush=True)
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_FILE.write_text(text)
     print(f"(written to {RESULTS_FILE})", file=sys.stderr)
