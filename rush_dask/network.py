@@ -22,16 +22,21 @@ if TYPE_CHECKING:  # pandas is imported lazily: workers that never fetch don't p
 
 HOSTNAME = socket.gethostname()
 
+
+def _pandas_copy_on_write() -> bool:
+    from importlib.metadata import version
+
+    return int(version("pandas").split(".")[0]) >= 3
+
+
+_COPY_ON_WRITE = _pandas_copy_on_write()
+
 # Fields read for every task row, in this order.
 _TASK_FIELDS = (
     "xs", "ys", "extra", "state", "worker_id", "queued_at", "started_at",
-    "finished_at", "attempts", "error", "seq",
-)
-_META_COLUMNS = (
-    "state", "worker_id", "pid", "keys", "queued_at", "started_at",
     "finished_at", "attempts", "error",
 )
-_BATCH = 5_000
+_BATCH = 2_000  # tasks read per script call (a few ms of Redis time each)
 
 
 def _text(value: bytes | None) -> str | None:
@@ -58,7 +63,7 @@ class NetworkView:
 
     def _init_view(self) -> None:
         self._finished_offset = 0
-        self._finished_frames: list[pd.DataFrame] = []
+        self._finished_frame: pd.DataFrame | None = None
         self._new_offset = 0
         self._pids: dict[str, int | None] = {}
 
@@ -237,53 +242,49 @@ class NetworkView:
             "failed": replies[-1],
         }
 
+    def _read_task_fields(self, keys: Sequence[str]) -> list[list[bytes | None]]:
+        records: list[list[bytes | None]] = []
+        header = [self.keys.prefix, len(_TASK_FIELDS), *_TASK_FIELDS]
+        for start in range(0, len(keys), _BATCH):
+            records.extend(self.scripts.fetch_tasks(args=[*header, *keys[start:start + _BATCH]]))
+        return records
+
     def _task_rows(self, keys: Sequence[str]) -> "pd.DataFrame":
+        """One row per task: its input, output and extra columns, then the meta columns."""
+        import numpy as np
         import pandas as pd
 
-        records: list[list[Any]] = []
-        for start in range(0, len(keys), _BATCH):
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys[start:start + _BATCH]:
-                pipe.hmget(self.keys.task(key), _TASK_FIELDS)
-            records.extend(pipe.execute())
-
-        inputs: dict[str, list[Any]] = {}
+        keys = list(keys)
+        records = self._read_task_fields(keys)
         n = len(records)
+        columns = list(zip(*records)) if records else [()] * len(_TASK_FIELDS)
+        xs, ys, extra, state, wid, qat, sat, fat, attempts, error = columns
 
-        def put(name: str, i: int, value: Any) -> None:
-            column = inputs.get(name)
-            if column is None:
-                column = inputs[name] = [None] * n
-            column[i] = value
+        parts = []
+        for blobs in (xs, ys, extra):
+            dicts = [loads(blob) if blob else {} for blob in blobs]
+            if any(dicts):
+                parts.append(pd.DataFrame(dicts, index=pd.RangeIndex(n)))
+        values = pd.concat(parts, axis=1) if parts else pd.DataFrame(index=pd.RangeIndex(n))
+        values = values.loc[:, ~values.columns.duplicated(keep="last")]  # an output shadows an input
 
-        meta: dict[str, list[Any]] = {name: [None] * n for name in _META_COLUMNS}
-        seqs = [0] * n
-        for i, (xs, ys, extra, state, wid, qat, sat, fat, attempts, error, seq) in enumerate(records):
-            for blob in (xs, ys, extra):
-                if blob:
-                    for name, value in loads(blob).items():
-                        put(name, i, value)
-            meta["state"][i] = _text(state)
-            meta["worker_id"][i] = _text(wid)
-            meta["keys"][i] = keys[i]
-            meta["queued_at"][i] = float(qat) if qat else None
-            meta["started_at"][i] = float(sat) if sat else None
-            meta["finished_at"][i] = float(fat) if fat else None
-            meta["attempts"][i] = int(attempts) if attempts else 0
-            meta["error"][i] = _text(error)
-            seqs[i] = int(seq) if seq else 0
-        meta["pid"] = self._pids_of(meta["worker_id"])
-        meta.pop("keys")
-        columns = {**inputs, **meta, "keys": list(keys)}
-        order = [*inputs, "pid", "worker_id", "state", "keys", "queued_at", "started_at",
-                 "finished_at", "attempts", "error"]
-        frame = pd.DataFrame({name: columns[name] for name in order})
-        for col in ("queued_at", "started_at", "finished_at"):
-            frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
-        frame["pid"] = frame["pid"].astype("Int64")
-        frame["attempts"] = frame["attempts"].astype("int64")
-        frame.attrs["seq"] = seqs
-        return frame
+        def times(raw: Sequence[bytes | None]) -> "pd.Series":
+            seconds = np.array([v or b"nan" for v in raw], dtype=bytes).astype(float) if n else np.array([])
+            return pd.to_datetime(seconds, unit="s", utc=True)
+
+        worker_ids = [w.decode() if w else None for w in wid]
+        meta = pd.DataFrame({
+            "pid": pd.array(self._pids_of(worker_ids), dtype="Int64"),
+            "worker_id": worker_ids,
+            "state": [s.decode() if s else None for s in state],
+            "keys": keys,
+            "queued_at": times(qat),
+            "started_at": times(sat),
+            "finished_at": times(fat),
+            "attempts": np.array([int(a) if a else 0 for a in attempts], dtype="int64"),
+            "error": [e.decode() if e else None for e in error],
+        }, index=pd.RangeIndex(n))
+        return pd.concat([values.drop(columns=[c for c in meta if c in values]), meta], axis=1)
 
     def _pids_of(self, worker_ids: Sequence[str | None]) -> list[int | None]:
         missing = sorted({w for w in worker_ids if w and w not in self._pids})
@@ -339,13 +340,13 @@ class NetworkView:
         import pandas as pd
 
         new = [k.decode() for k in self.client.lrange(self.keys.finished, self._finished_offset, -1)]
-        if new:
-            self._finished_frames = [pd.concat([*self._finished_frames, self._task_rows(new)],
-                                               ignore_index=True)]
+        if new or self._finished_frame is None:
+            rows = self._task_rows(new)
+            self._finished_frame = rows if self._finished_frame is None else \
+                pd.concat([self._finished_frame, rows], ignore_index=True)
             self._finished_offset += len(new)
-        if not self._finished_frames:
-            return self._task_rows([])
-        return self._finished_frames[0].copy()
+        # With copy-on-write (pandas >= 3) a shallow copy is enough to keep the cache safe.
+        return self._finished_frame.copy(deep=not _COPY_ON_WRITE)
 
     def fetch_new_tasks(self, timeout: float = 0) -> "pd.DataFrame":
         """Tasks finished since the previous call; waits up to ``timeout`` s for at least one.

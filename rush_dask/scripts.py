@@ -567,6 +567,20 @@ redis.call('DEL', p .. 'graph:' .. gid, p .. 'gdone:' .. gid)
 return 1
 """
 
+# Read the same fields of many tasks in one call (for DataFrames): one reply
+# instead of one command per task, which is what makes fetching 100,000
+# tasks fast. Read-only. ARGV: p, n_fields, fields..., task keys...
+FETCH_TASKS = r"""
+local n_fields = tonumber(ARGV[2])
+local fields = {}
+for i = 1, n_fields do fields[i] = ARGV[2 + i] end
+local out = {}
+for i = 3 + n_fields, #ARGV do
+  out[#out + 1] = redis.call('HMGET', p .. 'task:' .. ARGV[i], unpack(fields))
+end
+return out
+"""
+
 _BODIES = {
     "push": PUSH,
     "settle_and_pop": SETTLE_AND_POP,
@@ -579,6 +593,7 @@ _BODIES = {
     "push_graph": PUSH_GRAPH,
     "release": RELEASE,
     "cancel_graph": CANCEL_GRAPH,
+    "fetch_tasks": FETCH_TASKS,
 }
 
 
