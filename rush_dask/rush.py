@@ -20,6 +20,7 @@ from .network import HOSTNAME, NetworkView, pid_alive
 from .processes import WorkerProcess, spawn_worker, stop_processes
 from .scheduler import DaskScheduler
 from .scripts import Scripts
+from .server import before_embedded_stop
 from .serialize import content_id, dumps, dumps_function
 from .tasks import check_xss, new_keys
 from .waiting import Patience
@@ -37,6 +38,7 @@ def _stop_all_at_exit() -> None:
 
 
 atexit.register(_stop_all_at_exit)
+before_embedded_stop.append(_stop_all_at_exit)  # the atexit order would stop Redis first
 
 
 class Rush(DaskScheduler, NetworkView):
@@ -451,6 +453,11 @@ class Rush(DaskScheduler, NetworkView):
         """
         procs = [p for p in self._processes.values() if p.alive]
         if procs:
+            try:  # the order through Redis also wakes idle workers at once
+                running = set(self.running_worker_ids)
+                self.stop_workers("terminate", [p.worker_id for p in procs if p.worker_id in running])
+            except Exception:  # Redis gone: the signals below still stop them
+                pass
             stop_processes(procs, grace=5)
         self._processes.clear()
         if self._log_dir is not None:

@@ -28,6 +28,9 @@ import redis
 _SERVER_NAMES = ("redis-server", "valkey-server")
 _lock = threading.Lock()
 _embedded: "RedisServer | None" = None
+# Run at exit before the embedded server stops (controllers stop their workers
+# first, so the workers can still deregister).
+before_embedded_stop: list = []
 
 
 def server_version(binary: str) -> tuple[int, ...]:
@@ -203,8 +206,17 @@ def embedded_server() -> RedisServer:
     with _lock:
         if _embedded is None or not _embedded.running:
             _embedded = RedisServer().start()
-            atexit.register(_embedded.stop)
+            atexit.register(_stop_embedded, _embedded)
         return _embedded
+
+
+def _stop_embedded(server: RedisServer) -> None:
+    for callback in before_embedded_stop:
+        try:
+            callback()
+        except Exception:  # one failing hook must not keep the server alive
+            pass
+    server.stop()
 
 
 if __name__ == "__main__":  # pragma: no cover - handy for a quick look
