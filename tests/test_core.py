@@ -379,3 +379,29 @@ def test_repr_hides_the_password():
     assert redact("rediss://user:hunter2@h:1/0") == "rediss://user:***@h:1/0"
     assert redact("unix:///tmp/s.sock?password=hunter2&db=0") == "unix:///tmp/s.sock?password=***&db=0"
     assert redact("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_workers_are_stopped_gracefully_when_the_controller_exits(redis_url, network_id):
+    import subprocess
+    import textwrap
+
+    from rush_dask.network import pid_alive
+
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import funcs
+        from rush_dask import Rush
+        rush = Rush({network_id!r}, url={redis_url!r})
+        rush.start_workers(funcs.add, n_workers=2)
+        rush.wait_for_workers(2, timeout=60)
+        rush.wait_for_tasks(rush.push_tasks([{{"x1": 1, "x2": 1}}]), timeout=60)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    rush = Rush(network_id, url=redis_url)
+    try:
+        assert rush.n_terminated_workers == 2 and rush.n_running_workers == 0
+        assert not any(pid_alive(int(pid)) for pid in rush.worker_info["pid"])
+    finally:
+        rush.reset()
