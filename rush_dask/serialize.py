@@ -2,7 +2,9 @@
 
 Plain ``pickle`` is tried first because it is several times faster than
 cloudpickle on ordinary data; cloudpickle takes over for what pickle cannot
-handle (lambdas, functions defined in ``__main__`` or a notebook).
+handle (lambdas, local functions) and for what pickle would store by a name
+the workers do not have (functions and classes of ``__main__``: a script or
+a notebook).
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ def dumps(obj: Any) -> bytes:
     {'x': 1}
     """
     try:
-        return pickle.dumps(obj, protocol=PROTOCOL)
+        data = pickle.dumps(obj, protocol=PROTOCOL)
+        # pickle stores functions and classes by name; those of __main__ (a script, a
+        # notebook) do not exist under that name on a worker: ship them by value.
+        if b"__main__" not in data:
+            return data
     except Exception:
         pass
     try:

@@ -311,3 +311,39 @@ def test_unknown_keyword_is_an_error(rush2):
     with pytest.raises(TypeError, match="unknown keyword"):
         dask.delayed(f.inc)(1).compute(scheduler=rush2, priorty=3)
     assert graph_keys(rush2) == []
+
+
+def test_functions_and_classes_of_main_run_on_workers(redis_url, tmp_path):
+    """A script's own functions and classes are shipped by value, not by a name workers lack."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(f"""
+        import dask
+        from rush_dask import Rush
+
+        class Point:
+            def __init__(self, x):
+                self.x = x
+
+        def double(p):
+            return {{"y": p.x * 2}}
+
+        def triple(x):
+            return x * 3
+
+        rush = Rush("main-{os.getpid()}", url={redis_url!r})
+        rush.start_workers(n_workers=1)
+        keys = rush.push_tasks([{{"p": Point(4)}}], fun=double)
+        rush.wait_for_tasks(keys, timeout=60)
+        print("PUSH", rush.fetch_finished_tasks()["y"].tolist(), rush.n_failed_tasks)
+        print("SUBMIT", rush.submit(triple, 5).result(timeout=60))
+        print("DELAYED", dask.delayed(triple)(2).compute(scheduler=rush))
+        rush.reset()
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=TIMEOUT, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "PUSH [8] 0" in out.stdout and "SUBMIT 15" in out.stdout and "DELAYED 6" in out.stdout
