@@ -54,16 +54,20 @@ end
 -- Queue a task by its score: on the shared queue, or on the queue of the
 -- resources it needs (field res, e.g. 'GPU=1'), which only workers that
 -- have them pop.
+local function add_to_queue(key, score, res)
+  if res and res ~= '' then
+    redis.call('SADD', p .. 'rqueues', res)
+    redis.call('ZADD', p .. 'rq:' .. res, score, key)
+  else
+    redis.call('ZADD', p .. 'queue', score, key)
+  end
+end
+
 local function enqueue(key)
   local tk = p .. 'task:' .. key
   local f = redis.call('HMGET', tk, 'score', 'res')
   redis.call('HSET', tk, 'state', 'queued')
-  if f[2] and f[2] ~= '' then
-    redis.call('SADD', p .. 'rqueues', f[2])
-    redis.call('ZADD', p .. 'rq:' .. f[2], f[1], key)
-  else
-    redis.call('ZADD', p .. 'queue', f[1], key)
-  end
+  add_to_queue(key, f[1], f[2])
 end
 
 -- Remove a queued task from whichever queue holds it.
@@ -92,9 +96,9 @@ end
 -- client released it). A finished or failed node that nothing needs is deleted.
 local function decref(key)
   local tk = p .. 'task:' .. key
-  if redis.call('EXISTS', tk) == 0 then return end
-  local refs = redis.call('HINCRBY', tk, 'refs', -1)
   local f = redis.call('HMGET', tk, 'state', 'graph')
+  if not f[1] then return end  -- already deleted (a cancelled graph)
+  local refs = redis.call('HINCRBY', tk, 'refs', -1)
   if refs <= 0 and (f[1] == 'finished' or f[1] == 'failed') then drop_node(key, f[2]) end
 end
 
@@ -141,9 +145,9 @@ end
 -- inputs are now all done are queued, its client is told.
 local function finish_graph_node(key, payload, t)
   local tk = p .. 'task:' .. key
+  local f = redis.call('HMGET', tk, 'deps', 'dependents', 'graph', 'notify', 'refs')
   redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t)
   redis.call('HDEL', tk, 'xs')
-  local f = redis.call('HMGET', tk, 'deps', 'dependents', 'graph', 'notify', 'refs')
   for _, dep in ipairs(split(f[1])) do decref(dep) end
   local released = 0
   for _, child in ipairs(split(f[2])) do
@@ -176,13 +180,9 @@ local function task_reply(key)
   local inputs = {}
   if f[7] then
     for _, dep in ipairs(split(f[8])) do
-      local dk = p .. 'task:' .. dep
+      local value = redis.call('HGET', p .. 'task:' .. dep, 'ys') or ''
       inputs[#inputs + 1] = dep
-      if redis.call('HSTRLEN', dk, 'ys') <= 65536 then
-        inputs[#inputs + 1] = redis.call('HGET', dk, 'ys') or ''
-      else
-        inputs[#inputs + 1] = ''
-      end
+      if #value <= 65536 then inputs[#inputs + 1] = value else inputs[#inputs + 1] = '' end
     end
   end
   return {key, f[1], f[2], f[3], f[4], f[5], f[6], f[7], inputs}
@@ -502,10 +502,6 @@ local queued = 0
 for j = 5, #ARGV, 9 do
   local key = ARGV[j]
   local tk = p .. 'task:' .. key
-  redis.call('HSET', tk, 'xs', ARGV[j + 1], 'graph', gid, 'refs', ARGV[j + 2],
-             'deps', ARGV[j + 3], 'dependents', ARGV[j + 4], 'score', ARGV[j + 5],
-             'res', ARGV[j + 6], 'max_retries', ARGV[j + 7], 'max_lost', ARGV[j + 8],
-             'attempts', 0, 'queued_at', t, 'notify', notify)
   local waiting = 0
   for _, dep in ipairs(split(ARGV[j + 3])) do
     local dk = p .. 'task:' .. dep
@@ -520,12 +516,17 @@ for j = 5, #ARGV, 9 do
       waiting = waiting + 1
     end
   end
-  redis.call('HSET', tk, 'waiting', waiting)
+  redis.call('HSET', tk, 'xs', ARGV[j + 1], 'graph', gid, 'refs', ARGV[j + 2],
+             'deps', ARGV[j + 3], 'dependents', ARGV[j + 4], 'score', ARGV[j + 5],
+             'max_lost', ARGV[j + 8], 'queued_at', t, 'waiting', waiting,
+             'state', waiting == 0 and 'queued' or 'waiting')
+  -- Fields with their default value are left out (fewer writes per node).
+  if ARGV[j + 6] ~= '' then redis.call('HSET', tk, 'res', ARGV[j + 6]) end
+  if ARGV[j + 7] ~= '0' then redis.call('HSET', tk, 'max_retries', ARGV[j + 7]) end
+  if notify == '1' then redis.call('HSET', tk, 'notify', '1') end
   if waiting == 0 then
-    enqueue(key)
+    add_to_queue(key, ARGV[j + 5], ARGV[j + 6])
     queued = queued + 1
-  else
-    redis.call('HSET', tk, 'state', 'waiting')
   end
 end
 wake(queued)
