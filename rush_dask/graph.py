@@ -133,37 +133,42 @@ class GraphRun:
     def task_key(self, key: Hashable) -> str:
         return self.task_keys[key] if key in self.graph else self.external[key].task_key
 
-    def _annotation(self, name: str, key: Hashable) -> Any:
+    def _per_node(self, name: str) -> Callable[[Hashable], Any]:
+        """The value of option ``name`` for a node: its annotation, else the compute keyword."""
+        default = self.defaults[name]
         values = self.annotations.get(name)
-        if isinstance(values, Mapping) and key in values:
-            return values[key]
-        return self.defaults[name]
+        if not isinstance(values, Mapping) or not values:
+            return lambda key: default
+        return lambda key: values.get(key, default)
 
     def submit(self) -> None:
         """Write every node to Redis in one transaction."""
-        graph = self.graph
+        graph, task_keys = self.graph, self.task_keys
         self._check_external_inputs()
-        ranks = order(graph) if graph else {}
         dependents: dict[Hashable, list[str]] = {key: [] for key in graph}
         for key, node in graph.items():
             for dep in node.dependencies:
                 if dep in graph:
-                    dependents[dep].append(self.task_keys[key])
+                    dependents[dep].append(task_keys[key])
+        if any(dependents.values()):
+            ranks = {key: getattr(rank, "priority", rank) for key, rank in order(graph).items()}
+        else:  # no edges: any order is dask.order's order, and computing it is costly
+            ranks = {key: i for i, key in enumerate(graph)}
         outputs = set(self.outputs)
+        priority_of, resources_of, retries_of = (self._per_node(name) for name in
+                                                 ("priority", "resources", "retries"))
         base = self.rush.client.incrby(self.rush.keys.seq, max(len(graph), 1)) - len(graph)
         rows: list[list[Any]] = []
         for key, node in graph.items():
-            deps = {dep: self.task_key(dep) for dep in node.dependencies}
-            priority = self._annotation("priority", key)
-            rank = ranks[key]
-            rank = rank.priority if hasattr(rank, "priority") else rank
+            deps = {dep: task_keys[dep] if dep in graph else self.external[dep].task_key
+                    for dep in node.dependencies}
             rows.append([
-                self.task_keys[key], dumps((node, deps)),
+                task_keys[key], dumps((node, deps)),
                 len(dependents[key]) + (key in outputs),
                 " ".join(deps.values()), " ".join(dependents[key]),
-                repr(-int(priority) * 1e12 + base + rank),
-                _resource_spec(self._annotation("resources", key)),
-                int(self._annotation("retries", key) or 0), self.max_lost,
+                repr(-int(priority_of(key)) * 1e12 + base + ranks[key]),
+                _resource_spec(resources_of(key)),
+                int(retries_of(key) or 0), self.max_lost,
             ])
         pipe = self.rush.client.pipeline(transaction=True)
         header = [self.rush.keys.prefix, self.graph_id, len(graph), "1" if self.notify else "0"]
