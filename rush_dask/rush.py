@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -20,8 +22,8 @@ from .network import HOSTNAME, NetworkView, pid_alive
 from .processes import WorkerProcess, spawn_worker, stop_processes
 from .scheduler import DaskScheduler
 from .scripts import Scripts
-from .server import before_embedded_stop
 from .serialize import content_id, dumps, dumps_function
+from .server import before_embedded_stop
 from .tasks import check_xss, new_keys
 from .waiting import Patience
 from .worker import check_heartbeat
@@ -148,7 +150,6 @@ class Rush(DaskScheduler, NetworkView):
     def _check_n_workers(self, n_workers: int | None) -> int:
         n = n_workers if n_workers is not None else current_plan().n_workers
         if n is None:
-            import os
             n = os.cpu_count() or 1
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
@@ -168,7 +169,7 @@ class Rush(DaskScheduler, NetworkView):
         fun_blob = dumps_function(fun) if fun is not None else None
         config: dict[str, Any] = {
             "heartbeat_period": period, "heartbeat_expire": expire,
-            "resources": __import__("json").dumps(resources or {}),
+            "resources": json.dumps(resources or {}),
             "redis_retry_timeout": redis_retry_timeout, "log_level": int(log_level),
             "constants": dumps(constants),
         }
@@ -274,7 +275,6 @@ class Rush(DaskScheduler, NetworkView):
                 except Exception:
                     pass
             elif host is not None and host.decode() == HOSTNAME and pid and pid_alive(int(pid)):
-                import os
                 try:
                     os.kill(int(pid), signum)
                 except ProcessLookupError:
@@ -316,7 +316,8 @@ class Rush(DaskScheduler, NetworkView):
 
         >>> keys = rush.push_tasks([{"x1": 1, "x2": 2}], max_retries=2)   # doctest: +SKIP
         """
-        return self._push(xss, extra, [""] * _len(xss), fun=fun, max_retries=max_retries,
+        check_xss(xss, extra)
+        return self._push(xss, extra, [""] * len(xss), fun=fun, max_retries=max_retries,
                           timeout=timeout, seed=seed, priority=priority, max_lost=max_lost)
 
     def push_priority_tasks(self, xss: Sequence[dict[str, Any]], worker_ids: Sequence[str],
@@ -338,7 +339,7 @@ class Rush(DaskScheduler, NetworkView):
 
     def _push(self, xss, extra, targets, *, fun=None, max_retries=0, timeout=None, seed=None,
               priority=0, max_lost=C.DEFAULT_MAX_LOST) -> list[str]:
-        check_xss(xss, extra)
+        """Validate options, serialize, then write (``xss`` was checked by the caller)."""
         _check_int("max_retries", max_retries, minimum=0)
         _check_int("max_lost", max_lost, minimum=0)
         _check_int("priority", priority, minimum=-1000, maximum=1000)
@@ -464,13 +465,6 @@ class Rush(DaskScheduler, NetworkView):
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
         _live_controllers.discard(self)
-
-
-def _len(xss: Any) -> int:
-    try:
-        return len(xss)
-    except TypeError:
-        return 0
 
 
 def _check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> None:
