@@ -14,8 +14,10 @@ carries two counters:
 * ``refs``: who still needs its result: dependents that have not finished,
   plus one for the client if it is an output (or a future).
 
-The whole graph is written in one MULTI/EXEC. From then on the client is not
-in the loop: a worker pops a node (its small inputs come in the same reply,
+The graph is written in batches, inputs before the nodes that use them
+(``dask.order`` is a topological order), and workers start on the first
+batch while the client builds the next. From then on the client is not in
+the loop: a worker pops a node (its small inputs come in the same reply,
 large ones from Redis or its own cache), runs ``node(inputs)``, and one
 script stores the result, decrements ``refs`` of the inputs (deleting the
 results nobody needs any more), decrements ``waiting`` of the dependents
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("rush_dask")
 
-_BATCH = 1_000
+_BATCH = 250  # nodes per push call: workers start on the first batch while the rest is built
 
 
 def to_task_graph(dsk: Any) -> tuple[dict[Hashable, GraphNode], dict[Hashable, Any], dict[str, dict]]:
@@ -142,7 +144,7 @@ class GraphRun:
         return lambda key: values.get(key, default)
 
     def submit(self) -> None:
-        """Write every node to Redis in one transaction."""
+        """Write every node to Redis, inputs first, in batches that workers start on at once."""
         graph, task_keys = self.graph, self.task_keys
         self._check_external_inputs()
         dependents: dict[Hashable, list[str]] = {key: [] for key in graph}
@@ -158,31 +160,36 @@ class GraphRun:
         priority_of, resources_of, retries_of = (self._per_node(name) for name in
                                                  ("priority", "resources", "retries"))
         base = self.rush.client.incrby(self.rush.keys.seq, max(len(graph), 1)) - len(graph)
-        rows: list[list[Any]] = []
-        for key, node in graph.items():
+        header = [self.rush.keys.prefix, self.graph_id, len(graph), "1" if self.notify else "0"]
+        args = list(header)
+        pending = 0
+        # Inputs before the nodes that use them (dask.order is topological), in batches
+        # that are sent as soon as they are built.
+        for key in sorted(graph, key=ranks.__getitem__):
+            node = graph[key]
             deps = {dep: task_keys[dep] if dep in graph else self.external[dep].task_key
                     for dep in node.dependencies}
-            rows.append([
+            args += [
                 task_keys[key], dumps((node, deps)),
                 len(dependents[key]) + (key in outputs),
                 " ".join(deps.values()), " ".join(dependents[key]),
                 repr(-int(priority_of(key)) * 1e12 + base + ranks[key]),
                 _resource_spec(resources_of(key)),
                 int(retries_of(key) or 0), self.max_lost,
-            ])
-        pipe = self.rush.client.pipeline(transaction=True)
-        header = [self.rush.keys.prefix, self.graph_id, len(graph), "1" if self.notify else "0"]
-        for start in range(0, len(rows), _BATCH):
-            args = list(header)
-            for row in rows[start:start + _BATCH]:
-                args.extend(row)
-            self.rush.scripts.push_graph(args=args, client=pipe)
+            ]
+            pending += 1
+            if pending == _BATCH:
+                self.rush.scripts.push_graph(args=args)
+                args, pending = list(header), 0
+        if pending:
+            self.rush.scripts.push_graph(args=args)
         # Outputs that are futures of earlier graphs: the client holds one more reference.
         held = [self.external[k].task_key for k in self.outputs if k not in graph]
         if held:
+            pipe = self.rush.client.pipeline(transaction=False)
             for task_key in held:
                 pipe.hincrby(self.rush.keys.task(task_key), "refs", 1)
-        pipe.execute()
+            pipe.execute()
 
     def _check_external_inputs(self) -> None:
         if not self.external:

@@ -488,24 +488,27 @@ for _, key in ipairs(keys) do fail(key, reason, t) end
 return #keys
 """
 
-# Create the nodes of a Dask graph (one batch; the client sends all batches
-# in one MULTI/EXEC, so workers never see half a graph). A node waits for its
-# inputs that are not finished yet; inputs from earlier graphs (persisted
-# results, futures) get one more reference and learn about the new dependent.
+# Create the nodes of a Dask graph, one batch per call. The client sends the
+# batches in a topological order (dask.order), so a node's inputs exist when
+# it is created; workers may already run the first batches. A node waits for
+# its inputs that are not finished yet, and fails at once if one failed.
+# Inputs from earlier graphs (persisted results, futures) get one more
+# reference and learn about the new dependent.
 # ARGV: p, graph_id, n_nodes_in_graph, notify ('1': a client reads gdone),
 #       then per node: key, xs, refs, deps, dependents, score, res, max_retries, max_lost
 PUSH_GRAPH = r"""
 local gid, notify = ARGV[2], ARGV[4]
 local t = now()
-redis.call('HSET', p .. 'graph:' .. gid, 'live', ARGV[3])
+redis.call('HSETNX', p .. 'graph:' .. gid, 'live', ARGV[3])  -- first batch only
 local queued = 0
 for j = 5, #ARGV, 9 do
   local key = ARGV[j]
   local tk = p .. 'task:' .. key
-  local waiting = 0
+  local waiting, failed_input = 0, nil
   for _, dep in ipairs(split(ARGV[j + 3])) do
     local dk = p .. 'task:' .. dep
     local f = redis.call('HMGET', dk, 'state', 'graph')
+    if f[1] == 'failed' then failed_input = dep end
     if f[2] ~= gid then
       redis.call('HINCRBY', dk, 'refs', 1)
       if f[1] ~= 'finished' then
@@ -524,7 +527,13 @@ for j = 5, #ARGV, 9 do
   if ARGV[j + 6] ~= '' then redis.call('HSET', tk, 'res', ARGV[j + 6]) end
   if ARGV[j + 7] ~= '0' then redis.call('HSET', tk, 'max_retries', ARGV[j + 7]) end
   if notify == '1' then redis.call('HSET', tk, 'notify', '1') end
-  if waiting == 0 then
+  if failed_input then
+    local e = redis.call('HMGET', p .. 'task:' .. failed_input, 'error', 'traceback', 'exception')
+    redis.call('HSET', tk, 'state', 'waiting', 'error',
+               'dependency ' .. failed_input .. ' failed: ' .. (e[1] or ''), 'traceback', e[2] or '')
+    if e[3] then redis.call('HSET', tk, 'exception', e[3]) end
+    fail_graph_node(key, t)
+  elseif waiting == 0 then
     add_to_queue(key, ARGV[j + 5], ARGV[j + 6])
     queued = queued + 1
   end

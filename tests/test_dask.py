@@ -347,3 +347,21 @@ def test_functions_and_classes_of_main_run_on_workers(redis_url, tmp_path):
                          timeout=TIMEOUT, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert "PUSH [8] 0" in out.stdout and "SUBMIT 15" in out.stdout and "DELAYED 6" in out.stdout
+
+
+def test_failure_while_the_graph_is_still_being_pushed(rush2):
+    """Nodes pushed after their input failed fail at once; nothing waits forever or leaks."""
+    bad = dask.delayed(f.boom)(1, dask_key_name="bad")
+    items = [dask.delayed(f.add)(bad, i) for i in range(2000)]
+    with pytest.raises(ZeroDivisionError, match="boom on 1"):
+        dask.compute(*items, scheduler=rush2)
+    assert graph_keys(rush2) == []
+
+    persisted = dask.persist(*items, scheduler=rush2)
+    with pytest.raises(ZeroDivisionError, match="boom on 1"):
+        dask.compute(persisted[-1], scheduler=rush2)
+    futures = [v for p in persisted for v in dict(p.__dask_graph__()).values()]
+    assert all(fut.status == "failed" for fut in futures)
+    del persisted, futures
+    gc.collect()
+    assert graph_keys(rush2) == []
