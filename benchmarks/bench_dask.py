@@ -61,7 +61,6 @@ The Markdown tables are printed and written to ``benchmarks/results/rush_dask.md
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib
 import logging
@@ -96,10 +95,10 @@ from rush_dask.server import RedisServer
 
 try:  # python -m benchmarks.bench_dask
     from benchmarks.bench_rush import (N_WORKERS, QUIET_BUDGET, SLEEP_SECONDS, Quiet, fmt,
-                                       git_revision, measured_sleep)
+                                       git_revision, measured_sleep, parse_arguments)
 except ImportError:  # python benchmarks/bench_dask.py: benchmarks/ is sys.path[0]
     from bench_rush import (N_WORKERS, QUIET_BUDGET, SLEEP_SECONDS, Quiet, fmt, git_revision,
-                            measured_sleep)
+                            measured_sleep, parse_arguments)
 
 WAIT_TIMEOUT = 600.0  # seconds; a run that takes longer is broken
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "rush_dask.md"
@@ -529,15 +528,7 @@ def report(r: Results, workloads: list[Workload], sleep_seconds: float, quiet: Q
 
 # --------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: smaller graphs, 1 repeat")
-    parser.add_argument("--no-wait", action="store_true",
-                        help="do not wait while pytest or other benchmarks run")
-    args = parser.parse_args(argv)
-    repeats = 1 if args.quick else args.repeats
-    if repeats < 1:
-        parser.error("--repeats must be >= 1")
+    args, repeats = parse_arguments(argv, __doc__, quick_help="smaller graphs, 1 repeat")
     workloads = make_workloads(args.quick)
     quiet = Quiet(0 if args.no_wait else QUIET_BUDGET)
     server = RedisServer().start()

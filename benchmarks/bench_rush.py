@@ -541,16 +541,22 @@ def run_all(url: str, workloads: list[Workload], repeats: int, log_dir: str, qui
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_arguments(argv: list[str] | None, doc: str, quick_help: str) -> tuple[argparse.Namespace, int]:
+    """The options both benchmarks take: ``--repeats``, ``--quick``, ``--no-wait``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 + 200 tasks, 1 repeat")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick_help}")
     parser.add_argument("--no-wait", action="store_true",
                         help="do not wait while pytest or other benchmarks run")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     if repeats < 1:
         parser.error("--repeats must be >= 1")
+    return args, repeats
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, repeats = parse_arguments(argv, __doc__, quick_help="1,000 + 200 tasks, 1 repeat")
     workloads = [
         Workload("trivial", add_one, 1_000 if args.quick else 10_000),
         Workload("sleep", sleep_then_add_one, 200 if args.quick else 1_000),
