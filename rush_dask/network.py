@@ -275,14 +275,14 @@ class NetworkView:
         worker_ids = [w.decode() if w else None for w in wid]
         meta = pd.DataFrame({
             "pid": pd.array(self._pids_of(worker_ids), dtype="Int64"),
-            "worker_id": worker_ids,
-            "state": [s.decode() if s else None for s in state],
-            "keys": keys,
+            "worker_id": pd.array(worker_ids, dtype=str),
+            "state": pd.array([s.decode() if s else None for s in state], dtype=str),
+            "keys": pd.array(keys, dtype=str),
             "queued_at": times(qat),
             "started_at": times(sat),
             "finished_at": times(fat),
             "attempts": np.array([int(a) if a else 0 for a in attempts], dtype="int64"),
-            "error": [e.decode() if e else None for e in error],
+            "error": pd.array([e.decode() if e else None for e in error], dtype=str),
         }, index=pd.RangeIndex(n))
         return pd.concat([values.drop(columns=[c for c in meta if c in values]), meta], axis=1)
 
@@ -362,6 +362,29 @@ class NetworkView:
             patience.sleep()
         self._new_offset += len(new)
         return self._task_rows([k.decode() for k in new])
+
+    def to_dask_dataframe(self, states: Sequence[str] | str = ("finished",),
+                          partition_size: int = 10_000):
+        """The tasks in ``states`` as a lazy Dask DataFrame that reads Redis partition by partition.
+
+        ``states`` may contain ``"finished"``, ``"failed"`` or ``"all"``
+        (every task). Partitions are ranges of the state's list in Redis,
+        read when computed, with any scheduler (rush included); columns and
+        types are those of :meth:`fetch_finished_tasks`.
+
+        >>> ddf = rush.to_dask_dataframe(partition_size=5_000)   # doctest: +SKIP
+        >>> ddf.y.mean().compute(scheduler=rush)                 # doctest: +SKIP
+        """
+        from .archive import _LISTS, to_dask_dataframe
+
+        states = [states] if isinstance(states, str) else list(states)
+        unknown = [s for s in states if s not in _LISTS]
+        if unknown or not states:
+            raise ValueError(f"states must be among {sorted(_LISTS)}, got {states!r}")
+        if isinstance(partition_size, bool) or not isinstance(partition_size, int) or partition_size < 1:
+            raise ValueError(f"partition_size must be a positive integer, got {partition_size!r}")
+        lengths = {s: self.client.llen(getattr(self.keys, _LISTS[s])) for s in states}
+        return to_dask_dataframe(self.network_id, self.url, lengths, states, partition_size)
 
     # --------------------------------------------------------------------- logs
     def read_log(self, worker_ids: Iterable[str] | None = None) -> "pd.DataFrame":

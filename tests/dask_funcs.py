@@ -57,3 +57,7 @@ def kill_self(x):
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def square_dict(x, **kwargs):
+    return {"y": x * x}

@@ -365,3 +365,34 @@ def test_failure_while_the_graph_is_still_being_pushed(rush2):
     del persisted, futures
     gc.collect()
     assert graph_keys(rush2) == []
+
+
+def test_to_dask_dataframe_matches_fetch_finished_tasks(rush2):
+    keys = rush2.push_tasks([{"x": i, "label": f"n{i % 7}"} for i in range(3000)], fun=f.square_dict)
+    rush2.wait_for_tasks(keys, timeout=TIMEOUT)
+    expected = rush2.fetch_finished_tasks()
+    ddf = rush2.to_dask_dataframe(partition_size=700)
+    assert ddf.npartitions == 5
+    for scheduler in ("sync", rush2):
+        got = ddf.compute(scheduler=scheduler).reset_index(drop=True)
+        # Dask turns text columns into its own string dtype: same text, both strings.
+        for column in expected:
+            if pd.api.types.is_string_dtype(expected[column]):
+                assert pd.api.types.is_string_dtype(got[column]), column
+                got[column] = got[column].astype("string")
+            else:
+                assert got[column].dtype == expected[column].dtype, column
+        pd.testing.assert_frame_equal(
+            got, expected.astype({c: "string" for c in expected if pd.api.types.is_string_dtype(expected[c])}))
+    assert ddf.y.sum().compute(scheduler=rush2) == sum(i * i for i in range(3000))
+    assert pd.api.types.is_integer_dtype(ddf.y.dtype) and pd.api.types.is_integer_dtype(ddf.pid.dtype)
+    assert pd.api.types.is_datetime64_any_dtype(ddf.finished_at.dtype)
+    assert graph_keys(rush2) == []
+
+
+def test_to_dask_dataframe_bad_arguments(rush2):
+    with pytest.raises(ValueError, match="states must be among"):
+        rush2.to_dask_dataframe(states=("done",))
+    with pytest.raises(ValueError, match="partition_size"):
+        rush2.to_dask_dataframe(partition_size=0)
+    assert rush2.to_dask_dataframe().compute().empty

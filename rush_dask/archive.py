@@ -1,0 +1,66 @@
+"""The archive of a network as a lazy Dask DataFrame.
+
+Each partition reads one range of a state's list of task keys straight from
+Redis when it is computed (on any scheduler, rush included); the client
+reads only the first partition, to learn the column types.
+
+>>> ddf = rush.to_dask_dataframe(partition_size=10_000)   # doctest: +SKIP
+>>> ddf.groupby("worker_id").y.mean().compute()           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from . import constants as C
+from .connections import connect
+from .network import NetworkView
+from .scripts import Scripts
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# States whose keys live in an append-only list, so index ranges are stable.
+_LISTS = {C.FINISHED: "finished", C.FAILED: "failed", "all": "all_tasks"}
+
+
+class _ArchiveView(NetworkView):
+    """A read-only view opened where a partition is computed."""
+
+    def __init__(self, network_id: str, url: str):
+        self.keys = C.Keys(network_id)
+        self.client = connect(url)
+        self.scripts = Scripts(self.client)
+        self._init_view()
+
+
+def read_partition(network_id: str, url: str, state: str, start: int, stop: int) -> "pd.DataFrame":
+    """Rows ``start`` to ``stop - 1`` of the list of tasks in ``state``."""
+    view = _ArchiveView(network_id, url)
+    try:
+        list_key = getattr(view.keys, _LISTS[state])
+        keys = [k.decode() for k in view.client.lrange(list_key, start, stop - 1)]
+        frame = view._task_rows(keys)
+        frame.index = range(start, start + len(keys))
+        return frame
+    finally:
+        view.client.close()
+
+
+def to_dask_dataframe(network_id: str, url: str, lengths: dict[str, int],
+                      states: Sequence[str], partition_size: int):
+    """A Dask DataFrame over the tasks in ``states`` (see :meth:`Rush.to_dask_dataframe`)."""
+    import dask.dataframe as dd
+
+    ranges = [(state, start, min(start + partition_size, lengths[state]))
+              for state in states for start in range(0, lengths[state], partition_size)]
+    if not ranges:
+        ranges = [(states[0], 0, 0)]
+    first = read_partition(network_id, url, *ranges[0])
+    meta = first.iloc[:0]
+
+    def load(part: tuple[str, int, int]) -> pd.DataFrame:
+        frame = read_partition(network_id, url, *part)
+        return frame.astype(meta.dtypes.to_dict()) if len(frame) else meta
+
+    return dd.from_map(load, ranges, meta=meta, enforce_metadata=False)
