@@ -40,8 +40,9 @@ local function wake(n)
   if n <= 0 then return end
   local tokens = {}
   for i = 1, math.min(n, 64) do tokens[i] = '1' end
-  redis.call('LPUSH', p .. 'wake', unpack(tokens))
-  redis.call('LTRIM', p .. 'wake', 0, 63)
+  if redis.call('LPUSH', p .. 'wake', unpack(tokens)) > 64 then
+    redis.call('LTRIM', p .. 'wake', 0, 63)
+  end
 end
 
 -- Space-separated task keys (fields deps/dependents of graph nodes) as a list.
@@ -143,40 +144,42 @@ end
 
 -- A graph node finished: its inputs lose a reference, its dependents whose
 -- inputs are now all done are queued, its client is told.
-local function finish_graph_node(key, payload, t)
+-- f: the node's fields graph, deps, dependents, notify, refs (read by settle).
+local function finish_graph_node(key, payload, t, f)
   local tk = p .. 'task:' .. key
-  local f = redis.call('HMGET', tk, 'deps', 'dependents', 'graph', 'notify', 'refs')
-  redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t)
-  redis.call('HDEL', tk, 'xs')
-  for _, dep in ipairs(split(f[1])) do decref(dep) end
+  -- The node itself (xs) is not needed any more: emptied in the same write.
+  redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t, 'xs', '')
+  for _, dep in ipairs(split(f[2])) do decref(dep) end
   local released = 0
-  for _, child in ipairs(split(f[2])) do
+  for _, child in ipairs(split(f[3])) do
     local ck = p .. 'task:' .. child
-    if redis.call('EXISTS', ck) == 1 and redis.call('HINCRBY', ck, 'waiting', -1) == 0 then
+    local waiting = redis.call('HINCRBY', ck, 'waiting', -1)
+    if waiting < 0 then
+      redis.call('DEL', ck)  -- no such node (cancelled, or not pushed yet): undo the increment
+    elseif waiting == 0 then
       enqueue(child)
       released = released + 1
     end
   end
   wake(released)
-  if f[4] == '1' then redis.call('RPUSH', p .. 'gdone:' .. f[3], key) end
-  if tonumber(f[5] or '0') <= 0 then drop_node(key, f[3]) end
+  if f[4] == '1' then redis.call('RPUSH', p .. 'gdone:' .. f[1], key) end
+  if tonumber(f[5] or '0') <= 0 then drop_node(key, f[1]) end
 end
 
--- Hand a queued task to a worker.
-local function start(wid, key, t)
+
+-- What a worker needs to run a task; with wid, the task is first handed to
+-- that worker (state running, attempts + 1). For a graph node, the results
+-- of its inputs come along when they are small (one round trip); large ones
+-- are left for the worker to read, or to find in its own cache.
+local function task_reply(key, wid, t)
   local tk = p .. 'task:' .. key
-  redis.call('HSET', tk, 'state', 'running', 'worker_id', wid, 'started_at', t)
-  redis.call('HINCRBY', tk, 'attempts', 1)
-  redis.call('SADD', p .. 'running', key)
-  redis.call('SADD', p .. 'held:' .. wid, key)
-end
-
--- What a worker needs to run a task. For a graph node, the results of its
--- inputs come along when they are small (one round trip); large ones are
--- left for the worker to read, or to find in its own cache.
-local function task_reply(key)
-  local f = redis.call('HMGET', p .. 'task:' .. key,
-                       'xs', 'fun', 'timeout', 'seed', 'seq', 'attempts', 'graph', 'deps')
+  local f = redis.call('HMGET', tk, 'xs', 'fun', 'timeout', 'seed', 'seq', 'attempts', 'graph', 'deps')
+  if wid then  -- hand the queued task to worker wid
+    f[6] = (tonumber(f[6]) or 0) + 1
+    redis.call('HSET', tk, 'state', 'running', 'worker_id', wid, 'started_at', t, 'attempts', f[6])
+    redis.call('SADD', p .. 'running', key)
+    redis.call('SADD', p .. 'held:' .. wid, key)
+  end
   local inputs = {}
   if f[7] then
     for _, dep in ipairs(split(f[8])) do
@@ -192,7 +195,7 @@ end
 -- anything else (a worker declared lost, a duplicate reply) is dropped.
 local function settle(wid, key, outcome, payload, tb, exc, t)
   local tk = p .. 'task:' .. key
-  local f = redis.call('HMGET', tk, 'state', 'worker_id', 'graph')
+  local f = redis.call('HMGET', tk, 'state', 'worker_id', 'graph', 'deps', 'dependents', 'notify', 'refs')
   if f[1] ~= 'running' or f[2] ~= wid then
     -- A repeated call (its first reply was lost) finds its own work done.
     if f[2] == wid and f[1] == 'finished' and outcome == 'finished' then return 'finished' end
@@ -202,7 +205,7 @@ local function settle(wid, key, outcome, payload, tb, exc, t)
   redis.call('SREM', p .. 'held:' .. wid, key)
   if outcome == 'finished' then
     if f[3] then
-      finish_graph_node(key, payload, t)
+      finish_graph_node(key, payload, t, {f[3], f[4], f[5], f[6], f[7]})
     else
       redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t)
       redis.call('RPUSH', p .. 'finished', key)
@@ -336,9 +339,8 @@ while #popped < want do
     if #z > 0 then key = z[1] end
   end
   if not key then break end
-  start(wid, key, t)
   popped[#popped + 1] = key
-  reply[#reply + 1] = task_reply(key)
+  reply[#reply + 1] = task_reply(key, wid, t)
 end
 if #popped == 0 then
   if min_queue == 0 then redis.call('DEL', p .. 'wake') end
