@@ -38,10 +38,12 @@ def read_partition(network_id: str, url: str, state: str, start: int, stop: int)
     """Rows ``start`` to ``stop - 1`` of the list of tasks in ``state``."""
     view = _ArchiveView(network_id, url)
     try:
-        list_key = getattr(view.keys, _LISTS[state])
-        keys = [k.decode() for k in view.client.lrange(list_key, start, stop - 1)]
-        frame = view._task_rows(keys)
-        frame.index = range(start, start + len(keys))
+        if state == C.FINISHED:  # packed rows: one LRANGE
+            frame = view._archive_frame(start, stop)
+        else:
+            list_key = getattr(view.keys, _LISTS[state])
+            frame = view._task_rows([k.decode() for k in view.client.lrange(list_key, start, stop - 1)])
+        frame.index = range(start, start + len(frame))
         return frame
     finally:
         view.client.close()

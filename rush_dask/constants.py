@@ -78,6 +78,10 @@ class Keys:
         return self.prefix + "finished"
 
     @property
+    def archive(self) -> str:  # list of packed rows of finished tasks, aligned with `finished`
+        return self.prefix + "archive"
+
+    @property
     def failed(self) -> str:  # list of failed task keys, in failure order
         return self.prefix + "failed"
 

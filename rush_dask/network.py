@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from msgpack import unpackb
 
 from . import constants as C
 from .serialize import loads
@@ -33,10 +36,20 @@ _COPY_ON_WRITE = _pandas_copy_on_write()
 
 # Fields read for every task row, in this order.
 _TASK_FIELDS = (
-    "xs", "ys", "extra", "state", "worker_id", "queued_at", "started_at",
-    "finished_at", "attempts", "error",
+    "xs", "extra", "state", "worker_id", "queued_at", "started_at",
+    "finished_at", "attempts", "error", "archive_index",
 )
 _BATCH = 2_000  # tasks read per script call (a few ms of Redis time each)
+_ARCHIVE_BATCH = 10_000  # archive rows per LRANGE
+
+
+def unpack_row(raw: bytes) -> list:
+    """An archive row: [key, xs, ys, extra, worker_id, queued_at, started_at, finished_at, attempts]."""
+    return unpackb(raw, raw=True)
+
+
+def loads_row_ys(row: list) -> dict:
+    return loads(row[2])
 
 
 def _text(value: bytes | None) -> str | None:
@@ -250,26 +263,62 @@ class NetworkView:
         return records
 
     def _task_rows(self, keys: Sequence[str]) -> "pd.DataFrame":
-        """One row per task: its input, output and extra columns, then the meta columns."""
+        """One row per task (any state): inputs, outputs and extra columns, then the meta columns."""
+        keys = list(keys)
+        records = self._read_task_fields(keys)
+        columns = list(zip(*records)) if records else [()] * len(_TASK_FIELDS)
+        xs, extra, state, wid, qat, sat, fat, attempts, error, index = columns
+        # The outputs of finished tasks are in their archive rows.
+        rows = self._archive_rows_at([int(i) for i in index if i is not None])
+        ys = [loads_row_ys(rows[int(i)]) if i is not None else None for i in index]
+        return self._frame(keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error)
+
+    def _archive_rows_at(self, indexes: Sequence[int]) -> dict[int, list]:
+        """Archive rows by position: a few with LINDEX, many with ranged LRANGE reads."""
+        if not indexes:
+            return {}
+        if len(indexes) < 1_000:
+            pipe = self.client.pipeline(transaction=False)
+            for i in indexes:
+                pipe.lindex(self.keys.archive, i)
+            return {i: unpack_row(raw) for i, raw in zip(indexes, pipe.execute())}
+        lo, hi = min(indexes), max(indexes) + 1
+        rows = dict(zip(range(lo, hi), self._archive_range(lo, hi)))
+        return {i: rows[i] for i in indexes}
+
+    def _archive_range(self, start: int, stop: int | None = None) -> list[list]:
+        """Unpacked archive rows ``start`` to ``stop - 1`` (to the end with ``stop=None``)."""
+        stop = self.client.llen(self.keys.archive) if stop is None else stop
+        rows: list[list] = []
+        for lo in range(start, stop, _ARCHIVE_BATCH):
+            hi = min(lo + _ARCHIVE_BATCH, stop)
+            rows.extend([unpackb(raw, raw=True) for raw in self.client.lrange(self.keys.archive, lo, hi - 1)])
+        return rows
+
+    def _archive_frame(self, start: int, stop: int | None = None) -> "pd.DataFrame":
+        """Finished tasks ``start`` to ``stop - 1`` (finish order) as a DataFrame, from the archive."""
+        rows = self._archive_range(start, stop)
+        key, xs, ys, extra, wid, qat, sat, fat, attempts = (list(c) for c in zip(*rows)) if rows \
+            else ([] for _ in range(9))
+        n = len(rows)
+        return self._frame([k.decode() for k in key], xs, [pickle.loads(b) for b in ys], extra,
+                           [b"finished"] * n, wid, qat, sat, fat, attempts, [None] * n)
+
+    def _frame(self, keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error) -> "pd.DataFrame":
         import numpy as np
         import pandas as pd
 
-        keys = list(keys)
-        records = self._read_task_fields(keys)
-        n = len(records)
-        columns = list(zip(*records)) if records else [()] * len(_TASK_FIELDS)
-        xs, ys, extra, state, wid, qat, sat, fat, attempts, error = columns
-
+        n = len(keys)
         parts = []
-        for blobs in (xs, ys, extra):
-            dicts = [loads(blob) if blob else {} for blob in blobs]
+        for dicts in ([pickle.loads(b) if b else {} for b in xs], [y or {} for y in ys],
+                      [pickle.loads(b) if b else {} for b in extra]):
             if any(dicts):
                 parts.append(pd.DataFrame(dicts, index=pd.RangeIndex(n)))
         values = pd.concat(parts, axis=1) if parts else pd.DataFrame(index=pd.RangeIndex(n))
         values = values.loc[:, ~values.columns.duplicated(keep="last")]  # an output shadows an input
 
         def times(raw: Sequence[bytes | None]) -> "pd.Series":
-            seconds = np.array([v or b"nan" for v in raw], dtype=bytes).astype(float) if n else np.array([])
+            seconds = np.fromiter((float(v) if v else np.nan for v in raw), dtype=float, count=n)
             return pd.to_datetime(seconds, unit="s", utc=True)
 
         worker_ids = [w.decode() if w else None for w in wid]
@@ -339,12 +388,11 @@ class NetworkView:
         """
         import pandas as pd
 
-        new = [k.decode() for k in self.client.lrange(self.keys.finished, self._finished_offset, -1)]
-        if new or self._finished_frame is None:
-            rows = self._task_rows(new)
+        rows = self._archive_frame(self._finished_offset)
+        if len(rows) or self._finished_frame is None:
             self._finished_frame = rows if self._finished_frame is None else \
                 pd.concat([self._finished_frame, rows], ignore_index=True)
-            self._finished_offset += len(new)
+            self._finished_offset += len(rows)
         # With copy-on-write (pandas >= 3) a shallow copy is enough to keep the cache safe.
         return self._finished_frame.copy(deep=not _COPY_ON_WRITE)
 
@@ -356,12 +404,13 @@ class NetworkView:
         """
         patience = Patience(timeout)
         while True:
-            new = self.client.lrange(self.keys.finished, self._new_offset, -1)
-            if new or patience.expired:
+            end = self.client.llen(self.keys.archive)
+            if end > self._new_offset or patience.expired:
                 break
             patience.sleep()
-        self._new_offset += len(new)
-        return self._task_rows([k.decode() for k in new])
+        rows = self._archive_frame(self._new_offset, end)
+        self._new_offset = end
+        return rows
 
     def to_dask_dataframe(self, states: Sequence[str] | str = ("finished",),
                           partition_size: int = 10_000):

@@ -9,9 +9,13 @@ All scripts take the network's key prefix (``rush:{NET}:``) as ARGV[1] and
 build the key names from it; every key of a network shares one hash tag, so
 the scripts stay within one slot of a Redis Cluster.
 
-Task hash fields (``task:<key>``): xs, ys, extra, state, fun, seq, score,
+Task hash fields (``task:<key>``): xs, extra, state, fun, seq, score,
 queued_at, started_at, finished_at, worker_id, attempts, max_retries,
-n_errors, max_lost, n_lost, timeout, seed, own, error, traceback, exception.
+n_errors, max_lost, n_lost, timeout, seed, own, error, traceback, exception,
+archive_index. The outputs of a finished task live in its archive row: the
+list ``archive`` holds one msgpack row per finished task (key, xs, ys,
+extra, worker_id, queued_at, started_at, finished_at, attempts), in the
+order of ``finished``.
 
 Nodes of a Dask graph are the same kind of task, popped by the same script,
 with a few more fields: graph (its id), deps and dependents (space-separated
@@ -207,7 +211,13 @@ local function settle(wid, key, outcome, payload, tb, exc, t)
     if f[3] then
       finish_graph_node(key, payload, t, {f[3], f[4], f[5], f[6], f[7]})
     else
-      redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t)
+      -- The archive row: everything a DataFrame row needs, packed once, so that
+      -- reading many finished tasks is one LRANGE. archive[i] is finished[i].
+      local r = redis.call('HMGET', tk, 'xs', 'extra', 'queued_at', 'started_at', 'attempts')
+      local row = cmsgpack.pack({key, r[1] or '', payload, r[2] or '', wid, r[3] or '', r[4] or '',
+                                 t, r[5] or '0'})
+      local n = redis.call('RPUSH', p .. 'archive', row)
+      redis.call('HSET', tk, 'state', 'finished', 'finished_at', t, 'archive_index', n - 1)
       redis.call('RPUSH', p .. 'finished', key)
     end
     return 'finished'
