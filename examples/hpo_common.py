@@ -13,6 +13,7 @@ starts (remote workers need ``examples/`` on their ``PYTHONPATH``).
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import time
@@ -129,3 +130,15 @@ def print_best(name: str, config: dict[str, float] | None, score: float, n: int)
         return
     plain = ", ".join(f"{k[4:]}={10 ** v:.3g}" for k, v in config.items())
     print(f"{name}: best of {n} evaluations: {plain} -> accuracy {score:.4f}")
+
+
+def command_line(doc: str, evals: int, evals_help: str, out: str, seed: bool = False) -> argparse.Namespace:
+    """The options every example takes: --evals, --workers, --out, --url (and --seed)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--evals", type=int, default=evals, help=f"{evals_help} (default {evals})")
+    parser.add_argument("--workers", type=int, default=2, help="number of local workers (default 2)")
+    parser.add_argument("--out", default=out, help="PNG plot to write")
+    parser.add_argument("--url", default=None, help="Redis URL (default: $RUSH_REDIS_URL or a private server)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=None, help="seed of the workers' random streams")
+    return parser.parse_args()

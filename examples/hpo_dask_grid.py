@@ -10,7 +10,6 @@ so each evaluation reports its own process id and finish time for the plot.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import dask
@@ -51,10 +50,5 @@ def main(n_evals: int = 64, n_workers: int = 2, url: str | None = None,
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--evals", type=int, default=64, help="number of grid points (default 64)")
-    parser.add_argument("--workers", type=int, default=2, help="number of local workers (default 2)")
-    parser.add_argument("--out", default="hpo_dask_grid.png", help="PNG plot to write")
-    parser.add_argument("--url", default=None, help="Redis URL (default: $RUSH_REDIS_URL or a private server)")
-    args = parser.parse_args()
+    args = hpo_common.command_line(__doc__, evals=64, evals_help="number of grid points", out="hpo_dask_grid.png")
     main(n_evals=args.evals, n_workers=args.workers, url=args.url, out=args.out)

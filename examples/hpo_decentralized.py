@@ -14,7 +14,6 @@ the workers, waits until the budget is reached and stops them.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -101,11 +100,5 @@ def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None,
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--evals", type=int, default=60, help="shared budget of evaluations (default 60)")
-    parser.add_argument("--workers", type=int, default=2, help="number of local workers (default 2)")
-    parser.add_argument("--out", default="hpo_decentralized.png", help="PNG plot to write")
-    parser.add_argument("--url", default=None, help="Redis URL (default: $RUSH_REDIS_URL or a private server)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the workers' random streams")
-    args = parser.parse_args()
+    args = hpo_common.command_line(__doc__, evals=60, evals_help="shared budget of evaluations", out="hpo_decentralized.png", seed=True)
     main(n_evals=args.evals, n_workers=args.workers, url=args.url, out=args.out, seed=args.seed)

@@ -11,7 +11,6 @@ slow neighbour (there are no rounds).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import hpo_common
@@ -62,10 +61,5 @@ def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None,
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--evals", type=int, default=60, help="number of evaluations (default 60)")
-    parser.add_argument("--workers", type=int, default=2, help="number of local workers (default 2)")
-    parser.add_argument("--out", default="hpo_random_search.png", help="PNG plot to write")
-    parser.add_argument("--url", default=None, help="Redis URL (default: $RUSH_REDIS_URL or a private server)")
-    args = parser.parse_args()
+    args = hpo_common.command_line(__doc__, evals=60, evals_help="number of evaluations", out="hpo_random_search.png")
     main(n_evals=args.evals, n_workers=args.workers, url=args.url, out=args.out)
