@@ -93,28 +93,17 @@ from rush_dask import Rush
 from rush_dask.graph import GraphRun, flat_keys, pack_results
 from rush_dask.server import RedisServer
 
-try:  # python -m benchmarks.bench_dask
-    from benchmarks.bench_rush import (
-        N_WORKERS,
-        QUIET_BUDGET,
-        SLEEP_SECONDS,
-        Quiet,
-        fmt,
-        git_revision,
-        measured_sleep,
-        parse_arguments,
-    )
-except ImportError:  # python benchmarks/bench_dask.py: benchmarks/ is sys.path[0]
-    from bench_rush import (
-        N_WORKERS,
-        QUIET_BUDGET,
-        SLEEP_SECONDS,
-        Quiet,
-        fmt,
-        git_revision,
-        measured_sleep,
-        parse_arguments,
-    )
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_rush beside this file
+from bench_rush import (  # noqa: E402
+    N_WORKERS,
+    QUIET_BUDGET,
+    SLEEP_SECONDS,
+    Quiet,
+    fmt,
+    git_revision,
+    measured_sleep,
+    parse_arguments,
+)
 
 WAIT_TIMEOUT = 600.0  # seconds; a run that takes longer is broken
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "rush_dask.md"

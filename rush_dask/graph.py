@@ -167,8 +167,7 @@ class GraphRun:
         # that are sent as soon as they are built.
         for key in sorted(graph, key=ranks.__getitem__):
             node = graph[key]
-            deps = {dep: task_keys[dep] if dep in graph else self.external[dep].task_key
-                    for dep in node.dependencies}
+            deps = {dep: self.task_key(dep) for dep in node.dependencies}
             args += [
                 task_keys[key], dumps((node, deps)),
                 len(dependents[key]) + (key in outputs),

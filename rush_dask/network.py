@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from msgpack import unpackb
 
 from . import constants as C
-from .serialize import loads
 from .waiting import Patience
 
 if TYPE_CHECKING:  # pandas is imported lazily: workers that never fetch don't pay for it
@@ -47,9 +46,6 @@ def unpack_row(raw: bytes) -> list:
     """An archive row: [key, xs, ys, extra, worker_id, queued_at, started_at, finished_at, attempts]."""
     return unpackb(raw, raw=True)
 
-
-def loads_row_ys(row: list) -> dict:
-    return loads(row[2])
 
 
 def _text(value: bytes | None) -> str | None:
@@ -270,7 +266,7 @@ class NetworkView:
         xs, extra, state, wid, qat, sat, fat, attempts, error, index = columns
         # The outputs of finished tasks are in their archive rows.
         rows = self._archive_rows_at([int(i) for i in index if i is not None])
-        ys = [loads_row_ys(rows[int(i)]) if i is not None else None for i in index]
+        ys = [pickle.loads(rows[int(i)][2]) if i is not None else None for i in index]
         return self._frame(keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error)
 
     def _archive_rows_at(self, indexes: Sequence[int]) -> dict[int, list]:

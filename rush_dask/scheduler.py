@@ -177,8 +177,7 @@ class DaskScheduler:
 
         if isinstance(futures, RushFuture):
             return self.gather([futures], timeout)[0]
-        flat = [f for f in flat_keys(futures)]
-        pending = {f.task_key: f for f in flat}
+        pending = {f.task_key: f for f in flat_keys(futures)}
         results: dict[str, Any] = {}
         patience = Patience(timeout, self._health_check)
         while pending:

@@ -9,6 +9,7 @@ the networks it created, never anything else.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -42,6 +43,15 @@ def rush(redis_url, network_id):
     controller.close()
     leftover = list(redis.Redis.from_url(redis_url).scan_iter(match=controller.keys.pattern))
     assert leftover == [], f"reset() left keys behind: {leftover[:5]}"
+
+
+def wait_until(condition, timeout: float, what: str = "condition") -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        time.sleep(0.02)
 
 
 def network_keys(url: str, network: Rush) -> set[bytes]:

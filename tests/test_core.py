@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import sys
-import time
 from pathlib import Path
 
+import conftest
 import funcs
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from rush_dask import Rush
 
 TIMEOUT = 60
+wait_until = functools.partial(conftest.wait_until, timeout=TIMEOUT)
 
 
 def test_seed_example(rush):
@@ -42,7 +44,7 @@ def test_worker_states_after_terminate_and_kill(rush):
     assert rush.n_running_workers == 2
 
     rush.stop_workers(type="terminate", worker_ids=[first])
-    _wait_until(lambda: rush.terminated_worker_ids == [first])
+    wait_until(lambda: rush.terminated_worker_ids == [first])
     rush.stop_workers(type="kill", worker_ids=[second])
     assert rush.killed_worker_ids == [second]
     assert rush.running_worker_ids == []
@@ -62,7 +64,7 @@ def test_task_states_through_a_run(rush):
     assert set(queued["state"]) == {"queued"}
 
     rush.start_workers(funcs.sleep_then, n_workers=1)
-    _wait_until(lambda: rush.n_running_tasks == 1)
+    wait_until(lambda: rush.n_running_tasks == 1)
     running = rush.fetch_running_tasks()
     assert list(running["keys"]) == [keys[0]]
     assert running["started_at"].notna().all()
@@ -165,11 +167,11 @@ def test_priority_tasks_are_popped_before_the_shared_queue(rush):
     (wid,) = rush.start_workers(funcs.own_pid, n_workers=1)
     rush.wait_for_workers(1, timeout=TIMEOUT)
     rush.stop_workers("terminate")  # keep it from popping while we fill the queues
-    _wait_until(lambda: rush.n_running_workers == 0)
+    wait_until(lambda: rush.n_running_workers == 0)
     (wid,) = rush.start_workers(funcs.sleep_then, n_workers=1)
     rush.wait_for_workers(1, timeout=TIMEOUT)
     blocker = rush.push_tasks([{"x": -1, "duration": 0.5}])
-    _wait_until(lambda: rush.n_running_tasks == 1)
+    wait_until(lambda: rush.n_running_tasks == 1)
     shared = rush.push_tasks([{"x": i} for i in range(3)])
     priority = rush.push_priority_tasks([{"x": 10 + i} for i in range(3)], worker_ids=[wid] * 3)
     assert rush.n_queued_priority_tasks == 3
@@ -229,7 +231,7 @@ def test_lambda_function_is_shipped_by_value_and_stored_once(rush):
 
 def test_worker_loop_decentralized(rush):
     ids = rush.start_workers(worker_loop=funcs.decentralized_loop, n_workers=2, n_tasks=5)
-    _wait_until(lambda: rush.n_finished_tasks == 10 and rush.n_terminated_workers == 2)
+    wait_until(lambda: rush.n_finished_tasks == 10 and rush.n_terminated_workers == 2)
     data = rush.fetch_finished_tasks()
     assert sorted(data["y"]) == sorted([i * 10 for i in range(5)] * 2)
     assert set(data["origin"]) == set(ids)
@@ -242,12 +244,12 @@ def test_worker_loop_with_pop_task(rush):
     rush.wait_for_tasks(keys, timeout=TIMEOUT)
     assert sorted(rush.fetch_finished_tasks()["y"]) == [100, 101, 102, 103]
     rush.stop_workers("terminate")
-    _wait_until(lambda: rush.n_terminated_workers == 1)
+    wait_until(lambda: rush.n_terminated_workers == 1)
 
 
 def test_a_broken_worker_loop_is_reported(rush):
     (wid,) = rush.start_workers(worker_loop=funcs.raising_loop, n_workers=1)
-    _wait_until(lambda: rush.n_terminated_workers == 1)
+    wait_until(lambda: rush.n_terminated_workers == 1)
     log = rush.read_log([wid])
     assert log["message"].str.contains("the loop itself is broken").any()
     assert (log["level"] == "ERROR").any()
@@ -283,7 +285,7 @@ def test_read_log_collects_worker_and_task_records(rush):
     (wid,) = rush.start_workers(funcs.log_something, n_workers=1)
     keys = rush.push_tasks([{"x": 7}])
     rush.wait_for_tasks(keys, timeout=TIMEOUT)
-    _wait_until(lambda: rush.read_log()["message"].str.contains("hello from task 7").any())
+    wait_until(lambda: rush.read_log()["message"].str.contains("hello from task 7").any())
     log = rush.read_log()
     assert list(log.columns) == ["time", "worker_id", "level", "logger", "message"]
     row = log[log["message"] == "hello from task 7"].iloc[0]
@@ -314,13 +316,6 @@ def test_reset_deletes_only_its_own_network(rush, redis_url, network_id):
     finally:
         neighbour.reset()
 
-
-def _wait_until(condition, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def test_worker_script_starts_a_worker_from_a_shell(rush, tmp_path):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,10 @@ from rush_dask import constants as C
 
 N_EVALS = 12
 N_WORKERS = 2
+import conftest
+
 TIMEOUT = 60
+wait_until = functools.partial(conftest.wait_until, timeout=TIMEOUT)
 
 
 def broken_objective(log_C, log_gamma, **kwargs):
@@ -102,7 +105,7 @@ def test_decentralized_failing_objective_fails_tasks_not_workers(rush):
     budget = 4
     ids = rush.start_workers(worker_loop=hpo_decentralized.worker_loop, n_workers=N_WORKERS,
                              budget=budget, objective=broken_objective)
-    _wait_until(lambda: rush.n_terminated_workers == N_WORKERS)
+    wait_until(lambda: rush.n_terminated_workers == N_WORKERS)
     # Failed evaluations spend the budget; the loop goes on and stops there, gracefully.
     assert sorted(rush.terminated_worker_ids) == sorted(ids)
     assert rush.n_finished_tasks == 0 and rush.n_running_tasks == 0
@@ -116,16 +119,9 @@ def test_decentralized_failing_objective_fails_tasks_not_workers(rush):
         log = rush.read_log()
         return log[(log["level"] == "WARNING") & (log["logger"] == "hpo_decentralized")]
 
-    _wait_until(lambda: len(warnings()) == len(failed))
+    wait_until(lambda: len(warnings()) == len(failed))
     assert warnings()["message"].str.contains("failed: ValueError: cannot evaluate").all()
 
-
-def _wait_until(condition, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def test_decentralized_search_survives_a_dead_worker(rush):
@@ -135,10 +131,10 @@ def test_decentralized_search_survives_a_dead_worker(rush):
     budget = 10
     victim, survivor = rush.start_workers(worker_loop=hpo_decentralized.worker_loop, n_workers=2,
                                           budget=budget)
-    _wait_until(lambda: rush.n_finished_tasks >= 2)
+    wait_until(lambda: rush.n_finished_tasks >= 2)
     os.kill(rush._processes[victim].process.pid, signal.SIGKILL)
     # What the example's controller does while it waits: declare dead workers lost.
-    _wait_until(lambda: rush.detect_lost_workers() == [] and rush.n_terminated_workers == 1)
+    wait_until(lambda: rush.detect_lost_workers() == [] and rush.n_terminated_workers == 1)
     assert rush.lost_worker_ids == [victim] and rush.terminated_worker_ids == [survivor]
     assert rush.n_running_tasks == 0
     assert rush.n_finished_tasks + rush.n_failed_tasks >= budget

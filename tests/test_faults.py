@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
+import conftest
 import funcs
 
 from rush_dask import Rush
@@ -18,15 +19,9 @@ from rush_dask.heartbeat import EXIT_KILLED, EXIT_LOST, EXIT_REDIS_GONE
 from rush_dask.server import RedisServer
 
 TIMEOUT = 90
+wait_until = functools.partial(conftest.wait_until, timeout=TIMEOUT)
 FAST = {"heartbeat_period": 0.2, "heartbeat_expire": 1.0}
 
-
-def wait_until(condition, timeout: float = TIMEOUT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout} s")
-        time.sleep(0.02)
 
 
 def finished_records(rush) -> list[str]:
