@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-INLINE_LIMIT = 65_536  # bytes; the same bound as in scripts.task_reply
+from .constants import INLINE_LIMIT
 
 
 class ResultCache:

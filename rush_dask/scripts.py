@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .constants import INLINE_LIMIT
+
 # Helpers shared by the scripts below (prepended to each of them).
 _PREAMBLE = r"""
 local p = ARGV[1]
@@ -189,7 +191,7 @@ local function task_reply(key, wid, t)
     for _, dep in ipairs(split(f[8])) do
       local value = redis.call('HGET', p .. 'task:' .. dep, 'ys') or ''
       inputs[#inputs + 1] = dep
-      if #value <= 65536 then inputs[#inputs + 1] = value else inputs[#inputs + 1] = '' end
+      if #value <= @INLINE_LIMIT@ then inputs[#inputs + 1] = value else inputs[#inputs + 1] = '' end
     end
   end
   return {key, f[1], f[2], f[3], f[4], f[5], f[6], f[7], inputs}
@@ -627,5 +629,6 @@ class Scripts:
     """
 
     def __init__(self, client: Any):
+        preamble = _PREAMBLE.replace("@INLINE_LIMIT@", str(INLINE_LIMIT))
         for name, body in _BODIES.items():
-            setattr(self, name, client.register_script(_PREAMBLE + body))
+            setattr(self, name, client.register_script(preamble + body))
