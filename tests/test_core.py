@@ -53,6 +53,8 @@ def test_worker_states_after_terminate_and_kill(rush):
     assert info.loc[first, "state"] == "terminated"
     assert info.loc[second, "state"] == "killed"
     assert rush.n_workers == 2
+    # The state changes in Redis just before the process exits: wait for the exit itself.
+    assert rush._processes[first].process.wait(TIMEOUT) == 0
     assert not rush._processes[first].alive and not rush._processes[second].alive
 
 
