@@ -38,6 +38,7 @@ needs them.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
@@ -47,6 +48,7 @@ from dask.order import order
 
 from . import constants as C
 from .errors import KilledWorker, TaskFailedError
+from .fusion import fuse_subtrees, group_limit
 from .serialize import dumps, loads
 from .waiting import Patience
 
@@ -107,17 +109,38 @@ class GraphRun:
 
     def __init__(self, rush: "Rush", dsk: Any, outputs: list, *, notify: bool,
                  priority: int = 0, retries: int = 0, resources: Mapping[str, float] | None = None,
-                 max_lost: int = C.DEFAULT_MAX_LOST):
+                 max_lost: int = C.DEFAULT_MAX_LOST, fuse: bool | int = True):
         self.rush = rush
-        self.graph, futures, self.annotations = to_task_graph(dsk)
+        self.dask_graph, futures, self.annotations = to_task_graph(dsk)
         self.notify = notify
         self.graph_id = uuid.uuid4().hex[:12]
         self.outputs = list(dict.fromkeys(outputs))
-        self.task_keys = {key: f"{self.graph_id}.{i}" for i, key in enumerate(self.graph)}
         self.external: dict[Hashable, RushFuture] = dict(futures)
+        self.graph = self.dask_graph
         self._find_external_inputs()
         self.defaults = {"priority": priority, "retries": retries, "resources": resources}
         self.max_lost = max_lost
+        # The Redis tasks: the Dask graph with small subtrees fused (see rush_dask.fusion).
+        self.graph, self.groups = self._fuse(fuse)
+        self.task_keys = {key: f"{self.graph_id}.{i}" for i, key in enumerate(self.graph)}
+
+    def _fuse(self, fuse: bool | int) -> tuple[dict, dict]:
+        if isinstance(fuse, bool) or fuse is None:
+            if not fuse:
+                return dict(self.dask_graph), {}
+            n_workers = max(self.rush.n_running_workers, os.cpu_count() or 1)
+            limit = group_limit(len(self.dask_graph), n_workers)
+        elif isinstance(fuse, int) and fuse >= 1:
+            limit = fuse
+        else:
+            raise ValueError(f"fuse must be True, False or the largest number of nodes per task, got {fuse!r}")
+        options = [self._per_node(name) for name in ("priority", "resources", "retries")]
+        return fuse_subtrees(self.dask_graph, keep=self.outputs, limit=limit,
+                             options_of=lambda key: [repr(option(key)) for option in options])
+
+    def dask_keys(self, key: Hashable) -> list[Hashable]:
+        """The keys of the Dask graph that the task ``key`` computes (more than one if fused)."""
+        return self.groups.get(key, [key])
 
     def _find_external_inputs(self) -> None:
         needed = {dep for node in self.graph.values() for dep in node.dependencies}
@@ -220,7 +243,8 @@ class GraphRun:
                     if item.startswith("!"):
                         raise_node_error(rush, item[1:], by_task_key.get(item[1:], item[1:]))
                     remaining -= 1
-                    on_done(by_task_key[item])
+                    for key in self.dask_keys(by_task_key[item]):
+                        on_done(key)
                 patience.check(lambda: f"{remaining} of {len(self.graph)} tasks not done")
         except BaseException:
             self.cancel()

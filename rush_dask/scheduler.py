@@ -54,7 +54,8 @@ class DaskScheduler:
                         self.network_id, len(ids))
 
     def _graph_options(self, kwargs: dict) -> dict:
-        options = {k: kwargs.pop(k) for k in ("priority", "retries", "resources", "max_lost") if k in kwargs}
+        options = {k: kwargs.pop(k) for k in ("priority", "retries", "resources", "max_lost", "fuse")
+                   if k in kwargs}
         unknown = set(kwargs) - _IGNORED - {"callbacks"}
         if unknown:
             raise TypeError(f"unknown keyword(s) for the rush scheduler: {sorted(unknown)}")
@@ -67,7 +68,9 @@ class DaskScheduler:
         """Compute ``keys`` of a Dask graph (an expression or a dict) on the workers.
 
         Keywords: ``priority``, ``retries``, ``resources`` (also taken from
-        ``dask.annotate``), ``timeout``, ``callbacks``.
+        ``dask.annotate``), ``timeout``, ``callbacks``, and ``fuse``: small
+        subtrees run as one task (see :mod:`rush_dask.fusion`); ``False``
+        turns that off, an integer caps the nodes per task.
 
         >>> rush.get({"a": 1, "b": (inc, "a")}, "b")   # doctest: +SKIP
         2
@@ -80,20 +83,21 @@ class DaskScheduler:
         run = GraphRun(self, dsk, outputs, notify=True, **options)
         with local_callbacks(callbacks) as active:
             start, start_state, pretask, posttask, finish = unpack_callbacks(active)
-            state = {"ready": [], "waiting": set(run.graph), "running": set(),
+            graph = run.dask_graph
+            state = {"ready": [], "waiting": set(graph), "running": set(),
                      "finished": set(), "cache": {}, "released": set()}
             for f in start:
-                f(run.graph)
+                f(graph)
             for f in start_state:
-                f(run.graph, state)
+                f(graph, state)
 
             def on_done(key: Hashable) -> None:
                 state["waiting"].discard(key)
                 state["finished"].add(key)
                 for f in pretask:
-                    f(key, run.graph, state)
+                    f(key, graph, state)
                 for f in posttask:
-                    f(key, None, run.graph, state, None)
+                    f(key, None, graph, state, None)
 
             self._ensure_workers()
             run.submit()
@@ -103,7 +107,7 @@ class DaskScheduler:
                 errored = False
             finally:
                 for f in finish:
-                    f(run.graph, state, errored)
+                    f(graph, state, errored)
         return pack_results(keys, results)
 
     def persist(self, collections: Sequence[Any], optimize_graph: bool = True, **kwargs: Any) -> list[Any]:

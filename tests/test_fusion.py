@@ -1,0 +1,123 @@
+"""Small subtrees of a Dask graph run as one Redis task (rush_dask.fusion)."""
+
+from __future__ import annotations
+
+from operator import add
+
+import dask
+import dask_funcs as f
+import pytest
+from dask._task_spec import DataNode, Task, TaskRef, execute_graph
+from dask.callbacks import Callback
+from test_dask import TIMEOUT, graph_keys
+
+from rush_dask.fusion import fuse_subtrees, group_limit
+
+
+@pytest.fixture
+def rush2(rush):
+    rush.start_workers(n_workers=2)
+    rush.wait_for_workers(2, timeout=TIMEOUT)
+    return rush
+
+
+def binary_tree(leaves: int) -> tuple[dict, str]:
+    """A Task graph summing ``range(leaves)`` pairwise; returns (graph, root key)."""
+    graph = {f"leaf-{i}": DataNode(f"leaf-{i}", i) for i in range(leaves)}
+    level = list(graph)
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = []
+        for i in range(0, len(level) - 1, 2):
+            key = f"sum-{depth}-{i}"
+            graph[key] = Task(key, add, TaskRef(level[i]), TaskRef(level[i + 1]))
+            nxt.append(key)
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return graph, level[0]
+
+
+def delayed_tree(leaves: int):
+    values = [dask.delayed(f.inc)(i) for i in range(leaves)]
+    while len(values) > 1:
+        values = [dask.delayed(f.add)(*values[i:i + 2]) if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
+
+
+def test_subtrees_are_fused_up_to_the_limit_and_compute_the_same():
+    graph, root = binary_tree(64)
+    fused, groups = fuse_subtrees(graph, keep={root}, limit=15)
+    assert root in fused and len(fused) < len(graph) / 4
+    assert all(len(members) <= 15 for members in groups.values())
+    # Every node is computed by exactly one task, and each group ends with its root.
+    covered = [k for root_key in fused for k in groups.get(root_key, [root_key])]
+    assert sorted(covered) == sorted(graph)
+    assert all(members[-1] == key for key, members in groups.items())
+    assert execute_graph(fused, keys={root})[root] == execute_graph(graph, keys={root})[root] == 2016
+
+
+def test_shared_inputs_outputs_and_different_options_are_not_fused():
+    graph = {
+        "shared": DataNode("shared", 1),
+        "a": Task("a", add, TaskRef("shared"), 1),
+        "b": Task("b", add, TaskRef("shared"), 2),   # "shared" has two dependents
+        "c": Task("c", add, TaskRef("a"), TaskRef("b")),
+    }
+    fused, groups = fuse_subtrees(graph, keep={"c", "a"}, limit=10)
+    assert set(fused) == {"shared", "a", "c"} and groups == {"c": ["b", "c"]}
+    fused, groups = fuse_subtrees(graph, keep={"c"}, limit=10,
+                                  options_of=lambda key: "high" if key == "b" else None)
+    assert set(fused) == {"shared", "b", "c"} and groups == {"c": ["a", "c"]}
+    assert fuse_subtrees(graph, keep={"c"}, limit=1) == (graph, {})
+
+
+def test_group_limit_keeps_several_tasks_per_worker():
+    assert group_limit(2_000, 2) == 125
+    assert group_limit(10, 4) == 1
+    assert group_limit(10**6, 1) == 256
+
+
+def test_fused_compute_sends_fewer_tasks_and_reports_every_key(rush2):
+    tree = delayed_tree(200)
+    expected = dask.compute(tree, scheduler="sync")
+    seq = rush2.keys.seq
+    counts, posted = {}, {}
+
+    class Record(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            posted.setdefault(mode, []).append(key)
+
+        def _start(self, dsk):
+            counts[mode] = len(dsk)
+
+    for mode in (False, True):
+        before = int(rush2.client.get(seq) or 0)
+        with Record():
+            assert dask.compute(tree, scheduler=rush2, fuse=mode) == expected
+        counts[f"tasks-{mode}"] = int(rush2.client.get(seq)) - before
+    assert counts["tasks-False"] == counts[False]              # one Redis task per node
+    assert counts["tasks-True"] < counts[False] / 4            # fused into subtrees
+    assert sorted(map(str, posted[True])) == sorted(map(str, posted[False]))
+    assert len(posted[True]) == counts[True]                   # callbacks see every Dask key
+    assert graph_keys(rush2) == []
+
+
+def test_error_inside_a_fused_subtree_reraises_the_original(rush2):
+    values = [dask.delayed(f.inc)(i) for i in range(8)]
+    values[5] = dask.delayed(f.boom)(5)
+    total = dask.delayed(sum)([dask.delayed(f.add)(values[i], values[i + 1]) for i in range(0, 8, 2)])
+    with pytest.raises(ZeroDivisionError, match="boom on 5") as info:
+        dask.compute(total, scheduler=rush2, fuse=100)
+    assert "boom" in info.value.remote_traceback
+    assert graph_keys(rush2) == []
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "yes"])
+def test_bad_fuse_value_is_refused_before_anything_is_written(rush2, bad):
+    seq = rush2.client.get(rush2.keys.seq)
+    with pytest.raises(ValueError, match="fuse must be"):
+        dask.compute(delayed_tree(4), scheduler=rush2, fuse=bad)
+    assert rush2.client.get(rush2.keys.seq) == seq and graph_keys(rush2) == []
