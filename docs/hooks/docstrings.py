@@ -52,7 +52,7 @@ class _DoctestBlocks(Preprocessor):
 
 
 class DocstringExtension(Extension):
-    def extendMarkdown(self, md) -> None:  # noqa: N802 - Python-Markdown's name
+    def extendMarkdown(self, md) -> None:  # Python-Markdown's name
         md.preprocessors.register(_DoctestBlocks(md), "rush_doctest_blocks", 40)  # before fenced_code (25)
 
 
