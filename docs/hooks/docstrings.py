@@ -7,7 +7,9 @@ Markdown preprocessor, used by the pages and by mkdocstrings alike, that
 * turns each ``>>>`` block (up to the next blank line) into a fenced
   ``pycon`` code block, without the ``# doctest: +SKIP`` markers;
 * turns ``:class:`~rush_dask.Rush``` (and ``:meth:``, ``:func:``, ...)
-  into inline code ``Rush``.
+  into inline code ``Rush``;
+* turns the reST ``text::`` that opens a literal block into ``text:`` (the
+  indented block is a Markdown code block already).
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ class _DoctestBlocks(Preprocessor):
                 out += [indent + "```pycon", indent + _SKIP.sub("", line[len(indent):])]
                 in_doctest = True
                 continue
-            out.append(line if in_fence else _ROLE.sub(lambda m: f"`{m.group(1).split('.')[-1]}`", line))
+            if not in_fence:
+                line = _ROLE.sub(lambda m: f"`{m.group(1).split('.')[-1]}`", line)
+                if line.rstrip().endswith("::") and not line.lstrip().startswith(":::"):
+                    line = line.rstrip()[:-1]  # reST "text::" before a literal block
+            out.append(line)
         if in_doctest:
             out.append(indent + "```")
         return out
