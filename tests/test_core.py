@@ -252,8 +252,10 @@ def test_worker_loop_with_pop_task(rush):
 def test_a_broken_worker_loop_is_reported(rush):
     (wid,) = rush.start_workers(worker_loop=funcs.raising_loop, n_workers=1)
     wait_until(lambda: rush.n_terminated_workers == 1)
+    # close() deregisters the worker before it ships its last log records: wait for them.
+    wait_until(lambda: rush.read_log([wid])["message"].str.contains("the loop itself is broken").any(),
+               what="the loop's error in the log")
     log = rush.read_log([wid])
-    assert log["message"].str.contains("the loop itself is broken").any()
     assert (log["level"] == "ERROR").any()
 
 
