@@ -152,7 +152,7 @@ class DaskScheduler:
         >>> rush.gather(futures)                             # doctest: +SKIP
         [0, 2, 4, 6, 8]
         """
-        from dask._task_spec import Task
+        from dask._task_spec import Task, parse_input
 
         if not callable(fn):
             raise TypeError(f"expected a function, got {fn!r}")
@@ -163,7 +163,9 @@ class DaskScheduler:
             raise ValueError("all iterables given to map() must have the same length")
         name = getattr(fn, "__name__", type(fn).__name__)
         keys = list(keys) if keys is not None else [f"{name}-{uuid.uuid4().hex}" for _ in range(n)]
-        graph = {key: Task(key, fn, *[c[i] for c in columns], **{k: v[i] for k, v in named.items()})
+        # parse_input finds futures nested in lists, dicts and tuples of the arguments.
+        graph = {key: Task(key, fn, *[parse_input(c[i]) for c in columns],
+                           **{k: parse_input(v[i]) for k, v in named.items()})
                  for i, key in enumerate(keys)}
         run = GraphRun(self, graph, keys, notify=False)
         self._ensure_workers()

@@ -481,6 +481,8 @@ class RushWorker(NetworkView):
         """Deregister (state ``terminated`` unless already lost or killed) and stop the heartbeat."""
         self._heartbeat.stop()
         try:
+            # Ship what was logged first: whoever sees the final state must also see the logs.
+            self._retry(lambda: self.log_handler.ship(self.client))
             self._retry(lambda: self.scripts.deregister(args=[self.keys.prefix, self.worker_id]))
             logger.info("worker %s stopped", self.worker_id)
             self.log_handler.ship(self.client)

@@ -207,6 +207,9 @@ def test_futures_submit_map_gather_as_completed(rush2):
     b = rush2.submit(f.add, a, 10)  # a future as argument of another submit
     assert b.result(timeout=TIMEOUT) == 12
     assert a.status == "finished" and a.done()
+    nested = rush2.submit(sum, [a, a, 1], start=0)  # futures inside a list argument
+    keyed = rush2.submit(f.add, {"x": a}["x"], b=b)  # and as keyword arguments
+    assert nested.result(timeout=TIMEOUT) == 5 and keyed.result(timeout=TIMEOUT) == 14
     futures = rush2.map(f.add, range(5), range(5))
     assert rush2.gather(futures) == [0, 2, 4, 6, 8]
     done = list(rush_dask.as_completed(futures))
