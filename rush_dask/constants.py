@@ -28,7 +28,6 @@ DEFAULT_HEARTBEAT_EXPIRE = 30.0
 DEFAULT_MAX_LOST = 3  # like distributed's allowed-failures
 DEFAULT_REDIS_RETRY_TIMEOUT = 60.0
 LOG_MAX_RECORDS = 10_000  # per worker; older records are trimmed
-WAKE_TOKENS_MAX = 64
 INLINE_LIMIT = 65_536  # bytes: smaller graph inputs travel inside the pop reply
 
 _NETWORK_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
