@@ -118,3 +118,7 @@ def first_value(x, data, **kwargs):
 def touch(path, **kwargs):
     Path(path).touch()
     return {"y": 1}
+
+
+def big_result(n, **kwargs):
+    return {"y": b"\0" * n}
