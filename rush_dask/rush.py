@@ -32,6 +32,7 @@ from .worker import check_heartbeat
 logger = logging.getLogger("rush_dask")
 
 _PUSH_BATCH = 1_000  # tasks per script call; calls are pipelined
+_PUSH_BYTES = 16 * 2**20  # about this much payload per script call, at most
 _live_controllers: "weakref.WeakSet[Rush]" = weakref.WeakSet()
 
 
@@ -379,11 +380,16 @@ class Rush(DaskScheduler, NetworkView):
         fun_id = self._fun_id(fun_blob, pipe) if fun_blob is not None else ""
         header = [self.keys.prefix, 0, fun_id, max_retries, "" if timeout is None else timeout,
                   "" if seed is None else seed, priority, max_lost]
-        for start in range(0, len(keys), _PUSH_BATCH):
-            args = list(header)
-            args[1] = min(_PUSH_BATCH, len(keys) - start)
-            for i in range(start, start + args[1]):
+        start = 0
+        while start < len(keys):
+            args, size, i = list(header), 0, start
+            # A batch ends at _PUSH_BATCH tasks or _PUSH_BYTES of payload (Redis closes a
+            # client whose command exceeds its 1 GB query buffer).
+            while i < len(keys) and i - start < _PUSH_BATCH and (i == start or size < _PUSH_BYTES):
                 args += [keys[i], blobs[i], extras[i], targets[i]]
+                size += len(blobs[i]) + len(extras[i])
+                i += 1
+            args[1], start = i - start, i
             self.scripts.push(args=args, client=pipe)
         pipe.execute()
         return keys
