@@ -555,8 +555,12 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
     config = {k.decode(): v for k, v in raw.items()}
     fun_id = config.get("fun", b"").decode()
     secret = resolve_secret(None)
+    fun_blob = client.get(keys.function(fun_id)) if fun_id else None
+    if fun_id and fun_blob is None:
+        raise SystemExit(f"rush worker: function {fun_id} of configuration {start_id!r} is missing "
+                         f"from network {network_id!r} (was it reset?)")
     try:
-        fun = loads(client.get(keys.function(fun_id)) or b"", secret) if fun_id else None
+        fun = loads(fun_blob, secret) if fun_blob is not None else None
         loop = loads(config["loop"], secret) if config.get("loop") else None
         constants = loads(config["constants"], secret) if config.get("constants") else {}
     except PayloadSignatureError as exc:
@@ -564,6 +568,9 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
                          f"{network_id!r}: {exc}") from None
     client.close()
 
+    # A SIGTERM that comes right after registering (before the handler below) is kept.
+    early_stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: early_stop.append(signum))
     worker = RushWorker(
         network_id, url=url, worker_id=worker_id,
         heartbeat_period=float(config["heartbeat_period"]),
@@ -575,6 +582,8 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
         secret=secret, max_payload_bytes=int(config.get("max_payload_bytes", C.MAX_PAYLOAD_BYTES)),
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: worker._request_terminate())
+    if early_stop:
+        worker._request_terminate()
     try:
         if loop is not None:
             loop(worker, **constants)

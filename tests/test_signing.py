@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import pickle
 import subprocess
@@ -15,7 +16,7 @@ import redis
 from conftest import wait_until
 
 from rush_dask import PayloadSignatureError, Rush, RushWorker
-from rush_dask.serialize import dumps, loads, sign
+from rush_dask.serialize import dumps, loads, mac, sign
 
 SECRET = "correct horse battery staple"
 
@@ -32,6 +33,14 @@ def signed(redis_url):
 
 def forged(marker):
     return pickle.dumps(funcs.MarkerPayload(marker), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@pytest.mark.parametrize("secret", [b"k", b"x" * 64, b"y" * 65, bytes(range(256)) * 3])
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 100_000])
+def test_mac_is_hmac_sha256(secret, size):
+    data = bytes(i % 251 for i in range(size))
+    assert mac(secret, data) == hmac.digest(secret, data, "sha256")
+    assert mac(secret, memoryview(data)) == hmac.digest(secret, data, "sha256")
 
 
 def test_signed_payloads_round_trip_and_refuse_tampering():
