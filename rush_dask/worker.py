@@ -525,6 +525,8 @@ class RushWorker(NetworkView):
         """Deregister (state ``terminated`` unless already lost or killed) and stop the heartbeat."""
         self._heartbeat.stop()
         try:
+            # What was logged so far is in Redis before the state says terminated.
+            self._retry(lambda: self.log_handler.ship(self.client))
             self._retry(lambda: self.scripts.deregister(args=[self.keys.prefix, self.worker_id]))
             logger.info("worker %s stopped", self.worker_id)
             self.log_handler.ship(self.client)
