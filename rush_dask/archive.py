@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import constants as C
 from .connections import connect
-from .network import NetworkView
+from .network import NetworkView, known_secrets
 from .scripts import Scripts
+from .serialize import resolve_secret
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,6 +32,7 @@ class _ArchiveView(NetworkView):
         self.keys = C.Keys(network_id)
         self.client = connect(url)
         self.scripts = Scripts(self.client)
+        self.secret = known_secrets.get(network_id) or resolve_secret(None)
         self._init_view()
 
 

@@ -29,6 +29,8 @@ DEFAULT_MAX_LOST = 3  # like distributed's allowed-failures
 DEFAULT_REDIS_RETRY_TIMEOUT = 60.0
 LOG_MAX_RECORDS = 10_000  # per worker; older records are trimmed
 INLINE_LIMIT = 65_536  # bytes: smaller graph inputs travel inside the pop reply
+# bytes: largest serialized task, input or result (Redis refuses values over 512 MB)
+MAX_PAYLOAD_BYTES = 100 * 2**20
 
 _NETWORK_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
@@ -91,6 +93,9 @@ class Keys:
 
     def function(self, fun_id: str) -> str:  # a pickled function shared by many tasks
         return f"{self.prefix}fun:{fun_id}"
+
+    def shared(self, content_id: str) -> str:  # a large input value shared by many tasks
+        return f"{self.prefix}shared:{content_id}"
 
     # Workers
     @property

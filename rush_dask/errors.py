@@ -27,3 +27,11 @@ class KilledWorker(RushError):
 
 class TaskFailedError(RushError):
     """A task failed for a reason that is not an exception of its own (killed, cancelled)."""
+
+
+class PayloadSignatureError(RushError):
+    """A payload read from Redis has no valid signature of the network's secret; it was not unpickled."""
+
+
+class PayloadTooLargeError(RushError, ValueError):
+    """A serialized task or result is larger than ``max_payload_bytes``."""

@@ -47,7 +47,7 @@ from dask.core import flatten
 from dask.order import order
 
 from . import constants as C
-from .errors import KilledWorker, TaskFailedError
+from .errors import KilledWorker, PayloadTooLargeError, TaskFailedError
 from .fusion import fuse_subtrees, group_limit
 from .serialize import dumps, loads
 from .waiting import Patience
@@ -92,8 +92,8 @@ def raise_node_error(rush: "Rush", task_key: str, dask_key: Any) -> None:
     exc: BaseException | None = None
     if blob:
         try:
-            exc = loads(blob)
-        except Exception:
+            exc = loads(blob, rush.secret)
+        except Exception:  # unpicklable here, or not signed with the network's secret
             exc = None
     if exc is None:
         cls = KilledWorker if "lost" in text else TaskFailedError
@@ -191,8 +191,15 @@ class GraphRun:
         for key in sorted(graph, key=ranks.__getitem__):
             node = graph[key]
             deps = {dep: self.task_key(dep) for dep in node.dependencies}
+            payload = dumps((node, deps), self.rush.secret)
+            if len(payload) > self.rush.max_payload_bytes:
+                self.cancel()  # the batches already sent
+                raise PayloadTooLargeError(
+                    f"task {key!r} of the graph is {len(payload):,} bytes serialized, over "
+                    f"max_payload_bytes={self.rush.max_payload_bytes:,}: load large data inside "
+                    "a task (dask.delayed) instead of embedding it in the graph")
             args += [
-                task_keys[key], dumps((node, deps)),
+                task_keys[key], payload,
                 len(dependents[key]) + (key in outputs),
                 " ".join(deps.values()), " ".join(dependents[key]),
                 repr(-int(priority_of(key)) * 1e12 + base + ranks[key]),
@@ -261,7 +268,7 @@ class GraphRun:
         pipe = self.rush.client.pipeline(transaction=False)
         for task_key in task_keys:
             pipe.hget(self.rush.keys.task(task_key), "ys")
-        return [loads(blob) for blob in pipe.execute()]
+        return [loads(blob, self.rush.secret) for blob in pipe.execute()]
 
     def cancel(self) -> None:
         """Delete what is left of this graph (queued nodes, late results are dropped)."""

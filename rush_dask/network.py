@@ -9,20 +9,24 @@ process, see the same network.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import pickle
 import socket
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from msgpack import unpackb
 
 from . import constants as C
+from .errors import PayloadSignatureError
+from .serialize import loads
+from .shared import check_shared, resolve
 from .waiting import Patience
 
 if TYPE_CHECKING:  # pandas is imported lazily: workers that never fetch don't pay for it
     import pandas as pd
 
 HOSTNAME = socket.gethostname()
+logger = logging.getLogger("rush_dask")
 
 
 def _pandas_copy_on_write() -> bool:
@@ -63,12 +67,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# Secrets passed to Rush(secret=...) in this process, by network id, for the views that
+# partitions of to_dask_dataframe open (the secret never goes into a graph or to Redis).
+known_secrets: dict[str, bytes] = {}
+
+
 class NetworkView:
     """Counters, worker lists and DataFrames of one network (needs ``client``, ``keys``)."""
 
     client: Any
     keys: C.Keys
     scripts: Any
+    secret: bytes | None = None  # payloads are signed and verified with it (see serialize)
 
     def _init_view(self) -> None:
         self._finished_offset = 0
@@ -266,7 +276,7 @@ class NetworkView:
         xs, extra, state, wid, qat, sat, fat, attempts, error, index = columns
         # The outputs of finished tasks are in their archive rows.
         rows = self._archive_rows_at([int(i) for i in index if i is not None])
-        ys = [pickle.loads(rows[int(i)][2]) if i is not None else None for i in index]
+        ys = [self._verified(rows[int(i)][2], k) if i is not None else None for i, k in zip(index, keys)]
         return self._frame(keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error)
 
     def _archive_rows_at(self, indexes: Sequence[int]) -> dict[int, list]:
@@ -301,7 +311,7 @@ class NetworkView:
         key, xs, ys, extra, wid, qat, sat, fat, attempts = (list(c) for c in zip(*rows)) if rows \
             else ([] for _ in range(9))
         n = len(rows)
-        return self._frame([k.decode() for k in key], xs, [pickle.loads(b) for b in ys], extra,
+        return self._frame([k.decode() for k in key], xs, [self._verified(b, k) for b, k in zip(ys, key)], extra,
                            [b"finished"] * n, wid, qat, sat, fat, attempts, [None] * n)
 
     def _frame(self, keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error) -> "pd.DataFrame":
@@ -311,8 +321,10 @@ class NetworkView:
 
         n = len(keys)
         columns: dict[str, list] = {}
-        for dicts in ([pickle.loads(b) if b else {} for b in xs], [y or {} for y in ys],
-                      [pickle.loads(b) if b else {} for b in extra]):
+        inputs = [self._verified(b, k) for b, k in zip(xs, keys)]
+        resolve(inputs, self._shared_inputs)
+        for dicts in (inputs, [y or {} for y in ys],
+                      [self._verified(b, k) for b, k in zip(extra, keys)]):
             names = dict.fromkeys(name for d in dicts for name in d)
             for name in names:  # an output shadows an input of the same name
                 columns[name] = [d.get(name) for d in dicts]
@@ -336,6 +348,27 @@ class NetworkView:
         data = {name: values for name, values in columns.items() if name not in meta}
         data.update(meta)
         return pd.DataFrame(data, index=pd.RangeIndex(n))
+
+    def _verified(self, blob: bytes | None, key: Any) -> dict:
+        """A stored dict (inputs, outputs, extra), or {} if its signature is refused.
+
+        A table must stay readable when someone forged one task: the refused
+        payload is left out (and logged), never unpickled.
+        """
+        if not blob:
+            return {}
+        try:
+            return loads(blob, self.secret)
+        except PayloadSignatureError as exc:
+            if isinstance(key, bytes):
+                key = key.decode()
+            logger.warning("task %s: %s; its columns are left empty", key, exc)
+            return {}
+
+    def _shared_inputs(self, ids: list[str]) -> dict[str, bytes]:
+        """Verified pickles of shared input values (see :mod:`rush_dask.shared`)."""
+        payloads = self.client.mget([self.keys.shared(i) for i in ids])
+        return {i: check_shared(i, p, self.secret) for i, p in zip(ids, payloads)}
 
     def _pids_of(self, worker_ids: Sequence[str | None]) -> list[int | None]:
         missing = sorted({w for w in worker_ids if w and w not in self._pids})

@@ -3,7 +3,7 @@
 Each worker is ``python -m rush_dask.worker`` in its own session (so a
 Ctrl-C in the controller's terminal does not hit it), with the Redis URL in
 its environment (never on the command line, where ``ps`` would show a
-password) and stdout/stderr kept in files, so that a worker that dies while
+password; the signing secret likewise, in ``RUSH_SECRET``) and stdout/stderr kept in files, so that a worker that dies while
 starting can say why.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .connections import URL_ENV
+from .serialize import SECRET_ENV
 
 
 @dataclass
@@ -46,10 +47,14 @@ class WorkerProcess:
                 pass
 
 
-def spawn_worker(network_id: str, start_id: str, worker_id: str, url: str, log_dir: Path) -> WorkerProcess:
-    """Start one local worker process."""
+def spawn_worker(network_id: str, start_id: str, worker_id: str, url: str, log_dir: Path,
+                 secret: bytes | None = None) -> WorkerProcess:
+    """Start one local worker process (with the controller's secret, or none)."""
     env = dict(os.environ)
     env[URL_ENV] = url
+    env.pop(SECRET_ENV, None)
+    if secret is not None:
+        env[SECRET_ENV] = os.fsdecode(secret)
     env["RUSH_DASK_WORKER"] = "1"
     # The worker must import what the controller imports (functions pickled by reference).
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])

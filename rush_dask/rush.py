@@ -17,13 +17,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 from . import constants as C
 from .connections import connect, current_plan, redact, resolve_url
-from .errors import WorkerStartError
-from .network import HOSTNAME, NetworkView, pid_alive
+from .errors import PayloadTooLargeError, WorkerStartError
+from .network import HOSTNAME, NetworkView, known_secrets, pid_alive
 from .processes import WorkerProcess, spawn_worker, stop_processes
 from .scheduler import DaskScheduler
 from .scripts import Scripts
-from .serialize import content_id, dumps, dumps_function
+from .serialize import content_id, dumps, dumps_function, resolve_secret
 from .server import before_embedded_stop
+from .shared import pack_inputs
 from .tasks import check_xss, new_keys
 from .waiting import Patience
 from .worker import check_heartbeat
@@ -31,6 +32,7 @@ from .worker import check_heartbeat
 logger = logging.getLogger("rush_dask")
 
 _PUSH_BATCH = 1_000  # tasks per script call; calls are pipelined
+_PUSH_BYTES = 16 * 2**20  # about this much payload per script call, at most
 _live_controllers: "weakref.WeakSet[Rush]" = weakref.WeakSet()
 
 
@@ -58,19 +60,29 @@ class Rush(DaskScheduler, NetworkView):
     Redis comes from ``url=``, else ``$RUSH_REDIS_URL``, else
     :func:`rush_dask.plan`, else a private server started on first use.
     Any number of controllers, in any process, may attach to one network.
+
+    ``secret`` (default ``$RUSH_SECRET``) signs every pickled payload; workers
+    then refuse payloads without a valid signature (see ``docs/security.md``).
+    ``max_payload_bytes`` bounds a serialized task, shared input or result.
     """
 
     def __init__(self, network_id: str | None = None, url: str | None = None, *,
-                 seed: int | None = None, **options: Any):
+                 seed: int | None = None, secret: str | bytes | None = None,
+                 max_payload_bytes: int = C.MAX_PAYLOAD_BYTES, **options: Any):
         if options:
             raise TypeError(f"unknown option(s) {sorted(options)} for Rush()")
         if seed is not None and (not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        _check_int("max_payload_bytes", max_payload_bytes, minimum=1024, maximum=512 * 2**20 - 2**16)
+        self.secret = resolve_secret(secret)
+        self.max_payload_bytes = max_payload_bytes
         self.keys = C.Keys(f"rush-{uuid.uuid4().hex[:8]}" if network_id is None else network_id)
         self.url = resolve_url(url)
         self.client = connect(self.url)
         self.scripts = Scripts(self.client)
         self.seed = seed
+        if self.secret is not None:
+            known_secrets[self.keys.network_id] = self.secret
         self._init_view()
         self._init_scheduler()
         self._processes: dict[str, WorkerProcess] = {}
@@ -125,7 +137,8 @@ class Rush(DaskScheduler, NetworkView):
         ids = []
         for _ in range(n):
             wid = uuid.uuid4().hex[:12]
-            self._processes[wid] = spawn_worker(self.network_id, start_id, wid, self.url, directory)
+            self._processes[wid] = spawn_worker(self.network_id, start_id, wid, self.url, directory,
+                                               secret=self.secret)
             ids.append(wid)
         logger.info("started %d workers (logs in %s)", n, directory)
         return ids
@@ -139,6 +152,9 @@ class Rush(DaskScheduler, NetworkView):
 
         The Redis URL is not in the command: set ``RUSH_REDIS_URL`` on the
         worker's machine (so a password never shows in ``ps`` or in logs).
+        If the network has a secret, set ``RUSH_SECRET`` there too (never on
+        the command line): without it the worker refuses the signed
+        configuration and exits with a clear error.
 
         >>> print(rush.worker_script(fun))    # doctest: +SKIP
         python -m rush_dask.worker --network test --start-id 5f0c...
@@ -166,15 +182,16 @@ class Rush(DaskScheduler, NetworkView):
             raise TypeError(f"resources must be a dict of name -> amount, got {resources!r}")
         if not isinstance(redis_retry_timeout, (int, float)) or redis_retry_timeout < 0:
             raise ValueError(f"redis_retry_timeout must be >= 0 seconds, got {redis_retry_timeout!r}")
-        fun_blob = dumps_function(fun) if fun is not None else None
+        fun_blob = dumps_function(fun, self.secret) if fun is not None else None
         config: dict[str, Any] = {
             "heartbeat_period": period, "heartbeat_expire": expire,
             "resources": json.dumps(resources or {}),
             "redis_retry_timeout": redis_retry_timeout, "log_level": int(log_level),
-            "constants": dumps(constants),
+            "constants": dumps(constants, self.secret),
+            "max_payload_bytes": self.max_payload_bytes,
         }
         if worker_loop is not None:
-            config["loop"] = dumps_function(worker_loop)
+            config["loop"] = dumps_function(worker_loop, self.secret)
         start_id = uuid.uuid4().hex[:16]
         pipe = self.client.pipeline(transaction=True)
         if fun_blob is not None:
@@ -350,24 +367,44 @@ class Rush(DaskScheduler, NetworkView):
         if seed is not None:
             _check_int("seed", seed, minimum=0)
         # Serialize everything first: a bad task must leave the network untouched.
-        blobs = [dumps(dict(xs)) for xs in xss]
-        extras = [dumps(dict(e)) if e else b"" for e in extra] if extra else [b""] * len(xss)
-        fun_blob = dumps_function(fun) if fun is not None else None
+        blobs, shared = pack_inputs(xss, self.secret, max_bytes=self.max_payload_bytes)
+        extras = [dumps(dict(e), self.secret) if e else b"" for e in extra] if extra else [b""] * len(xss)
+        fun_blob = dumps_function(fun, self.secret) if fun is not None else None
+        self._check_sizes(blobs, extras, fun_blob)
         keys = new_keys(len(xss))
         # Each batch is one atomic script; no MULTI around them, so workers start on the
         # first batch while the rest is sent, and Redis serves other clients in between.
         pipe = self.client.pipeline(transaction=False)
+        for cid, blob in shared.items():  # before the tasks that use them
+            pipe.set(self.keys.shared(cid), blob, nx=True)
         fun_id = self._fun_id(fun_blob, pipe) if fun_blob is not None else ""
         header = [self.keys.prefix, 0, fun_id, max_retries, "" if timeout is None else timeout,
                   "" if seed is None else seed, priority, max_lost]
-        for start in range(0, len(keys), _PUSH_BATCH):
-            args = list(header)
-            args[1] = min(_PUSH_BATCH, len(keys) - start)
-            for i in range(start, start + args[1]):
+        start = 0
+        while start < len(keys):
+            args, size, i = list(header), 0, start
+            # A batch ends at _PUSH_BATCH tasks or _PUSH_BYTES of payload (Redis closes a
+            # client whose command exceeds its 1 GB query buffer).
+            while i < len(keys) and i - start < _PUSH_BATCH and (i == start or size < _PUSH_BYTES):
                 args += [keys[i], blobs[i], extras[i], targets[i]]
+                size += len(blobs[i]) + len(extras[i])
+                i += 1
+            args[1], start = i - start, i
             self.scripts.push(args=args, client=pipe)
         pipe.execute()
         return keys
+
+    def _check_sizes(self, blobs: list[bytes], extras: list[bytes], fun_blob: bytes | None) -> None:
+        """Raise PayloadTooLargeError, before anything is written, for a payload over the limit."""
+        limit = self.max_payload_bytes
+        hint = (f"Rush(max_payload_bytes=...) is {limit:,} bytes; keep large data out of the "
+                "task (a file or object store path) or raise the limit (Redis stores at most 512 MB)")
+        for i, (blob, more) in enumerate(zip(blobs, extras)):
+            if len(blob) + len(more) > limit:
+                raise PayloadTooLargeError(
+                    f"task {i} is {len(blob) + len(more):,} bytes serialized, over the limit: {hint}")
+        if fun_blob is not None and len(fun_blob) > limit:
+            raise PayloadTooLargeError(f"fun is {len(fun_blob):,} bytes serialized, over the limit: {hint}")
 
     def wait_for_tasks(self, keys: Sequence[str] | None = None, timeout: float | None = None, *,
                        detect_lost_workers: bool = True, progress: bool | None = None) -> None:

@@ -192,7 +192,7 @@ class DaskScheduler:
                 pipe.hmget(self.keys.task(task_key), "state", "ys")
             for (task_key, future), (state, blob) in zip(list(pending.items()), pipe.execute()):
                 if state == b"finished":
-                    results[task_key] = loads(blob)
+                    results[task_key] = loads(blob, self.secret)
                     del pending[task_key]
                 elif state == b"failed":
                     raise_node_error(self, task_key, future.key)

@@ -15,7 +15,10 @@ Start one from a shell (the URL comes from ``$RUSH_REDIS_URL``)::
     python -m rush_dask.worker --network test --start-id <id>
 
 where ``<id>`` names the configuration (function, constants, heartbeat)
-that ``Rush.start_workers`` or ``Rush.worker_script`` stored in Redis.
+that ``Rush.start_workers`` or ``Rush.worker_script`` stored in Redis. If
+the network signs its payloads, the secret comes from ``$RUSH_SECRET``
+(never from the command line); a worker with a missing or different secret
+refuses the configuration and exits with a clear error.
 """
 
 from __future__ import annotations
@@ -43,12 +46,19 @@ import redis
 from . import constants as C
 from .cache import ResultCache
 from .connections import URL_ENV, connect, redact, resolve_url
-from .errors import RedisUnavailableError, TaskTimeoutError, WorkerLostError
+from .errors import (
+    PayloadSignatureError,
+    PayloadTooLargeError,
+    RedisUnavailableError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 from .heartbeat import EXIT_LOST, EXIT_REDIS_GONE, Heartbeat
 from .logs import RedisLogHandler
 from .network import HOSTNAME, NetworkView
 from .scripts import Scripts
-from .serialize import dumps, loads
+from .serialize import dumps, loads, resolve_secret, sign
+from .shared import resolve
 from .tasks import check_xss, new_keys
 
 logger = logging.getLogger("rush_dask.worker")
@@ -73,14 +83,15 @@ class Task:
     attempts: int = 1
     graph: str | None = None  # set for nodes of a Dask graph
     inputs: dict[str, bytes | None] = field(default_factory=dict)  # graph inputs sent inline
+    load: Callable[[bytes], Any] = field(default=loads, repr=False)  # verifies, then unpickles
 
     @cached_property
     def xs(self) -> Any:
         """The inputs (a dict; for a graph node, the node and its input keys)."""
-        return loads(self.payload)
+        return self.load(self.payload)
 
     @classmethod
-    def from_reply(cls, reply: list) -> "Task":
+    def from_reply(cls, reply: list, load: Callable[[bytes], Any] = loads) -> "Task":
         key, xs, fun, timeout, seed, seq, attempts, graph, inputs = reply
         return cls(
             key=key.decode(),
@@ -92,6 +103,7 @@ class Task:
             attempts=int(attempts) if attempts else 1,
             graph=graph.decode() if graph else None,
             inputs={inputs[i].decode(): inputs[i + 1] or None for i in range(0, len(inputs), 2)},
+            load=load,
         )
 
 
@@ -128,8 +140,8 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def describe_error(exc: BaseException) -> tuple[str, str, bytes]:
-    """(``"Type: message"``, traceback text, pickled exception or b"")."""
+def describe_error(exc: BaseException, secret: bytes | None = None) -> tuple[str, str, bytes]:
+    """(``"Type: message"``, traceback text, pickled exception (signed with ``secret``) or b"")."""
     text = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
@@ -137,7 +149,7 @@ def describe_error(exc: BaseException) -> tuple[str, str, bytes]:
         pickle.loads(blob)
     except Exception:
         blob = b""
-    return text, tb, blob
+    return text, tb, sign(blob, secret) if blob else blob
 
 
 class RushWorker(NetworkView):
@@ -168,8 +180,12 @@ class RushWorker(NetworkView):
         constants: dict[str, Any] | None = None,
         log_level: int = logging.INFO,
         start_id: str | None = None,
+        secret: str | bytes | None = None,
+        max_payload_bytes: int = C.MAX_PAYLOAD_BYTES,
     ):
         self.keys = C.Keys(network_id)
+        self.secret = resolve_secret(secret)  # default: $RUSH_SECRET
+        self.max_payload_bytes = max_payload_bytes
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.heartbeat_period, self.heartbeat_expire = check_heartbeat(heartbeat_period, heartbeat_expire)
         self.resources = dict(resources or {})
@@ -286,7 +302,7 @@ class RushWorker(NetworkView):
         while True:
             reply = self._settle_and_pop()
             if reply[0] == b"tasks":
-                return Task.from_reply(reply[3])
+                return Task.from_reply(reply[3], self._load_task)
             if reply[0] == b"stop":
                 self._on_stop_reply(reply)
                 return None
@@ -323,7 +339,8 @@ class RushWorker(NetworkView):
         keys = new_keys(len(xss))
         args: list[Any] = [self.keys.prefix, self.worker_id, len(xss)]
         for i, key in enumerate(keys):
-            args += [key, dumps(dict(xss[i])), dumps(dict(extra[i])) if extra else b""]
+            args += [key, dumps(dict(xss[i]), self.secret),
+                     dumps(dict(extra[i]), self.secret) if extra else b""]
         self._retry(lambda: self.scripts.push_running(args=args))
         return keys
 
@@ -336,7 +353,7 @@ class RushWorker(NetworkView):
         keys = [keys] if isinstance(keys, str) else list(keys)
         if len(keys) != len(yss):
             raise ValueError(f"got {len(keys)} keys but {len(yss)} results")
-        outcomes = [(key, "finished", dumps(ys if isinstance(ys, dict) else {"y": ys}), "", b"")
+        outcomes = [(key, "finished", dumps(ys if isinstance(ys, dict) else {"y": ys}, self.secret), "", b"")
                     for key, ys in zip(keys, yss)]
         return self._settle(outcomes)
 
@@ -345,7 +362,7 @@ class RushWorker(NetworkView):
         keys = [keys] if isinstance(keys, str) else list(keys)
         if len(keys) != len(errors):
             raise ValueError(f"got {len(keys)} keys but {len(errors)} errors")
-        outcomes = [(key, "error", *describe_error(e)) if isinstance(e, BaseException)
+        outcomes = [(key, "error", *describe_error(e, self.secret)) if isinstance(e, BaseException)
                     else (key, "error", str(e), "", b"") for key, e in zip(keys, errors)]
         return self._settle(outcomes)
 
@@ -366,7 +383,7 @@ class RushWorker(NetworkView):
             blob = self._retry(lambda: self.client.get(self.keys.function(fun_id)))
             if blob is None:
                 raise RuntimeError(f"function {fun_id} is missing from Redis (network was reset?)")
-            fun = self._functions[fun_id] = loads(blob)
+            fun = self._functions[fun_id] = loads(blob, self.secret)
         return fun
 
     def _graph_inputs(self, task: Task, deps: dict) -> dict:
@@ -375,7 +392,7 @@ class RushWorker(NetworkView):
         for dask_key, task_key in deps.items():
             inline = task.inputs.get(task_key)
             if inline is not None:
-                values[dask_key] = loads(inline)
+                values[dask_key] = loads(inline, self.secret)
             elif task_key in self.cache:
                 values[dask_key] = self.cache[task_key]
             else:
@@ -388,15 +405,39 @@ class RushWorker(NetworkView):
             for (dask_key, task_key), blob in zip(missing, blobs):
                 if blob is None:
                     raise RuntimeError(f"the result of input {dask_key!r} is no longer in Redis")
-                values[dask_key] = loads(blob)
+                values[dask_key] = loads(blob, self.secret)
                 self.cache.put(task_key, values[dask_key], len(blob))
         return values
 
     def _run_graph_node(self, task: Task) -> bytes:
         node, deps = task.xs
         result = node(self._graph_inputs(task, deps))
-        payload = dumps(result)
+        payload = self._check_result(dumps(result, self.secret))
         self.cache.put(task.key, result, len(payload))
+        return payload
+
+    def _load_task(self, payload: bytes) -> Any:
+        """A task's inputs: signature checked, shared large values put back in."""
+        xs = loads(payload, self.secret)
+        if isinstance(xs, dict):
+            resolve([xs], self._shared_inputs)
+        return xs
+
+    def _shared_inputs(self, ids: list[str]) -> dict[str, bytes]:
+        """Verified pickles of shared inputs, read from Redis once per worker (then cached)."""
+        key = "shared:{}".format
+        missing = [i for i in ids if key(i) not in self.cache]
+        bodies = self._retry(lambda: super(RushWorker, self)._shared_inputs(missing)) if missing else {}
+        for cid, body in bodies.items():
+            self.cache.put(key(cid), body, len(body))
+        return {i: bodies[i] if i in bodies else self.cache[key(i)] for i in ids}
+
+    def _check_result(self, payload: bytes) -> bytes:
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"the result is {len(payload):,} bytes serialized, over max_payload_bytes="
+                f"{self.max_payload_bytes:,}: return a path to the data instead, or raise "
+                "Rush(max_payload_bytes=...)")
         return payload
 
     def execute(self, task: Task) -> tuple[str, Any, str, bytes]:
@@ -413,10 +454,13 @@ class RushWorker(NetworkView):
             bad = [name for name in ys if not isinstance(name, str)]
             if bad:
                 raise TypeError(f"output names must be strings, got {bad!r}")
-            return "finished", dumps(ys), "", b""
+            return "finished", self._check_result(dumps(ys, self.secret)), "", b""
         except Exception as exc:
-            text, tb, blob = describe_error(exc)
-            logger.info("task %s failed: %s", task.key, text)
+            text, tb, blob = describe_error(exc, self.secret)
+            if isinstance(exc, PayloadSignatureError):
+                logger.error("task %s refused, its payload was not unpickled: %s", task.key, exc)
+            else:
+                logger.info("task %s failed: %s", task.key, text)
             return "error", text, tb, blob
 
     def _batch_size(self) -> int:
@@ -471,7 +515,7 @@ class RushWorker(NetworkView):
     def _accept(self, reply: list, local: collections.deque) -> bool:
         """Queue the tasks of a reply locally; handle stop orders. True if tasks came."""
         if reply[0] == b"tasks":
-            local.extend(Task.from_reply(raw) for raw in reply[3:])
+            local.extend(Task.from_reply(raw, self._load_task) for raw in reply[3:])
             return True
         if reply[0] == b"stop":
             self._on_stop_reply(reply)
@@ -512,11 +556,23 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
         raise SystemExit(f"no worker configuration {start_id!r} in network {network_id!r}")
     config = {k.decode(): v for k, v in raw.items()}
     fun_id = config.get("fun", b"").decode()
-    fun = loads(client.get(keys.function(fun_id))) if fun_id else None
-    loop = loads(config["loop"]) if config.get("loop") else None
-    constants = loads(config["constants"]) if config.get("constants") else {}
+    secret = resolve_secret(None)
+    fun_blob = client.get(keys.function(fun_id)) if fun_id else None
+    if fun_id and fun_blob is None:
+        raise SystemExit(f"rush worker: function {fun_id} of configuration {start_id!r} is missing "
+                         f"from network {network_id!r} (was it reset?)")
+    try:
+        fun = loads(fun_blob, secret) if fun_blob is not None else None
+        loop = loads(config["loop"], secret) if config.get("loop") else None
+        constants = loads(config["constants"], secret) if config.get("constants") else {}
+    except PayloadSignatureError as exc:
+        raise SystemExit(f"rush worker: refusing worker configuration {start_id!r} of network "
+                         f"{network_id!r}: {exc}") from None
     client.close()
 
+    # A SIGTERM that comes right after registering (before the handler below) is kept.
+    early_stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: early_stop.append(signum))
     worker = RushWorker(
         network_id, url=url, worker_id=worker_id,
         heartbeat_period=float(config["heartbeat_period"]),
@@ -525,8 +581,11 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
         redis_retry_timeout=float(config["redis_retry_timeout"]),
         fun=fun, constants={} if loop else constants,
         log_level=int(config.get("log_level", logging.INFO)), start_id=start_id,
+        secret=secret, max_payload_bytes=int(config.get("max_payload_bytes", C.MAX_PAYLOAD_BYTES)),
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: worker._request_terminate())
+    if early_stop:
+        worker._request_terminate()
     try:
         if loop is not None:
             loop(worker, **constants)

@@ -94,3 +94,31 @@ def random_then_fail_until(x, counter_dir, succeed_on, **kwargs):
     drawn = random.random()
     fail_until(x, counter_dir, succeed_on)
     return {"y": drawn}
+
+
+class MarkerPayload:
+    """A forged payload: unpickling it creates the file ``path`` (stands for arbitrary code)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+
+
+def array_sum(x, data, **kwargs):
+    data[:] = 0  # a task that mutates its input must not change what the next task sees
+    return {"y": x}
+
+
+def first_value(x, data, **kwargs):
+    return {"y": float(data[0]) + x}
+
+
+def touch(path, **kwargs):
+    Path(path).touch()
+    return {"y": 1}
+
+
+def big_result(n, **kwargs):
+    return {"y": b"\0" * n}
