@@ -78,7 +78,7 @@ def redact(url: str) -> str:
     >>> redact("rediss://alice:secret@host:6380/0?ssl_ca_certs=/ca.pem")
     'rediss://alice:***@host:6380/0?ssl_ca_certs=/ca.pem'
     """
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     if not sep:
         return "***" if "@" in url or "password" in url else url
     parts = urlsplit(url)

@@ -102,7 +102,7 @@ def other_certs(tmp_path_factory):
 def password_server():
     server = RedisServer(tcp=True, password=PASSWORD).start()
     admin = redis.Redis.from_url(server.url)
-    admin.execute_command("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
+    admin.execute_command("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~rush:*", "&*", "+@all")
     admin.close()
     yield server
     server.stop()
@@ -246,8 +246,8 @@ def test_acl_user_runs_workers(password_server, tmp_path):
     rush = _run_tasks(url, tmp_path)
     try:
         users = [entry["user"] for entry in rush.client.client_list()]
-        # the controller plus two connections (tasks, heartbeat) per worker
-        assert users.count(ACL_USER) >= 1 + 2 * 2
+        # the controller plus at least one connection per worker
+        assert users.count(ACL_USER) >= 1 + 2
     finally:
         _finish(rush)
 
@@ -274,7 +274,7 @@ def test_worker_refuses_a_password_on_its_command_line(password_server):
     result = subprocess.run(
         [sys.executable, "-m", "rush_dask.worker", "--network", "n", "--start-id", "s",
          "--url", password_server.url],
-        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": os.getcwd()},
+        check=False, capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     assert result.returncode == 2
     assert URL_ENV in result.stderr
