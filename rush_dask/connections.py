@@ -188,8 +188,8 @@ def connect(url: str, *, check: bool = True, **options) -> redis.Redis:
                 raise
             if _has_password(url):
                 raise RedisUnavailableError(
-                    f"authentication failed at Redis {redact(url)}: the server refused the user "
-                    f"name and password. Check the password (and user) in the URL or in ${URL_ENV}; "
+                    f"authentication failed at Redis {redact(url)}: the server refused the credentials "
+                    f"(user name and password). Check the password (and user) in the URL or in ${URL_ENV}; "
                     "percent-encode special characters in them (urllib.parse.quote(password, safe=''))"
                 ) from None
             raise RedisUnavailableError(
