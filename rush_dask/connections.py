@@ -137,6 +137,48 @@ def _split_authority(url: str) -> tuple[str | None, str]:
     return None, netloc
 
 
+class SecretUrl:
+    """A Redis URL that travels in pickles without its password.
+
+    Code that runs later somewhere else (a Dask task reading the archive)
+    holds one of these instead of the URL string. In this process ``.url`` is
+    the full URL; a pickled copy carries only the redacted URL and, where it
+    is loaded, takes the full one from this process's own record, from
+    ``$RUSH_REDIS_URL`` (every worker has it) or from :func:`plan`.
+
+    >>> ref = SecretUrl("redis://:s3cret@host:6379/0")
+    >>> ref.url, ref
+    ('redis://:s3cret@host:6379/0', SecretUrl('redis://:***@host:6379/0'))
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self.redacted = redact(url)
+        if self.redacted != url:
+            _known_urls[self.redacted] = url
+
+    def __reduce__(self):
+        if self.redacted == self.url:
+            return SecretUrl, (self.url,)
+        return _secret_url_here, (self.redacted,)
+
+    def __repr__(self) -> str:
+        return f"SecretUrl({self.redacted!r})"
+
+
+_known_urls: dict[str, str] = {}
+
+
+def _secret_url_here(redacted: str) -> SecretUrl:
+    for url in (_known_urls.get(redacted), os.environ.get(URL_ENV), _plan.url):
+        if url and redact(url) == redacted:
+            return SecretUrl(url)
+    raise RedisUnavailableError(
+        f"this code needs Redis at {redacted}, whose password is never sent along: set "
+        f"${URL_ENV} to that URL (with its password) in the process that runs it"
+    )
+
+
 def check_url(url: str) -> None:
     """Raise :class:`RedisUnavailableError` for TLS options that cannot work, before connecting.
 

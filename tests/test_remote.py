@@ -11,6 +11,7 @@ import datetime
 import functools
 import ipaddress
 import os
+import pickle
 import shlex
 import subprocess
 import sys
@@ -18,13 +19,14 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
+import cloudpickle
 import conftest
 import funcs
 import pytest
 import redis
 
-from rush_dask import Rush
-from rush_dask.connections import URL_ENV, connect, hide_secrets, redact
+from rush_dask import Rush, connections
+from rush_dask.connections import URL_ENV, SecretUrl, connect, hide_secrets, redact
 from rush_dask.errors import RedisUnavailableError
 from rush_dask.server import RedisServer
 
@@ -373,3 +375,28 @@ def test_server_password_is_not_on_its_command_line(password_server):
     assert b"requirepass" not in cmdline
     _assert_hidden(cmdline, "the server's argv")
     assert PASSWORD not in " ".join(password_server._command())
+
+
+def test_archive_dataframe_carries_no_password(password_server, tmp_path):
+    rush = _run_tasks(password_server.url, tmp_path, n_workers=1)
+    try:
+        ddf = rush.to_dask_dataframe(partition_size=2)
+        _assert_hidden(cloudpickle.dumps(ddf.__dask_graph__()), "the pickled Dask graph")
+        # the partitions run on the workers, which take the password from their environment
+        assert ddf["y"].sum().compute(scheduler=rush) == sum(11 * i for i in range(6))
+    finally:
+        _finish(rush)
+
+
+def test_secret_url_needs_the_url_where_it_is_loaded(monkeypatch):
+    url = f"redis://:{quote(PASSWORD, safe='')}@10.0.0.1:6379/0"
+    blob = pickle.dumps(SecretUrl(url))
+    _assert_hidden(blob, "a pickled SecretUrl")
+    assert pickle.loads(blob).url == url  # this process knows it
+    monkeypatch.setattr(connections, "_known_urls", {})  # as in another process
+    monkeypatch.delenv(URL_ENV, raising=False)
+    with pytest.raises(RedisUnavailableError, match=f"set \\${URL_ENV} to that URL") as info:
+        pickle.loads(blob)
+    _assert_hidden(str(info.value), "the error message")
+    monkeypatch.setenv(URL_ENV, url)
+    assert pickle.loads(blob).url == url  # a worker finds it in its environment
