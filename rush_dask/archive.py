@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from . import constants as C
-from .connections import connect
+from .connections import SecretUrl, connect
 from .network import NetworkView, known_secrets
 from .scripts import Scripts
 from .serialize import resolve_secret
@@ -62,9 +62,10 @@ def to_dask_dataframe(network_id: str, url: str, lengths: dict[str, int],
         ranges = [(states[0], 0, 0)]
     first = read_partition(network_id, url, *ranges[0])
     meta = first.iloc[:0]
+    ref = SecretUrl(url)  # the partitions are pickled into Redis tasks: no password in them
 
     def load(part: tuple[str, int, int]) -> pd.DataFrame:
-        frame = read_partition(network_id, url, *part)
+        frame = read_partition(network_id, ref.url, *part)
         return frame.astype(meta.dtypes.to_dict()) if len(frame) else meta
 
     return dd.from_map(load, ranges, meta=meta, enforce_metadata=False)

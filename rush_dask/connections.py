@@ -8,14 +8,22 @@ the embedded private server of :mod:`rush_dask.server`.
 from __future__ import annotations
 
 import os
+import re
+import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 import redis
 
 from .errors import RedisUnavailableError
 
 URL_ENV = "RUSH_REDIS_URL"
+# Seconds to open a connection (TCP and TLS handshake); without it a rediss:// URL
+# that points at a plain port waits forever.
+CONNECT_TIMEOUT = 10.0
+_SECRET_QUERY = ("password", "ssl_password")
+_HOST_PORT = re.compile(r"([^:\[\]]+|\[[0-9a-fA-F:.]*\])(:\d+)?")
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
 
 
 @dataclass
@@ -63,32 +71,157 @@ def resolve_url(url: str | None = None) -> str:
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***``, for messages and logs.
 
-    >>> redact("redis://user:secret@host:6379/0")
-    'redis://user:***@host:6379/0'
+    Hides ``user:pass@``, ``:pass@``, ``pass@`` and the query values
+    ``password=`` and ``ssl_password=``. A malformed URL whose password holds
+    an unescaped ``/``, ``?`` or ``#`` loses everything up to its last ``@``.
+
+    >>> redact("rediss://alice:secret@host:6380/0?ssl_ca_certs=/ca.pem")
+    'rediss://alice:***@host:6380/0?ssl_ca_certs=/ca.pem'
     """
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        return "***" if "@" in url or "password" in url else url
     parts = urlsplit(url)
+    userinfo, host = _split_authority(url)
+    if userinfo is not None and "@" not in parts.netloc:
+        # urlsplit cut the authority at a "/", "?" or "#" inside the password
+        return f"{scheme}://***@{host}"
     netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
+    if userinfo is not None:
         user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
         netloc = f"{user}:***@{host}" if user or ":" in userinfo else f"***@{host}"
     query = "&".join(
-        "password=***" if item.startswith("password=") else item for item in parts.query.split("&")
+        f"{item.split('=', 1)[0]}=***" if item.split("=", 1)[0] in _SECRET_QUERY else item
+        for item in parts.query.split("&")
     )
     text = f"{parts.scheme}://{netloc}{parts.path}"  # keeps unix:///path as it was
     return text + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def hide_secrets(text: str, url: str) -> str:
+    """``text`` with every password of ``url`` (raw or percent-decoded) replaced by ``***``.
+
+    For messages that quote something a library said about a connection.
+
+    >>> hide_secrets("login with s3cret failed", "redis://:s3cret@host/0")
+    'login with *** failed'
+    """
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _secrets(url: str) -> set[str]:
+    found: set[str] = set()
+    userinfo = _split_authority(url)[0]
+    if userinfo and ":" in userinfo:  # without a colon it is a user name (redis-py's reading)
+        found.add(userinfo.split(":", 1)[1])
+    for item in urlsplit(url).query.split("&"):
+        name, _, value = item.partition("=")
+        if name in _SECRET_QUERY:
+            found.add(value)
+    found |= {unquote(value) for value in found}
+    return {value for value in found if value}
+
+
+def _split_authority(url: str) -> tuple[str | None, str]:
+    """(userinfo or None, the rest after its "@"), also for a password with an unescaped / ? or #."""
+    rest = url.partition("://")[2]
+    netloc = urlsplit(url).netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        return userinfo, host
+    if netloc and "@" in rest and not _HOST_PORT.fullmatch(netloc):
+        userinfo, host = rest.rsplit("@", 1)
+        return userinfo, host
+    return None, netloc
+
+
+class SecretUrl:
+    """A Redis URL that travels in pickles without its password.
+
+    Code that runs later somewhere else (a Dask task reading the archive)
+    holds one of these instead of the URL string. In this process ``.url`` is
+    the full URL; a pickled copy carries only the redacted URL and, where it
+    is loaded, takes the full one from this process's own record, from
+    ``$RUSH_REDIS_URL`` (every worker has it) or from :func:`plan`.
+
+    >>> ref = SecretUrl("redis://:s3cret@host:6379/0")
+    >>> ref.url, ref
+    ('redis://:s3cret@host:6379/0', SecretUrl('redis://:***@host:6379/0'))
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self.redacted = redact(url)
+        if self.redacted != url:
+            _known_urls[self.redacted] = url
+
+    def __reduce__(self):
+        if self.redacted == self.url:
+            return SecretUrl, (self.url,)
+        return _secret_url_here, (self.redacted,)
+
+    def __repr__(self) -> str:
+        return f"SecretUrl({self.redacted!r})"
+
+
+_known_urls: dict[str, str] = {}
+
+
+def _secret_url_here(redacted: str) -> SecretUrl:
+    for url in (_known_urls.get(redacted), os.environ.get(URL_ENV), _plan.url):
+        if url and redact(url) == redacted:
+            return SecretUrl(url)
+    raise RedisUnavailableError(
+        f"this code needs Redis at {redacted}, whose password is never sent along: set "
+        f"${URL_ENV} to that URL (with its password) in the process that runs it"
+    )
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`RedisUnavailableError` for TLS options that cannot work, before connecting.
+
+    TLS options (``ssl_*`` query parameters) need the ``rediss://`` scheme,
+    and the certificate and key files they name must exist on this machine.
+
+    >>> check_url("redis://host:6379/0?ssl_ca_certs=/ca.pem")   # doctest: +SKIP
+    RedisUnavailableError: ... TLS options (ssl_ca_certs) but the scheme is redis:// ...
+    """
+    parts = urlsplit(url)
+    options = parse_qs(parts.query)
+    tls_options = sorted(name for name in options if name.startswith("ssl_"))
+    if tls_options and parts.scheme != "rediss":
+        raise RedisUnavailableError(
+            f"Redis URL {redact(url)} has TLS options ({', '.join(tls_options)}) but the scheme is "
+            f"{parts.scheme}://: use rediss://host:port/db for a TLS connection"
+        )
+    for name in _TLS_FILES:
+        for path in options.get(name, []):
+            if not os.path.exists(path):
+                raise RedisUnavailableError(
+                    f"Redis URL {redact(url)}: {name}={path} does not exist on {socket.gethostname()}. "
+                    "Every machine that runs a controller or a worker needs the certificate files "
+                    "at the path the URL names."
+                )
 
 
 def connect(url: str, *, check: bool = True, **options) -> redis.Redis:
     """A redis-py client for ``url`` (bytes replies), checked with PING.
 
     Raises :class:`RedisUnavailableError` with a message that never shows the
-    password when the server is down or refuses the credentials.
+    password when the server is down, refuses the credentials or the TLS
+    handshake fails. TLS settings travel in the URL (``rediss://...?ssl_ca_certs=...``).
+
+    >>> connect("redis://:secret@127.0.0.1:6379/0")   # doctest: +SKIP
+    Redis<ConnectionPool<Connection<host=127.0.0.1,port=6379,db=0>>>
     """
+    check_url(url)
+    options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)  # a value in the URL wins
     try:
         client = redis.Redis.from_url(url, decode_responses=False, **options)
     except ValueError as exc:
-        raise RedisUnavailableError(f"invalid Redis URL {redact(url)}: {exc}") from None
+        raise RedisUnavailableError(f"invalid Redis URL {redact(url)}: {hide_secrets(str(exc), url)}") from None
     if check:
         try:
             client.ping()
@@ -97,22 +230,50 @@ def connect(url: str, *, check: bool = True, **options) -> redis.Redis:
                 raise
             if _has_password(url):
                 raise RedisUnavailableError(
-                    f"Redis at {redact(url)} refused the credentials: check the password "
-                    f"(and user) in the URL or in ${URL_ENV}"
+                    f"authentication failed at Redis {redact(url)}: the server refused the credentials "
+                    f"(user name and password). Check the password (and user) in the URL or in ${URL_ENV}; "
+                    "percent-encode special characters in them (urllib.parse.quote(password, safe=''))"
                 ) from None
             raise RedisUnavailableError(
-                f"Redis at {redact(url)} needs a password: put it in the URL "
-                f"(redis://:PASSWORD@host:port/0) or in ${URL_ENV}"
+                f"authentication failed at Redis {redact(url)}: the server needs a password. Put it "
+                f"in the URL (redis://:PASSWORD@host:port/0, or redis://USER:PASSWORD@... for an "
+                f"ACL user) or in ${URL_ENV}"
             ) from None
-        except (redis.ConnectionError, OSError) as exc:
-            raise RedisUnavailableError(
-                f"cannot reach Redis at {redact(url)} ({type(exc).__name__}: "
-                f"{redact(str(exc))}). Start a server there, or give another url= or "
-                f"${URL_ENV}; without any URL rush_dask starts a private server itself."
-            ) from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise RedisUnavailableError(_connection_failure(url, exc)) from None
     return client
+
+
+def _connection_failure(url: str, exc: BaseException) -> str:
+    """A message that says why a connection failed and what to change."""
+    detail = hide_secrets(f"{type(exc).__name__}: {exc}", url)
+    cause = exc.__cause__ or exc.__context__
+    text = f"{exc} {cause or ''}"
+    where = f"Redis at {redact(url)}"
+    tls = url.startswith("rediss://")
+    if tls and "CERTIFICATE_VERIFY_FAILED" in text and "mismatch" in text:
+        return (f"TLS handshake with {where} failed: the server's certificate does not name that "
+                f"host ({detail}). Connect with a host name the certificate holds.")
+    if tls and "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"TLS handshake with {where} failed: the server's certificate is not signed by a "
+                f"trusted CA ({detail}). Give the CA certificate in the URL: "
+                "rediss://host:port/0?ssl_ca_certs=/path/ca.pem")
+    if tls and any(mark in text for mark in ("UNKNOWN_CA", "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE",
+                                              "EOF occurred in violation of protocol")):
+        return (f"TLS handshake with {where} failed: the server refused this client ({detail}). "
+                "It probably requires a client certificate signed by a CA it trusts: add "
+                "ssl_certfile=/path/client.crt&ssl_keyfile=/path/client.key to the URL")
+    if tls and (isinstance(exc, redis.TimeoutError) or "WRONG_VERSION_NUMBER" in text):
+        return (f"TLS handshake with {where} failed ({detail}): the port does not seem to speak "
+                "TLS. For a plain port use redis:// instead of rediss://")
+    if not tls and ("reset by peer" in text or "closed by server" in text):
+        return (f"{where} closed the connection ({detail}). If that port only accepts TLS, use "
+                "rediss://host:port/0?ssl_ca_certs=/path/ca.pem")
+    return (f"cannot reach {where} ({detail}). Start a server there, or give another url= or "
+            f"${URL_ENV}; without any URL rush_dask starts a private server itself.")
 
 
 def _has_password(url: str) -> bool:
     parts = urlsplit(url)
-    return bool(parts.password) or "password=" in parts.query
+    return bool(parts.password) or any(
+        name == "password" for name, _ in parse_qsl(parts.query))

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -84,6 +85,15 @@ class RedisServer:
     ``tcp=True`` listens on a free loopback port (``port=`` to choose it);
     otherwise on a unix socket. ``appendonly=True`` keeps an AOF file in
     ``directory`` so that :meth:`restart` brings the same data back.
+    ``password=`` sets ``requirepass`` (given on the server's stdin, never on
+    its command line). ``tls_cert``/``tls_key`` (PEM files) make the TCP
+    port TLS-only (``tls_port=``, a free port by default); ``tls_ca`` is the
+    CA that signed the client certificates, required from every client when
+    ``tls_auth_clients=True``. The unix socket stays plain, for local use.
+
+    >>> RedisServer(tls_cert="server.crt", tls_key="server.key",
+    ...             tls_ca="ca.crt").start().url      # doctest: +SKIP
+    'rediss://127.0.0.1:40123/0?ssl_ca_certs=ca.crt'
     """
 
     def __init__(
@@ -97,7 +107,22 @@ class RedisServer:
         appendonly: bool = False,
         binary: str | None = None,
         extra_args: list[str] | None = None,
+        tls_port: int | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
+        tls_auth_clients: bool = False,
     ):
+        if bool(tls_cert) != bool(tls_key) or ((tls_port or tls_ca or tls_auth_clients) and not tls_cert):
+            raise ValueError("TLS needs both tls_cert= and tls_key= (PEM files); tls_port=, tls_ca= "
+                             "and tls_auth_clients= only go with them")
+        if tls_auth_clients and not tls_ca:
+            raise ValueError("tls_auth_clients=True needs tls_ca=, the CA that signed the client certificates")
+        self.tls = bool(tls_cert)
+        self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
+        self.tls_auth_clients = tls_auth_clients
+        if self.tls:
+            tcp, port = True, tls_port if tls_port is not None else port
         self.binary = binary or find_server_binary()
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="rush-redis-")
@@ -112,16 +137,26 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
+        secret = quote(self.password, safe="") if self.password else ""
+        auth = f":{secret}@" if secret else ""
+        if self.tls:
+            query = f"?ssl_ca_certs={quote(self.tls_ca)}" if self.tls_ca else ""
+            return f"rediss://{auth}{self.bind}:{self.port}/0{query}"
         if self.tcp:
             return f"redis://{auth}{self.bind}:{self.port}/0"
-        query = f"?password={self.password}" if self.password else ""
+        return self.local_url
+
+    @property
+    def local_url(self) -> str:
+        """The plain unix-socket URL (with the password), also when TCP is TLS-only."""
+        query = f"?password={quote(self.password, safe='')}" if self.password else ""
         return f"unix://{self.socket_path}{query}"
 
     def _command(self) -> list[str]:
         cmd = [
             self.binary,
-            "--port", str(self.port if self.tcp else 0),
+            "-",  # the rest of the configuration comes on stdin: see _stdin_config
+            "--port", str(self.port if self.tcp and not self.tls else 0),
             "--bind", self.bind,
             "--unixsocket", self.socket_path,
             "--unixsocketperm", "700",
@@ -133,20 +168,34 @@ class RedisServer:
             "--loglevel", "warning",
             "--logfile", os.path.join(self.directory, "redis.log"),
         ]
-        if self.password:
-            cmd += ["--requirepass", self.password]
+        if self.tls:
+            cmd += ["--tls-port", str(self.port), "--tls-cert-file", self.tls_cert,
+                    "--tls-key-file", self.tls_key,
+                    "--tls-auth-clients", "yes" if self.tls_auth_clients else "no"]
+            if self.tls_ca:
+                cmd += ["--tls-ca-cert-file", self.tls_ca]
         return cmd + self.extra_args
+
+    def _stdin_config(self) -> bytes:
+        # A password on the command line would show in ps and /proc; every byte is
+        # escaped as \xHH inside double quotes, which the config parser reads back.
+        if not self.password:
+            return b""
+        escaped = "".join(f"\\x{byte:02x}" for byte in self.password.encode())
+        return f'requirepass "{escaped}"\n'.encode()
 
     def start(self, timeout: float = 20.0) -> "RedisServer":
         """Start the server and wait until it answers PING."""
         self.process = subprocess.Popen(
             self._command(),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C in the terminal is for us, not for it
         )
-        client = redis.Redis.from_url(self.url)
+        self.process.stdin.write(self._stdin_config())
+        self.process.stdin.close()
+        client = redis.Redis.from_url(self.local_url)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -156,6 +205,10 @@ class RedisServer:
                 pass
             if self.process.poll() is not None:
                 log = self.read_log()
+                if self.tls and "TLS support" in log:
+                    raise RuntimeError(
+                        f"{self.binary} was built without TLS support: use a redis-server built "
+                        "with TLS (set $RUSH_REDIS_SERVER to its path, or pass binary=)")
                 raise RuntimeError(f"{self.binary} exited with code {self.process.returncode}: {log}")
             if time.monotonic() > deadline:
                 self.stop()

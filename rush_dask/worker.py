@@ -45,7 +45,7 @@ import redis
 
 from . import constants as C
 from .cache import ResultCache
-from .connections import URL_ENV, connect, redact, resolve_url
+from .connections import URL_ENV, connect, hide_secrets, redact, resolve_url
 from .errors import (
     PayloadSignatureError,
     PayloadTooLargeError,
@@ -249,7 +249,8 @@ class RushWorker(NetworkView):
             except _RETRYABLE as exc:
                 if time.monotonic() > deadline:
                     raise RedisUnavailableError(
-                        f"Redis at {redact(self.url)} unreachable for {self.redis_retry_timeout:g} s: {exc}"
+                        f"Redis at {redact(self.url)} unreachable for {self.redis_retry_timeout:g} s: "
+                        f"{hide_secrets(str(exc), self.url)}"
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -611,8 +612,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--network", required=True, help="network id")
     parser.add_argument("--start-id", required=True, help="worker configuration stored by the controller")
     parser.add_argument("--worker-id", default=None, help="id of this worker (default: random)")
-    parser.add_argument("--url", default=None, help=f"Redis URL (default: ${URL_ENV})")
+    parser.add_argument("--url", default=None,
+                        help=f"Redis URL without a password (default: ${URL_ENV}, the place for one)")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.url and hide_secrets(args.url, args.url) != args.url:
+        parser.error(f"--url {redact(args.url)} holds a password, which ps would show to every user "
+                     f"of this machine: put the URL in ${URL_ENV} instead")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run_worker(args.network, args.start_id, worker_id=args.worker_id, url=args.url)
