@@ -94,3 +94,9 @@ def random_then_fail_until(x, counter_dir, succeed_on, **kwargs):
     drawn = random.random()
     fail_until(x, counter_dir, succeed_on)
     return {"y": drawn}
+
+
+def double_on_host(x, duration=0.0, **kwargs):
+    """Twice ``x``, with where it ran: the host name given to the worker and its network namespace."""
+    time.sleep(duration)
+    return {"y": 2 * x, "host": os.environ.get("RUSH_TEST_HOST"), "netns": os.readlink("/proc/self/ns/net")}
