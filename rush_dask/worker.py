@@ -210,7 +210,10 @@ class RushWorker(NetworkView):
             on_terminate=self._request_terminate,
             after_beat=lambda: self.log_handler.ship(self._heartbeat_client),
         )
-        self._heartbeat_client = connect(self.url, check=False)
+        # A timeout, so that a silent partition (a stalled TCP connection raises
+        # nothing) counts against redis_retry_timeout; redis-py < 8 sets none.
+        self._heartbeat_client = connect(self.url, check=False, socket_timeout=self.heartbeat_expire,
+                                         socket_connect_timeout=self.heartbeat_expire)
         self._heartbeat_scripts = Scripts(self._heartbeat_client)
         self._heartbeat.start()
         logger.info("worker %s started (pid %s on %s)", self.worker_id, os.getpid(), HOSTNAME)
