@@ -2,9 +2,8 @@
 
 Each "host" is a network namespace with one veth link to a bridge in the
 root namespace; Redis listens only on the bridge's address. Cutting a
-host's link (``ip link set <veth> down`` on the bridge side) is a network
-partition: the worker process keeps running but can neither reach Redis nor
-be reached. The test needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); the
+host off (see ``SIDES``) is a network partition: the worker process keeps
+running but can neither reach Redis nor be reached. The test needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); the
 module is skipped where namespaces cannot be created.
 """
 
@@ -42,7 +41,6 @@ HEARTBEAT = {"heartbeat_period": 0.2, "heartbeat_expire": 1.5}
 RETRY_TIMEOUT = 3.0  # redis_retry_timeout of the worker cut off for good
 IP = shutil.which("ip") or "/usr/sbin/ip"
 BRIDGE = shutil.which("bridge") or "/usr/sbin/bridge"
-BRIDGE_MAC = "02:72:75:73:68:01"  # fixed, so that each host can have a static ARP entry for it
 # How a host is cut off. cable: its link goes down at the bridge (the host
 # sees its carrier go). interface: its own interface goes down (sends fail
 # at once with "network unreachable"). switch: the bridge port drops every
@@ -70,6 +68,7 @@ class Hosts:
     token: str
     bridge: str = ""
     bridge_ip: str = ""
+    bridge_mac: str = ""  # set, not chosen by the kernel, so each host can have a static ARP entry
     namespaces: list[str] = field(default_factory=list)
     host_links: list[str] = field(default_factory=list)  # the bridge-side end of each veth
     ns_links: list[str] = field(default_factory=list)  # the end inside each namespace
@@ -134,7 +133,8 @@ def _claim_subnet(hosts: Hosts) -> str:
 def _build(hosts: Hosts) -> None:
     hosts.bridge = f"rb-{hosts.token}"
     ip("link", "add", hosts.bridge, "type", "bridge")
-    ip("link", "set", hosts.bridge, "address", BRIDGE_MAC)
+    hosts.bridge_mac = "02:72:" + ":".join(hosts.token[i:i + 2] for i in (0, 2, 4)) + ":01"
+    ip("link", "set", hosts.bridge, "address", hosts.bridge_mac)
     prefix = _claim_subnet(hosts)
     hosts.bridge_ip = f"{prefix}.1"
     ip("link", "set", hosts.bridge, "up")
@@ -149,7 +149,7 @@ def _build(hosts: Hosts) -> None:
         ip("addr", "add", f"{prefix}.{10 + i}/24", "dev", ns_link, netns=name)
         ip("link", "set", ns_link, "up", netns=name)
         ip("link", "set", "lo", "up", netns=name)
-        ip("neigh", "replace", hosts.bridge_ip, "lladdr", BRIDGE_MAC, "dev", ns_link, "nud", "permanent",
+        ip("neigh", "replace", hosts.bridge_ip, "lladdr", hosts.bridge_mac, "dev", ns_link, "nud", "permanent",
            netns=name)
 
 
