@@ -518,6 +518,10 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
     constants = loads(config["constants"]) if config.get("constants") else {}
     client.close()
 
+    # A controller may send SIGTERM as soon as it sees the worker registered,
+    # before the handler below is set: remember such a stop instead of dying.
+    early_stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: early_stop.append(signum))
     worker = RushWorker(
         network_id, url=url, worker_id=worker_id,
         heartbeat_period=float(config["heartbeat_period"]),
@@ -528,6 +532,8 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
         log_level=int(config.get("log_level", logging.INFO)), start_id=start_id,
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: worker._request_terminate())
+    if early_stop:
+        worker._request_terminate()
     try:
         if loop is not None:
             loop(worker, **constants)
