@@ -252,6 +252,7 @@ def test_worker_loop_with_pop_task(rush):
 def test_a_broken_worker_loop_is_reported(rush):
     (wid,) = rush.start_workers(worker_loop=funcs.raising_loop, n_workers=1)
     wait_until(lambda: rush.n_terminated_workers == 1)
+    rush._processes[wid].process.wait(TIMEOUT)  # its log is shipped just after the state is written
     log = rush.read_log([wid])
     assert log["message"].str.contains("the loop itself is broken").any()
     assert (log["level"] == "ERROR").any()
