@@ -249,7 +249,7 @@ class RedisServer:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        where = f"127.0.0.1:{self.port}" if self.tcp else self.socket_path
+        where = f"{self.bind}:{self.port}" if self.tcp else self.socket_path
         return f"<RedisServer {state} {where} ({Path(self.binary).name})>"
 
 

@@ -226,7 +226,10 @@ class RushWorker(NetworkView):
             on_terminate=self._request_terminate,
             after_beat=lambda: self.log_handler.ship(self._heartbeat_client),
         )
-        self._heartbeat_client = connect(self.url, check=False)
+        # A timeout, so that a silent partition (a stalled TCP connection raises
+        # nothing) counts against redis_retry_timeout; redis-py < 8 sets none.
+        self._heartbeat_client = connect(self.url, check=False, socket_timeout=self.heartbeat_expire,
+                                         socket_connect_timeout=self.heartbeat_expire)
         self._heartbeat_scripts = Scripts(self._heartbeat_client)
         self._heartbeat.start()
         logger.info("worker %s started (pid %s on %s)", self.worker_id, os.getpid(), HOSTNAME)
@@ -571,7 +574,8 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
                          f"{network_id!r}: {exc}") from None
     client.close()
 
-    # A SIGTERM that comes right after registering (before the handler below) is kept.
+    # A controller may send SIGTERM as soon as it sees the worker registered,
+    # before the handler below is set: remember such a stop instead of dying.
     early_stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: early_stop.append(signum))
     worker = RushWorker(

@@ -122,3 +122,9 @@ def touch(path, **kwargs):
 
 def big_result(n, **kwargs):
     return {"y": b"\0" * n}
+
+
+def double_on_host(x, duration=0.0, **kwargs):
+    """Twice ``x``, with where it ran: the host name given to the worker and its network namespace."""
+    time.sleep(duration)
+    return {"y": 2 * x, "host": os.environ.get("RUSH_TEST_HOST"), "netns": os.readlink("/proc/self/ns/net")}
