@@ -492,6 +492,10 @@ class RushWorker(NetworkView):
                 if in_flight is not None and (not local or in_flight.done()):
                     reply, in_flight = in_flight.result(), None
                     self._accept(reply, local)
+                if not local and self.terminated:
+                    # Asked to stop (SIGTERM or stop_workers): report what ran, take nothing new.
+                    self._accept(self._settle_and_pop(outcomes, want=0), local)
+                    return
                 if not local:
                     reply = self._settle_and_pop(outcomes, want=self._batch_size())
                     outcomes = []

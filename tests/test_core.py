@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def test_worker_states_after_terminate_and_kill(rush):
     # The state changes in Redis just before the process exits: wait for the exit itself.
     assert rush._processes[first].process.wait(TIMEOUT) == 0
     assert not rush._processes[first].alive and not rush._processes[second].alive
+
+
+def test_sigterm_finishes_the_running_task_and_leaves_the_queue_alone(rush):
+    (wid,) = rush.start_workers(funcs.sleep_then, n_workers=1)
+    rush.wait_for_workers(1, timeout=TIMEOUT)
+    keys = rush.push_tasks([{"x": float(i), "duration": 0.3} for i in range(20)])
+    wait_until(lambda: rush.n_running_tasks == 1, what="a running task")
+    rush._processes[wid].signal(signal.SIGTERM)
+    assert rush._processes[wid].process.wait(TIMEOUT) == 0
+    assert rush.terminated_worker_ids == [wid]
+    # What it held (the running task, at most one prefetched) finished; the rest is still queued.
+    assert rush.n_running_tasks == 0 and 1 <= rush.n_finished_tasks <= 2
+    assert rush.n_queued_tasks == 20 - rush.n_finished_tasks
+    assert sorted(rush.fetch_queued_tasks()["keys"]) == sorted(
+        set(keys) - set(rush.fetch_finished_tasks()["keys"]))
 
 
 def test_task_states_through_a_run(rush):
