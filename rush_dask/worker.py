@@ -286,10 +286,11 @@ class RushWorker(NetworkView):
         for outcome in outcomes:
             args.extend(outcome)
         reply = self._retry(lambda: self.scripts.settle_and_pop(args=args))
+        why = (f"{self.worker_id} is {reply[1].decode()} in Redis" if reply[0] == b"stop"
+               else f"the task is no longer held by {self.worker_id} (first writer wins)")
         for outcome, note in zip(outcomes, reply[2]):
             if note == b"dropped":
-                logger.warning("result of task %s dropped: the task is no longer held by %s "
-                               "(first writer wins)", outcome[0], self.worker_id)
+                logger.warning("result of task %s dropped: %s", outcome[0], why)
         return reply
 
     def pop_task(self, timeout: float | None = 0) -> Task | None:
