@@ -74,6 +74,7 @@ class Rush(DaskScheduler, NetworkView):
         self._init_view()
         self._init_scheduler()
         self._processes: dict[str, WorkerProcess] = {}
+        self._cluster_workers: list = []  # launch.ClusterWorker: started on a Dask cluster
         self._log_dir: Path | None = None
         _live_controllers.add(self)
 
@@ -105,6 +106,7 @@ class Rush(DaskScheduler, NetworkView):
         redis_retry_timeout: float = C.DEFAULT_REDIS_RETRY_TIMEOUT,
         log_dir: str | Path | None = None,
         log_level: int = logging.INFO,
+        client: Any = None,
         **constants: Any,
     ) -> list[str]:
         """Start ``n_workers`` local worker processes; returns their ids at once.
@@ -114,12 +116,25 @@ class Rush(DaskScheduler, NetworkView):
         stdout/stderr go to files in ``log_dir`` (a temporary directory by
         default). Use :meth:`wait_for_workers` to wait until they registered.
 
+        With ``client=`` (a ``distributed.Client``) the workers run on that
+        Dask cluster instead, one per distributed worker by default (``n_workers``
+        spreads over them); see :mod:`rush_dask.launch` and docs/deploy.md.
+
         >>> ids = rush.start_workers(fun, n_workers=2, scale=10)   # doctest: +SKIP
         >>> rush.wait_for_workers(2)                               # doctest: +SKIP
         """
-        n = self._check_n_workers(n_workers)
+        if client is not None:
+            from . import launch
+
+            addresses = launch.plan_cluster(client, n_workers, self.url)  # checks, writes nothing
+        n = len(addresses) if client is not None else self._check_n_workers(n_workers)
         start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
                                             resources, redis_retry_timeout, log_level, constants)
+        if client is not None:
+            started = launch.submit_workers(client, addresses, self.network_id, start_id, self.url)
+            self._cluster_workers.extend(started)
+            logger.info("started %d workers on the Dask cluster %s", n, client.scheduler.address)
+            return [w.worker_id for w in started]
         directory = Path(log_dir) if log_dir else self._default_log_dir()
         directory.mkdir(parents=True, exist_ok=True)
         ids = []
@@ -195,9 +210,13 @@ class Rush(DaskScheduler, NetworkView):
 
     def _check_started_processes(self) -> None:
         """Raise WorkerStartError for a local worker that died before it registered."""
-        if not self._processes:
+        if not self._processes and not self._cluster_workers:
             return
         states = self._worker_states()
+        if self._cluster_workers:
+            from .launch import check_cluster_workers
+
+            check_cluster_workers(self._cluster_workers, states)
         for proc in self._processes.values():
             if proc.registered:
                 continue
@@ -218,7 +237,7 @@ class Rush(DaskScheduler, NetworkView):
         >>> rush.wait_for_workers(2, timeout=30)   # doctest: +SKIP
         """
         if n is None and worker_ids is None:
-            n = len(self._processes)
+            n = len(self._processes) + len(self._cluster_workers)
         patience = Patience(timeout, max_delay=0.02)
         while True:
             self._check_started_processes()
@@ -441,6 +460,7 @@ class Rush(DaskScheduler, NetworkView):
                 self.stop_workers("kill", running)
             stop_processes(list(self._processes.values()), grace=0)
             self._processes.clear()
+            self._cluster_workers.clear()
         keys = list(self.client.scan_iter(match=self.keys.pattern, count=1000))
         for start in range(0, len(keys), 1000):
             self.client.unlink(*keys[start:start + 1000])
@@ -461,6 +481,14 @@ class Rush(DaskScheduler, NetworkView):
                 pass
             stop_processes(procs, grace=5)
         self._processes.clear()
+        if self._cluster_workers:  # they stop through Redis at their next heartbeat
+            try:
+                running = set(self.running_worker_ids)
+                self.stop_workers("terminate", [w.worker_id for w in self._cluster_workers
+                                                if w.worker_id in running])
+            except Exception:  # Redis gone: they exit on their own (redis_retry_timeout)
+                pass
+            self._cluster_workers.clear()
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None

@@ -1,0 +1,214 @@
+"""Rush workers launched as long-running tasks on a Dask distributed cluster.
+
+``rush.start_workers(fun, client=client)`` submits one task per Rush worker
+to the cluster (``fire_and_forget``, pinned to one distributed worker each).
+The task leaves the cluster's thread pool (``secede``) and runs the Rush
+worker in a child process, ``python -m rush_dask.launch``, because a Rush
+worker needs a main thread of its own (SIGALRM task timeouts, SIGTERM) and
+its heartbeat thread. The task ends when the Rush worker ends.
+
+The Rush worker connects to Redis itself, so the URL must be reachable from
+the cluster (TCP, not a unix socket). The URL and ``$RUSH_SECRET`` travel to
+the task inside an object whose repr hides them, and reach the child process
+through its environment, never its command line.
+
+The child dies with its parent (``PR_SET_PDEATHSIG`` on Linux, a parent-pid
+watch elsewhere): when the cluster goes away its Rush workers stop beating
+and are declared ``lost``, and their tasks are requeued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .connections import URL_ENV, redact
+from .errors import WorkerStartError
+from .heartbeat import EXIT_LOST
+
+SECRET_ENV = "RUSH_SECRET"
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+class HiddenEnv(dict):
+    """Environment variables for the Rush worker whose repr shows no value.
+
+    Distributed may print a task's arguments (dashboard, "Compute Failed"
+    logs); this keeps the Redis password and the secret out of them.
+    """
+
+    def __repr__(self) -> str:
+        return f"<environment {sorted(self)}, values hidden>"
+
+    __str__ = __repr__
+
+    def __reduce__(self):  # pickled as a plain dict would lose the class
+        return (HiddenEnv, (dict(self),))
+
+
+def check_cluster_url(url: str) -> None:
+    """Refuse a Redis URL that workers on other machines cannot reach.
+
+    >>> check_cluster_url("unix:///tmp/rush/redis.sock")
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "unix" or parts.scheme not in ("redis", "rediss"):
+        raise ValueError(
+            f"Redis URL {redact(url)} cannot be reached from a Dask cluster: workers on a "
+            "cluster need a TCP Redis (redis://host:port/0 or rediss://...). Start one with "
+            "`rush-dask server` (or any Redis >= 7) and pass its URL with Rush(url=...), "
+            f"rush_dask.plan(url=...) or ${URL_ENV}.")
+
+
+@dataclass
+class ClusterWorker:
+    """A Rush worker started on a distributed cluster, and the task that runs it."""
+
+    worker_id: str
+    address: str
+    future: Any
+    registered: bool = False
+
+
+def cluster_addresses(client: Any) -> list[str]:
+    """Addresses of the cluster's distributed workers (sorted); raise if there are none."""
+    try:  # some distributed versions list only the first 5 workers by default
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:
+        info = client.scheduler_info()
+    addresses = sorted(info["workers"])
+    if not addresses:
+        raise ValueError("the Dask cluster has no workers yet: scale it (cluster.scale(...)) and "
+                         "wait for them (client.wait_for_workers(n)) before start_workers")
+    return addresses
+
+
+def plan_cluster(client: Any, n_workers: int | None, url: str) -> list[str]:
+    """Check everything before anything is written; one address per Rush worker to start."""
+    from distributed import Client
+
+    if not isinstance(client, Client):
+        raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
+    check_cluster_url(url)
+    addresses = cluster_addresses(client)
+    n = len(addresses) if n_workers is None else n_workers
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
+    return [addresses[i % len(addresses)] for i in range(n)]
+
+
+def submit_workers(client: Any, addresses: list[str], network_id: str, start_id: str,
+                   url: str) -> list[ClusterWorker]:
+    """Submit one long-running task per address; each runs one Rush worker."""
+    from distributed import fire_and_forget
+
+    env = HiddenEnv({URL_ENV: url})
+    if os.environ.get(SECRET_ENV):
+        env[SECRET_ENV] = os.environ[SECRET_ENV]
+    launched = []
+    for address in addresses:
+        worker_id = uuid.uuid4().hex[:12]
+        future = client.submit(
+            run_on_cluster, network_id, start_id, worker_id, env,
+            key=f"rush-worker-{network_id}-{worker_id}", pure=False,
+            workers=[address], allow_other_workers=False,
+        )
+        fire_and_forget(future)  # keeps running when this client goes away
+        launched.append(ClusterWorker(worker_id, address, future))
+    return launched
+
+
+def check_cluster_workers(launched: Iterable[ClusterWorker], states: dict[str, str]) -> None:
+    """Raise WorkerStartError for a cluster worker whose task ended before it registered."""
+    for worker in launched:
+        if worker.registered:
+            continue
+        if worker.worker_id in states:
+            worker.registered = True
+        elif worker.future.done():
+            try:
+                code, tail = worker.future.result(timeout=5)
+            except Exception as exc:  # noqa: BLE001 - any failure of the task is reported
+                code, tail = None, f"{type(exc).__name__}: {exc}"
+            raise WorkerStartError(
+                f"worker {worker.worker_id} on the Dask worker {worker.address} ended (exit code "
+                f"{code}) before it registered. Last lines of its stderr:\n{tail}")
+
+
+def run_on_cluster(network_id: str, start_id: str, worker_id: str, env: dict[str, str]) -> tuple[int, str]:
+    """The distributed task: run one Rush worker in a child process until it ends.
+
+    Returns the worker's exit code and the last lines of its stderr (which
+    also go to the distributed worker's stderr as they come).
+    """
+    from distributed import secede
+
+    secede()  # a long-running task: do not hold a thread of the cluster's pool
+    child_env = dict(os.environ)
+    child_env.update(env)
+    child_env["RUSH_DASK_WORKER"] = "1"
+    # The Rush worker must import what this distributed worker imports.
+    child_env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rush_dask.launch", "--parent-pid", str(os.getpid()),
+         "--network", network_id, "--start-id", start_id, "--worker-id", worker_id],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env,
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    assert process.stderr is not None
+    for raw in process.stderr:
+        line = raw.decode(errors="replace")
+        tail.append(line.rstrip("\n"))
+        sys.stderr.write(line)
+    return process.wait(), "\n".join(tail)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Exit at once (no goodbye to Redis: the worker becomes ``lost``) when ``parent_pid`` dies."""
+    libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    if libc_name:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(EXIT_LOST)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            stop.wait(1.0)
+        os._exit(EXIT_LOST)
+
+    stop = threading.Event()
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_LOST)
+    threading.Thread(target=watch, name="rush-parent-watch", daemon=True).start()
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """``python -m rush_dask.launch --parent-pid P <worker options>``: a worker tied to process P."""
+    from .worker import main as worker_main
+
+    parser = argparse.ArgumentParser(prog="python -m rush_dask.launch", add_help=False)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    args, rest = parser.parse_known_args(list(argv) if argv is not None else None)
+    die_with_parent(args.parent_pid)
+    return worker_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
