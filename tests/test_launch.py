@@ -6,13 +6,13 @@ import os
 import socket
 import uuid
 
+import funcs
 import psutil
 import pytest
 import redis
+from conftest import network_keys, wait_until
 from distributed import Client, LocalCluster
 
-import funcs
-from conftest import network_keys, wait_until
 from rush_dask import Rush
 from rush_dask import constants as C
 from rush_dask.errors import WorkerStartError
@@ -75,6 +75,10 @@ def info_of(rush: Rush, ids) -> dict[str, dict]:
     return {wid: info.loc[wid].to_dict() for wid in ids}
 
 
+def states_of(rush: Rush, ids) -> set[str]:
+    return {row["state"] for row in info_of(rush, ids).values()}
+
+
 def finished_by_cluster_worker(rush: Rush, ids) -> list:
     return [rush._cluster_workers[i].future.result(timeout=TIMEOUT) for i in range(len(ids))]
 
@@ -94,14 +98,14 @@ def test_hidden_env_shows_no_values():
     assert dict(env)["RUSH_SECRET"] == "s3cr3t"
 
 
-def test_workers_run_on_the_cluster_spread_over_its_workers(tcp_rush, cluster_client):
+def test_workers_run_on_the_cluster_spread_over_its_workers_and_stop_with_the_controller(tcp_rush, cluster_client):
     ids = tcp_rush.start_workers(funcs.sleep_then, n_workers=3, client=cluster_client, **FAST)
     tcp_rush.wait_for_workers(timeout=TIMEOUT)  # counts the cluster workers it started
     keys = tcp_rush.push_tasks([{"x": i, "duration": 0.05} for i in range(12)])
     tcp_rush.wait_for_tasks(keys, timeout=TIMEOUT)
 
     info = info_of(tcp_rush, ids)
-    assert {row["state"] for row in info.values()} == {C.RUNNING}
+    assert states_of(tcp_rush, ids) == {C.RUNNING}
     assert {row["hostname"] for row in info.values()} == {socket.gethostname()}
     pids = {int(row["pid"]) for row in info.values()}
     assert len(pids) == 3 and os.getpid() not in pids
@@ -113,6 +117,12 @@ def test_workers_run_on_the_cluster_spread_over_its_workers(tcp_rush, cluster_cl
     assert sorted(data["x"]) == list(range(12))
     assert set(data["worker_id"]) <= set(ids)
     assert set(data["pid"]) <= pids  # the function ran in those processes
+
+    # Closing the controller stops the cluster workers it started, like its local ones.
+    futures = [w.future for w in tcp_rush._cluster_workers]
+    tcp_rush.close()
+    assert [f.result(timeout=TIMEOUT)[0] for f in futures] == [0, 0, 0]
+    assert states_of(tcp_rush, ids) == {C.TERMINATED}
 
 
 def test_stop_workers_terminate_reaches_cluster_workers_through_redis(tcp_rush, cluster_client, remote_view):
@@ -127,7 +137,7 @@ def test_stop_workers_terminate_reaches_cluster_workers_through_redis(tcp_rush, 
     # The distributed tasks end when the Rush workers end, with exit code 0.
     assert [code for code, _ in finished_by_cluster_worker(tcp_rush, ids)] == [0, 0]
     assert tcp_rush.fetch_tasks().set_index("keys").loc[key, "state"] == C.FINISHED  # finished first
-    assert set(info_of(tcp_rush, ids)[w]["state"] for w in ids) == {C.TERMINATED}
+    assert states_of(tcp_rush, ids) == {C.TERMINATED}
     assert not any(pid_alive(pid) for pid in pids)
     assert all(not tasks for tasks in cluster_client.processing().values())
 
@@ -144,7 +154,7 @@ def test_stop_workers_kill_reaches_cluster_workers_at_their_next_heartbeat(tcp_r
     # Exit code 137 from the heartbeat thread (a SIGKILL from here would read -9).
     assert [code for code, _ in results] == [137, 137]
     assert all("'killed' in Redis" in tail for _, tail in results)
-    assert set(info_of(tcp_rush, ids)[w]["state"] for w in ids) == {C.KILLED}
+    assert states_of(tcp_rush, ids) == {C.KILLED}
     failed = tcp_rush.fetch_failed_tasks().set_index("keys")
     assert "worker killed" in failed.loc[key, "error"]
 
@@ -173,7 +183,7 @@ def test_closed_cluster_makes_its_workers_lost_and_their_tasks_finish_elsewhere(
 
     local = tcp_rush.start_workers(funcs.sleep_then, n_workers=2, **FAST)
     tcp_rush.wait_for_tasks(keys, timeout=TIMEOUT)  # detects the lost workers on the way
-    assert set(info_of(tcp_rush, ids)[w]["state"] for w in ids) == {C.LOST}
+    assert states_of(tcp_rush, ids) == {C.LOST}
     finished = [k.decode() for k in redis.Redis.from_url(tcp_rush.url).lrange(tcp_rush.keys.finished, 0, -1)]
     assert sorted(finished) == sorted(keys)  # each task finished exactly once
     data = tcp_rush.fetch_finished_tasks().set_index("keys")
