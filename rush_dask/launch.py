@@ -12,9 +12,10 @@ the cluster (TCP, not a unix socket). The URL and ``$RUSH_SECRET`` travel to
 the task inside an object whose repr hides them, and reach the child process
 through its environment, never its command line.
 
-The child dies with its parent (``PR_SET_PDEATHSIG`` on Linux, a parent-pid
-watch elsewhere): when the cluster goes away its Rush workers stop beating
-and are declared ``lost``, and their tasks are requeued.
+When the distributed worker closes, the task kills its Rush worker; when it
+crashes, the child dies with it (``PR_SET_PDEATHSIG`` on Linux, a parent-pid
+watch elsewhere). Either way the Rush worker stops beating without a word,
+is declared ``lost`` when its heartbeat expires, and its tasks are requeued.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from .heartbeat import EXIT_LOST
 
 SECRET_ENV = "RUSH_SECRET"
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_WATCH_PERIOD = 0.2  # seconds between two looks at the distributed worker's status
+# Statuses of a distributed worker that is shutting down (distributed.core.Status names).
+_GOING_AWAY = frozenset({"closing", "closing_gracefully", "closed", "stopping", "stopped", "failed"})
 
 
 class HiddenEnv(dict):
@@ -113,13 +117,17 @@ def plan_cluster(client: Any, n_workers: int | None, url: str) -> list[str]:
 
 
 def submit_workers(client: Any, addresses: list[str], network_id: str, start_id: str,
-                   url: str) -> list[ClusterWorker]:
-    """Submit one long-running task per address; each runs one Rush worker."""
+                   url: str, secret: str | None = None) -> list[ClusterWorker]:
+    """Submit one long-running task per address; each runs one Rush worker.
+
+    ``secret`` (default ``$RUSH_SECRET``) reaches the workers as ``$RUSH_SECRET``.
+    """
     from distributed import fire_and_forget
 
     env = HiddenEnv({URL_ENV: url})
-    if os.environ.get(SECRET_ENV):
-        env[SECRET_ENV] = os.environ[SECRET_ENV]
+    secret = secret or os.environ.get(SECRET_ENV)
+    if secret:
+        env[SECRET_ENV] = secret
     launched = []
     for address in addresses:
         worker_id = uuid.uuid4().hex[:12]
@@ -154,10 +162,13 @@ def run_on_cluster(network_id: str, start_id: str, worker_id: str, env: dict[str
     """The distributed task: run one Rush worker in a child process until it ends.
 
     Returns the worker's exit code and the last lines of its stderr (which
-    also go to the distributed worker's stderr as they come).
+    also go to the distributed worker's stderr as they come). When the
+    distributed worker closes, the Rush worker is killed at once (it becomes
+    ``lost``) rather than holding up the close until the nanny kills both.
     """
-    from distributed import secede
+    from distributed import get_worker, secede
 
+    dask_worker = get_worker()
     secede()  # a long-running task: do not hold a thread of the cluster's pool
     child_env = dict(os.environ)
     child_env.update(env)
@@ -168,14 +179,28 @@ def run_on_cluster(network_id: str, start_id: str, worker_id: str, env: dict[str
         [sys.executable, "-m", "rush_dask.launch", "--parent-pid", str(os.getpid()),
          "--network", network_id, "--start-id", start_id, "--worker-id", worker_id],
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env,
+        start_new_session=True,  # a Ctrl-C in the cluster's terminal is not for it
     )
     tail: collections.deque[str] = collections.deque(maxlen=20)
+    reader = threading.Thread(target=_echo_stderr, args=(process, tail), daemon=True)
+    reader.start()
+    while True:
+        try:
+            code = process.wait(_WATCH_PERIOD)
+            break
+        except subprocess.TimeoutExpired:
+            if dask_worker.status.name in _GOING_AWAY:
+                process.kill()
+    reader.join(_WATCH_PERIOD)
+    return code, "\n".join(tail)
+
+
+def _echo_stderr(process: subprocess.Popen, tail: collections.deque) -> None:
     assert process.stderr is not None
     for raw in process.stderr:
         line = raw.decode(errors="replace")
         tail.append(line.rstrip("\n"))
         sys.stderr.write(line)
-    return process.wait(), "\n".join(tail)
 
 
 def die_with_parent(parent_pid: int) -> None:

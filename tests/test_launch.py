@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import time
 import uuid
 
 import funcs
@@ -24,9 +26,9 @@ TIMEOUT = 60
 FAST = {"heartbeat_period": 0.2, "heartbeat_expire": 1.5}
 
 
-def new_cluster() -> tuple[LocalCluster, Client]:
+def new_cluster(**options) -> tuple[LocalCluster, Client]:
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=40)
+                           dashboard_address=":0", silence_logs=40, **options)
     return cluster, Client(cluster)
 
 
@@ -167,25 +169,58 @@ def test_a_worker_that_cannot_start_on_the_cluster_is_reported(tcp_rush, cluster
         tcp_rush.wait_for_workers(timeout=TIMEOUT)
 
 
-def test_closed_cluster_makes_its_workers_lost_and_their_tasks_finish_elsewhere(tcp_rush, remote_view):
-    cluster, client = new_cluster()
+def hold_on_cluster(x, **kwargs):
+    """Never returns on the test's cluster (its workers have RUSH_TEST_ON_CLUSTER set)."""
+    while os.environ.get("RUSH_TEST_ON_CLUSTER"):
+        time.sleep(0.05)
+    return {"y": x}
+
+
+def test_crashed_or_closed_cluster_makes_its_workers_lost_and_their_tasks_finish_elsewhere(
+        tcp_rush, remote_view):
+    cluster, client = new_cluster(env={"RUSH_TEST_ON_CLUSTER": "1"})
     try:
-        ids = tcp_rush.start_workers(funcs.sleep_then, client=client, **FAST)
+        ids = tcp_rush.start_workers(hold_on_cluster, client=client, **FAST)
         tcp_rush.wait_for_workers(worker_ids=ids, timeout=TIMEOUT)
         pids = [int(info_of(tcp_rush, ids)[w]["pid"]) for w in ids]
-        keys = tcp_rush.push_tasks([{"x": i, "duration": 0.3} for i in range(10)])
-        wait_until(lambda: tcp_rush.n_running_tasks == 2, TIMEOUT, "both cluster workers busy")
-    finally:
+        keys = tcp_rush.push_tasks([{"x": i} for i in range(10)])
+        wait_until(lambda: set(tcp_rush.fetch_running_tasks()["worker_id"]) == set(ids), TIMEOUT,
+                   "both cluster workers busy")
+        # A distributed worker crashes: its Rush worker dies with it (not orphaned).
+        os.kill(psutil.Process(pids[0]).ppid(), signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pids[0]), TIMEOUT, "Rush worker of the crashed Dask worker gone")
+    finally:  # then the whole cluster goes away: the other Rush worker dies too
         client.close()
         cluster.close()
-    # The Rush workers die with their distributed workers, not orphaned.
-    wait_until(lambda: not any(pid_alive(pid) for pid in pids), TIMEOUT, "cluster's Rush workers gone")
+    wait_until(lambda: not pid_alive(pids[1]), TIMEOUT, "Rush worker of the closed cluster gone")
+    held = set(tcp_rush.fetch_running_tasks()["keys"])  # a worker may hold a prefetched task too
+    assert len(held) >= 2 and tcp_rush.n_finished_tasks == 0 and tcp_rush.n_failed_tasks == 0
 
-    local = tcp_rush.start_workers(funcs.sleep_then, n_workers=2, **FAST)
+    local = tcp_rush.start_workers(hold_on_cluster, n_workers=2, **FAST)
     tcp_rush.wait_for_tasks(keys, timeout=TIMEOUT)  # detects the lost workers on the way
     assert states_of(tcp_rush, ids) == {C.LOST}
     finished = [k.decode() for k in redis.Redis.from_url(tcp_rush.url).lrange(tcp_rush.keys.finished, 0, -1)]
     assert sorted(finished) == sorted(keys)  # each task finished exactly once
-    data = tcp_rush.fetch_finished_tasks().set_index("keys")
-    requeued = data[data["attempts"] > 1]
-    assert len(requeued) >= 1 and set(requeued["worker_id"]) <= set(local)
+    data = tcp_rush.fetch_finished_tasks()
+    assert set(data["worker_id"]) <= set(local)
+    assert set(data[data["attempts"] == 2]["keys"]) == held  # requeued once each
+    assert set(data["attempts"]) <= {1, 2}
+
+
+def test_url_and_secret_reach_cluster_workers_through_the_environment(tcp_rush, cluster_client,
+                                                                      monkeypatch):
+    monkeypatch.setenv("RUSH_SECRET", "s3cr3t-for-the-test")
+
+    def environment(x, **kwargs):  # a local function: shipped by value
+        return {"secret": os.environ.get("RUSH_SECRET"), "url": os.environ.get("RUSH_REDIS_URL")}
+
+    ids = tcp_rush.start_workers(environment, n_workers=1, client=cluster_client, **FAST)
+    tcp_rush.wait_for_workers(worker_ids=ids, timeout=TIMEOUT)
+    keys = tcp_rush.push_tasks([{"x": 1}])
+    tcp_rush.wait_for_tasks(keys, timeout=TIMEOUT)
+    row = tcp_rush.fetch_finished_tasks().iloc[0]
+    assert (row["secret"], row["url"]) == ("s3cr3t-for-the-test", tcp_rush.url)
+    pid = int(info_of(tcp_rush, ids)[ids[0]]["pid"])
+    command = " ".join(psutil.Process(pid).cmdline())
+    assert "rush_dask.launch" in command and ids[0] in command
+    assert tcp_rush.url not in command and "s3cr3t" not in command
