@@ -104,9 +104,9 @@ class Rush(DaskScheduler, NetworkView):
         heartbeat_expire: float | None = None,
         resources: dict[str, float] | None = None,
         redis_retry_timeout: float = C.DEFAULT_REDIS_RETRY_TIMEOUT,
+        client: Any = None,
         log_dir: str | Path | None = None,
         log_level: int = logging.INFO,
-        client: Any = None,
         **constants: Any,
     ) -> list[str]:
         """Start ``n_workers`` local worker processes; returns their ids at once.
@@ -116,27 +116,28 @@ class Rush(DaskScheduler, NetworkView):
         stdout/stderr go to files in ``log_dir`` (a temporary directory by
         default). Use :meth:`wait_for_workers` to wait until they registered.
 
-        With ``client=`` (a ``distributed.Client``) the workers run on that
-        Dask cluster instead, one per distributed worker by default (``n_workers``
-        spreads over them); see :mod:`rush_dask.launch` and docs/deploy.md.
-
         >>> ids = rush.start_workers(fun, n_workers=2, scale=10)   # doctest: +SKIP
         >>> rush.wait_for_workers(2)                               # doctest: +SKIP
+
+        With ``client=`` (a ``distributed.Client``) the workers run on that
+        Dask cluster instead, one per distributed worker by default (``n_workers``
+        spreads over them; their stderr goes to the distributed workers' logs);
+        see :mod:`rush_dask.launch` and docs/deploy.md.
         """
         if client is not None:
             from . import launch
 
             addresses = launch.plan_cluster(client, n_workers, self.url)  # checks, writes nothing
-        n = len(addresses) if client is not None else self._check_n_workers(n_workers)
+        n = self._check_n_workers(n_workers)
         start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
                                             resources, redis_retry_timeout, log_level, constants)
+        directory = Path(log_dir) if log_dir else self._default_log_dir()
+        directory.mkdir(parents=True, exist_ok=True)
         if client is not None:
             started = launch.submit_workers(client, addresses, self.network_id, start_id, self.url)
             self._cluster_workers.extend(started)
-            logger.info("started %d workers on the Dask cluster %s", n, client.scheduler.address)
+            logger.info("started %d workers on the Dask cluster %s", len(started), client.scheduler.address)
             return [w.worker_id for w in started]
-        directory = Path(log_dir) if log_dir else self._default_log_dir()
-        directory.mkdir(parents=True, exist_ok=True)
         ids = []
         for _ in range(n):
             wid = uuid.uuid4().hex[:12]
