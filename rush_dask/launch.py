@@ -24,6 +24,7 @@ import argparse
 import collections
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
 import subprocess
@@ -35,9 +36,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
+
 from .connections import URL_ENV, redact
 from .errors import WorkerStartError
 from .heartbeat import EXIT_LOST
+
+logger = logging.getLogger("rush_dask")
 
 SECRET_ENV = "RUSH_SECRET"
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -156,6 +161,21 @@ def check_cluster_workers(launched: Iterable[ClusterWorker], states: dict[str, s
             raise WorkerStartError(
                 f"worker {worker.worker_id} on the Dask worker {worker.address} ended (exit code "
                 f"{code}) before it registered. Last lines of its stderr:\n{tail}")
+
+
+def stop_cluster_workers(rush: Any, launched: Iterable[ClusterWorker]) -> None:
+    """Ask the running ones among ``launched`` to terminate (through Redis, at their next heartbeat).
+
+    With Redis gone there is nobody to tell: they exit on their own after
+    ``redis_retry_timeout``.
+    """
+    try:
+        running = set(rush.running_worker_ids)
+        ids = [w.worker_id for w in launched if w.worker_id in running]
+        if ids:
+            rush.stop_workers("terminate", ids)
+    except (redis.RedisError, ConnectionError, OSError) as exc:
+        logger.warning("could not ask the workers on the Dask cluster to stop: %s", redact(str(exc)))
 
 
 def run_on_cluster(network_id: str, start_id: str, worker_id: str, env: dict[str, str]) -> tuple[int, str]:

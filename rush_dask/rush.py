@@ -482,13 +482,10 @@ class Rush(DaskScheduler, NetworkView):
                 pass
             stop_processes(procs, grace=5)
         self._processes.clear()
-        if self._cluster_workers:  # they stop through Redis at their next heartbeat
-            try:
-                running = set(self.running_worker_ids)
-                self.stop_workers("terminate", [w.worker_id for w in self._cluster_workers
-                                                if w.worker_id in running])
-            except Exception:  # Redis gone: they exit on their own (redis_retry_timeout)
-                pass
+        if self._cluster_workers:
+            from .launch import stop_cluster_workers
+
+            stop_cluster_workers(self, self._cluster_workers)
             self._cluster_workers.clear()
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
