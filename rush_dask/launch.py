@@ -56,6 +56,9 @@ class HiddenEnv(dict):
 
     Distributed may print a task's arguments (dashboard, "Compute Failed"
     logs); this keeps the Redis password and the secret out of them.
+
+    >>> HiddenEnv({"RUSH_REDIS_URL": "redis://:pw@host:6379/0"})
+    <environment ['RUSH_REDIS_URL'], values hidden>
     """
 
     def __repr__(self) -> str:
@@ -70,10 +73,10 @@ class HiddenEnv(dict):
 def check_cluster_url(url: str) -> None:
     """Refuse a Redis URL that workers on other machines cannot reach.
 
-    >>> check_cluster_url("unix:///tmp/rush/redis.sock")
+    >>> check_cluster_url("redis://:pw@redis-host:6379/0")
+    >>> check_cluster_url("unix:///tmp/rush/redis.sock")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ...
-    ValueError: ...
+    ValueError: Redis URL unix:///tmp/rush/redis.sock cannot be reached from a Dask cluster: ...
     """
     parts = urlsplit(url)
     if parts.scheme == "unix" or parts.scheme not in ("redis", "rediss"):
@@ -95,7 +98,11 @@ class ClusterWorker:
 
 
 def cluster_addresses(client: Any) -> list[str]:
-    """Addresses of the cluster's distributed workers (sorted); raise if there are none."""
+    """Addresses of the cluster's distributed workers (sorted); raise if there are none.
+
+    >>> cluster_addresses(Client(LocalCluster(n_workers=2)))   # doctest: +SKIP
+    ['tcp://127.0.0.1:40331', 'tcp://127.0.0.1:42931']
+    """
     try:  # some distributed versions list only the first 5 workers by default
         info = client.scheduler_info(n_workers=-1)
     except TypeError:
@@ -108,7 +115,11 @@ def cluster_addresses(client: Any) -> list[str]:
 
 
 def plan_cluster(client: Any, n_workers: int | None, url: str) -> list[str]:
-    """Check everything before anything is written; one address per Rush worker to start."""
+    """Check everything before anything is written; one address per Rush worker to start.
+
+    >>> plan_cluster(client, 3, "redis://redis-host:6379/0")   # doctest: +SKIP
+    ['tcp://10.0.0.5:40331', 'tcp://10.0.0.6:38113', 'tcp://10.0.0.5:40331']
+    """
     from distributed import Client
 
     if not isinstance(client, Client):
@@ -126,6 +137,9 @@ def submit_workers(client: Any, addresses: list[str], network_id: str, start_id:
     """Submit one long-running task per address; each runs one Rush worker.
 
     ``secret`` (default ``$RUSH_SECRET``) reaches the workers as ``$RUSH_SECRET``.
+
+    >>> started = submit_workers(client, addresses, "hpo", start_id, url)   # doctest: +SKIP
+    >>> [w.worker_id for w in started]                                      # doctest: +SKIP
     """
     from distributed import fire_and_forget
 
@@ -147,7 +161,10 @@ def submit_workers(client: Any, addresses: list[str], network_id: str, start_id:
 
 
 def check_cluster_workers(launched: Iterable[ClusterWorker], states: dict[str, str]) -> None:
-    """Raise WorkerStartError for a cluster worker whose task ended before it registered."""
+    """Raise WorkerStartError for a cluster worker whose task ended before it registered.
+
+    >>> check_cluster_workers(rush._cluster_workers, rush._worker_states())   # doctest: +SKIP
+    """
     for worker in launched:
         if worker.registered:
             continue
@@ -168,6 +185,8 @@ def stop_cluster_workers(rush: Any, launched: Iterable[ClusterWorker]) -> None:
 
     With Redis gone there is nobody to tell: they exit on their own after
     ``redis_retry_timeout``.
+
+    >>> stop_cluster_workers(rush, rush._cluster_workers)   # doctest: +SKIP
     """
     try:
         running = set(rush.running_worker_ids)
@@ -185,6 +204,9 @@ def run_on_cluster(network_id: str, start_id: str, worker_id: str, env: dict[str
     also go to the distributed worker's stderr as they come). When the
     distributed worker closes, the Rush worker is killed at once (it becomes
     ``lost``) rather than holding up the close until the nanny kills both.
+
+    >>> fire_and_forget(client.submit(run_on_cluster, "hpo", start_id, "w1", env,
+    ...                               pure=False, workers=[address]))   # doctest: +SKIP
     """
     from distributed import get_worker, secede
 
@@ -224,7 +246,10 @@ def _echo_stderr(process: subprocess.Popen, tail: collections.deque) -> None:
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Exit at once (no goodbye to Redis: the worker becomes ``lost``) when ``parent_pid`` dies."""
+    """Exit at once (no goodbye to Redis: the worker becomes ``lost``) when ``parent_pid`` dies.
+
+    >>> die_with_parent(os.getppid())   # doctest: +SKIP
+    """
     libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
     if libc_name:
         libc = ctypes.CDLL(libc_name, use_errno=True)
@@ -245,7 +270,10 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m rush_dask.launch --parent-pid P <worker options>``: a worker tied to process P."""
+    """``python -m rush_dask.launch --parent-pid P <worker options>``: a worker tied to process P.
+
+    >>> main(["--parent-pid", "4242", "--network", "hpo", "--start-id", "5f0c"])   # doctest: +SKIP
+    """
     from .worker import main as worker_main
 
     parser = argparse.ArgumentParser(prog="python -m rush_dask.launch", add_help=False)
