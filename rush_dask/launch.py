@@ -79,7 +79,7 @@ def check_cluster_url(url: str) -> None:
     ValueError: Redis URL unix:///tmp/rush/redis.sock cannot be reached from a Dask cluster: ...
     """
     parts = urlsplit(url)
-    if parts.scheme == "unix" or parts.scheme not in ("redis", "rediss"):
+    if parts.scheme not in ("redis", "rediss"):  # unix:// is a socket of this machine only
         raise ValueError(
             f"Redis URL {redact(url)} cannot be reached from a Dask cluster: workers on a "
             "cluster need a TCP Redis (redis://host:port/0 or rediss://...). Start one with "

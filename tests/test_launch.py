@@ -94,6 +94,16 @@ def test_unix_socket_url_is_refused_and_nothing_is_written(rush, redis_url, clus
     assert network_keys(redis_url, rush) == set()
 
 
+def test_bad_cluster_input_is_refused_and_nothing_is_written(tcp_rush, tcp_url, cluster_client):
+    with pytest.raises(ValueError, match="n_workers must be an integer >= 1"):
+        tcp_rush.start_workers(funcs.add, n_workers=0, client=cluster_client)
+    with (LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty,
+          Client(empty) as client,
+          pytest.raises(ValueError, match="no workers yet.*wait_for_workers")):
+        tcp_rush.start_workers(funcs.add, client=client)
+    assert network_keys(tcp_url, tcp_rush) == set()
+
+
 def test_hidden_env_shows_no_values():
     env = HiddenEnv({"RUSH_REDIS_URL": "redis://:hunter2@db:6379/0", "RUSH_SECRET": "s3cr3t"})
     assert "hunter2" not in repr(env) and "s3cr3t" not in str(env)
