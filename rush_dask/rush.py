@@ -86,6 +86,7 @@ class Rush(DaskScheduler, NetworkView):
         self._init_view()
         self._init_scheduler()
         self._processes: dict[str, WorkerProcess] = {}
+        self._cluster_workers: list = []  # launch.ClusterWorker: started on a Dask cluster
         self._log_dir: Path | None = None
         _live_controllers.add(self)
 
@@ -115,6 +116,7 @@ class Rush(DaskScheduler, NetworkView):
         heartbeat_expire: float | None = None,
         resources: dict[str, float] | None = None,
         redis_retry_timeout: float = C.DEFAULT_REDIS_RETRY_TIMEOUT,
+        client: Any = None,
         log_dir: str | Path | None = None,
         log_level: int = logging.INFO,
         **constants: Any,
@@ -128,12 +130,26 @@ class Rush(DaskScheduler, NetworkView):
 
         >>> ids = rush.start_workers(fun, n_workers=2, scale=10)   # doctest: +SKIP
         >>> rush.wait_for_workers(2)                               # doctest: +SKIP
+
+        With ``client=`` (a ``distributed.Client``) the workers run on that
+        Dask cluster instead, one per distributed worker by default (``n_workers``
+        spreads over them; their stderr goes to the distributed workers' logs);
+        see :mod:`rush_dask.launch` and docs/deploy.md.
         """
+        if client is not None:
+            from . import launch
+
+            addresses = launch.plan_cluster(client, n_workers, self.url)  # checks, writes nothing
         n = self._check_n_workers(n_workers)
         start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
                                             resources, redis_retry_timeout, log_level, constants)
         directory = Path(log_dir) if log_dir else self._default_log_dir()
         directory.mkdir(parents=True, exist_ok=True)
+        if client is not None:
+            started = launch.submit_workers(client, addresses, self.network_id, start_id, self.url)
+            self._cluster_workers.extend(started)
+            logger.info("started %d workers on the Dask cluster %s", len(started), client.scheduler.address)
+            return [w.worker_id for w in started]
         ids = []
         for _ in range(n):
             wid = uuid.uuid4().hex[:12]
@@ -212,9 +228,13 @@ class Rush(DaskScheduler, NetworkView):
 
     def _check_started_processes(self) -> None:
         """Raise WorkerStartError for a local worker that died before it registered."""
-        if not self._processes:
+        if not self._processes and not self._cluster_workers:
             return
         states = self._worker_states()
+        if self._cluster_workers:
+            from .launch import check_cluster_workers
+
+            check_cluster_workers(self._cluster_workers, states)
         for proc in self._processes.values():
             if proc.registered:
                 continue
@@ -235,7 +255,7 @@ class Rush(DaskScheduler, NetworkView):
         >>> rush.wait_for_workers(2, timeout=30)   # doctest: +SKIP
         """
         if n is None and worker_ids is None:
-            n = len(self._processes)
+            n = len(self._processes) + len(self._cluster_workers)
         patience = Patience(timeout, max_delay=0.02)
         while True:
             self._check_started_processes()
@@ -478,6 +498,7 @@ class Rush(DaskScheduler, NetworkView):
                 self.stop_workers("kill", running)
             stop_processes(list(self._processes.values()), grace=0)
             self._processes.clear()
+            self._cluster_workers.clear()
         keys = list(self.client.scan_iter(match=self.keys.pattern, count=1000))
         for start in range(0, len(keys), 1000):
             self.client.unlink(*keys[start:start + 1000])
@@ -498,6 +519,11 @@ class Rush(DaskScheduler, NetworkView):
                 pass
             stop_processes(procs, grace=5)
         self._processes.clear()
+        if self._cluster_workers:
+            from .launch import stop_cluster_workers
+
+            stop_cluster_workers(self, self._cluster_workers)
+            self._cluster_workers.clear()
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
