@@ -133,7 +133,7 @@ def plan_cluster(client: Any, n_workers: int | None, url: str) -> list[str]:
 
 
 def submit_workers(client: Any, addresses: list[str], network_id: str, start_id: str,
-                   url: str, secret: str | None = None) -> list[ClusterWorker]:
+                   url: str, secret: str | bytes | None = None) -> list[ClusterWorker]:
     """Submit one long-running task per address; each runs one Rush worker.
 
     ``secret`` (default ``$RUSH_SECRET``) reaches the workers as ``$RUSH_SECRET``.
@@ -146,7 +146,7 @@ def submit_workers(client: Any, addresses: list[str], network_id: str, start_id:
     env = HiddenEnv({URL_ENV: url})
     secret = secret or os.environ.get(SECRET_ENV)
     if secret:
-        env[SECRET_ENV] = secret
+        env[SECRET_ENV] = os.fsdecode(secret)  # the controller's key is bytes
     launched = []
     for address in addresses:
         worker_id = uuid.uuid4().hex[:12]

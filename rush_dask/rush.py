@@ -146,7 +146,8 @@ class Rush(DaskScheduler, NetworkView):
         directory = Path(log_dir) if log_dir else self._default_log_dir()
         directory.mkdir(parents=True, exist_ok=True)
         if client is not None:
-            started = launch.submit_workers(client, addresses, self.network_id, start_id, self.url)
+            started = launch.submit_workers(client, addresses, self.network_id, start_id, self.url,
+                                            secret=self.secret)
             self._cluster_workers.extend(started)
             logger.info("started %d workers on the Dask cluster %s", len(started), client.scheduler.address)
             return [w.worker_id for w in started]

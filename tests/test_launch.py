@@ -217,9 +217,16 @@ def test_crashed_or_closed_cluster_makes_its_workers_lost_and_their_tasks_finish
     assert set(data["attempts"]) <= {1, 2}
 
 
-def test_url_and_secret_reach_cluster_workers_through_the_environment(tcp_rush, cluster_client,
-                                                                      monkeypatch):
-    monkeypatch.setenv("RUSH_SECRET", "s3cr3t-for-the-test")
+@pytest.fixture
+def signed_rush(tcp_url):
+    controller = Rush(f"test-{uuid.uuid4().hex[:10]}", url=tcp_url, secret="s3cr3t-for-the-test")
+    yield controller
+    controller.reset()
+    controller.close()
+
+
+def test_url_and_secret_reach_cluster_workers_through_the_environment(signed_rush, cluster_client):
+    tcp_rush = signed_rush  # its payloads are signed: the workers must have the same secret
 
     def environment(x, **kwargs):  # a local function: shipped by value
         return {"secret": os.environ.get("RUSH_SECRET"), "url": os.environ.get("RUSH_REDIS_URL")}
