@@ -240,6 +240,7 @@ class GraphRun:
         by_task_key = {task_key: key for key, task_key in self.task_keys.items()}
         done_key = rush.keys.prefix + f"gdone:{self.graph_id}"
         outputs_here = [k for k in self.outputs if k in self.graph]
+        external = [k for k in self.outputs if k not in self.graph]
         remaining = len(self.graph)
         patience = Patience(timeout, rush._health_check)
         try:
@@ -255,14 +256,21 @@ class GraphRun:
                 patience.check(lambda: f"{remaining} of {len(self.graph)} tasks not done")
         except BaseException:
             self.cancel()
+            self._release(external)  # the hold taken on earlier futures in submit()
             raise
-        values = self._read([self.task_keys[k] for k in outputs_here])
-        results = dict(zip(outputs_here, values))
-        external = [k for k in self.outputs if k not in self.graph]
-        if external:
-            results.update(zip(external, rush.gather([self.external[k] for k in external])))
-        rush.scripts.release(args=[rush.keys.prefix, *[self.task_key(k) for k in self.outputs]])
+        try:
+            values = self._read([self.task_keys[k] for k in outputs_here])
+            results = dict(zip(outputs_here, values))
+            if external:
+                results.update(zip(external, rush.gather([self.external[k] for k in external])))
+        finally:  # even when an earlier future failed or a result cannot be read
+            self._release(self.outputs)
         return results
+
+    def _release(self, keys: list[Hashable]) -> None:
+        """Drop the client's reference on these outputs (results nobody else needs are deleted)."""
+        if keys:
+            self.rush.scripts.release(args=[self.rush.keys.prefix, *[self.task_key(k) for k in keys]])
 
     def _read(self, task_keys: list[str]) -> list[Any]:
         pipe = self.rush.client.pipeline(transaction=False)
