@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -112,15 +113,17 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
+        password = quote(self.password, safe="") if self.password else ""
+        auth = f":{password}@" if password else ""
         if self.tcp:
             return f"redis://{auth}{self.bind}:{self.port}/0"
-        query = f"?password={self.password}" if self.password else ""
+        query = f"?password={password}" if password else ""
         return f"unix://{self.socket_path}{query}"
 
     def _command(self) -> list[str]:
         cmd = [
             self.binary,
+            "-",  # the rest of the config comes from stdin (the password: never on a command line)
             "--port", str(self.port if self.tcp else 0),
             "--bind", self.bind,
             "--unixsocket", self.socket_path,
@@ -133,19 +136,28 @@ class RedisServer:
             "--loglevel", "warning",
             "--logfile", os.path.join(self.directory, "redis.log"),
         ]
-        if self.password:
-            cmd += ["--requirepass", self.password]
         return cmd + self.extra_args
+
+    def _stdin_config(self) -> bytes:
+        if not self.password:
+            return b""
+        quoted = self.password.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'requirepass "{quoted}"\n'.encode()
 
     def start(self, timeout: float = 20.0) -> "RedisServer":
         """Start the server and wait until it answers PING."""
         self.process = subprocess.Popen(
             self._command(),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C in the terminal is for us, not for it
         )
+        try:
+            self.process.stdin.write(self._stdin_config())
+            self.process.stdin.close()
+        except BrokenPipeError:  # it exited at once: the poll below reports why
+            pass
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         while True:

@@ -445,7 +445,8 @@ class RushWorker(NetworkView):
                     reply, in_flight = in_flight.result(), None
                     self._accept(reply, local)
                 if not local:
-                    reply = self._settle_and_pop(outcomes, want=self._batch_size())
+                    # After SIGTERM, only report: a terminating worker takes no new task.
+                    reply = self._settle_and_pop(outcomes, want=0 if self.terminated else self._batch_size())
                     outcomes = []
                     if not self._accept(reply, local):
                         if self.terminated:
