@@ -513,6 +513,8 @@ def server(host: str, port: int, password: str | None, directory: str | None) ->
     """
     from urllib.parse import quote
 
+    import redis
+
     from .server import RedisServer
 
     if password is not None and not password:
@@ -520,12 +522,20 @@ def server(host: str, port: int, password: str | None, directory: str | None) ->
     password = password or secrets.token_urlsafe(24)
     if directory is not None:
         os.makedirs(directory, exist_ok=True)
+    if port:  # else start() would take a server already there for the one it started
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Redis does
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror}): "
+                                           "choose another --port or --host") from None
     with _caught_signals() as received:
         redis_server = RedisServer(directory=directory, tcp=True, port=port, bind=host,
                                    password=password, appendonly=directory is not None)
         try:
             redis_server.start()
-        except RuntimeError:
+        except (RuntimeError, redis.RedisError):
             last = redis_server.read_log().strip().splitlines()[-1:] or ["no log"]
             redis_server.stop()
             raise click.ClickException(
