@@ -265,7 +265,9 @@ def _supervise(rush: Rush, ids: list[str], received: list[int]) -> int:
 
     procs = [rush._processes[wid] for wid in ids]
     handled = 0
-    while any(proc.alive for proc in procs):
+    exited: set[str] = set()
+    failed = False
+    while len(exited) < len(procs):
         if len(received) > handled:
             handled = len(received)
             alive = [proc.worker_id for proc in procs if proc.alive]
@@ -279,20 +281,20 @@ def _supervise(rush: Rush, ids: list[str], received: list[int]) -> int:
                 pass
             for proc in procs:
                 proc.signal(signal.SIGTERM if kind == "terminate" else signal.SIGKILL)
+        for proc in procs:
+            if proc.worker_id in exited or proc.alive:
+                continue
+            exited.add(proc.worker_id)
+            try:  # a crashed worker is still "running": mark it lost now, its tasks go back
+                rush.detect_lost_workers()
+                state = rush._worker_states().get(proc.worker_id, "unknown")
+            except redis.RedisError:
+                state = "unknown (Redis unreachable)"
+            click.echo(f"worker {proc.worker_id} exited with code {proc.process.returncode} ({state})")
+            if state not in (C.TERMINATED, C.KILLED):
+                failed = True
+                click.echo(f"last lines of {proc.stderr_path}:\n{redact_text(proc.stderr_tail())}", err=True)
         time.sleep(0.1)
-    try:
-        info = rush.worker_info
-        states = dict(zip(info["worker_id"], info["state"]))
-    except redis.RedisError:
-        states = {}
-    failed = []
-    for proc in procs:
-        state = states.get(proc.worker_id, "unknown")
-        click.echo(f"worker {proc.worker_id} exited with code {proc.process.returncode} ({state})")
-        if state not in (C.TERMINATED, C.KILLED):
-            failed.append(proc)
-    for proc in failed:
-        click.echo(f"last lines of {proc.stderr_path}:\n{redact_text(proc.stderr_tail())}", err=True)
     return 1 if failed else 0
 
 

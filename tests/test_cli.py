@@ -152,8 +152,8 @@ def test_generic_workers_run_pushed_functions_and_dask_graphs_then_stop(rush, re
         assert "asked 2 workers to terminate" in stopped.stdout
         assert cli.proc.wait(TIMEOUT) == 0
         assert sorted(rush.terminated_worker_ids) == sorted(ids)
-        for wid in ids:
-            cli.wait_for(lambda line, wid=wid: line == f"worker {wid} exited with code 0 (terminated)")
+        wait_until(lambda: all(f"worker {wid} exited with code 0 (terminated)\n" in cli.stdout for wid in ids),
+                   TIMEOUT, "exit lines")
         out = run_cli("status", "--network", rush.network_id, url=redis_url)
         assert "workers: 2 terminated" in out.stdout and "2 stopped workers not shown" in out.stdout
         out = run_cli("status", "--network", rush.network_id, "--all", url=redis_url)
@@ -228,6 +228,18 @@ def test_second_signal_kills_the_workers(rush, redis_url):
         assert cli.proc.wait(TIMEOUT) == 0
         assert rush.killed_worker_ids == [wid]
         assert rush.n_failed_tasks == 1
+
+
+def test_a_crashed_worker_is_reported_lost_and_the_cli_fails(rush, redis_url):
+    with cli_workers(rush, redis_url, "--fun", "test_cli:wait_for_file") as (cli, (wid,)):
+        rush.push_tasks([{"x": 1, "path": "/nonexistent/never"}], max_lost=0)
+        wait_until(lambda: rush.n_running_tasks == 1, TIMEOUT, "task running")
+        os.kill(int(rush.worker_info["pid"].iloc[0]), signal.SIGKILL)
+        cli.wait_for(lambda line: line == f"worker {wid} exited with code -9 (lost)")
+        assert cli.proc.wait(TIMEOUT) == 1
+        assert "last lines of" in "".join(cli.stderr)
+        assert rush.lost_worker_ids == [wid]
+        assert rush.n_failed_tasks == 1  # lost with its worker, max_lost=0: failed at once
 
 
 def test_worker_from_a_stored_start_id(rush, redis_url):
