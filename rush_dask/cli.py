@@ -523,6 +523,7 @@ def server(host: str, port: int, password: str | None, directory: str | None) ->
         raise BadInput("--password is empty: give one, or leave it out to get a random one")
     password = password or secrets.token_urlsafe(24)
     if directory is not None:
+        directory = os.path.abspath(directory)  # the server chdirs there: relative paths would break
         os.makedirs(directory, exist_ok=True)
     if port:  # else start() would take a server already there for the one it started
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -548,7 +549,7 @@ def server(host: str, port: int, password: str | None, directory: str | None) ->
             public = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
             public = f"[{public}]" if ":" in public else public
             url = f"redis://:{quote(password, safe='')}@{public}:{redis_server.port}/0"
-            where = f"append-only file in {os.path.abspath(directory)}" if directory else \
+            where = f"append-only file in {directory}" if directory else \
                 "no persistence (--dir keeps the data)"
             click.echo(f"Redis server listening on {host}:{redis_server.port}, password required, "
                        f"{where}. Run this where workers and controllers run "
@@ -567,4 +568,4 @@ def server(host: str, port: int, password: str | None, directory: str | None) ->
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="rush-dask")
