@@ -148,6 +148,8 @@ class NetworkView:
     def worker_info(self) -> "pd.DataFrame":
         """One row per worker: worker_id, pid, hostname, state, heartbeat, resources, times.
 
+        ``heartbeat_age``: seconds since the last beat (empty once it expired).
+
         >>> rush.worker_info[["worker_id", "state"]]   # doctest: +SKIP
         """
         import pandas as pd
@@ -164,12 +166,15 @@ class NetworkView:
                 "heartbeat_period": float(rec["heartbeat_period"]) if rec.get("heartbeat_period") else None,
                 "heartbeat_expire": float(rec["heartbeat_expire"]) if rec.get("heartbeat_expire") else None,
                 "heartbeat": rec["heartbeat_ttl"] is not None,
+                # Each beat sets the TTL to heartbeat_expire, so what has run off is the age.
+                "heartbeat_age": float(rec["heartbeat_expire"]) - rec["heartbeat_ttl"]
+                if rec["heartbeat_ttl"] is not None and rec.get("heartbeat_expire") else None,
                 "resources": json.loads(rec.get("resources") or "{}"),
                 "started_at": _timestamp(rec.get("started_at")),
                 "stopped_at": _timestamp(rec.get("stopped_at")),
             })
         columns = ["worker_id", "state", "pid", "hostname", "heartbeat_period",
-                   "heartbeat_expire", "heartbeat", "resources", "started_at", "stopped_at"]
+                   "heartbeat_expire", "heartbeat", "heartbeat_age", "resources", "started_at", "stopped_at"]
         frame = pd.DataFrame(rows, columns=columns)
         for col in ("started_at", "stopped_at"):
             frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)

@@ -119,6 +119,7 @@ class Rush(DaskScheduler, NetworkView):
         client: Any = None,
         log_dir: str | Path | None = None,
         log_level: int = logging.INFO,
+        start_id: str | None = None,
         **constants: Any,
     ) -> list[str]:
         """Start ``n_workers`` local worker processes; returns their ids at once.
@@ -127,6 +128,9 @@ class Rush(DaskScheduler, NetworkView):
         (or runs ``worker_loop(worker, **constants)`` instead). Worker
         stdout/stderr go to files in ``log_dir`` (a temporary directory by
         default). Use :meth:`wait_for_workers` to wait until they registered.
+        ``start_id`` starts them from a configuration stored before (the id
+        in the command of :meth:`worker_script`) instead of ``fun`` and the
+        other options.
 
         >>> ids = rush.start_workers(fun, n_workers=2, scale=10)   # doctest: +SKIP
         >>> rush.wait_for_workers(2)                               # doctest: +SKIP
@@ -141,8 +145,15 @@ class Rush(DaskScheduler, NetworkView):
 
             addresses = launch.plan_cluster(client, n_workers, self.url)  # checks, writes nothing
         n = self._check_n_workers(n_workers)
-        start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
-                                            resources, redis_retry_timeout, log_level, constants)
+        if start_id is None:
+            start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
+                                                resources, redis_retry_timeout, log_level, constants)
+        elif fun is not None or worker_loop is not None or constants:
+            raise TypeError("start_id= names a stored worker configuration; do not pass fun, "
+                            "worker_loop or constants with it")
+        elif not self.client.exists(self.keys.start_config(start_id)):
+            raise ValueError(f"no worker configuration {start_id!r} in network {self.network_id!r}: "
+                             "use the --start-id that worker_script() printed for this network")
         directory = Path(log_dir) if log_dir else self._default_log_dir()
         directory.mkdir(parents=True, exist_ok=True)
         if client is not None:

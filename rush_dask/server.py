@@ -193,8 +193,11 @@ class RedisServer:
             stderr=subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C in the terminal is for us, not for it
         )
-        self.process.stdin.write(self._stdin_config())
-        self.process.stdin.close()
+        try:
+            self.process.stdin.write(self._stdin_config())
+            self.process.stdin.close()
+        except BrokenPipeError:  # it exited at once: the poll below reports why
+            pass
         client = redis.Redis.from_url(self.local_url)
         deadline = time.monotonic() + timeout
         while True:
