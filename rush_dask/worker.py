@@ -498,8 +498,7 @@ class RushWorker(NetworkView):
                     self._accept(self._settle_and_pop(outcomes, want=0), local)
                     return
                 if not local:
-                    # After SIGTERM, only report: a terminating worker takes no new task.
-                    reply = self._settle_and_pop(outcomes, want=0 if self.terminated else self._batch_size())
+                    reply = self._settle_and_pop(outcomes, want=self._batch_size())
                     outcomes = []
                     if not self._accept(reply, local):
                         if self.terminated:
