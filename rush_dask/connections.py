@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .errors import RedisUnavailableError
 
@@ -79,11 +81,16 @@ def redact(url: str) -> str:
     return text + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
-def connect(url: str, *, check: bool = True, **options) -> redis.Redis:
+def connect(url: str, *, check: bool = True, retry_timeout: float | None = None, **options) -> redis.Redis:
     """A redis-py client for ``url`` (bytes replies), checked with PING.
 
     Raises :class:`RedisUnavailableError` with a message that never shows the
     password when the server is down or refuses the credentials.
+    With ``retry_timeout``, every command of the client is retried with
+    backoff for about that many seconds while Redis is unreachable (a
+    restart); the first check still fails at once.
+
+    >>> client = connect("redis://127.0.0.1:6379/0", retry_timeout=60)   # doctest: +SKIP
     """
     try:
         client = redis.Redis.from_url(url, decode_responses=False, **options)
@@ -110,6 +117,10 @@ def connect(url: str, *, check: bool = True, **options) -> redis.Redis:
                 f"{redact(str(exc))}). Start a server there, or give another url= or "
                 f"${URL_ENV}; without any URL rush_dask starts a private server itself."
             ) from None
+    if retry_timeout:
+        # Backoff 0.05, 0.1, ... capped at 1 s: about retry_timeout seconds in all.
+        retries = 5 + int(retry_timeout)
+        client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), retries))
     return client
 
 

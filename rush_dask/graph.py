@@ -38,6 +38,7 @@ needs them.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
@@ -210,18 +211,28 @@ class GraphRun:
         by_task_key = {task_key: key for key, task_key in self.task_keys.items()}
         done_key = rush.keys.prefix + f"gdone:{self.graph_id}"
         outputs_here = [k for k in self.outputs if k in self.graph]
-        remaining = len(self.graph)
+        unseen = set(by_task_key)
         patience = Patience(timeout, rush._health_check)
+        idle_since, resync_after = time.monotonic(), 1.0
         try:
-            while remaining:
+            while unseen:
                 reply = rush.client.blmpop(0.2, 1, done_key, direction="LEFT", count=10_000)
-                for item in (reply[1] if reply else []):
-                    item = item.decode()
+                items = [item.decode() for item in reply[1]] if reply else []
+                if items:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > resync_after:
+                    # A pop whose reply was lost (Redis restarted meanwhile) took its items
+                    # with it: read the states instead, less often while nothing changes.
+                    items = self._done_by_state(unseen)
+                    idle_since = time.monotonic()
+                    resync_after = 1.0 if items else min(resync_after * 2, 30.0)
+                for item in items:
                     if item.startswith("!"):
                         raise_node_error(rush, item[1:], by_task_key.get(item[1:], item[1:]))
-                    remaining -= 1
-                    on_done(by_task_key[item])
-                patience.check(lambda: f"{remaining} of {len(self.graph)} tasks not done")
+                    if item in unseen:  # an item can come twice: from the list and from its state
+                        unseen.discard(item)
+                        on_done(by_task_key[item])
+                patience.check(lambda: f"{len(unseen)} of {len(self.graph)} tasks not done")
         except BaseException:
             self.cancel()
             raise
@@ -232,6 +243,17 @@ class GraphRun:
             results.update(zip(external, rush.gather([self.external[k] for k in external])))
         rush.scripts.release(args=[rush.keys.prefix, *[self.task_key(k) for k in self.outputs]])
         return results
+
+    def _done_by_state(self, task_keys: set[str]) -> list[str]:
+        """Nodes among ``task_keys`` that are done, as ``wait`` reads them from ``gdone``:
+        failed ones first (``!`` + key); a node already deleted finished and was used up."""
+        keys = list(task_keys)
+        pipe = self.rush.client.pipeline(transaction=False)
+        for task_key in keys:
+            pipe.hget(self.rush.keys.task(task_key), "state")
+        states = pipe.execute()
+        failed = ["!" + k for k, state in zip(keys, states) if state == b"failed"]
+        return failed + [k for k, state in zip(keys, states) if state in (b"finished", None)]
 
     def _read(self, task_keys: list[str]) -> list[Any]:
         pipe = self.rush.client.pipeline(transaction=False)

@@ -15,6 +15,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import redis
+
 from . import constants as C
 from .connections import connect, current_plan, redact, resolve_url
 from .errors import WorkerStartError
@@ -68,7 +70,9 @@ class Rush(DaskScheduler, NetworkView):
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.keys = C.Keys(f"rush-{uuid.uuid4().hex[:8]}" if network_id is None else network_id)
         self.url = resolve_url(url)
-        self.client = connect(self.url)
+        # Commands are retried through a Redis restart; the scripts that a retry may
+        # repeat (push, push_graph) apply once, and GraphRun.wait recovers lost replies.
+        self.client = connect(self.url, retry_timeout=C.DEFAULT_REDIS_RETRY_TIMEOUT)
         self.scripts = Scripts(self.client)
         self.seed = seed
         self._init_view()
@@ -356,17 +360,30 @@ class Rush(DaskScheduler, NetworkView):
         keys = new_keys(len(xss))
         # Each batch is one atomic script; no MULTI around them, so workers start on the
         # first batch while the rest is sent, and Redis serves other clients in between.
-        pipe = self.client.pipeline(transaction=False)
-        fun_id = self._fun_id(fun_blob, pipe) if fun_blob is not None else ""
+        fun_id = content_id(fun_blob) if fun_blob is not None else ""
         header = [self.keys.prefix, 0, fun_id, max_retries, "" if timeout is None else timeout,
                   "" if seed is None else seed, priority, max_lost]
+        batches = []
         for start in range(0, len(keys), _PUSH_BATCH):
             args = list(header)
             args[1] = min(_PUSH_BATCH, len(keys) - start)
             for i in range(start, start + args[1]):
                 args += [keys[i], blobs[i], extras[i], targets[i]]
-            self.scripts.push(args=args, client=pipe)
-        pipe.execute()
+            batches.append(args)
+        # A Redis restart while the pipeline runs empties the script cache (NOSCRIPT
+        # after the reconnect); a batch applies only once, so sending them again is safe.
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            if fun_blob is not None:
+                self._fun_id(fun_blob, pipe)
+            for args in batches:
+                self.scripts.push(args=args, client=pipe)
+            try:
+                pipe.execute()
+                break
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
         return keys
 
     def wait_for_tasks(self, keys: Sequence[str] | None = None, timeout: float | None = None, *,
