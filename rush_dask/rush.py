@@ -19,7 +19,7 @@ import redis
 
 from . import constants as C
 from .connections import connect, current_plan, redact, resolve_url
-from .errors import WorkerStartError
+from .errors import RedisUnavailableError, WorkerStartError
 from .network import HOSTNAME, NetworkView, pid_alive
 from .processes import WorkerProcess, spawn_worker, stop_processes
 from .scheduler import DaskScheduler
@@ -83,12 +83,22 @@ class Rush(DaskScheduler, NetworkView):
 
     def __repr__(self) -> str:
         try:
+            if not self._redis_answers():
+                raise ConnectionError("no answer")
             c = self._counts()
         except Exception as exc:  # a repr must not raise
             return f"<Rush network={self.network_id!r} url={redact(self.url)} (unreachable: {type(exc).__name__})>"
         return (f"<Rush network={self.network_id!r}: {c['running_workers']} running workers; tasks: "
                 f"{c['queued']} queued, {c['priority']} queued priority, {c['running']} running, "
                 f"{c['finished']} finished, {c['failed']} failed>")
+
+    def _redis_answers(self) -> bool:
+        """Whether Redis answers at once (one try: self.client would retry for a minute)."""
+        try:
+            connect(self.url).close()
+        except RedisUnavailableError:
+            return False
+        return True
 
     def __enter__(self) -> "Rush":
         return self
@@ -472,8 +482,9 @@ class Rush(DaskScheduler, NetworkView):
         procs = [p for p in self._processes.values() if p.alive]
         if procs:
             try:  # the order through Redis also wakes idle workers at once
-                running = set(self.running_worker_ids)
-                self.stop_workers("terminate", [p.worker_id for p in procs if p.worker_id in running])
+                if self._redis_answers():
+                    running = set(self.running_worker_ids)
+                    self.stop_workers("terminate", [p.worker_id for p in procs if p.worker_id in running])
             except Exception:  # Redis gone: the signals below still stop them
                 pass
             stop_processes(procs, grace=5)
