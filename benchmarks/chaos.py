@@ -147,6 +147,12 @@ class Chaos:
 
     # ------------------------------------------------------------ run
     def run(self) -> Stats:
+        """Start Redis and the workers, run both workloads under faults, check, clean up.
+
+        >>> stats = Chaos(seconds=20, nodes=1_000, tasks=200).run()   # doctest: +SKIP
+        >>> stats.violations                                          # doctest: +SKIP
+        []
+        """
         self.t0 = time.monotonic()
         self.server = RedisServer(os.path.join(self.directory, "redis"), appendonly=True)
         os.makedirs(self.server.directory, exist_ok=True)
@@ -181,6 +187,7 @@ class Chaos:
 
     # ------------------------------------------------------------ workloads
     def graph_workload(self) -> None:
+        """Compute the stencil graph and an array sum again and again; each value must be exact."""
         rush = Rush(self.network, url=self.server.url)
         width, depth = stencil_shape(self.nodes)
         round_ = 0
@@ -198,6 +205,7 @@ class Chaos:
             self.log(f"graph round {round_} exact ({len(graph.dask) + len(array.dask)} nodes)")
 
     def plain_workload(self) -> None:
+        """Push batches of plain tasks and wait for them; the results are checked at the end."""
         rush = Rush(self.network, url=self.server.url)
         start = 0
         while not self.done.is_set():
