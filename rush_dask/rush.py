@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import constants as C
 from .connections import connect, current_plan, redact, resolve_url
@@ -34,11 +36,16 @@ logger = logging.getLogger("rush_dask")
 
 _PUSH_BATCH = 1_000  # tasks per script call; calls are pipelined
 _live_controllers: "weakref.WeakSet[Rush]" = weakref.WeakSet()
+_all_controllers: weakref.WeakSet = weakref.WeakSet()  # closed ones too
 
 
 def _stop_all_at_exit() -> None:
     for rush in list(_live_controllers):
         rush.close()
+    # What runs later at exit (futures released by their finalizers) must try Redis
+    # once, not retry for a minute while the embedded server stops.
+    for rush in list(_all_controllers):
+        rush.client.set_retry(Retry(NoBackoff(), 0))
 
 
 atexit.register(_stop_all_at_exit)
@@ -80,6 +87,7 @@ class Rush(DaskScheduler, NetworkView):
         self._processes: dict[str, WorkerProcess] = {}
         self._log_dir: Path | None = None
         _live_controllers.add(self)
+        _all_controllers.add(self)
 
     def __repr__(self) -> str:
         try:
