@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .errors import RedisUnavailableError
 
@@ -206,12 +208,16 @@ def check_url(url: str) -> None:
                 )
 
 
-def connect(url: str, *, check: bool = True, **options) -> redis.Redis:
+def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
+            **options) -> redis.Redis:
     """A redis-py client for ``url`` (bytes replies), checked with PING.
 
     Raises :class:`RedisUnavailableError` with a message that never shows the
     password when the server is down, refuses the credentials or the TLS
     handshake fails. TLS settings travel in the URL (``rediss://...?ssl_ca_certs=...``).
+    With ``retry_timeout``, every command of the client is retried with
+    backoff for about that many seconds while Redis is unreachable (a
+    restart); the first check still fails at once.
 
     >>> connect("redis://:secret@127.0.0.1:6379/0")   # doctest: +SKIP
     Redis<ConnectionPool<Connection<host=127.0.0.1,port=6379,db=0>>>
@@ -241,6 +247,10 @@ def connect(url: str, *, check: bool = True, **options) -> redis.Redis:
             ) from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise RedisUnavailableError(_connection_failure(url, exc)) from None
+    if retry_timeout:
+        # Backoff 0.05, 0.1, ... capped at 1 s: about retry_timeout seconds in all.
+        retries = 5 + int(retry_timeout)
+        client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), retries))
     return client
 
 

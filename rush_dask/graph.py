@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
@@ -241,19 +242,29 @@ class GraphRun:
         done_key = rush.keys.prefix + f"gdone:{self.graph_id}"
         outputs_here = [k for k in self.outputs if k in self.graph]
         external = [k for k in self.outputs if k not in self.graph]
-        remaining = len(self.graph)
+        unseen = set(by_task_key)
         patience = Patience(timeout, rush._health_check)
+        idle_since, resync_after = time.monotonic(), 1.0
         try:
-            while remaining:
+            while unseen:
                 reply = rush.client.blmpop(0.2, 1, done_key, direction="LEFT", count=10_000)
-                for item in (reply[1] if reply else []):
-                    item = item.decode()
+                items = [item.decode() for item in reply[1]] if reply else []
+                if items:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > resync_after:
+                    # A pop whose reply was lost (Redis restarted meanwhile) took its items
+                    # with it: read the states instead, less often while nothing changes.
+                    items = self._done_by_state(unseen)
+                    idle_since = time.monotonic()
+                    resync_after = 1.0 if items else min(resync_after * 2, 30.0)
+                for item in items:
                     if item.startswith("!"):
                         raise_node_error(rush, item[1:], by_task_key.get(item[1:], item[1:]))
-                    remaining -= 1
-                    for key in self.dask_keys(by_task_key[item]):
-                        on_done(key)
-                patience.check(lambda: f"{remaining} of {len(self.graph)} tasks not done")
+                    if item in unseen:  # an item can come twice: from the list and from its state
+                        unseen.discard(item)
+                        for key in self.dask_keys(by_task_key[item]):
+                            on_done(key)
+                patience.check(lambda: f"{len(unseen)} of {len(self.graph)} tasks not done")
         except BaseException:
             self.cancel()
             self._release(external)  # the hold taken on earlier futures in submit()
@@ -271,6 +282,17 @@ class GraphRun:
         """Drop the client's reference on these outputs (results nobody else needs are deleted)."""
         if keys:
             self.rush.scripts.release(args=[self.rush.keys.prefix, *[self.task_key(k) for k in keys]])
+
+    def _done_by_state(self, task_keys: set[str]) -> list[str]:
+        """Nodes among ``task_keys`` that are done, as ``wait`` reads them from ``gdone``:
+        failed ones first (``!`` + key); a node already deleted finished and was used up."""
+        keys = list(task_keys)
+        pipe = self.rush.client.pipeline(transaction=False)
+        for task_key in keys:
+            pipe.hget(self.rush.keys.task(task_key), "state")
+        states = pipe.execute()
+        failed = ["!" + k for k, state in zip(keys, states) if state == b"failed"]
+        return failed + [k for k, state in zip(keys, states) if state in (b"finished", None)]
 
     def _read(self, task_keys: list[str]) -> list[Any]:
         pipe = self.rush.client.pipeline(transaction=False)

@@ -15,9 +15,13 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from . import constants as C
 from .connections import connect, current_plan, redact, resolve_url
-from .errors import PayloadTooLargeError, WorkerStartError
+from .errors import PayloadTooLargeError, RedisUnavailableError, WorkerStartError
 from .network import HOSTNAME, NetworkView, known_secrets, pid_alive
 from .processes import WorkerProcess, spawn_worker, stop_processes
 from .scheduler import DaskScheduler
@@ -34,11 +38,16 @@ logger = logging.getLogger("rush_dask")
 _PUSH_BATCH = 1_000  # tasks per script call; calls are pipelined
 _PUSH_BYTES = 16 * 2**20  # about this much payload per script call, at most
 _live_controllers: "weakref.WeakSet[Rush]" = weakref.WeakSet()
+_all_controllers: weakref.WeakSet = weakref.WeakSet()  # closed ones too
 
 
 def _stop_all_at_exit() -> None:
     for rush in list(_live_controllers):
         rush.close()
+    # What runs later at exit (futures released by their finalizers) must try Redis
+    # once, not retry for a minute while the embedded server stops.
+    for rush in list(_all_controllers):
+        rush.client.set_retry(Retry(NoBackoff(), 0))
 
 
 atexit.register(_stop_all_at_exit)
@@ -78,7 +87,9 @@ class Rush(DaskScheduler, NetworkView):
         self.max_payload_bytes = max_payload_bytes
         self.keys = C.Keys(f"rush-{uuid.uuid4().hex[:8]}" if network_id is None else network_id)
         self.url = resolve_url(url)
-        self.client = connect(self.url)
+        # Commands are retried through a Redis restart; the scripts that a retry may
+        # repeat (push, push_graph) apply once, and GraphRun.wait recovers lost replies.
+        self.client = connect(self.url, retry_timeout=C.DEFAULT_REDIS_RETRY_TIMEOUT)
         self.scripts = Scripts(self.client)
         self.seed = seed
         if self.secret is not None:
@@ -89,15 +100,26 @@ class Rush(DaskScheduler, NetworkView):
         self._cluster_workers: list = []  # launch.ClusterWorker: started on a Dask cluster
         self._log_dir: Path | None = None
         _live_controllers.add(self)
+        _all_controllers.add(self)
 
     def __repr__(self) -> str:
         try:
+            if not self._redis_answers():
+                raise ConnectionError("no answer")
             c = self._counts()
         except Exception as exc:  # a repr must not raise
             return f"<Rush network={self.network_id!r} url={redact(self.url)} (unreachable: {type(exc).__name__})>"
         return (f"<Rush network={self.network_id!r}: {c['running_workers']} running workers; tasks: "
                 f"{c['queued']} queued, {c['priority']} queued priority, {c['running']} running, "
                 f"{c['finished']} finished, {c['failed']} failed>")
+
+    def _redis_answers(self) -> bool:
+        """Whether Redis answers at once (one try: self.client would retry for a minute)."""
+        try:
+            connect(self.url).close()
+        except RedisUnavailableError:
+            return False
+        return True
 
     def __enter__(self) -> "Rush":
         return self
@@ -406,12 +428,10 @@ class Rush(DaskScheduler, NetworkView):
         keys = new_keys(len(xss))
         # Each batch is one atomic script; no MULTI around them, so workers start on the
         # first batch while the rest is sent, and Redis serves other clients in between.
-        pipe = self.client.pipeline(transaction=False)
-        for cid, blob in shared.items():  # before the tasks that use them
-            pipe.set(self.keys.shared(cid), blob, nx=True)
-        fun_id = self._fun_id(fun_blob, pipe) if fun_blob is not None else ""
+        fun_id = content_id(fun_blob) if fun_blob is not None else ""
         header = [self.keys.prefix, 0, fun_id, max_retries, "" if timeout is None else timeout,
                   "" if seed is None else seed, priority, max_lost]
+        batches = []
         start = 0
         while start < len(keys):
             args, size, i = list(header), 0, start
@@ -422,8 +442,23 @@ class Rush(DaskScheduler, NetworkView):
                 size += len(blobs[i]) + len(extras[i])
                 i += 1
             args[1], start = i - start, i
-            self.scripts.push(args=args, client=pipe)
-        pipe.execute()
+            batches.append(args)
+        # A Redis restart while the pipeline runs empties the script cache (NOSCRIPT
+        # after the reconnect); a batch applies only once, so sending them again is safe.
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for cid, blob in shared.items():  # before the tasks that use them
+                pipe.set(self.keys.shared(cid), blob, nx=True)
+            if fun_blob is not None:
+                self._fun_id(fun_blob, pipe)
+            for args in batches:
+                self.scripts.push(args=args, client=pipe)
+            try:
+                pipe.execute()
+                break
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
         return keys
 
     def _check_sizes(self, blobs: list[bytes], extras: list[bytes], fun_blob: bytes | None) -> None:
@@ -525,8 +560,9 @@ class Rush(DaskScheduler, NetworkView):
         procs = [p for p in self._processes.values() if p.alive]
         if procs:
             try:  # the order through Redis also wakes idle workers at once
-                running = set(self.running_worker_ids)
-                self.stop_workers("terminate", [p.worker_id for p in procs if p.worker_id in running])
+                if self._redis_answers():
+                    running = set(self.running_worker_ids)
+                    self.stop_workers("terminate", [p.worker_id for p in procs if p.worker_id in running])
             except Exception:  # Redis gone: the signals below still stop them
                 pass
             stop_processes(procs, grace=5)

@@ -247,9 +247,15 @@ end
 
 # Create n tasks. Tasks with a target worker go on that worker's own queue if
 # it is running, else on the shared queue. Returns the first sequence number.
+# Applies once: a call repeated because its reply was lost (a Redis restart)
+# finds its first task and does nothing (a repeat would requeue running tasks
+# and list them twice).
 # ARGV: p, n, fun, max_retries, timeout, seed, priority, max_lost,
 #       then n times: key, xs, extra, target
 PUSH = r"""
+if redis.call('EXISTS', p .. 'task:' .. ARGV[9]) == 1 then
+  return tonumber(redis.call('HGET', p .. 'task:' .. ARGV[9], 'seq') or '1') - 1
+end
 local n = tonumber(ARGV[2])
 local fun, max_retries, timeout, seed = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local priority, max_lost = tonumber(ARGV[7]), ARGV[8]
@@ -508,10 +514,14 @@ return #keys
 # its inputs that are not finished yet, and fails at once if one failed.
 # Inputs from earlier graphs (persisted results, futures) get one more
 # reference and learn about the new dependent.
+# Applies once: a batch repeated because its reply was lost (a Redis restart)
+# finds its mark in the graph hash and does nothing (a repeat would requeue
+# nodes that run or finished meanwhile).
 # ARGV: p, graph_id, n_nodes_in_graph, notify ('1': a client reads gdone),
 #       then per node: key, xs, refs, deps, dependents, score, res, max_retries, max_lost
 PUSH_GRAPH = r"""
 local gid, notify = ARGV[2], ARGV[4]
+if ARGV[5] and redis.call('HSETNX', p .. 'graph:' .. gid, 'batch:' .. ARGV[5], 1) == 0 then return 0 end
 local t = now()
 redis.call('HSETNX', p .. 'graph:' .. gid, 'live', ARGV[3])  -- first batch only
 local queued = 0

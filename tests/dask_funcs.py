@@ -61,3 +61,10 @@ def kill_self(x):
 
 def square_dict(x, **kwargs):
     return {"y": x * x}
+
+
+def wait_for_file(x, path):
+    """Return x + 1 once ``path`` exists (the test opens the gate when it is ready)."""
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return x + 1

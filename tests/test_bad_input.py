@@ -51,6 +51,8 @@ def test_bad_xss(rush, redis_url, xss, error, match):
     ({"fun": 42}, TypeError, "expected a function"),
     ({"fun": lambda x, _lock=threading.Lock(): x}, TypeError, "cannot serialize function"),
     ({"extra": [{"a": 1}, {"a": 2}]}, ValueError, "extra has 2 entries"),
+    ({"max_lost": -1}, ValueError, "max_lost must be between 0"),
+    ({"max_lost": "3"}, TypeError, "max_lost must be an integer"),
 ])
 def test_bad_push_options(rush, redis_url, options, error, match):
     _unchanged(rush, redis_url, lambda: rush.push_tasks([{"x": 1}], **options), error, match)
@@ -81,6 +83,7 @@ def test_priority_tasks_need_one_worker_id_per_task(rush, redis_url):
     ({"n_workers": 1, "worker_loop": "loop"}, TypeError, "worker_loop must be a function"),
     ({"n_workers": 1, "resources": ["GPU"]}, TypeError, "resources must be a dict"),
     ({"n_workers": 1, "lock": threading.Lock()}, TypeError, "cannot serialize"),
+    ({"n_workers": 1, "redis_retry_timeout": -1}, ValueError, "redis_retry_timeout must be >= 0"),
 ])
 def test_bad_start_workers(rush, redis_url, kwargs, error, match):
     _unchanged(rush, redis_url, lambda: rush.start_workers(funcs.add, **kwargs), error, match)

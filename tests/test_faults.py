@@ -271,3 +271,53 @@ def test_worker_gives_up_when_redis_stays_away(tmp_path):
     finally:
         rush.close()
         server.stop()
+
+
+def test_controller_survives_a_redis_restart_during_a_compute(tmp_path):
+    """The controller retries through the outage; the graph's result is exact and nothing is left."""
+    import threading
+
+    import dask
+    import dask_funcs
+
+    server = RedisServer(str(tmp_path), tcp=True, appendonly=True).start()
+    rush = Rush("restart-graph", url=server.url)
+    outcome: dict = {}
+
+    def compute():
+        try:
+            leaves = [dask.delayed(dask_funcs.wait_for_file)(i, str(tmp_path / "gate")) for i in range(4)]
+            outcome["value"] = dask.delayed(sum)(leaves).compute(scheduler=rush)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    try:
+        rush.start_workers(n_workers=2, heartbeat_period=0.5, heartbeat_expire=10, redis_retry_timeout=60)
+        rush.wait_for_workers(2, timeout=TIMEOUT)
+        thread = threading.Thread(target=compute)
+        thread.start()
+        wait_until(lambda: rush.n_running_tasks == 2, what="the compute under way")
+        server.restart()
+        (tmp_path / "gate").write_text("open")
+        thread.join(TIMEOUT)
+        assert outcome == {"value": 1 + 2 + 3 + 4}
+        left = [k for k in rush.client.scan_iter(match=rush.keys.pattern) if b"graph:" in k or b"gdone:" in k]
+        assert left == []
+    finally:
+        rush.reset()
+        rush.close()
+        server.stop()
+
+
+def test_a_repeated_push_call_applies_once(rush):
+    """A push whose reply was lost is sent again: it must not requeue or list its tasks twice."""
+    from rush_dask.serialize import dumps
+
+    (wid,) = rush.start_workers(funcs.sleep_then, n_workers=1)
+    args = [rush.keys.prefix, 1, "", 0, "", "", 0, 3, "repeated-key", dumps({"x": 1, "duration": 60}), b"", ""]
+    rush.scripts.push(args=args)
+    wait_until(lambda: rush.n_running_tasks == 1)
+    rush.scripts.push(args=args)  # the same call again, while the task runs
+    assert rush.n_queued_tasks == 0
+    assert rush.client.lrange(rush.keys.all_tasks, 0, -1) == [b"repeated-key"]
+    assert rush.client.hget(rush.keys.task("repeated-key"), "state") == b"running"

@@ -1,0 +1,417 @@
+"""Chaos run: Dask graphs and plain tasks while workers and Redis are killed at random.
+
+    python -m benchmarks.chaos --seconds 120 --workers 4 --nodes 10000 --tasks 2000 --seed 1
+
+Two workloads run side by side on one network, on a private Redis server with
+AOF on: (a) a Dask graph of about ``--nodes`` nodes (a stencil of integer nodes,
+each depending on three nodes of the layer before, reduced to one sum, plus a
+``dask.array`` sum) computed with ``scheduler=rush`` again and again, and (b)
+batches of ``--tasks`` plain tasks pushed with ``push_tasks``. Meanwhile a
+driver thread SIGKILLs workers, SIGSTOPs them (SIGCONT before or after they
+are declared lost), restarts Redis (SIGTERM, or SIGKILL) and starts new workers.
+
+At the end it checks that every result is exact, no task is lost or recorded
+twice (``tasks``, ``finished`` and ``archive`` hold each key once), no key of
+any graph is left in Redis, and ``reset()`` leaves nothing. It prints the
+faults it injected and what the network recovered, and exits with 1 on any
+violation. ``tests/test_chaos.py`` runs the same code with a small budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import dask
+import redis
+from dask.delayed import Delayed
+from msgpack import unpackb
+
+from rush_dask import Rush
+from rush_dask.heartbeat import EXIT_LOST, EXIT_REDIS_GONE
+from rush_dask.server import RedisServer
+
+PRIME = 1_000_003
+MAX_LOST = 1_000_000  # a task may be lost any number of times here: kills are the point
+
+
+# ------------------------------------------------------------ worker functions
+def mix(left: int, middle: int, right: int, layer: int) -> int:
+    """One stencil node: depends on three nodes of the layer before."""
+    return (left + 2 * middle + 3 * right + layer) % PRIME
+
+
+def total(*values: int) -> int:
+    return sum(values)
+
+
+def square_task(x: int, duration: float = 0.0, **kwargs) -> dict:
+    """The plain task: sleep a little so that kills hit running tasks."""
+    if duration:
+        time.sleep(duration)
+    return {"y": x * x + 1}
+
+
+# --------------------------------------------------------------------- graphs
+def stencil_shape(nodes: int) -> tuple[int, int]:
+    """(width, depth) of a stencil with about ``nodes`` nodes in all (sum tree included)."""
+    width = max(4, int(nodes ** 0.5))
+    fan_in = 8
+    reduce_nodes = sum(-(-width // fan_in ** i) for i in range(1, 8) if width > fan_in ** (i - 1))
+    depth = max(1, (nodes - reduce_nodes) // width)
+    return width, depth
+
+
+def stencil_graph(width: int, depth: int, salt: int) -> tuple[Delayed, int]:
+    """A Delayed for the stencil graph and its exact value, computed here."""
+    name = f"stencil-{salt}"
+    dsk: dict = {}
+    values = [(salt * 7919 + j) % PRIME for j in range(width)]
+    for j in range(width):
+        dsk[(name, 0, j)] = values[j]
+    for layer in range(1, depth):
+        new = []
+        for j in range(width):
+            left, right = (j - 1) % width, (j + 1) % width
+            dsk[(name, layer, j)] = (mix, (name, layer - 1, left), (name, layer - 1, j),
+                                     (name, layer - 1, right), layer)
+            new.append(mix(values[left], values[j], values[right], layer))
+        values = new
+    level = [(name, depth - 1, j) for j in range(width)]
+    step = 0
+    while len(level) > 1:  # sum tree, fan-in 8
+        step += 1
+        nxt = []
+        for i in range(0, len(level), 8):
+            key = (f"{name}-sum", step, i // 8)
+            dsk[key] = (total, *level[i:i + 8])
+            nxt.append(key)
+        level = nxt
+    return Delayed(level[0], dsk), sum(values)
+
+
+def array_sum(n: int, chunks: int):
+    """A dask.array reduction and its exact value."""
+    import dask.array as da
+
+    return da.arange(n, chunks=chunks, dtype="int64").sum(), n * (n - 1) // 2
+
+
+# ---------------------------------------------------------------------- chaos
+@dataclass
+class Stats:
+    faults: Counter = field(default_factory=Counter)
+    recovered: Counter = field(default_factory=Counter)
+    work: Counter = field(default_factory=Counter)
+    violations: list = field(default_factory=list)
+
+    def violation(self, text: str) -> None:
+        self.violations.append(text)
+        print(f"VIOLATION: {text}", file=sys.stderr, flush=True)
+
+
+class Chaos:
+    """One chaos run. ``Chaos(seconds=30, nodes=2000).run()`` returns :class:`Stats`."""
+
+    def __init__(self, *, seconds: float = 120, workers: int = 4, seed: int = 0, nodes: int = 10_000,
+                 tasks: int = 2_000, heartbeat_period: float = 0.25, heartbeat_expire: float = 2.0,
+                 hang_timeout: float = 600, directory: str | None = None, verbose: bool = True):
+        self.seconds, self.n_workers, self.nodes, self.n_tasks = seconds, workers, nodes, tasks
+        self.random = random.Random(seed)  # the driver's faults
+        self.durations = random.Random(seed + 1)  # the plain tasks' sleeps
+        self.worker_options = {"heartbeat_period": heartbeat_period, "heartbeat_expire": heartbeat_expire,
+                               "redis_retry_timeout": 120}
+        self.hang_timeout = hang_timeout
+        self.own_directory = directory is None
+        self.directory = directory or tempfile.mkdtemp(prefix="rush-chaos-")
+        self.verbose = verbose
+        self.stats = Stats()
+        self.network = f"chaos-{seed}-{os.getpid()}"
+        self.done = threading.Event()  # the fault budget is spent: workloads finish their round
+        self.stopped: dict[str, tuple[float | None, object]] = {}  # wid -> (resume at, process)
+        self.plain_expected: dict[str, int] = {}
+
+    def log(self, text: str) -> None:
+        if self.verbose:
+            print(f"[{time.monotonic() - self.t0:7.1f} s] {text}", flush=True)
+
+    # ------------------------------------------------------------ run
+    def run(self) -> Stats:
+        """Start Redis and the workers, run both workloads under faults, check, clean up.
+
+        >>> stats = Chaos(seconds=20, nodes=1_000, tasks=200).run()   # doctest: +SKIP
+        >>> stats.violations                                          # doctest: +SKIP
+        []
+        """
+        self.t0 = time.monotonic()
+        self.server = RedisServer(os.path.join(self.directory, "redis"), appendonly=True)
+        os.makedirs(self.server.directory, exist_ok=True)
+        self.server.start()
+        # One controller per thread: the driver (owns the worker processes) and one per workload.
+        self.driver = Rush(self.network, url=self.server.url)
+        try:
+            self.driver.start_workers(square_task, self.n_workers, log_dir=os.path.join(self.directory, "logs"),
+                                      **self.worker_options)
+            self.driver.wait_for_workers(self.n_workers, timeout=self.hang_timeout)
+            threads = [threading.Thread(target=self._guard, args=(target,), name=target.__name__)
+                       for target in (self.graph_workload, self.plain_workload)]
+            for thread in threads:
+                thread.start()
+            self.drive(threads)
+            for thread in threads:
+                thread.join(self.hang_timeout)
+                if thread.is_alive():
+                    self.stats.violation(f"{thread.name} still running {self.hang_timeout} s after the "
+                                         "fault budget ended (hang)")
+            if not any(t.is_alive() for t in threads):
+                self.check_end_state()
+        finally:
+            self.cleanup()
+        return self.stats
+
+    def _guard(self, target) -> None:
+        try:
+            target()
+        except Exception as exc:  # noqa: BLE001 - any exception in a workload is a violation
+            self.stats.violation(f"{target.__name__} raised {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------ workloads
+    def graph_workload(self) -> None:
+        """Compute the stencil graph and an array sum again and again; each value must be exact."""
+        rush = Rush(self.network, url=self.server.url)
+        width, depth = stencil_shape(self.nodes)
+        round_ = 0
+        while not self.done.is_set():
+            round_ += 1
+            graph, expected = stencil_graph(width, depth, salt=round_)
+            array, array_expected = array_sum(100_000 + round_, chunks=1_000)
+            while rush.n_running_workers == 0:  # else compute would start default workers itself
+                time.sleep(0.05)
+            got = dask.compute(graph, array, scheduler=rush, max_lost=MAX_LOST, timeout=self.hang_timeout)
+            if got != (expected, array_expected):
+                self.stats.violation(f"graph round {round_}: got {got}, expected {(expected, array_expected)}")
+            self.stats.work["graph computes"] += 1
+            self.stats.work["graph nodes"] += len(graph.dask) + len(array.dask)
+            self.log(f"graph round {round_} exact ({len(graph.dask) + len(array.dask)} nodes)")
+
+    def plain_workload(self) -> None:
+        """Push batches of plain tasks and wait for them; the results are checked at the end."""
+        rush = Rush(self.network, url=self.server.url)
+        start = 0
+        while not self.done.is_set():
+            xs = range(start, start + self.n_tasks)
+            start += self.n_tasks
+            durations = [self.durations.choice((0.0, 0.0, 0.001, 0.01)) for _ in xs]
+            keys = rush.push_tasks([{"x": x, "duration": d} for x, d in zip(xs, durations)],
+                                   max_lost=MAX_LOST)
+            self.plain_expected.update({k: x * x + 1 for k, x in zip(keys, xs)})
+            rush.wait_for_tasks(keys, timeout=self.hang_timeout, progress=False)
+            self.stats.work["plain tasks"] += len(keys)
+            self.log(f"plain batch of {len(keys)} done")
+
+    # ------------------------------------------------------------ faults
+    def _victims(self) -> list[str]:
+        running = set(self.driver.running_worker_ids)
+        return [wid for wid, proc in self.driver._processes.items()
+                if proc.alive and wid in running and wid not in self.stopped]
+
+    def drive(self, threads: list[threading.Thread]) -> None:
+        """Inject faults until the budget is spent; each kind once first, then at random."""
+        plan = collections.deque(["sigkill", "sigstop_resume", "sigstop_until_lost", "redis_restart",
+                                  "redis_sigkill"])
+        kinds = ["sigkill", "sigkill", "sigstop_resume", "sigstop_until_lost", "redis_restart",
+                 "redis_sigkill", "start_worker"]
+        deadline = self.t0 + self.seconds
+        last_restart = 0.0
+        while (time.monotonic() < deadline or plan) and any(t.is_alive() for t in threads):
+            time.sleep(self.random.uniform(0.2, 1.2))
+            self.maintain()
+            from_plan = bool(plan)
+            kind = plan.popleft() if plan else self.random.choice(kinds)
+            if kind.startswith("redis") and time.monotonic() - last_restart < 5 and not from_plan:
+                continue
+            victims = self._victims()
+            if kind.startswith("sig") and len(victims) < 2:  # keep one worker going
+                if from_plan:
+                    plan.appendleft(kind)
+                continue
+            if kind == "sigkill":
+                wid = self.random.choice(victims)
+                self.driver._processes[wid].signal(signal.SIGKILL)
+            elif kind.startswith("sigstop"):
+                wid = self.random.choice(victims)
+                expire = self.worker_options["heartbeat_expire"]
+                resume_at = time.monotonic() + self.random.uniform(0.1, 0.8 * expire) \
+                    if kind == "sigstop_resume" else None
+                self.driver._processes[wid].signal(signal.SIGSTOP)
+                self.stopped[wid] = (resume_at, self.driver._processes[wid])
+            elif kind.startswith("redis"):
+                started = time.monotonic()
+                if kind == "redis_restart":  # SIGTERM: Redis finishes its AOF and exits
+                    self.server.restart()
+                else:  # SIGKILL: with appendfsync always, every reply sent is on disk
+                    self.server.process.kill()
+                    self.server.process.wait()
+                    self.server.start()
+                last_restart = time.monotonic()
+                self.log(f"{kind}: Redis back in {last_restart - started:.2f} s")
+            else:
+                self.driver.start_workers(square_task, 1, log_dir=os.path.join(self.directory, "logs"),
+                                          **self.worker_options)
+            self.stats.faults[kind] += 1
+            if not kind.startswith("redis"):
+                self.log(kind)
+        self.done.set()
+        self.log("fault budget spent; resuming stopped workers and letting the workloads finish")
+        while self.stopped:
+            self.maintain(final=True)
+            time.sleep(0.1)
+        while any(t.is_alive() for t in threads):
+            self.maintain()
+            time.sleep(0.2)
+
+    def maintain(self, final: bool = False) -> None:
+        """Resume stopped workers when due (those left until lost: once declared lost),
+        detect lost workers, and start workers until ``workers`` are running and not stopped."""
+        self.driver.detect_lost_workers()
+        states = self.driver._worker_states()
+        for wid, (resume_at, proc) in list(self.stopped.items()):
+            lost = states.get(wid) == "lost"
+            if resume_at is None and lost or resume_at is not None and (final or time.monotonic() >= resume_at):
+                proc.signal(signal.SIGCONT)
+                del self.stopped[wid]
+                if resume_at is None:
+                    self.stats.recovered["workers declared lost while stopped"] += 1
+        active = [wid for wid in self._victims()]
+        starting = [p for wid, p in self.driver._processes.items() if p.alive and wid not in states]
+        missing = self.n_workers - len(active) - len(starting)
+        if missing > 0:
+            self.driver.start_workers(square_task, missing, log_dir=os.path.join(self.directory, "logs"),
+                                      **self.worker_options)
+            self.stats.recovered["replacement workers started"] += missing
+
+    # ------------------------------------------------------------ checks
+    def check_end_state(self) -> None:
+        check_network(self.driver, self.plain_expected, self.stats)
+
+    def cleanup(self) -> None:
+        for wid, (_, proc) in list(self.stopped.items()):
+            proc.signal(signal.SIGCONT)
+        self.stopped.clear()
+        driver = getattr(self, "driver", None)
+        if driver is not None:
+            try:
+                codes = Counter(p.process.poll() for p in driver._processes.values())
+                self.stats.recovered["workers that came back and exited as lost"] = codes.get(EXIT_LOST, 0)
+                if codes.get(EXIT_REDIS_GONE):
+                    self.stats.violation(f"{codes[EXIT_REDIS_GONE]} workers gave up on Redis")
+                driver.reset()
+                left = list(driver.client.scan_iter(match=driver.keys.pattern))
+                if left:
+                    self.stats.violation(f"reset() left {len(left)} keys, e.g. {left[:3]}")
+            except redis.RedisError as exc:
+                self.stats.violation(f"cleanup failed: {type(exc).__name__}: {exc}")
+            driver.close()
+        self.server.stop(cleanup=True)
+        if self.stats.violations:
+            print(f"worker logs kept in {self.directory}/logs", file=sys.stderr)
+        elif self.own_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def check_network(rush: Rush, expected: dict[str, int], stats: Stats) -> None:
+    """Check the invariants on a network whose work is done; ``expected``: plain task key -> y.
+
+    Violations go to ``stats.violations``, what was recovered to ``stats.recovered``.
+
+    >>> stats = Stats(); check_network(rush, {key: 1}, stats); stats.violations   # doctest: +SKIP
+    []
+    """
+    client = rush.client
+    k = rush.keys
+    finished = [key.decode() for key in client.lrange(k.finished, 0, -1)]
+    failed = [key.decode() for key in client.lrange(k.failed, 0, -1)]
+    all_tasks = [key.decode() for key in client.lrange(k.all_tasks, 0, -1)]
+    archive_keys = [unpackb(row, raw=True)[0].decode() for row in client.lrange(k.archive, 0, -1)]
+    for name, keys in (("finished", finished), ("tasks", all_tasks), ("archive", archive_keys)):
+        twice = [key for key, n in Counter(keys).items() if n > 1]
+        if twice:
+            stats.violation(f"{len(twice)} tasks recorded twice in '{name}', e.g. {twice[:3]}")
+        if set(keys) != set(expected):
+            stats.violation(f"'{name}' misses {len(set(expected) - set(keys))} tasks and has "
+                            f"{len(set(keys) - set(expected))} unknown ones")
+    if archive_keys != finished:
+        stats.violation("'archive' rows are not aligned with 'finished'")
+    if failed:
+        stats.violation(f"{len(failed)} tasks failed, e.g. {failed[:3]}")
+    data = rush.fetch_finished_tasks()
+    wrong = [key for key, y in zip(data["keys"], data["y"]) if expected.get(key) != y]
+    if wrong:
+        stats.violation(f"{len(wrong)} plain tasks have a wrong result, e.g. {wrong[:3]}")
+    keys = list(expected)
+    fields = [f for i in range(0, len(keys), 10_000)
+              for f in rush.scripts.fetch_tasks(args=[k.prefix, 3, "state", "n_lost", "attempts",
+                                                      *keys[i:i + 10_000]])]
+    states = Counter(f[0].decode() if f[0] else None for f in fields)
+    if states != Counter({"finished": len(expected)}):
+        stats.violation(f"plain task states at the end: {dict(states)}")
+    stats.recovered["plain tasks requeued after a lost worker"] = sum(int(f[1] or 0) for f in fields)
+    stats.recovered["plain tasks run more than once"] = sum(int(f[2] or 0) > 1 for f in fields)
+
+    # Only the expected kinds of keys are left: nothing of any graph, nothing queued or running.
+    plain = {k.task(key).encode() for key in expected}
+    allowed = ("tasks", "finished", "archive", "seq", "worker_states", "worker:", "start:", "fun:",
+               "log:", "hb:", "wake")
+    left = [key for key in client.scan_iter(match=k.pattern, count=1000) if key not in plain]
+    odd = [key.decode() for key in left
+           if not key.decode()[len(k.prefix):].startswith(allowed)]
+    if odd:
+        stats.violation(f"{len(odd)} unexpected keys left in Redis, e.g. {sorted(odd)[:5]}")
+
+    worker_states = Counter(s.decode() for s in client.hvals(k.worker_states))
+    stats.recovered["workers declared lost"] = worker_states.get("lost", 0)
+
+
+def report(stats: Stats, seconds: float) -> str:
+    lines = [f"chaos run of {seconds:.0f} s"]
+    for title, counter in (("work done", stats.work), ("faults injected", stats.faults),
+                           ("recovered", stats.recovered)):
+        lines.append(f"{title}:")
+        lines += [f"  {name:45s} {n}" for name, n in sorted(counter.items())]
+    lines.append(f"violations: {len(stats.violations)}")
+    lines += [f"  {v}" for v in stats.violations]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=120, help="fault budget in seconds (default 120)")
+    parser.add_argument("--workers", type=int, default=4, help="workers kept running (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (default 0)")
+    parser.add_argument("--nodes", type=int, default=10_000, help="nodes of the stencil graph (default 10,000)")
+    parser.add_argument("--tasks", type=int, default=2_000, help="plain tasks per batch (default 2,000)")
+    parser.add_argument("--quiet", action="store_true", help="print only the final report")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    stats = Chaos(seconds=args.seconds, workers=args.workers, seed=args.seed, nodes=args.nodes,
+                  tasks=args.tasks, verbose=not args.quiet).run()
+    print(report(stats, time.monotonic() - started))
+    return 1 if stats.violations else 0
+
+
+if __name__ == "__main__":
+    # Run the module's own copy, so workers get functions pickled by reference to
+    # benchmarks.chaos rather than by value from __main__.
+    import importlib
+
+    sys.exit(importlib.import_module("benchmarks.chaos").main())

@@ -1,0 +1,63 @@
+"""The chaos suite, short: the driver of ``python -m benchmarks.chaos`` with a small budget.
+
+Real worker processes get SIGKILL and SIGSTOP/SIGCONT, Redis (AOF on) is
+restarted, while a Dask graph and plain tasks run; every invariant of the
+long run is asserted here too. No timing threshold: the budget only bounds
+how long faults are injected.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import funcs
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ is a package at the repository root
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.chaos import Chaos, Stats, check_network, stencil_graph, stencil_shape
+
+KINDS = ("sigkill", "sigstop_resume", "sigstop_until_lost", "redis_restart", "redis_sigkill")
+
+
+@pytest.mark.timeout(600)  # a bound for a hang on a very loaded machine, not a timing check
+def test_short_chaos_run_keeps_every_invariant(tmp_path):
+    stats = Chaos(seconds=25, workers=3, seed=7, nodes=1_500, tasks=300, hang_timeout=240,
+                  directory=str(tmp_path), verbose=False).run()
+    assert stats.violations == []
+    assert all(stats.faults[kind] >= 1 for kind in KINDS), stats.faults
+    assert stats.work["graph computes"] >= 1 and stats.work["plain tasks"] >= 300
+    # The faults were seen and repaired, not missed: killed and stopped workers were declared lost.
+    assert stats.recovered["workers declared lost"] >= stats.faults["sigstop_until_lost"] >= 1
+    assert stats.recovered["workers declared lost while stopped"] == stats.faults["sigstop_until_lost"]
+
+
+def test_the_checks_catch_a_duplicate_a_lost_task_and_a_leftover_key(rush):
+    """The invariants can fail: plant each kind of damage in a finished network."""
+    rush.start_workers(funcs.square, n_workers=1)
+    keys = rush.push_tasks([{"x": x} for x in range(3)])
+    rush.wait_for_tasks(keys, timeout=60)
+    expected = {key: x * x for key, x in zip(keys, range(3))}
+
+    clean = Stats()
+    check_network(rush, expected, clean)
+    assert clean.violations == []
+
+    rush.client.rpush(rush.keys.finished, keys[0])                   # recorded twice
+    rush.client.set(rush.keys.prefix + "graph:abc", "1")             # a graph key left behind
+    damaged = Stats()
+    check_network(rush, {**expected, "never-pushed": 1}, damaged)   # a task that was lost
+    text = "\n".join(damaged.violations)
+    assert "recorded twice in 'finished'" in text
+    assert "'tasks' misses 1 tasks" in text
+    assert "unexpected keys left in Redis" in text and "graph:abc" in text
+
+
+def test_stencil_graph_value_is_computed_exactly():
+    width, depth = stencil_shape(300)
+    graph, expected = stencil_graph(width, depth, salt=3)
+    assert 250 <= len(graph.dask) <= 350
+    assert graph.compute(scheduler="sync") == expected
