@@ -9,8 +9,8 @@ rush-dask[bench]``); :func:`start_peer` returns why a peer cannot run instead.
 
 * **RQ**: ``rq worker --worker-class rq.worker.SimpleWorker`` processes (no
   fork per job) on the benchmark's Redis server; the client enqueues every
-  job in one pipeline (``Queue.enqueue_many``) and polls the finished-job
-  registry.
+  job in one pipeline (``Queue.enqueue_many``) and polls the size of the
+  finished-job registry every 10 ms.
 * **Celery**: ``celery worker --pool=solo`` processes, Redis as broker and
   result backend; the client sends a ``group`` and waits with
   ``GroupResult.get``.
@@ -136,18 +136,19 @@ class RQPeer(Peer):
 
         registry = self.queue.finished_job_registry
         failed = self.queue.failed_job_registry
-        done0, failed0 = registry.count, failed.count
+        # get_job_count(cleanup=False): `.count` cleans the registry up on every call.
+        done0, failed0 = registry.get_job_count(cleanup=False), failed.get_job_count(cleanup=False)
         xss = workload.inputs()
         t0 = time.perf_counter()
         jobs = self.queue.enqueue_many([Queue.prepare_data(workload.fun, kwargs=xs, result_ttl=3600)
                                         for xs in xss])
         deadline = time.monotonic() + WAIT_TIMEOUT
-        while registry.count - done0 < len(xss):
-            if failed.count > failed0:
-                raise RuntimeError(f"RQ, {workload.name}: {failed.count - failed0} jobs failed")
+        while registry.get_job_count(cleanup=False) - done0 < len(xss):
+            if failed.get_job_count(cleanup=False) > failed0:
+                raise RuntimeError(f"RQ, {workload.name}: some jobs failed, see the worker logs")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"RQ, {workload.name}: not done after {WAIT_TIMEOUT} s")
-            time.sleep(0.005)
+            time.sleep(0.01)
         seconds = time.perf_counter() - t0
         _check([job.return_value() for job in jobs], workload, self.name)
         return seconds
