@@ -41,6 +41,9 @@ def run_archive(url: str, n_tasks: int, repeats: int, log_dir: str | None = None
 
     Returns lists of seconds per repetition (``full``, ``incremental``,
     ``lazy``), ``push`` seconds and Redis ``memory_per_task`` in bytes.
+
+    >>> run_archive(server.url, 100_000, 5)["full"]  # doctest: +SKIP
+    [0.41, 0.40, 0.43, 0.41, 0.42]
     """
     network = f"archive-bench-{uuid.uuid4().hex[:8]}"
     rush = Rush(network, url=url)

@@ -35,6 +35,7 @@ LEAVES_PER_GROUP = 100
 
 
 def used_memory(rush: Rush) -> int:
+    """The Redis server's ``used_memory`` in bytes (``INFO memory``)."""
     return int(rush.client.info("memory")["used_memory"])
 
 
@@ -45,7 +46,11 @@ def hash_memory(rush: Rush, keys: list[str], n: int = 100) -> float:
 
 
 def graph_of(n_tasks: int) -> tuple[dict, list]:
-    """A low-level graph of about ``n_tasks`` nodes: leaves, sums of 100 leaves, one total."""
+    """A low-level graph of about ``n_tasks`` nodes: leaves, sums of 100 leaves, one total.
+
+    >>> len(graph_of(1_000)[0]), graph_of(1_000)[1]
+    (910, ['total'])
+    """
     n_groups = max(1, n_tasks // (LEAVES_PER_GROUP + 1))
     dsk: dict = {("leaf", i): (inc, i) for i in range(n_groups * LEAVES_PER_GROUP)}
     for j in range(n_groups):
@@ -55,7 +60,10 @@ def graph_of(n_tasks: int) -> tuple[dict, list]:
 
 
 def graph_cost(url: str, n_tasks: int) -> dict:
-    """Seconds and peak client bytes of ``GraphRun`` + ``submit`` of a graph of about ``n_tasks``."""
+    """Seconds and peak client bytes of ``GraphRun`` + ``submit`` of a graph of about ``n_tasks``.
+
+    >>> graph_cost(server.url, 100_000)["peak_bytes"]  # doctest: +SKIP
+    """
     dsk, outputs = graph_of(n_tasks)
     rush = Rush(f"cost-{uuid.uuid4().hex[:10]}", url=url)
     try:
@@ -81,7 +89,11 @@ def graph_cost(url: str, n_tasks: int) -> dict:
 
 
 def run_cost(url: str, n_tasks: int, repeats: int, log_dir: str, quiet: Quiet) -> dict:
-    """Lists of per-repetition figures (``finished_*`` from the last repetition only)."""
+    """Lists of per-repetition figures (``finished_*`` from the last repetition only).
+
+    >>> run_cost(server.url, 100_000, 3, "/tmp/logs", Quiet(0))["queued_bytes"]  # doctest: +SKIP
+    [421.3, 421.3, 421.4]
+    """
     out: dict = {"n_tasks": n_tasks, "push_seconds": [], "queued_bytes": [], "queued_hash_bytes": [],
                  "submit_seconds": [], "peak_bytes": [], "graph_bytes": []}
     for rep in range(1, repeats + 1):

@@ -38,7 +38,11 @@ def ideal_seconds(n_tasks: int, n_workers: int) -> float:
 
 def run_scaling(url: str, n_tasks: int, worker_counts: tuple[int, ...], repeats: int, log_dir: str,
                 quiet: Quiet) -> dict:
-    """``{"n_tasks": n, "sleep": s, "runs": {n_workers: [seconds of each repetition]}}``."""
+    """``{"n_tasks": n, "sleep": s, "runs": {n_workers: [seconds of each repetition]}}``.
+
+    >>> run_scaling(server.url, 320, (1, 2, 4), 3, "/tmp/logs", Quiet(0))["runs"][4]  # doctest: +SKIP
+    [4.21, 4.19, 4.25]
+    """
     workload = Workload("sleep 50 ms", sleep_50ms, n_tasks)
     runs: dict[int, list[float]] = {}
     for rep in range(1, repeats + 1):
