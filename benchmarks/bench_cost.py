@@ -9,9 +9,10 @@
   the archive benchmark's job.
 * **graph**: a Dask graph of 100,000 tasks (99,000 leaves ``inc(i)``, summed
   by 990 nodes of 100 leaves, then one total), handed to rush_dask as a
-  low-level graph: ``GraphRun(...)`` + ``submit()`` timed, and the peak of
-  the client's Python allocations during them (``tracemalloc``). Nothing
-  runs it; the network is reset afterwards.
+  low-level graph: ``GraphRun(...)`` + ``submit()`` timed; then once more
+  under ``tracemalloc`` (which slows it down) for the peak of the client's
+  Python allocations during them. Nothing runs the graph; the network is
+  reset afterwards.
 
     python -m benchmarks --only cost [--repeats 3] [--quick]
 """
@@ -59,28 +60,33 @@ def graph_of(n_tasks: int) -> tuple[dict, list]:
     return dsk, ["total"]
 
 
-def graph_cost(url: str, n_tasks: int) -> dict:
-    """Seconds and peak client bytes of ``GraphRun`` + ``submit`` of a graph of about ``n_tasks``.
+def graph_cost(url: str, n_tasks: int, *, trace: bool = False) -> dict:
+    """Seconds of ``GraphRun`` + ``submit`` of a graph of about ``n_tasks``; with ``trace``, memory.
 
-    >>> graph_cost(server.url, 100_000)["peak_bytes"]  # doctest: +SKIP
+    ``trace=True`` also gives the peak of the client's Python allocations
+    during them and the size of the graph dict, from ``tracemalloc``, which
+    slows allocations down: its run is not the one timed.
+
+    >>> graph_cost(server.url, 100_000, trace=True)["peak_bytes"]  # doctest: +SKIP
     """
     dsk, outputs = graph_of(n_tasks)
     rush = Rush(f"cost-{uuid.uuid4().hex[:10]}", url=url)
+    out: dict = {"n_nodes": len(dsk)}
     try:
         gc.collect()
-        tracemalloc.start()
+        if trace:
+            tracemalloc.start()
         t0 = time.perf_counter()
-        run = GraphRun(rush, dsk, outputs, notify=True)
-        run.submit()
-        seconds = time.perf_counter() - t0
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        tracemalloc.start()  # the graph itself, for scale
-        graph_bytes = tracemalloc.get_traced_memory()[0]
-        dsk, outputs = graph_of(n_tasks)
-        graph_bytes = tracemalloc.get_traced_memory()[0] - graph_bytes
-        tracemalloc.stop()
-        return {"n_nodes": len(dsk), "submit_seconds": seconds, "peak_bytes": peak, "graph_bytes": graph_bytes}
+        GraphRun(rush, dsk, outputs, notify=True).submit()
+        out["submit_seconds"] = time.perf_counter() - t0
+        if trace:
+            out["peak_bytes"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            tracemalloc.start()  # the graph itself, for scale
+            before = tracemalloc.get_traced_memory()[0]
+            dsk, outputs = graph_of(n_tasks)
+            out["graph_bytes"] = tracemalloc.get_traced_memory()[0] - before
+        return out
     finally:
         if tracemalloc.is_tracing():
             tracemalloc.stop()
@@ -95,7 +101,7 @@ def run_cost(url: str, n_tasks: int, repeats: int, log_dir: str, quiet: Quiet) -
     [421.3, 421.3, 421.4]
     """
     out: dict = {"n_tasks": n_tasks, "push_seconds": [], "queued_bytes": [], "queued_hash_bytes": [],
-                 "submit_seconds": [], "peak_bytes": [], "graph_bytes": []}
+                 "submit_seconds": []}
     for rep in range(1, repeats + 1):
         rush = Rush(f"cost-{uuid.uuid4().hex[:10]}", url=url)
         try:
@@ -117,11 +123,13 @@ def run_cost(url: str, n_tasks: int, repeats: int, log_dir: str, quiet: Quiet) -
         finally:
             rush.reset()
             rush.close()
+        quiet.wait()
         graph = graph_cost(url, n_tasks)
         out["n_nodes"] = graph["n_nodes"]
-        for name in ("submit_seconds", "peak_bytes", "graph_bytes"):
-            out[name].append(graph[name])
+        out["submit_seconds"].append(graph["submit_seconds"])
         print(f"repeat {rep}/{repeats}  cost: push {out['push_seconds'][-1]:.3f} s, "
-              f"{out['queued_bytes'][-1]:,.0f} B/queued task, graph submit {graph['submit_seconds']:.3f} s, "
-              f"peak {graph['peak_bytes'] / 2**20:,.1f} MiB", file=sys.stderr, flush=True)
+              f"{out['queued_bytes'][-1]:,.0f} B/queued task, graph submit {graph['submit_seconds']:.3f} s",
+              file=sys.stderr, flush=True)
+    traced = graph_cost(url, n_tasks, trace=True)
+    out["peak_bytes"], out["graph_bytes"] = traced["peak_bytes"], traced["graph_bytes"]
     return out

@@ -138,7 +138,7 @@ def scaling_lines(s: dict) -> list[str]:
 
 def cost_lines(s: dict) -> list[str]:
     n, nodes = s["n_tasks"], s["n_nodes"]
-    mib = [b / 2**20 for b in s["peak_bytes"]]
+    mib = s["peak_bytes"] / 2**20
     lines = [
         "| measure | value |", "|---|---:|",
         f"| push {n:,} tasks in one `push_tasks` call (s) | {fmt(s['push_seconds'], 3)} |",
@@ -154,16 +154,16 @@ def cost_lines(s: dict) -> list[str]:
         ]
     lines += [
         f"| graph of {nodes:,} tasks: `GraphRun()` + `submit()` (s) | {fmt(s['submit_seconds'], 3)} |",
-        f"| graph of {nodes:,} tasks: client peak memory during them (MiB, tracemalloc) | {fmt(mib, 1)} |",
-        f"| the graph dict itself (MiB, tracemalloc) | {fmt([b / 2**20 for b in s['graph_bytes']], 1)} |",
+        f"| graph of {nodes:,} tasks: client peak memory during them (MiB, tracemalloc; one run) | {mib:,.1f} |",
+        f"| the graph dict itself (MiB, tracemalloc; one run) | {s['graph_bytes'] / 2**20:,.1f} |",
     ]
     text = (f"A queued task costs about {_med(s['queued_bytes']):,.0f} bytes of Redis memory "
             f"({_med(s['queued_bytes']) * 1e6 / 2**30:,.2f} GiB per million)")
     if "finished_bytes" in s:
         text += f", a finished one about {s['finished_bytes']:,.0f} bytes (its hash plus its archive row)"
     text += (f". Submitting a {nodes:,}-task Dask graph takes {_med(s['submit_seconds']):.2f} s and "
-             f"{_med(mib):,.0f} MiB of client memory at its peak, "
-             f"{_med(mib) / max(_med(s['graph_bytes']) / 2**20, 1e-9):.1f}× the graph dict itself.")
+             f"{mib:,.0f} MiB of client memory at its peak, "
+             f"{s['peak_bytes'] / max(s['graph_bytes'], 1):.1f}× the graph dict itself.")
     return lines + ["", text]
 
 

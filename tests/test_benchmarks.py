@@ -61,8 +61,8 @@ def synthetic_results() -> dict:
         "scaling": {"n_tasks": 320, "sleep": 0.05, "runs": {"1": [16.5, 16.6, 16.4], "2": [8.3, 8.4, 8.2]}},
         "cost": {"n_tasks": 100_000, "n_nodes": 99_991, "push_seconds": runs3, "queued_bytes": [400, 410, 390],
                  "queued_hash_bytes": [260, 260, 260], "finished_bytes": 700.0, "finished_hash_bytes": 360.0,
-                 "archive_bytes": 140.0, "submit_seconds": runs3, "peak_bytes": [2**27] * 3,
-                 "graph_bytes": [2**25] * 3},
+                 "archive_bytes": 140.0, "submit_seconds": runs3, "peak_bytes": 2**27,
+                 "graph_bytes": 2**25},
         "archive": {"n_tasks": 100_000, "push": 1.0, "full": [0.5, 0.6, 0.4], "incremental": [0.001] * 3,
                     "lazy": runs3, "memory_per_task": 900.0},
     }
@@ -79,6 +79,7 @@ def test_report_renders_every_section_and_plot(tmp_path):
     assert "- Celery: not installed" in text
     assert "| 2 | 8.00 | 8.300 [8.200 – 8.400] |" in text  # scaling: ideal, median [min – max]
     assert "1.00 [1.00 – 1.00]" in text  # rush / itself, paired per repetition
+    assert "| 128.0 |" in text and "4.0× the graph dict itself" in text  # cost: peak MiB, ratio
     for name in ("bench-rush.png", "bench-dask.png", "bench-scaling.png"):
         assert (tmp_path / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](img/{name})" in text
