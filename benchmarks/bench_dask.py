@@ -8,6 +8,10 @@ unix socket for rush_dask, started here and stopped at the end):
   up to one result (1,999 tasks);
 * **array**: ``da.ones(100_000, chunks=100).sum()``: 1,000 chunks of 100
   elements, so the graph, not the arithmetic, is the work;
+* **groupby**: ``groupby("k").x.sum()`` of a dataframe of 100 partitions
+  (1,000 rows each, 100 keys);
+* **shuffle**: a task-based ``shuffle("k")`` of the same dataframe, then the
+  distinct keys per partition, summed;
 * **sleep**: 1,000 ``delayed`` calls of ``time.sleep(0.01)``: the ideal on 2
   workers is 5 s (200 tasks/s).
 
@@ -28,7 +32,7 @@ until it returns, so it includes Dask's own client-side work, which every
 system pays. The collections are built (untimed) afresh for every run; the
 systems run one after the other on each workload, workloads in turn,
 repetitions outside. Before each timed run the script waits while pytest or
-another benchmark runs (``bench_rush.Quiet``: 15 minutes at most in all;
+another benchmark runs (``common.Quiet``: 15 minutes at most in all;
 ``--no-wait`` to skip), and the report says how many runs were not quiet.
 
 Dask's client-side work is timed separately, once per workload and
@@ -41,7 +45,7 @@ steps on the prepared graph: ``GraphRun(...)`` (convert and number the
 nodes), ``.submit()`` (order, one MULTI/EXEC) and ``.wait()`` (until the
 last node is done, outputs read).
 
-The schedulers alone are timed too, on the three graphs of trivial tasks:
+The schedulers alone are timed too, on every workload but sleep:
 the low-level graph that ``dask.compute`` would hand them is prepared
 (untimed) and given to ``rush.get``, ``dask.local.get_sync``,
 ``dask.threaded.get``, ``dask.multiprocessing.get`` and ``client.get``.
@@ -54,7 +58,7 @@ Run from the repository root::
 
     python benchmarks/bench_dask.py               # full run, 3 repeats (about 9 minutes)
     python benchmarks/bench_dask.py --repeats 5
-    python benchmarks/bench_dask.py --quick       # smoke run: 1,000 / 100 / 100 / 200, 1 repeat
+    python benchmarks/bench_dask.py --quick       # smoke run: 1,000 / 100 / 100 / 10 / 200, 1 repeat
 
 The Markdown tables are printed and written to ``benchmarks/results/rush_dask.md``.
 """
@@ -65,48 +69,51 @@ import gc
 import importlib
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import dask
 import dask.array as da
+import dask.dataframe as dd
 import dask.local
 import dask.multiprocessing
 import dask.threaded
 import distributed
-import redis
+import numpy as np
+import pandas as pd
 from dask import delayed
 from dask._expr import FinalizeCompute
 from dask._task_spec import convert_legacy_graph
 from dask.base import collections_to_expr, unpack_collections
 from dask.core import flatten
 
+if not __package__:  # run as a script: make `benchmarks` importable (here and in the workers)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import (
+    N_WORKERS,
+    QUIET_BUDGET,
+    RESULTS_DIR,
+    SLEEP_SECONDS,
+    WAIT_TIMEOUT,
+    Quiet,
+    fmt,
+    machine,
+    measured_sleep,
+    parse_arguments,
+)
 from rush_dask import Rush
 from rush_dask.graph import GraphRun, flat_keys, pack_results
 from rush_dask.server import RedisServer
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_rush beside this file
-from bench_rush import (  # noqa: E402
-    N_WORKERS,
-    QUIET_BUDGET,
-    SLEEP_SECONDS,
-    Quiet,
-    fmt,
-    git_revision,
-    measured_sleep,
-    parse_arguments,
-)
-
-WAIT_TIMEOUT = 600.0  # seconds; a run that takes longer is broken
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "rush_dask.md"
+RESULTS_FILE = RESULTS_DIR / "rush_dask.md"
 RUSH = "rush_dask"
 SYNC = "sync"
 THREADS = "threads"
@@ -160,6 +167,41 @@ def build_sleep(n: int) -> list:
     return [delayed(sleep_inc)(i) for i in range(n)]
 
 
+ROWS_PER_PARTITION = 1_000
+N_GROUPS = 100
+
+
+def frame(n_partitions: int) -> pd.DataFrame:
+    """The pandas frame behind the dataframe workloads: key ``k`` (N_GROUPS values), value ``x``."""
+    i = np.arange(n_partitions * ROWS_PER_PARTITION)
+    return pd.DataFrame({"k": i % N_GROUPS, "x": i.astype(float)})
+
+
+def build_groupby(n: int) -> list:
+    return [dd.from_pandas(frame(n), npartitions=n, sort=False).groupby("k").x.sum()]
+
+
+def distinct_keys(df: pd.DataFrame) -> pd.Series:
+    return pd.Series([df["k"].nunique()])
+
+
+def build_shuffle(n: int) -> list:
+    shuffled = dd.from_pandas(frame(n), npartitions=n, sort=False).shuffle("k", shuffle_method="tasks")
+    # After a shuffle on k, each key is in one partition: the distinct keys per partition add up to N_GROUPS.
+    return [shuffled.map_partitions(distinct_keys, meta=(None, "int64")).sum()]
+
+
+def expected_groupby(n: int) -> list:
+    return [frame(n).groupby("k").x.sum()]
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal results, pandas objects compared by value (index order ignored)."""
+    if isinstance(a, pd.Series) or isinstance(b, pd.Series):
+        return isinstance(a, pd.Series) and isinstance(b, pd.Series) and a.sort_index().equals(b.sort_index())
+    return a == b
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -173,7 +215,8 @@ class Workload:
         return self.build_fun(self.size)
 
     def check(self, results: Any, system: str) -> None:
-        if list(results) != self.expected(self.size):
+        expected = self.expected(self.size)
+        if len(results) != len(expected) or not all(same(a, b) for a, b in zip(results, expected)):
             raise RuntimeError(f"{system}, {self.name}: wrong results")
 
     @property
@@ -184,8 +227,25 @@ class Workload:
         return None
 
 
-def make_workloads(quick: bool) -> list[Workload]:
-    trivial, tree, array, sleep = (1_000, 100, 100, 200) if quick else (10_000, 1_000, 1_000, 1_000)
+FULL_SIZES = (10_000, 1_000, 1_000, 100, 1_000)  # trivial, tree leaves, array chunks, partitions, sleeps
+QUICK_SIZES = (1_000, 100, 100, 10, 200)
+
+
+def make_workloads(quick: bool, frames: bool = False,
+                   sizes: tuple[int, int, int, int, int] | None = None) -> list[Workload]:
+    """The workloads; ``frames=True`` adds the dataframe groupby and shuffle.
+
+    ``sizes``: (trivial tasks, tree leaves, array chunks, dataframe partitions,
+    sleep tasks), by default FULL_SIZES or, with ``quick``, QUICK_SIZES.
+    """
+    trivial, tree, array, parts, sleep = sizes or (QUICK_SIZES if quick else FULL_SIZES)
+    extra = [
+        Workload("groupby", f"`groupby('k').x.sum()` of {N_GROUPS} keys, {ROWS_PER_PARTITION:,} rows "
+                 "per partition", build_groupby, parts, expected_groupby),
+        Workload("shuffle", f"task-based `shuffle('k')`, {ROWS_PER_PARTITION:,} rows per partition, "
+                 "then distinct keys per partition, summed", build_shuffle, parts,
+                 lambda n: [N_GROUPS]),
+    ] if frames else []
     return [
         Workload("trivial", "independent `delayed(inc)(i)`, computed together", build_trivial,
                  trivial, lambda n: [i + 1 for i in range(n)]),
@@ -193,6 +253,7 @@ def make_workloads(quick: bool) -> list[Workload]:
                  tree, lambda n: [n * (n + 1) // 2]),
         Workload("array", "`da.ones(chunks * 100, chunks=100).sum()`", build_array,
                  array, lambda n: [float(n * 100)]),
+        *extra,
         Workload("sleep", f"independent `delayed(sleep_inc)(i)`, `time.sleep({SLEEP_SECONDS})` each",
                  build_sleep, sleep, lambda n: [i + 1 for i in range(n)]),
     ]
@@ -354,11 +415,25 @@ def phases(systems: Systems, w: Workload, quiet: Quiet) -> tuple[dict[str, float
     return t, n_nodes
 
 
-def run_all(systems: Systems, workloads: list[Workload], repeats: int, quiet: Quiet) -> Results:
+def run_all(systems: Systems, workloads: list[Workload], repeats: int, quiet: Quiet, *,
+            detail: bool = True) -> Results:
+    """Every workload on every system, ``repeats`` times; ``detail=False`` times ``dask.compute`` only.
+
+    The detail is Dask's client-side work step by step and the schedulers
+    alone on the prepared graph (about as long again as the end-to-end runs).
+    """
     r = Results()
     warm_up(systems)
     for rep in range(1, repeats + 1):
         for w in workloads:
+            if not detail:
+                r.nodes.setdefault(w.name, len(prepared_graph(w)[0]))
+                for system in SYSTEMS:
+                    seconds = timed_compute(systems, system, w, quiet)
+                    r.times.setdefault((system, w.name), []).append(seconds)
+                    print(f"repeat {rep}/{repeats}  {w.name:<8} {system:<12} {seconds:7.3f} s  "
+                          f"{r.nodes[w.name] / seconds:9,.0f} tasks/s", file=sys.stderr, flush=True)
+                continue
             t, r.nodes[w.name] = phases(systems, w, quiet)
             for name, seconds in t.items():
                 r.steps.setdefault((w.name, name), []).append(seconds)
@@ -428,8 +503,8 @@ def ratio_table(r: Results, workloads: list[Workload], sleep_seconds: float) -> 
         for system in SYSTEMS:
             rows.append((f"{system} {w.name} / ideal", [w.ideal_seconds / s for s in r.times[system, w.name]],
                          TARGET_VS_IDEAL if system == RUSH else None))
-        rows.append((f"ceiling: {SLEEP_SECONDS * 1e3:g} ms / measured time.sleep({SLEEP_SECONDS:g}) "
-                     f"({sleep_seconds * 1e3:.3f} ms)", [SLEEP_SECONDS / sleep_seconds], None))
+        rows.append(((f"ceiling: {SLEEP_SECONDS * 1e3:g} ms / measured time.sleep({SLEEP_SECONDS:g}) "
+                     f"({sleep_seconds * 1e3:.3f} ms)"), [SLEEP_SECONDS / sleep_seconds], None))
     lines = ["| throughput ratio | value | rush_dask target | met |", "|---|---:|---:|:---:|"]
     for name, values, target in rows:
         met = "" if target is None else ("yes" if statistics.median(values) >= target else "**no**")
@@ -453,8 +528,8 @@ def prep_table(r: Results, workloads: list[Workload]) -> list[str]:
 
 
 def rush_steps_table(r: Results, workloads: list[Workload]) -> list[str]:
-    lines = ["| workload | tasks | `GraphRun()` | `submit()` | `wait()` | sum | tasks/s (submit + wait) "
-             "| `rush.get` on the prepared graph |",
+    lines = [("| workload | tasks | `GraphRun()` | `submit()` | `wait()` | sum | tasks/s (submit + wait) "
+             "| `rush.get` on the prepared graph |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for w in workloads:
         own = [sum(vals) for vals in zip(*(r.steps[w.name, s] for s in RUSH_STEPS))]
@@ -467,10 +542,10 @@ def rush_steps_table(r: Results, workloads: list[Workload]) -> list[str]:
 
 
 def environment(url: str) -> str:
-    info = redis.Redis.from_url(url).info("server")
-    return (f"Python {platform.python_version()}, dask {dask.__version__}, distributed "
-            f"{distributed.__version__}, Redis {info['redis_version']} (private server, unix socket), "
-            f"{os.cpu_count()} cores, {N_WORKERS} workers per system, rush_dask at {git_revision()}")
+    m = machine(url)
+    return (f"Python {m['python']}, dask {m['dask']}, distributed {m['distributed']}, Redis "
+            f"{m['redis_server']} (private server, unix socket), {m['cores']} cores, {N_WORKERS} "
+            f"workers per system, rush_dask at {m['rush_dask']}")
 
 
 def report(r: Results, workloads: list[Workload], sleep_seconds: float, quiet: Quiet, repeats: int,
@@ -480,8 +555,8 @@ def report(r: Results, workloads: list[Workload], sleep_seconds: float, quiet: Q
     return "\n".join([
         "# rush_dask as a Dask scheduler",
         "",
-        f"{env}. Median of {repeats} repeat(s) [min – max]; generated by `benchmarks/bench_dask.py` "
-        f"on {time.strftime('%Y-%m-%d %H:%M')}.{noisy}",
+        (f"{env}. Median of {repeats} repeat(s) [min – max]; generated by `benchmarks/bench_dask.py` "
+        f"on {time.strftime('%Y-%m-%d %H:%M')}.{noisy}"),
         "",
         "Workloads: " + "; ".join(f"**{w.name}** ({w.size:,}): {w.description}" for w in workloads) + ".",
         "",
@@ -493,38 +568,38 @@ def report(r: Results, workloads: list[Workload], sleep_seconds: float, quiet: Q
         "",
         "## Throughput: the scheduler alone, on the prepared graph",
         "",
-        "The low-level graph that `dask.compute` would hand the scheduler (optimized, "
+        ("The low-level graph that `dask.compute` would hand the scheduler (optimized, "
         "materialized, converted; untimed) given to each scheduler's `get`: `rush.get`, "
         "`dask.local.get_sync`, `dask.threaded.get`, `dask.multiprocessing.get`, `client.get`. "
-        "Results are repacked outside the timing. Not run for the sleep workload.",
+        "Results are repacked outside the timing. Not run for the sleep workload."),
         "",
         *throughput_table(r.sched, workloads, r.nodes),
         "",
         "## Ratios (within this run)",
         "",
-        "The targets apply to the end-to-end figures; the `prepared graph` rows compare the "
-        "schedulers alone.",
+        ("The targets apply to the end-to-end figures; the `prepared graph` rows compare the "
+        "schedulers alone."),
         "",
         *ratio_table(r, workloads, sleep_seconds),
         "",
         "## Dask's client-side work (s)",
         "",
-        "The steps of `dask.compute` done by hand, with rush_dask as the scheduler: "
+        ("The steps of `dask.compute` done by hand, with rush_dask as the scheduler: "
         "`collections_to_expr` (with `unpack_collections`), `optimize` (of `FinalizeCompute`), "
         "`__dask_graph__` (materialize and cull), `convert_legacy_graph` and, after the run, "
         "`repack`. Every system pays them (LocalCluster materializes the graph in its scheduler, "
         "the local schedulers in `get_async`). `Dask work` is their sum; building the "
-        "collections is in neither it nor the end-to-end timings.",
+        "collections is in neither it nor the end-to-end timings."),
         "",
         *prep_table(r, workloads),
         "",
         "## rush_dask's own steps on the prepared graph (s)",
         "",
-        "Between `convert_legacy_graph` and `repack` above: `GraphRun()` reads the (now cached) "
+        ("Between `convert_legacy_graph` and `repack` above: `GraphRun()` reads the (now cached) "
         "graph, converts it again and numbers the nodes; `submit()` orders the graph "
         "(`dask.order`) and writes it in one MULTI/EXEC; `wait()` returns when the last node is "
         "done and the outputs are read. The sum should be close to the last column, the time of "
-        "`rush.get` in the prepared-graph table.",
+        "`rush.get` in the prepared-graph table."),
         "",
         *rush_steps_table(r, workloads),
         "",
@@ -534,7 +609,7 @@ def report(r: Results, workloads: list[Workload], sleep_seconds: float, quiet: Q
 # --------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args, repeats = parse_arguments(argv, __doc__, quick_help="smaller graphs, 1 repeat")
-    workloads = make_workloads(args.quick)
+    workloads = make_workloads(args.quick, frames=True)
     quiet = Quiet(0 if args.no_wait else QUIET_BUDGET)
     server = RedisServer().start()
     try:
@@ -559,6 +634,6 @@ if __name__ == "__main__":
     # rush_dask pickles graph nodes with plain pickle first, which stores a
     # function of __main__ by reference ("__main__.inc"), and a rush worker's
     # __main__ is rush_dask.worker: the task would fail there. So run the same
-    # code as the importable module bench_dask (or benchmarks.bench_dask with -m).
-    module = importlib.import_module(__spec__.name if __spec__ else Path(__file__).stem)
+    # code as the importable module benchmarks.bench_dask.
+    module = importlib.import_module("benchmarks.bench_dask")
     sys.exit(module.main())

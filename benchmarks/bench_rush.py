@@ -50,14 +50,9 @@ The Markdown tables are printed and written to ``benchmarks/results/rush_core.md
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
-import os
 import pickle
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,15 +64,26 @@ from pathlib import Path
 
 import redis
 
+if not __package__:  # run as a script: make `benchmarks` importable (here and in the workers)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import (
+    N_WORKERS,
+    QUIET_BUDGET,
+    RESULTS_DIR,
+    SLEEP_SECONDS,
+    WAIT_TIMEOUT,
+    Quiet,
+    fmt,
+    machine,
+    measured_sleep,
+    parse_arguments,
+    redis_cpu_seconds,
+)
 from rush_dask import Rush
 from rush_dask.server import RedisServer
 
-N_WORKERS = 2
-SLEEP_SECONDS = 0.01
 BARE_BATCH = 32  # tasks per round trip of the batched bare queue (rush_dask's BATCH_MAX)
-WAIT_TIMEOUT = 600.0  # seconds; a run that takes longer is broken
-QUIET_BUDGET = 900.0  # seconds, in all, of waiting for other benchmarks or tests to end
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "rush_core.md"
+RESULTS_FILE = RESULTS_DIR / "rush_core.md"
 RUSH = "rush_dask"
 BARE = "bare queue"
 BATCHED = f"bare queue, batches of {BARE_BATCH}"
@@ -125,87 +131,15 @@ class Run:
     commandstats: dict[str, dict] = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------ helpers
-def redis_cpu_seconds(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def fmt(values: list[float], digits: int = 0) -> str:
-    """Median [min – max] of the values (just the value if there is one)."""
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:,.{digits}f}"
-    return f"{med:,.{digits}f} [{min(values):,.{digits}f} – {max(values):,.{digits}f}]"
-
-
-def measured_sleep(n: int = 100) -> float:
-    """What ``time.sleep(SLEEP_SECONDS)`` really takes here (it always overshoots a little)."""
-    t0 = time.perf_counter()
-    for _ in range(n):
-        time.sleep(SLEEP_SECONDS)
-    return (time.perf_counter() - t0) / n
-
-
-class Quiet:
-    """Wait before a timed run while pytest or another benchmark runs, within a total budget.
-
-    Two benchmarks that wait for each other would wait forever, so the wait
-    is bounded; runs that start while others are busy are counted.
-    """
-
-    def __init__(self, budget: float):
-        self.budget = budget
-        self.noisy_runs = 0
-        self.runs = 0
-
-    def wait(self) -> None:
-        self.runs += 1
-        others = other_busy_processes()
-        if others and self.budget > 0:
-            print(f"waiting (at most {self.budget:.0f} s): {len(others)} other test/benchmark "
-                  f"process(es) running, e.g. {others[0][:100]!r}", file=sys.stderr, flush=True)
-        while others and self.budget > 0:
-            time.sleep(5)
-            self.budget -= 5
-            others = other_busy_processes()
-        if others:
-            self.noisy_runs += 1
-
-
-def other_busy_processes() -> list[str]:
-    """Command lines of running pytest or benchmark processes, other than us and our family."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True,
-                         timeout=10, check=False).stdout
-    procs = {}
-    for line in out.splitlines():
-        pid, ppid, args = (line.split(None, 2) + [""])[:3]
-        procs[int(pid)] = (int(ppid), args)
-    family, pid = set(), os.getpid()
-    while pid in procs and pid not in family:  # ourselves and our ancestors
-        family.add(pid)
-        pid = procs[pid][0]
-    grew = True
-    while grew:  # our descendants
-        grew = False
-        for pid, (ppid, _) in procs.items():
-            if ppid in family and pid not in family:
-                family.add(pid)
-                grew = True
-    return [args for pid, (_, args) in procs.items() if pid not in family
-            and re.search(r"pytest|bench_\w+\.py|benchmarks\.bench_", args)
-            and re.search(r"python|pytest", args)]
-
-
 # ---------------------------------------------------------------- rush_dask
 def run_rush(url: str, workload: Workload, log_dir: str, quiet: Quiet | None = None, *,
-             monitor: bool = False) -> Run | Counter:
+             monitor: bool = False, n_workers: int = N_WORKERS) -> Run | Counter:
     """One timed rush_dask run; with ``monitor=True`` an untimed MONITOR pass instead."""
     rush = Rush(f"bench-{uuid.uuid4().hex[:10]}", url=url)
     try:
         t0 = time.perf_counter()
-        rush.start_workers(workload.fun, n_workers=N_WORKERS, log_dir=log_dir)
-        rush.wait_for_workers(N_WORKERS, timeout=120)
+        rush.start_workers(workload.fun, n_workers=n_workers, log_dir=log_dir)
+        rush.wait_for_workers(n_workers, timeout=120)
         ready = time.perf_counter() - t0
         xss = workload.inputs()
         if monitor:
@@ -266,7 +200,7 @@ def monitor_commands(url: str, stop_token: str, script_names: dict[str, str], re
     """
     counts: Counter = Counter()
     stop = stop_token.encode()
-    with redis.Redis.from_url(url).monitor() as mon:
+    with redis.Redis.from_url(url, socket_timeout=None).monitor() as mon:
         replies.put("ready")
         while True:
             # A line looks like: 1700000000.123456 [0 unix:/path/redis.sock] "evalsha" "8a50..." "0" ...
@@ -289,7 +223,8 @@ def monitor_commands(url: str, stop_token: str, script_names: dict[str, str], re
 # --------------------------------------------------------------- bare queue
 def bare_worker(url: str, queue: str, results: str, ready: str, fun: Callable) -> None:
     """(In its own process.) BRPOP a task, run it, LPUSH the result; ``None`` stops."""
-    client = redis.Redis.from_url(url)
+    # No socket timeout: redis-py >= 8 gives up reading after 5 s by default, and BRPOP blocks longer.
+    client = redis.Redis.from_url(url, socket_timeout=None)
     client.lpush(ready, b"1")
     while True:
         _, payload = client.brpop([queue], timeout=0)
@@ -302,7 +237,7 @@ def bare_worker(url: str, queue: str, results: str, ready: str, fun: Callable) -
 
 def batched_bare_worker(url: str, queue: str, results: str, ready: str, fun: Callable) -> None:
     """(In its own process.) One round trip: LPUSH the last results + RPOP up to BARE_BATCH tasks."""
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=None)
     client.lpush(ready, b"1")
     done: list[bytes] = []
     while True:
@@ -324,7 +259,7 @@ def batched_bare_worker(url: str, queue: str, results: str, ready: str, fun: Cal
 
 def run_bare(url: str, workload: Workload, quiet: Quiet | None = None, *, batched: bool = False) -> Run:
     """One timed run of the bare Redis list queue."""
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=None)
     prefix = f"bare:{uuid.uuid4().hex[:10]}:"
     queue, results, ready = prefix + "queue", prefix + "results", prefix + "ready"
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters, like rush's workers
@@ -466,22 +401,9 @@ def monitor_table(counts: Counter, n_tasks: int) -> list[str]:
 
 
 def environment(url: str) -> str:
-    info = redis.Redis.from_url(url).info("server")
-    return (f"Python {platform.python_version()}, redis-py {redis.__version__}, "
-            f"Redis {info['redis_version']} (private server, unix socket), {os.cpu_count()} cores, "
-            f"{N_WORKERS} workers, rush_dask at {git_revision()}")
-
-
-def git_revision() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "rush_dask"], cwd=root,
-                               timeout=10, check=False).returncode != 0
-    except (OSError, subprocess.SubprocessError):
-        return "unknown revision"
-    return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown revision"
+    m = machine(url)
+    return (f"Python {m['python']}, redis-py {m['redis-py']}, Redis {m['redis_server']} (private server, "
+            f"unix socket), {m['cores']} cores, {N_WORKERS} workers, rush_dask at {m['rush_dask']}")
 
 
 def report(results: dict, workloads: list[Workload], counts: Counter, sleep_seconds: float,
@@ -539,20 +461,6 @@ def run_all(url: str, workloads: list[Workload], repeats: int, log_dir: str, qui
                 print(f"repeat {rep}/{repeats}  {w.name:<8} {system:<26} {run.seconds:7.3f} s  "
                       f"{w.n_tasks / run.seconds:9,.0f} tasks/s", file=sys.stderr, flush=True)
     return results
-
-
-def parse_arguments(argv: list[str] | None, doc: str, quick_help: str) -> tuple[argparse.Namespace, int]:
-    """The options both benchmarks take: ``--repeats``, ``--quick``, ``--no-wait``."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick_help}")
-    parser.add_argument("--no-wait", action="store_true",
-                        help="do not wait while pytest or other benchmarks run")
-    args = parser.parse_args(argv)
-    repeats = 1 if args.quick else args.repeats
-    if repeats < 1:
-        parser.error("--repeats must be >= 1")
-    return args, repeats
 
 
 def main(argv: list[str] | None = None) -> int:
