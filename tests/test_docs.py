@@ -22,6 +22,19 @@ def build(config: Path, site: Path) -> subprocess.CompletedProcess:
     )
 
 
+def project_config(tmp_path: Path, docs: Path, code: Path) -> Path:
+    """The project's mkdocs.yml (no nav) for the pages in ``docs``, API docs read from ``code``."""
+    config = tmp_path / "mkdocs.yml"
+    config.write_text(
+        (ROOT / "mkdocs.yml").read_text()
+        .replace("docs_dir: docs", f"docs_dir: {docs}")
+        .replace("  - docs/hooks/docstrings.py", f"  - {ROOT / 'docs' / 'hooks' / 'docstrings.py'}")
+        .split("\nnav:")[0]
+        .replace("paths: [\".\"]", f"paths: [\"{code}\"]")
+    )
+    return config
+
+
 def test_docs_build_strict(tmp_path):
     site = tmp_path / "site"
     out = build(ROOT / "mkdocs.yml", site)
@@ -39,15 +52,7 @@ def test_docs_build_fails_on_a_broken_link(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "index.md").write_text("# Home\n\nSee [the missing page](missing.md).\n")
-    config = tmp_path / "mkdocs.yml"
-    config.write_text(
-        (ROOT / "mkdocs.yml").read_text()
-        .replace("docs_dir: docs", f"docs_dir: {docs}")
-        .replace("  - docs/hooks/docstrings.py", f"  - {ROOT / 'docs' / 'hooks' / 'docstrings.py'}")
-        .split("\nnav:")[0]
-        .replace("paths: [\".\"]", f"paths: [\"{ROOT}\"]")
-    )
-    out = build(config, tmp_path / "site")
+    out = build(project_config(tmp_path, docs, code=ROOT), tmp_path / "site")
     assert out.returncode != 0
     assert "missing.md" in out.stderr
 
@@ -61,14 +66,6 @@ def test_docs_build_fails_on_a_docstring_warning(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "index.md").write_text("# API\n\n::: pkg.f\n")
-    config = tmp_path / "mkdocs.yml"
-    config.write_text(
-        (ROOT / "mkdocs.yml").read_text()
-        .replace("docs_dir: docs", f"docs_dir: {docs}")
-        .replace("  - docs/hooks/docstrings.py", f"  - {ROOT / 'docs' / 'hooks' / 'docstrings.py'}")
-        .split("\nnav:")[0]
-        .replace("paths: [\".\"]", f"paths: [\"{tmp_path}\"]")
-    )
-    out = build(config, tmp_path / "site")
+    out = build(project_config(tmp_path, docs, code=tmp_path), tmp_path / "site")
     assert out.returncode != 0
     assert "WARNING" in out.stderr and "Parameter 'y'" in out.stderr
