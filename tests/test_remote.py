@@ -110,9 +110,9 @@ def password_server():
     server.stop()
 
 
-def _start_tls_server(certs, auth_clients: bool) -> RedisServer:
+def _start_tls_server(certs, auth_clients: bool, password: str | None = None) -> RedisServer:
     server = RedisServer(tls_cert=certs["server_cert"], tls_key=certs["server_key"],
-                         tls_ca=certs["ca_cert"], tls_auth_clients=auth_clients)
+                         tls_ca=certs["ca_cert"], tls_auth_clients=auth_clients, password=password)
     try:
         return server.start()
     except RuntimeError as exc:
@@ -318,7 +318,7 @@ def test_untrusted_ca_is_a_clear_error(tls_server, other_certs):
 
 
 def test_tls_with_password_hides_it(certs, tmp_path):
-    server = _start_tls_server_with_password(certs)
+    server = _start_tls_server(certs, auth_clients=False, password=PASSWORD)
     try:
         wrong = server.url.replace(quote(PASSWORD, safe=""), "nope-123")
         with pytest.raises(RedisUnavailableError, match="authentication failed") as info:
@@ -329,17 +329,6 @@ def test_tls_with_password_hides_it(certs, tmp_path):
         _finish(rush)
     finally:
         server.stop()
-
-
-def _start_tls_server_with_password(certs) -> RedisServer:
-    server = RedisServer(tls_cert=certs["server_cert"], tls_key=certs["server_key"],
-                         tls_ca=certs["ca_cert"], password=PASSWORD)
-    try:
-        return server.start()
-    except RuntimeError as exc:
-        if "without TLS support" in str(exc):
-            pytest.skip(f"{server.binary} has no TLS support; set RUSH_REDIS_SERVER to a TLS-enabled build")
-        raise
 
 
 def test_plain_url_against_tls_port_says_use_rediss(tls_server):
