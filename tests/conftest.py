@@ -35,14 +35,22 @@ def network_id():
     return f"test-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def rush(redis_url, network_id):
-    controller = Rush(network_id, url=redis_url)
+def fresh_network(url: str, network_id: str | None = None, **options):
+    """A controller on a network of its own; afterwards reset(), close() and no key of it left.
+
+    For fixtures: ``yield from fresh_network(redis_url, secret="...")``.
+    """
+    controller = Rush(network_id or f"test-{uuid.uuid4().hex[:10]}", url=url, **options)
     yield controller
     controller.reset()
     controller.close()
-    leftover = list(redis.Redis.from_url(redis_url).scan_iter(match=controller.keys.pattern))
+    leftover = list(redis.Redis.from_url(url).scan_iter(match=controller.keys.pattern))
     assert leftover == [], f"reset() left keys behind: {leftover[:5]}"
+
+
+@pytest.fixture
+def rush(redis_url, network_id):
+    yield from fresh_network(redis_url, network_id)
 
 
 def wait_until(condition, timeout: float, what: str = "condition") -> None:

@@ -6,8 +6,8 @@ import os
 import signal
 import socket
 import time
-import uuid
 
+import conftest
 import funcs
 import psutil
 import pytest
@@ -49,11 +49,7 @@ def cluster_client():
 
 @pytest.fixture
 def tcp_rush(tcp_url):
-    controller = Rush(f"test-{uuid.uuid4().hex[:10]}", url=tcp_url)
-    yield controller
-    controller.reset()
-    controller.close()
-    assert list(redis.Redis.from_url(tcp_url).scan_iter(match=controller.keys.pattern)) == []
+    yield from conftest.fresh_network(tcp_url)
 
 
 @pytest.fixture
@@ -219,10 +215,7 @@ def test_crashed_or_closed_cluster_makes_its_workers_lost_and_their_tasks_finish
 
 @pytest.fixture
 def signed_rush(tcp_url):
-    controller = Rush(f"test-{uuid.uuid4().hex[:10]}", url=tcp_url, secret="s3cr3t-for-the-test")
-    yield controller
-    controller.reset()
-    controller.close()
+    yield from conftest.fresh_network(tcp_url, secret="s3cr3t-for-the-test")
 
 
 def test_url_and_secret_reach_cluster_workers_through_the_environment(signed_rush, cluster_client):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pickle
-import uuid
 
+import conftest
 import dask
 import funcs
 import numpy as np
 import pytest
-import redis
 from conftest import network_keys
 
 from rush_dask import PayloadTooLargeError, Rush
@@ -20,12 +19,7 @@ LIMIT = 200_000
 
 @pytest.fixture
 def small(redis_url):
-    controller = Rush(f"test-{uuid.uuid4().hex[:10]}", url=redis_url, max_payload_bytes=LIMIT)
-    yield controller
-    controller.reset()
-    controller.close()
-    leftover = list(redis.Redis.from_url(redis_url).scan_iter(match=controller.keys.pattern))
-    assert leftover == [], f"reset() left keys behind: {leftover[:5]}"
+    yield from conftest.fresh_network(redis_url, max_payload_bytes=LIMIT)
 
 
 

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import uuid
 
+import conftest
 import dask
 import funcs
 import pytest
-import redis
 from conftest import wait_until
 
 from rush_dask import PayloadSignatureError, Rush, RushWorker
@@ -23,12 +23,7 @@ SECRET = "correct horse battery staple"
 
 @pytest.fixture
 def signed(redis_url):
-    controller = Rush(f"test-{uuid.uuid4().hex[:10]}", url=redis_url, secret=SECRET)
-    yield controller
-    controller.reset()
-    controller.close()
-    leftover = list(redis.Redis.from_url(redis_url).scan_iter(match=controller.keys.pattern))
-    assert leftover == [], f"reset() left keys behind: {leftover[:5]}"
+    yield from conftest.fresh_network(redis_url, secret=SECRET)
 
 
 def forged(marker):
