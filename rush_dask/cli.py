@@ -27,7 +27,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -162,11 +162,16 @@ def _rush(network: str, url: str | None) -> Rush:
     return Rush(network, url)
 
 
-def _existing_network(network: str, url: str | None) -> Rush:
-    """As :func:`_rush`, but the network must already hold workers or tasks."""
+def _existing_network(network: str, url: str | None, worker_ids: Sequence[str] = ()) -> Rush:
+    """As :func:`_rush`, but the network must already hold workers or tasks (and ``worker_ids``)."""
     rush = _rush(network, url)
     keys = rush.keys
     if rush.client.exists(keys.worker_states, keys.all_tasks, keys.queue, keys.seq):
+        known = set(rush.worker_ids)
+        unknown = [wid for wid in worker_ids if wid not in known]
+        if unknown:
+            raise click.ClickException(f"unknown worker id(s) {', '.join(unknown)} in network "
+                                       f"{network!r}; rush-dask status --all lists them")
         return rush
     found = sorted({match.group(1) for key in rush.client.scan_iter(match="rush:{*}:*", count=1000)
                     if (match := re.match(r"rush:\{([^}]*)\}:", key.decode(errors="replace")))})
@@ -370,12 +375,7 @@ def status_text(rush: Rush, show_all: bool = False) -> str:
 @_errors
 def logs(network: str, url: str | None, worker_ids: tuple[str, ...], follow: bool, tail: int | None) -> None:
     """Print the log lines that workers (and code in tasks) wrote, oldest first."""
-    rush = _existing_network(network, url)
-    known = set(rush.worker_ids)
-    unknown = [wid for wid in worker_ids if wid not in known]
-    if unknown:
-        raise click.ClickException(f"unknown worker id(s) {', '.join(unknown)} in network {network!r}; "
-                                   "rush-dask status --all lists them")
+    rush = _existing_network(network, url, worker_ids)
     reader = LogReader(rush, list(worker_ids) or None)
     try:
         records = reader.read()
@@ -474,12 +474,7 @@ def stop(network: str, url: str | None, worker_ids: tuple[str, ...], kill: bool)
     Idle workers stop at once; workers on other hosts that are busy see the
     order when their task ends (terminate) or at their next heartbeat (kill).
     """
-    rush = _existing_network(network, url)
-    known = set(rush.worker_ids)
-    unknown = [wid for wid in worker_ids if wid not in known]
-    if unknown:
-        raise click.ClickException(f"unknown worker id(s) {', '.join(unknown)} in network {network!r}; "
-                                   "rush-dask status --all lists them")
+    rush = _existing_network(network, url, worker_ids)
     running = set(rush.running_worker_ids)
     for wid in worker_ids:
         if wid not in running:
