@@ -49,7 +49,7 @@ from dask.order import order
 
 from . import constants as C
 from .errors import KilledWorker, PayloadTooLargeError, TaskFailedError
-from .fusion import fuse_subtrees, group_limit
+from .fusion import TASKS_PER_WORKER, fuse_subtrees, group_limit
 from .serialize import dumps, loads
 from .waiting import Patience
 
@@ -117,7 +117,6 @@ class GraphRun:
         self.graph_id = uuid.uuid4().hex[:12]
         self.outputs = list(dict.fromkeys(outputs))
         self.external: dict[Hashable, RushFuture] = dict(futures)
-        self.graph = self.dask_graph
         self._find_external_inputs()
         self.defaults = {"priority": priority, "retries": retries, "resources": resources}
         self.max_lost = max_lost
@@ -127,14 +126,17 @@ class GraphRun:
 
     def _fuse(self, fuse: bool | int) -> tuple[dict, dict]:
         if isinstance(fuse, bool) or fuse is None:
-            if not fuse:
-                return dict(self.dask_graph), {}
-            n_workers = max(self.rush.n_running_workers, os.cpu_count() or 1)
-            limit = group_limit(len(self.dask_graph), n_workers)
+            limit = None if fuse else 1
         elif isinstance(fuse, int) and fuse >= 1:
             limit = fuse
         else:
             raise ValueError(f"fuse must be True, False or the largest number of nodes per task, got {fuse!r}")
+        if limit is None:
+            # group_limit is 1 below this size whatever the worker count: skip the Redis call.
+            if len(self.dask_graph) < 2 * TASKS_PER_WORKER:
+                return dict(self.dask_graph), {}
+            n_workers = max(self.rush.n_running_workers, os.cpu_count() or 1)
+            limit = group_limit(len(self.dask_graph), n_workers)
         options = [self._per_node(name) for name in ("priority", "resources", "retries")]
         return fuse_subtrees(self.dask_graph, keep=self.outputs, limit=limit,
                              options_of=lambda key: [repr(option(key)) for option in options])
@@ -144,10 +146,10 @@ class GraphRun:
         return self.groups.get(key, [key])
 
     def _find_external_inputs(self) -> None:
-        needed = {dep for node in self.graph.values() for dep in node.dependencies}
+        needed = {dep for node in self.dask_graph.values() for dep in node.dependencies}
         needed.update(self.outputs)
         for key in needed:
-            if key in self.graph or key in self.external:
+            if key in self.dask_graph or key in self.external:
                 continue
             future = self.rush._futures_by_key.get(key)
             if future is None:
