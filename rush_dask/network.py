@@ -19,6 +19,7 @@ from msgpack import unpackb
 
 from . import constants as C
 from .errors import PayloadSignatureError
+from .frames import META_COLUMNS, GrowingFrame, frame_of, gc_paused, task_columns
 from .serialize import loads
 from .shared import check_shared, resolve
 from .waiting import Patience
@@ -30,13 +31,6 @@ HOSTNAME = socket.gethostname()
 logger = logging.getLogger("rush_dask")
 
 
-def _pandas_copy_on_write() -> bool:
-    from importlib.metadata import version
-
-    return int(version("pandas").split(".")[0]) >= 3
-
-
-_COPY_ON_WRITE = _pandas_copy_on_write()
 
 # Fields read for every task row, in this order.
 _TASK_FIELDS = (
@@ -53,8 +47,8 @@ def unpack_row(raw: bytes) -> list:
 
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def pid_alive(pid: int) -> bool:
@@ -83,9 +77,9 @@ class NetworkView:
 
     def _init_view(self) -> None:
         self._finished_offset = 0
-        self._finished_frame: pd.DataFrame | None = None
+        self._finished = GrowingFrame(tail=META_COLUMNS)  # the cache behind fetch_finished_tasks
         self._new_offset = 0
-        self._pids: dict[str, int | None] = {}
+        self._pids: dict[bytes | str, int | None] = {}
 
     @property
     def network_id(self) -> str:
@@ -278,12 +272,13 @@ class NetworkView:
         """One row per task (any state): inputs, outputs and extra columns, then the meta columns."""
         keys = list(keys)
         records = self._read_task_fields(keys)
-        columns = list(zip(*records)) if records else [()] * len(_TASK_FIELDS)
-        xs, extra, state, wid, qat, sat, fat, attempts, error, index = columns
-        # The outputs of finished tasks are in their archive rows.
-        rows = self._archive_rows_at([int(i) for i in index if i is not None])
-        ys = [self._verified(rows[int(i)][2], k) if i is not None else None for i, k in zip(index, keys)]
-        return self._frame(keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error)
+        with gc_paused():
+            columns = list(zip(*records)) if records else [()] * len(_TASK_FIELDS)
+            xs, extra, state, wid, qat, sat, fat, attempts, error, index = columns
+            # The outputs of finished tasks are in their archive rows.
+            rows = self._archive_rows_at([int(i) for i in index if i is not None])
+            ys = [self._verified(rows[int(i)][2], k) if i is not None else None for i, k in zip(index, keys)]
+            return self._frame(keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error)
 
     def _archive_rows_at(self, indexes: Sequence[int]) -> dict[int, list]:
         """Archive rows by position: a few with LINDEX, many with ranged LRANGE reads."""
@@ -313,48 +308,28 @@ class NetworkView:
 
     def _archive_frame(self, start: int, stop: int | None = None) -> "pd.DataFrame":
         """Finished tasks ``start`` to ``stop - 1`` (finish order) as a DataFrame, from the archive."""
-        rows = self._archive_range(start, stop)
-        key, xs, ys, extra, wid, qat, sat, fat, attempts = (list(c) for c in zip(*rows)) if rows \
-            else ([] for _ in range(9))
-        n = len(rows)
-        return self._frame([k.decode() for k in key], xs, self._verified_all(ys, key), extra,
-                           [b"finished"] * n, wid, qat, sat, fat, attempts, [None] * n)
+        return frame_of(self._archive_columns(start, stop))
 
-    def _frame(self, keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error) -> "pd.DataFrame":
-        """Build the DataFrame in one constructor call (cheap for one row, fast for 100,000)."""
-        import numpy as np
-        import pandas as pd
+    def _archive_columns(self, start: int, stop: int | None = None) -> dict[str, Any]:
+        """:meth:`_archive_frame` as columns (see :func:`rush_dask.frames.task_columns`)."""
+        with gc_paused():
+            rows = self._archive_range(start, stop)
+            key, xs, ys, extra, wid, qat, sat, fat, attempts = zip(*rows) if rows else ([] for _ in range(9))
+            n = len(rows)
+            return self._columns(key, xs, self._verified_all(ys, key), extra,
+                                 [b"finished"] * n, wid, qat, sat, fat, attempts, [None] * n)
 
-        n = len(keys)
-        columns: dict[str, list] = {}
+    def _frame(self, *fields: Any) -> "pd.DataFrame":
+        """A DataFrame of tasks from their raw fields (see :meth:`_columns`)."""
+        return frame_of(self._columns(*fields))
+
+    def _columns(self, keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error) -> dict[str, Any]:
+        """Columns of tasks from their raw fields: payloads checked and unpickled, pids looked up."""
         inputs = self._verified_all(xs, keys)
         if self._has_shared_inputs(xs):
             resolve(inputs, self._shared_inputs)
-        for dicts in (inputs, [y or {} for y in ys],
-                      self._verified_all(extra, keys)):
-            names = dict.fromkeys(name for d in dicts for name in d)
-            for name in names:  # an output shadows an input of the same name
-                columns[name] = [d.get(name) for d in dicts]
-
-        def times(raw: Sequence[bytes | None]) -> "pd.DatetimeIndex":
-            micros = np.fromiter((float(v) * 1e6 if v else np.nan for v in raw), dtype=float, count=n)
-            return pd.DatetimeIndex(micros.astype("datetime64[us]")).tz_localize("UTC")
-
-        worker_ids = [w.decode() if w else None for w in wid]
-        meta = {
-            "pid": pd.array(self._pids_of(worker_ids), dtype="Int64"),
-            "worker_id": pd.array(worker_ids, dtype=str),
-            "state": pd.array([s.decode() if s else None for s in state], dtype=str),
-            "keys": pd.array(keys, dtype=str),
-            "queued_at": times(qat),
-            "started_at": times(sat),
-            "finished_at": times(fat),
-            "attempts": np.array([int(a) if a else 0 for a in attempts], dtype="int64"),
-            "error": pd.array([e.decode() if e else None for e in error], dtype=str),
-        }
-        data = {name: values for name, values in columns.items() if name not in meta}
-        data.update(meta)
-        return pd.DataFrame(data, index=pd.RangeIndex(n))
+        return task_columns(keys, inputs, [y or {} for y in ys], self._verified_all(extra, keys),
+                            state, wid, self._pids_of(wid), qat, sat, fat, attempts, error)
 
     def _verified_all(self, blobs: Sequence[bytes | None], keys: Sequence[Any]) -> list[dict]:
         """:meth:`_verified` for many payloads; plain pickles without a secret in one quick pass."""
@@ -391,15 +366,17 @@ class NetworkView:
         payloads = self.client.mget([self.keys.shared(i) for i in ids])
         return {i: check_shared(i, p, self.secret) for i, p in zip(ids, payloads)}
 
-    def _pids_of(self, worker_ids: Sequence[str | None]) -> list[int | None]:
+    def _pids_of(self, worker_ids: Sequence[bytes | str | None]) -> list[int | None]:
+        """The pid of each worker id (raw bytes as read from Redis, or str), cached per view."""
         missing = sorted({w for w in worker_ids if w and w not in self._pids})
         if missing:
             pipe = self.client.pipeline(transaction=False)
             for wid in missing:
-                pipe.hget(self.keys.worker(wid), "pid")
+                pipe.hget(self.keys.worker(_text(wid)), "pid")
             for wid, pid in zip(missing, pipe.execute()):
                 self._pids[wid] = int(pid) if pid else None
-        return [self._pids.get(w) if w else None for w in worker_ids]
+        pids = self._pids
+        return [pids.get(w) if w else None for w in worker_ids]
 
     def _keys_of(self, key: str, *, sorted_set: bool = False) -> list[str]:
         raw = self.client.zrange(key, 0, -1) if sorted_set else self.client.lrange(key, 0, -1)
@@ -442,15 +419,12 @@ class NetworkView:
 
         >>> rush.fetch_finished_tasks()["y"].max()   # doctest: +SKIP
         """
-        import pandas as pd
-
-        rows = self._archive_frame(self._finished_offset)
-        if len(rows) or self._finished_frame is None:
-            self._finished_frame = rows if self._finished_frame is None else \
-                pd.concat([self._finished_frame, rows], ignore_index=True)
-            self._finished_offset += len(rows)
-        # With copy-on-write (pandas >= 3) a shallow copy is enough to keep the cache safe.
-        return self._finished_frame.copy(deep=not _COPY_ON_WRITE)
+        columns = self._archive_columns(self._finished_offset)
+        n_new = len(columns["keys"])
+        if n_new or self._finished_offset == 0:
+            self._finished.append(columns)
+            self._finished_offset += n_new
+        return self._finished.frame()
 
     def fetch_new_tasks(self, timeout: float = 0) -> "pd.DataFrame":
         """Tasks finished since the previous call; waits up to ``timeout`` s for at least one.

@@ -14,6 +14,10 @@ def add(x1, x2, **kwargs):
     return {"y": x1 + x2}
 
 
+def echo(x, label=None, **kwargs):
+    return {"y": x, "upper": label.upper() if label else None}
+
+
 def square(x, **kwargs):
     return x * x  # not a dict: stored as column y
 
