@@ -20,6 +20,20 @@ absorbed, since the client reads them by key.
 >>> fused, members = fuse_subtrees(graph, keep={"c"}, limit=3)
 >>> sorted(members["c"])
 ['a', 'b', 'c']
+
+The same cost hits graphs of many independent outputs (10,000 ``delayed``
+calls computed at once): :func:`bundle_outputs` puts outputs that no other
+node needs into *bundles*, one Redis task each, whose result is the tuple of
+their values; the client splits it. Bundles are kept smaller than fused
+groups (``BUNDLES_PER_WORKER``), since their members may be slow tasks that
+must still spread evenly over the workers.
+
+>>> graph = {k: Task(k, abs, -i) for i, k in enumerate("abcd")}
+>>> bundled, bundles = bundle_outputs(graph, "abcd", limit=2, prefix="g")
+>>> bundles
+{('g', 0): ['a', 'b'], ('g', 1): ['c', 'd']}
+>>> bundled[("g", 1)]({})
+(2, 3)
 """
 
 from __future__ import annotations
@@ -27,10 +41,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
-from dask._task_spec import GraphNode
+from dask._task_spec import GraphNode, Task
 
 MAX_GROUP = 256   # nodes per fused task, whatever the graph's size
 TASKS_PER_WORKER = 8  # aim for at least this many fused tasks per worker
+BUNDLES_PER_WORKER = 32  # and this many bundles of outputs per worker
 
 
 def group_limit(n_nodes: int, n_workers: int) -> int:
@@ -40,6 +55,48 @@ def group_limit(n_nodes: int, n_workers: int) -> int:
     125
     """
     return max(1, min(MAX_GROUP, n_nodes // (TASKS_PER_WORKER * max(n_workers, 1))))
+
+
+def bundle_limit(n_outputs: int, n_workers: int) -> int:
+    """The largest bundle that keeps about ``BUNDLES_PER_WORKER`` bundles per worker.
+
+    >>> bundle_limit(10_000, 2)
+    156
+    """
+    return max(1, min(MAX_GROUP, n_outputs // (BUNDLES_PER_WORKER * max(n_workers, 1))))
+
+
+def bundle_values(*values: Any) -> tuple:
+    """The function of a bundle task: its members' values, in order."""
+    return values
+
+
+def bundle_outputs(graph: Mapping[Hashable, GraphNode], outputs: Iterable[Hashable], limit: int,
+                   prefix: str, options_of: Callable[[Hashable], Any] = lambda key: None,
+                   ) -> tuple[dict[Hashable, GraphNode], dict[Hashable, list[Hashable]]]:
+    """(the graph with outputs bundled, the member keys of each bundle, in tuple order).
+
+    Only outputs that no node of the graph depends on are bundled, at most
+    ``limit`` per bundle, in graph order, and only with outputs of equal
+    ``options_of``. Bundle keys are ``(prefix, i)``.
+    """
+    needed = {dep for node in graph.values() for dep in node.dependencies}
+    candidates: dict[Any, list[Hashable]] = {}
+    for key in dict.fromkeys(outputs):
+        if key in graph and key not in needed:
+            candidates.setdefault(options_of(key), []).append(key)
+    if limit < 2 or sum(map(len, candidates.values())) < 2:
+        return dict(graph), {}
+    bundles: dict[Hashable, list[Hashable]] = {}
+    for keys in candidates.values():
+        for start in range(0, len(keys), limit):
+            if len(keys) - start > 1:  # a lone output stays a task of its own
+                bundles[(prefix, len(bundles))] = keys[start:start + limit]
+    bundled_keys = {key for members in bundles.values() for key in members}
+    result = {key: node for key, node in graph.items() if key not in bundled_keys}
+    for bundle_key, members in bundles.items():
+        result[bundle_key] = Task(bundle_key, bundle_values, *(graph[key] for key in members))
+    return result, bundles
 
 
 def fuse_subtrees(graph: Mapping[Hashable, GraphNode], keep: Iterable[Hashable], limit: int,

@@ -30,6 +30,11 @@ graph's bookkeeping goes too, so nothing of ``G`` is left in Redis. The first
 node that fails (after its retries) fails its dependents too; the client
 cancels the rest of the graph and re-raises the original exception.
 
+Before any of this, small subtrees are fused into one Redis task each and,
+for a compute, outputs that no node needs are bundled a few hundred to a
+task (:mod:`rush_dask.fusion`): a task's key stands for all the Dask keys
+it computes, and a bundle's result is the tuple the client splits.
+
 Inputs that are not in the graph are results of earlier graphs (persisted
 collections, futures): the new graph holds a reference on them while it
 needs them.
@@ -49,7 +54,7 @@ from dask.order import order
 
 from . import constants as C
 from .errors import KilledWorker, PayloadTooLargeError, TaskFailedError
-from .fusion import TASKS_PER_WORKER, fuse_subtrees, group_limit
+from .fusion import MAX_GROUP, TASKS_PER_WORKER, bundle_limit, bundle_outputs, fuse_subtrees, group_limit
 from .serialize import dumps, loads
 from .waiting import Patience
 
@@ -120,26 +125,41 @@ class GraphRun:
         self._find_external_inputs()
         self.defaults = {"priority": priority, "retries": retries, "resources": resources}
         self.max_lost = max_lost
-        # The Redis tasks: the Dask graph with small subtrees fused (see rush_dask.fusion).
-        self.graph, self.groups = self._fuse(fuse)
+        # The Redis tasks: the Dask graph with small subtrees fused and, when the client
+        # reads the outputs itself, independent outputs bundled (see rush_dask.fusion).
+        self.graph, self.groups, self.bundles = self._fuse(fuse, bundle=notify)
+        self.in_bundle = {key: (bundle, i) for bundle, members in self.bundles.items()
+                          for i, key in enumerate(members)}
         self.task_keys = {key: f"{self.graph_id}.{i}" for i, key in enumerate(self.graph)}
 
-    def _fuse(self, fuse: bool | int) -> tuple[dict, dict]:
+    def _fuse(self, fuse: bool | int, bundle: bool) -> tuple[dict, dict, dict]:
+        """(Redis-task graph, Dask keys of each fused task, outputs of each bundle)."""
         if isinstance(fuse, bool) or fuse is None:
-            limit = None if fuse else 1
+            cap = None if fuse else 1
         elif isinstance(fuse, int) and fuse >= 1:
-            limit = fuse
+            cap = fuse
         else:
             raise ValueError(f"fuse must be True, False or the largest number of nodes per task, got {fuse!r}")
-        if limit is None:
-            # group_limit is 1 below this size whatever the worker count: skip the Redis call.
-            if len(self.dask_graph) < 2 * TASKS_PER_WORKER:
-                return dict(self.dask_graph), {}
-            n_workers = max(self.rush.n_running_workers, os.cpu_count() or 1)
-            limit = group_limit(len(self.dask_graph), n_workers)
+        # With fuse=True both limits are 1 below this size whatever the worker count:
+        # skip the Redis call.
+        if cap == 1 or (cap is None and len(self.dask_graph) < 2 * TASKS_PER_WORKER):
+            return dict(self.dask_graph), {}, {}
+        n_workers = max(self.rush.n_running_workers, os.cpu_count() or 1)
         options = [self._per_node(name) for name in ("priority", "resources", "retries")]
-        return fuse_subtrees(self.dask_graph, keep=self.outputs, limit=limit,
-                             options_of=lambda key: [repr(option(key)) for option in options])
+
+        def options_of(key: Hashable) -> tuple[str, ...]:
+            return tuple(repr(option(key)) for option in options)
+
+        graph, groups = fuse_subtrees(self.dask_graph, keep=self.outputs, options_of=options_of,
+                                      limit=cap or group_limit(len(self.dask_graph), n_workers))
+        if not bundle:
+            return graph, groups, {}
+        limit = min(cap or MAX_GROUP, bundle_limit(len(self.outputs), n_workers))
+        graph, bundles = bundle_outputs(graph, self.outputs, limit, prefix=f"rush-bundle-{self.graph_id}",
+                                        options_of=options_of)
+        for bundle_key, members in bundles.items():
+            groups[bundle_key] = [k for member in members for k in groups.pop(member, [member])]
+        return graph, groups, bundles
 
     def dask_keys(self, key: Hashable) -> list[Hashable]:
         """The keys of the Dask graph that the task ``key`` computes (more than one if fused)."""
@@ -159,7 +179,12 @@ class GraphRun:
             self.external[key] = future
 
     def task_key(self, key: Hashable) -> str:
-        return self.task_keys[key] if key in self.graph else self.external[key].task_key
+        """The Redis task that holds the result of ``key`` (an output may be in a bundle)."""
+        if key in self.graph:
+            return self.task_keys[key]
+        if key in self.in_bundle:
+            return self.task_keys[self.in_bundle[key][0]]
+        return self.external[key].task_key
 
     def _per_node(self, name: str) -> Callable[[Hashable], Any]:
         """The value of option ``name`` for a node: its annotation, else the compute keyword."""
@@ -182,7 +207,7 @@ class GraphRun:
             ranks = {key: getattr(rank, "priority", rank) for key, rank in order(graph).items()}
         else:  # no edges: any order is dask.order's order, and computing it is costly
             ranks = {key: i for i, key in enumerate(graph)}
-        outputs = set(self.outputs)
+        outputs = {*self.outputs, *self.bundles}  # the client holds one reference on each
         priority_of, resources_of, retries_of = (self._per_node(name) for name in
                                                  ("priority", "resources", "retries"))
         base = self.rush.client.incrby(self.rush.keys.seq, max(len(graph), 1)) - len(graph)
@@ -216,7 +241,7 @@ class GraphRun:
         if pending:
             self.rush.scripts.push_graph(args=args)
         # Outputs that are futures of earlier graphs: the client holds one more reference.
-        held = [self.external[k].task_key for k in self.outputs if k not in graph]
+        held = [self.external[k].task_key for k in self._external_outputs()]
         if held:
             pipe = self.rush.client.pipeline(transaction=False)
             for task_key in held:
@@ -242,8 +267,8 @@ class GraphRun:
         rush = self.rush
         by_task_key = {task_key: key for key, task_key in self.task_keys.items()}
         done_key = rush.keys.prefix + f"gdone:{self.graph_id}"
-        outputs_here = [k for k in self.outputs if k in self.graph]
-        external = [k for k in self.outputs if k not in self.graph]
+        external = self._external_outputs()
+        outputs_here = [k for k in self.outputs if k not in set(external)]
         unseen = set(by_task_key)
         patience = Patience(timeout, rush._health_check)
         idle_since, resync_after = time.monotonic(), 1.0
@@ -272,18 +297,32 @@ class GraphRun:
             self._release(external)  # the hold taken on earlier futures in submit()
             raise
         try:
-            values = self._read([self.task_keys[k] for k in outputs_here])
-            results = dict(zip(outputs_here, values))
+            results = self._read_outputs(outputs_here)
             if external:
                 results.update(zip(external, rush.gather([self.external[k] for k in external])))
         finally:  # even when an earlier future failed or a result cannot be read
             self._release(self.outputs)
         return results
 
+    def _external_outputs(self) -> list[Hashable]:
+        """Outputs that are futures of earlier graphs (not computed by this one)."""
+        return [k for k in self.outputs if k not in self.graph and k not in self.in_bundle]
+
+    def _read_outputs(self, keys: list[Hashable]) -> dict[Hashable, Any]:
+        """The values of outputs of this graph; a bundle's result is read once and split."""
+        task_keys = list(dict.fromkeys(self.task_key(k) for k in keys))
+        values = dict(zip(task_keys, self._read(task_keys)))
+        results = {}
+        for key in keys:
+            value = values[self.task_key(key)]
+            results[key] = value[self.in_bundle[key][1]] if key in self.in_bundle else value
+        return results
+
     def _release(self, keys: list[Hashable]) -> None:
         """Drop the client's reference on these outputs (results nobody else needs are deleted)."""
-        if keys:
-            self.rush.scripts.release(args=[self.rush.keys.prefix, *[self.task_key(k) for k in keys]])
+        if keys:  # the outputs in one bundle share one reference
+            task_keys = dict.fromkeys(self.task_key(k) for k in keys)
+            self.rush.scripts.release(args=[self.rush.keys.prefix, *task_keys])
 
     def _done_by_state(self, task_keys: set[str]) -> list[str]:
         """Nodes among ``task_keys`` that are done, as ``wait`` reads them from ``gdone``:

@@ -11,7 +11,7 @@ from dask._task_spec import DataNode, Task, TaskRef, execute_graph
 from dask.callbacks import Callback
 from test_dask import TIMEOUT, graph_keys
 
-from rush_dask.fusion import fuse_subtrees, group_limit
+from rush_dask.fusion import bundle_limit, bundle_outputs, fuse_subtrees, group_limit
 
 
 @pytest.fixture
@@ -121,3 +121,59 @@ def test_bad_fuse_value_is_refused_before_anything_is_written(rush2, bad):
     with pytest.raises(ValueError, match="fuse must be"):
         dask.compute(delayed_tree(4), scheduler=rush2, fuse=bad)
     assert rush2.client.get(rush2.keys.seq) == seq and graph_keys(rush2) == []
+
+
+def test_independent_outputs_are_bundled_in_order_by_options():
+    graph = {f"x{i}": Task(f"x{i}", abs, -i) for i in range(7)}
+    graph["used"] = DataNode("used", 10)
+    graph["y"] = Task("y", add, TaskRef("used"), 1)
+    outputs = [*(f"x{i}" for i in range(7)), "used", "y"]
+    bundled, bundles = bundle_outputs(graph, outputs, limit=3, prefix="b",
+                                      options_of=lambda key: key == "x6")
+    # "used" is needed by "y": it stays a task. "x6" differs in options and "y" is
+    # left over after two full bundles: alone, each stays a task too.
+    assert bundles == {("b", 0): ["x0", "x1", "x2"], ("b", 1): ["x3", "x4", "x5"]}
+    assert set(bundled) == {("b", 0), ("b", 1), "x6", "used", "y"}
+    results = execute_graph(bundled, keys=set(bundled))
+    assert results[("b", 1)] == (3, 4, 5)
+    assert bundle_outputs(graph, outputs, limit=1, prefix="b") == (graph, {})
+    assert bundle_limit(10_000, 2) == 156 and bundle_limit(10, 2) == 1
+
+
+def test_bundled_compute_sends_few_tasks_and_reports_every_key(rush2):
+    values = [dask.delayed(f.inc)(i) for i in range(2_000)]
+    seq = rush2.keys.seq
+    posted = []
+
+    class Record(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            posted.append(key)
+
+    before = int(rush2.client.get(seq) or 0)
+    with Record():
+        assert dask.compute(*values, scheduler=rush2) == tuple(range(1, 2_001))
+    assert int(rush2.client.get(seq)) - before < 2_000 / 10     # bundles, not one task each
+    assert sorted(map(str, posted)) == sorted(str(v.key) for v in values)
+    assert graph_keys(rush2) == []
+    before = int(rush2.client.get(seq))
+    assert dask.compute(*values[:100], scheduler=rush2, fuse=False) == tuple(range(1, 101))
+    assert int(rush2.client.get(seq)) - before == 100
+
+
+def test_error_in_a_bundle_reraises_the_original_and_leaves_nothing(rush2):
+    values = [dask.delayed(f.inc)(i) for i in range(500)]
+    values[321] = dask.delayed(f.boom)(321)
+    with pytest.raises(ZeroDivisionError, match="boom on 321") as info:
+        dask.compute(*values, scheduler=rush2)
+    assert "boom" in info.value.remote_traceback
+    assert graph_keys(rush2) == []
+    assert dask.compute(*values[:10], scheduler=rush2) == tuple(range(1, 11))  # still usable
+
+
+def test_persist_and_futures_are_never_bundled(rush2):
+    values = [dask.delayed(f.inc)(i) for i in range(300)]
+    persisted = dask.persist(*values, scheduler=rush2)
+    futures = [v.dask[v.key] for v in persisted]
+    assert len({fut.task_key for fut in futures}) == 300       # one Redis task per future
+    assert dask.compute(*persisted, scheduler=rush2) == tuple(range(1, 301))
+    del persisted, futures
