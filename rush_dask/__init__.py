@@ -27,6 +27,7 @@ _EXPORTS = {
     "WorkerLostError": "rush_dask.errors",
     "KilledWorker": "rush_dask.errors",
     "TaskFailedError": "rush_dask.errors",
+    "ComputeCancelledError": "rush_dask.errors",
     "PayloadSignatureError": "rush_dask.errors",
     "PayloadTooLargeError": "rush_dask.errors",
     "RushFuture": "rush_dask.futures",

@@ -27,6 +27,11 @@ DEFAULT_HEARTBEAT_PERIOD = 5.0
 DEFAULT_HEARTBEAT_EXPIRE = 30.0
 DEFAULT_MAX_LOST = 3  # like distributed's allowed-failures
 DEFAULT_REDIS_RETRY_TIMEOUT = 60.0
+# A compute whose client has not renewed its graph's lease for this long (the
+# client died or hangs) is cancelled by the workers' heartbeats, a batch of
+# REAP_BATCH nodes per beat, so that nothing of it is left in Redis.
+DEFAULT_GRAPH_LEASE = 60.0
+REAP_BATCH = 2_000
 LOG_MAX_RECORDS = 10_000  # per worker; older records are trimmed
 INLINE_LIMIT = 65_536  # bytes: smaller graph inputs travel inside the pop reply
 # bytes: largest serialized task, input or result (Redis refuses values over 512 MB)
@@ -90,6 +95,10 @@ class Keys:
     @property
     def seq(self) -> str:  # counter giving every task its submission number
         return self.prefix + "seq"
+
+    @property
+    def leases(self) -> str:  # sorted set: graph id -> lease expiry (server time) of a compute
+        return self.prefix + "leases"
 
     def function(self, fun_id: str) -> str:  # a pickled function shared by many tasks
         return f"{self.prefix}fun:{fun_id}"

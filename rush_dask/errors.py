@@ -29,6 +29,10 @@ class TaskFailedError(RushError):
     """A task failed for a reason that is not an exception of its own (killed, cancelled)."""
 
 
+class ComputeCancelledError(RushError):
+    """A compute was cancelled while its client waited (its lease expired, or the network was reset)."""
+
+
 class PayloadSignatureError(RushError):
     """A payload read from Redis has no valid signature of the network's secret; it was not unpickled."""
 

@@ -53,7 +53,7 @@ from dask.core import flatten
 from dask.order import order
 
 from . import constants as C
-from .errors import KilledWorker, PayloadTooLargeError, TaskFailedError
+from .errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, TaskFailedError
 from .fusion import MAX_GROUP, TASKS_PER_WORKER, bundle_limit, bundle_outputs, fuse_subtrees, group_limit
 from .serialize import dumps, loads
 from .waiting import Patience
@@ -115,8 +115,14 @@ class GraphRun:
 
     def __init__(self, rush: "Rush", dsk: Any, outputs: list, *, notify: bool,
                  priority: int = 0, retries: int = 0, resources: Mapping[str, float] | None = None,
-                 max_lost: int = C.DEFAULT_MAX_LOST, fuse: bool | int = True):
+                 max_lost: int = C.DEFAULT_MAX_LOST, fuse: bool | int = True,
+                 lease: float = C.DEFAULT_GRAPH_LEASE):
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
+            raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
         self.rush = rush
+        # A compute's client renews this lease while it follows the run; if it stops
+        # (dies, hangs), workers cancel the graph. Futures (persist, submit) have none.
+        self.lease = float(lease) if notify else 0.0
         self.dask_graph, futures, self.annotations = to_task_graph(dsk)
         self.notify = notify
         self.graph_id = uuid.uuid4().hex[:12]
@@ -211,7 +217,8 @@ class GraphRun:
         priority_of, resources_of, retries_of = (self._per_node(name) for name in
                                                  ("priority", "resources", "retries"))
         base = self.rush.client.incrby(self.rush.keys.seq, max(len(graph), 1)) - len(graph)
-        header = [self.rush.keys.prefix, self.graph_id, len(graph), "1" if self.notify else "0"]
+        header = [self.rush.keys.prefix, self.graph_id, len(graph), "1" if self.notify else "0",
+                  repr(self.lease)]
         args = list(header)
         pending = 0
         # Inputs before the nodes that use them (dask.order is topological), in batches
@@ -246,6 +253,8 @@ class GraphRun:
             pipe = self.rush.client.pipeline(transaction=False)
             for task_key in held:
                 pipe.hincrby(self.rush.keys.task(task_key), "refs", 1)
+            if graph:  # for the workers, should they have to cancel this compute
+                pipe.hset(self.rush.keys.prefix + f"graph:{self.graph_id}", "held", " ".join(held))
             pipe.execute()
 
     def _check_external_inputs(self) -> None:
@@ -272,8 +281,12 @@ class GraphRun:
         unseen = set(by_task_key)
         patience = Patience(timeout, rush._health_check)
         idle_since, resync_after = time.monotonic(), 1.0
+        renew_at = time.monotonic() + self.lease / 4
         try:
             while unseen:
+                if time.monotonic() >= renew_at:
+                    self._renew_lease()
+                    renew_at = time.monotonic() + self.lease / 4
                 reply = rush.client.blmpop(0.2, 1, done_key, direction="LEFT", count=10_000)
                 items = [item.decode() for item in reply[1]] if reply else []
                 if items:
@@ -303,6 +316,13 @@ class GraphRun:
         finally:  # even when an earlier future failed or a result cannot be read
             self._release(self.outputs)
         return results
+
+    def _renew_lease(self) -> None:
+        if not self.rush.scripts.renew_lease(args=[self.rush.keys.prefix, self.graph_id, repr(self.lease)]):
+            raise ComputeCancelledError(
+                f"the workers cancelled this compute: its client did not renew the graph's "
+                f"lease for {self.lease:g} s (was the process paused, or cut off from Redis?); "
+                "compute it again, with a longer compute(..., lease=) if pauses are expected")
 
     def _external_outputs(self) -> list[Hashable]:
         """Outputs that are futures of earlier graphs (not computed by this one)."""
@@ -339,7 +359,11 @@ class GraphRun:
         pipe = self.rush.client.pipeline(transaction=False)
         for task_key in task_keys:
             pipe.hget(self.rush.keys.task(task_key), "ys")
-        return [loads(blob, self.rush.secret) for blob in pipe.execute()]
+        blobs = pipe.execute()
+        if any(blob is None for blob in blobs):
+            self._renew_lease()  # raises if the compute was cancelled: the likely cause
+            raise ComputeCancelledError("a result of this compute is gone from Redis (was the network reset?)")
+        return [loads(blob, self.rush.secret) for blob in blobs]
 
     def cancel(self) -> None:
         """Delete what is left of this graph (queued nodes, late results are dropped)."""

@@ -54,7 +54,7 @@ class DaskScheduler:
                         self.network_id, len(ids))
 
     def _graph_options(self, kwargs: dict) -> dict:
-        options = {k: kwargs.pop(k) for k in ("priority", "retries", "resources", "max_lost", "fuse")
+        options = {k: kwargs.pop(k) for k in ("priority", "retries", "resources", "max_lost", "fuse", "lease")
                    if k in kwargs}
         unknown = set(kwargs) - _IGNORED - {"callbacks"}
         if unknown:
@@ -68,9 +68,11 @@ class DaskScheduler:
         """Compute ``keys`` of a Dask graph (an expression or a dict) on the workers.
 
         Keywords: ``priority``, ``retries``, ``resources`` (also taken from
-        ``dask.annotate``), ``timeout``, ``callbacks``, and ``fuse``: small
-        subtrees run as one task (see :mod:`rush_dask.fusion`); ``False``
-        turns that off, an integer caps the nodes per task.
+        ``dask.annotate``), ``timeout``, ``callbacks``; ``fuse``: small
+        subtrees run as one task and independent outputs in bundles (see
+        :mod:`rush_dask.fusion`), ``False`` turns that off, an integer caps
+        the nodes per task; ``lease`` (60 s): if this client stops following
+        the compute for that long (it died or hangs), the workers cancel it.
 
         >>> rush.get({"a": 1, "b": (inc, "a")}, "b")   # doctest: +SKIP
         2

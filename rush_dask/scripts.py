@@ -96,6 +96,7 @@ local function drop_node(key, gid)
   redis.call('DEL', p .. 'task:' .. key)
   if redis.call('HINCRBY', p .. 'graph:' .. gid, 'live', -1) <= 0 then
     redis.call('DEL', p .. 'graph:' .. gid, p .. 'gdone:' .. gid)
+    redis.call('ZREM', p .. 'leases', gid)
   end
 end
 
@@ -242,6 +243,47 @@ local function release_priority_queue(wid)
   for _, key in ipairs(keys) do enqueue(key) end
   redis.call('DEL', pq)
   wake(#keys)
+end
+
+-- Delete one node of a cancelled graph wherever it is: off its queue, off
+-- the worker that runs it (whose late result is then dropped), and give back
+-- the references it held on results of earlier graphs.
+local function cancel_node(key, gid)
+  local tk = p .. 'task:' .. key
+  local f = redis.call('HMGET', tk, 'state', 'worker_id', 'deps')
+  if not f[1] then return end
+  if f[1] == 'queued' then dequeue(key) end
+  if f[1] == 'running' then
+    redis.call('SREM', p .. 'running', key)
+    if f[2] then redis.call('SREM', p .. 'held:' .. f[2], key) end
+  end
+  if f[1] ~= 'finished' and f[1] ~= 'failed' then
+    for _, dep in ipairs(split(f[3])) do
+      if redis.call('HGET', p .. 'task:' .. dep, 'graph') ~= gid then decref(dep) end
+    end
+  end
+  redis.call('DEL', tk)
+end
+
+-- Cancel, up to `batch` nodes per call, the compute with the oldest expired
+-- lease: its client stopped renewing it (died, or hangs), and nobody else
+-- would ever read or release its nodes. Nodes are gid.0 .. gid.(n-1).
+local function reap_abandoned_graph(t, batch)
+  local gid = redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', t, 'LIMIT', 0, 1)[1]
+  if not gid then return end
+  local gk = p .. 'graph:' .. gid
+  local n = tonumber(redis.call('HGET', gk, 'n') or '0')
+  local from = tonumber(redis.call('HGET', gk, 'reaped') or '0')
+  local upto = math.min(n, from + batch)
+  for i = from, upto - 1 do cancel_node(gid .. '.' .. i, gid) end
+  if upto >= n then
+    -- The client's hold on outputs that were futures of earlier graphs goes too.
+    for _, key in ipairs(split(redis.call('HGET', gk, 'held'))) do decref(key) end
+    redis.call('DEL', gk, p .. 'gdone:' .. gid)
+    redis.call('ZREM', p .. 'leases', gid)
+  else
+    redis.call('HSET', gk, 'reaped', upto)  -- a renewal can no longer save it
+  end
 end
 """
 
@@ -408,12 +450,14 @@ return 1
 
 # Refresh a worker's heartbeat, unless its state is no longer 'running' (a
 # worker declared lost must not come back to life).
-# ARGV: p, worker_id, heartbeat_expire_ms. Returns {state, terminate flag}.
+# Each beat of a running worker also reaps part of an abandoned compute.
+# ARGV: p, worker_id, heartbeat_expire_ms, reap_batch. Returns {state, terminate flag}.
 HEARTBEAT = r"""
 local wid = ARGV[2]
 local state = redis.call('HGET', p .. 'worker_states', wid)
 if state ~= 'running' then return {state or 'unknown', '0'} end
 redis.call('SET', p .. 'hb:' .. wid, '1', 'PX', ARGV[3])
+reap_abandoned_graph(tonumber(now()), tonumber(ARGV[4] or '0'))
 return {'running', redis.call('HGET', p .. 'worker:' .. wid, 'terminate') or '0'}
 """
 
@@ -517,15 +561,20 @@ return #keys
 # Applies once: a batch repeated because its reply was lost (a Redis restart)
 # finds its mark in the graph hash and does nothing (a repeat would requeue
 # nodes that run or finished meanwhile).
-# ARGV: p, graph_id, n_nodes_in_graph, notify ('1': a client reads gdone),
+# A compute (lease > 0) gets a lease that each batch, and then its client,
+# renews; the heartbeats of workers reap it once it expires.
+# ARGV: p, graph_id, n_nodes_in_graph, notify ('1': a client reads gdone), lease seconds,
 #       then per node: key, xs, refs, deps, dependents, score, res, max_retries, max_lost
 PUSH_GRAPH = r"""
-local gid, notify = ARGV[2], ARGV[4]
-if ARGV[5] and redis.call('HSETNX', p .. 'graph:' .. gid, 'batch:' .. ARGV[5], 1) == 0 then return 0 end
+local gid, notify, lease = ARGV[2], ARGV[4], tonumber(ARGV[5])
+if ARGV[6] and redis.call('HSETNX', p .. 'graph:' .. gid, 'batch:' .. ARGV[6], 1) == 0 then return 0 end
 local t = now()
-redis.call('HSETNX', p .. 'graph:' .. gid, 'live', ARGV[3])  -- first batch only
+if redis.call('HSETNX', p .. 'graph:' .. gid, 'live', ARGV[3]) == 1 then  -- first batch
+  redis.call('HSET', p .. 'graph:' .. gid, 'n', ARGV[3])
+end
+if lease > 0 then redis.call('ZADD', p .. 'leases', tonumber(t) + lease, gid) end
 local queued = 0
-for j = 5, #ARGV, 9 do
+for j = 6, #ARGV, 9 do
   local key = ARGV[j]
   local tk = p .. 'task:' .. key
   local waiting, failed_input = 0, nil
@@ -579,25 +628,19 @@ return #ARGV - 1
 # ARGV: p, graph_id, keys...
 CANCEL_GRAPH = r"""
 local gid = ARGV[2]
-for i = 3, #ARGV do
-  local key = ARGV[i]
-  local tk = p .. 'task:' .. key
-  local f = redis.call('HMGET', tk, 'state', 'worker_id', 'deps')
-  if f[1] then
-    if f[1] == 'queued' then dequeue(key) end
-    if f[1] == 'running' then
-      redis.call('SREM', p .. 'running', key)
-      if f[2] then redis.call('SREM', p .. 'held:' .. f[2], key) end
-    end
-    if f[1] ~= 'finished' and f[1] ~= 'failed' then
-      for _, dep in ipairs(split(f[3])) do
-        if redis.call('HGET', p .. 'task:' .. dep, 'graph') ~= gid then decref(dep) end
-      end
-    end
-    redis.call('DEL', tk)
-  end
-end
+for i = 3, #ARGV do cancel_node(ARGV[i], gid) end
 redis.call('DEL', p .. 'graph:' .. gid, p .. 'gdone:' .. gid)
+redis.call('ZREM', p .. 'leases', gid)
+return 1
+"""
+
+# A client that follows its compute renews the graph's lease. Returns 0 if
+# the graph is gone or being reaped: the compute was cancelled meanwhile.
+# ARGV: p, graph_id, lease_seconds.
+RENEW_LEASE = r"""
+local gk = p .. 'graph:' .. ARGV[2]
+if redis.call('EXISTS', gk) == 0 or redis.call('HEXISTS', gk, 'reaped') == 1 then return 0 end
+redis.call('ZADD', p .. 'leases', 'XX', tonumber(now()) + tonumber(ARGV[3]), ARGV[2])
 return 1
 """
 
@@ -627,6 +670,7 @@ _BODIES = {
     "push_graph": PUSH_GRAPH,
     "release": RELEASE,
     "cancel_graph": CANCEL_GRAPH,
+    "renew_lease": RENEW_LEASE,
     "fetch_tasks": FETCH_TASKS,
 }
 

@@ -260,7 +260,7 @@ class RushWorker(NetworkView):
 
     def _beat(self) -> tuple[str, bool]:
         state, terminate = self._heartbeat_scripts.heartbeat(
-            args=[self.keys.prefix, self.worker_id, int(self.heartbeat_expire * 1000)])
+            args=[self.keys.prefix, self.worker_id, int(self.heartbeat_expire * 1000), C.REAP_BATCH])
         return state.decode(), terminate == b"1"
 
     def _request_terminate(self) -> None:
