@@ -3,8 +3,9 @@
 Each worker is ``python -m rush_dask.worker`` in its own session (so a
 Ctrl-C in the controller's terminal does not hit it), with the Redis URL in
 its environment (never on the command line, where ``ps`` would show a
-password; the signing secret likewise, in ``RUSH_SECRET``) and stdout/stderr kept in files, so that a worker that dies while
-starting can say why.
+password; the signing secret likewise, in ``RUSH_SECRET``) and
+stdout/stderr kept in files, so that a worker that dies while starting can
+say why.
 """
 
 from __future__ import annotations
