@@ -152,16 +152,21 @@ def task_columns(keys: Raw, xs: Sequence[dict], ys: Sequence[dict], extra: Seque
     """The columns of :func:`task_frame`: lists for inputs, outputs and extra, typed arrays for the rest."""
     import pandas as pd
 
+    n = len(keys)
+    # One conversion for the four text columns and one for the three times, then
+    # slices (views): each pandas call has a fixed cost that dominates for few rows.
+    texts = text([*worker_ids, *state, *keys, *error])
+    stamps = times([*queued_at, *started_at, *finished_at])
     meta = {
         "pid": pd.array(pids, dtype="Int64"),
-        "worker_id": text(worker_ids),
-        "state": text(state),
-        "keys": text(keys),
-        "queued_at": times(queued_at),
-        "started_at": times(started_at),
-        "finished_at": times(finished_at),
+        "worker_id": texts[:n],
+        "state": texts[n:2 * n],
+        "keys": texts[2 * n:3 * n],
+        "queued_at": stamps[:n],
+        "started_at": stamps[n:2 * n],
+        "finished_at": stamps[2 * n:],
         "attempts": counts(attempts),
-        "error": text(error),
+        "error": texts[3 * n:],
     }
     columns: dict[str, Any] = {name: values for name, values in dict_columns(xs, ys, extra).items()
                                if name not in meta}

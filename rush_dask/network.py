@@ -310,10 +310,13 @@ class NetworkView:
         """Finished tasks ``start`` to ``stop - 1`` (finish order) as a DataFrame, from the archive."""
         return frame_of(self._archive_columns(start, stop))
 
-    def _archive_columns(self, start: int, stop: int | None = None) -> dict[str, Any]:
-        """:meth:`_archive_frame` as columns (see :func:`rush_dask.frames.task_columns`)."""
+    def _archive_columns(self, start: int, stop: int | None = None,
+                         rows: list[list] | None = None) -> dict[str, Any]:
+        """:meth:`_archive_frame` as columns (see :func:`rush_dask.frames.task_columns`);
+        ``rows``: archive rows already read from ``start`` on."""
         with gc_paused():
-            rows = self._archive_range(start, stop)
+            if rows is None:
+                rows = self._archive_range(start, stop)
             key, xs, ys, extra, wid, qat, sat, fat, attempts = zip(*rows) if rows else ([] for _ in range(9))
             n = len(rows)
             return self._columns(key, xs, self._verified_all(ys, key), extra,
@@ -433,14 +436,14 @@ class NetworkView:
         ...     new = rush.fetch_new_tasks(timeout=5)    # doctest: +SKIP
         """
         patience = Patience(timeout)
-        while True:
-            end = self.client.llen(self.keys.archive)
-            if end > self._new_offset or patience.expired:
+        while True:  # one LRANGE per try: what is new, if anything
+            rows = self._archive_range(self._new_offset)
+            if rows or patience.expired:
                 break
             patience.sleep()
-        rows = self._archive_frame(self._new_offset, end)
-        self._new_offset = end
-        return rows
+        columns = self._archive_columns(self._new_offset, rows=rows)
+        self._new_offset += len(rows)
+        return frame_of(columns)
 
     def to_dask_dataframe(self, states: Sequence[str] | str = ("finished",),
                           partition_size: int = 10_000):
