@@ -353,12 +353,20 @@ class RushWorker(NetworkView):
         """Store outputs of running tasks held by this worker and mark them finished.
 
         Returns one note per key: ``finished``, or ``dropped`` if the task
-        was no longer this worker's (it was declared lost meanwhile).
+        was no longer this worker's (it was declared lost meanwhile). A
+        result over ``max_payload_bytes`` raises PayloadTooLargeError and
+        none of the results is stored.
+
+        >>> keys = worker.push_running_tasks([{"x": 1}])   # doctest: +SKIP
+        >>> worker.finish_tasks(keys, [{"y": 2}])          # doctest: +SKIP
+        ['finished']
         """
         keys = [keys] if isinstance(keys, str) else list(keys)
         if len(keys) != len(yss):
             raise ValueError(f"got {len(keys)} keys but {len(yss)} results")
-        outcomes = [(key, "finished", dumps(ys if isinstance(ys, dict) else {"y": ys}, self.secret), "", b"")
+        # Every result is checked before any is stored: a refused call writes nothing.
+        outcomes = [(key, "finished", self._check_result(dumps(ys if isinstance(ys, dict) else {"y": ys},
+                                                                self.secret), key), "", b"")
                     for key, ys in zip(keys, yss)]
         return self._settle(outcomes)
 
@@ -437,10 +445,11 @@ class RushWorker(NetworkView):
             self.cache.put(key(cid), body, len(body))
         return {i: bodies[i] if i in bodies else self.cache[key(i)] for i in ids}
 
-    def _check_result(self, payload: bytes) -> bytes:
+    def _check_result(self, payload: bytes, key: str | None = None) -> bytes:
         if len(payload) > self.max_payload_bytes:
+            of_task = f" of task {key}" if key else ""
             raise PayloadTooLargeError(
-                f"the result is {len(payload):,} bytes serialized, over max_payload_bytes="
+                f"the result{of_task} is {len(payload):,} bytes serialized, over max_payload_bytes="
                 f"{self.max_payload_bytes:,}: return a path to the data instead, or raise "
                 "Rush(max_payload_bytes=...)")
         return payload

@@ -89,6 +89,15 @@ def popping_loop(worker, **kwargs):
             worker.finish_tasks([task.key], [{"y": task.xs["x"] + 100}])
 
 
+def oversized_loop(worker, n, **kwargs):
+    """A custom loop whose second result is too large: finish_tasks refuses both, writes neither."""
+    keys = worker.push_running_tasks([{"x": 1}, {"x": 2}])
+    try:
+        worker.finish_tasks(keys, [{"y": 0}, {"y": b"\0" * n}])
+    except Exception as exc:
+        worker.fail_tasks(keys, [exc, exc])
+
+
 def raising_loop(worker, **kwargs):
     raise RuntimeError("the loop itself is broken")
 

@@ -59,6 +59,15 @@ def test_too_large_result_fails_the_task_not_the_worker(small):
     assert small.fetch_finished_tasks().y.tolist() == [b"\0" * 10]
 
 
+def test_too_large_result_of_a_custom_loop_is_refused_and_nothing_is_stored(small):
+    small.start_workers(worker_loop=funcs.oversized_loop, n_workers=1, n=LIMIT + 1)
+    conftest.wait_until(lambda: small.n_failed_tasks == 2, timeout=60, what="both tasks failed")
+    failed = small.fetch_failed_tasks()
+    second = small.fetch_tasks()["keys"].iloc[1]
+    assert all(f"PayloadTooLargeError: the result of task {second} is 200,0" in e for e in failed.error)
+    assert small.n_finished_tasks == 0  # the first result, small enough, was not stored either
+
+
 def test_too_large_graph_node_is_refused_and_leaves_no_graph(small, redis_url):
     small.start_workers(n_workers=1)
     before = {k for k in network_keys(redis_url, small) if b":seq" not in k}
