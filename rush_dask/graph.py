@@ -277,7 +277,8 @@ class GraphRun:
         by_task_key = {task_key: key for key, task_key in self.task_keys.items()}
         done_key = rush.keys.prefix + f"gdone:{self.graph_id}"
         external = self._external_outputs()
-        outputs_here = [k for k in self.outputs if k not in set(external)]
+        not_here = set(external)
+        outputs_here = [k for k in self.outputs if k not in not_here]
         unseen = set(by_task_key)
         patience = Patience(timeout, rush._health_check)
         idle_since, resync_after = time.monotonic(), 1.0
