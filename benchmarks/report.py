@@ -178,7 +178,6 @@ def archive_lines(s: dict) -> list[str]:
         f"| then one new task: `fetch_new_tasks()`, the new rows alone (ms) "
         f"| {fmt([t * 1e3 for t in s.get('new_only', [float('nan')])], 3)} | ≤ 2 ms |",
         f"| `to_dask_dataframe().compute(scheduler='sync')` (s) | {fmt(s['lazy'], 3)} | |",
-        f"| Redis memory per task (bytes) | {s['memory_per_task']:,.0f} | |",
     ]
     full, inc = _med(s["full"]), _med(s["incremental"]) * 1e3
     new = _med(s.get("new_only", [float("nan")])) * 1e3
