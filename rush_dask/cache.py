@@ -1,8 +1,11 @@
 """A worker's small cache of graph results, bounded by their serialized size.
 
 A dependent that runs on the worker that made (or already read) its input
-takes it from here instead of downloading it from Redis again. Small
-results are not kept: they travel inline with the task anyway.
+takes it from here instead of downloading it from Redis again, or, for an
+input small enough to come inline with the task, instead of unpickling it
+again: in a task-based shuffle ten consumers take one piece each of the
+same group of pieces. Tiny results are not kept; unpickling them is cheaper
+than the bookkeeping.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from .constants import INLINE_LIMIT
+MIN_BYTES = 2_048  # smaller results are not kept
 
 
 class ResultCache:
@@ -38,7 +41,7 @@ class ResultCache:
         return len(self._entries)
 
     def put(self, key: str, value: Any, size: int) -> None:
-        if size <= INLINE_LIMIT or size > self.max_bytes or key in self._entries:
+        if size < MIN_BYTES or size > self.max_bytes or key in self._entries:
             return
         self._entries[key] = (value, size)
         self._bytes += size

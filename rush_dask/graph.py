@@ -18,7 +18,8 @@ The graph is written in batches, inputs before the nodes that use them
 (``dask.order`` is a topological order), and workers start on the first
 batch while the client builds the next. From then on the client is not in
 the loop: a worker pops a node (its small inputs come in the same reply,
-large ones from Redis or its own cache), runs ``node(inputs)``, and one
+large ones from Redis; either is taken unpickled from the worker's own cache
+when it has it), runs ``node(inputs)``, and one
 script stores the result, decrements ``refs`` of the inputs (deleting the
 results nobody needs any more), decrements ``waiting`` of the dependents
 (queueing those that are ready), tells the client through the list

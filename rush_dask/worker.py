@@ -403,11 +403,13 @@ class RushWorker(NetworkView):
         """Values of a graph node's inputs: sent inline, cached here, or read from Redis."""
         values, missing = {}, []
         for dask_key, task_key in deps.items():
+            if task_key in self.cache:
+                values[dask_key] = self.cache[task_key]
+                continue
             inline = task.inputs.get(task_key)
             if inline is not None:
                 values[dask_key] = loads(inline, self.secret)
-            elif task_key in self.cache:
-                values[dask_key] = self.cache[task_key]
+                self.cache.put(task_key, values[dask_key], len(inline))
             else:
                 missing.append((dask_key, task_key))
         if missing:

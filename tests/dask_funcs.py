@@ -68,3 +68,23 @@ def wait_for_file(x, path):
     while not os.path.exists(path):
         time.sleep(0.02)
     return x + 1
+
+
+class CountsUnpickling:
+    """A value of ``size`` bytes that appends a line to ``path`` each time it is unpickled."""
+
+    def __init__(self, path, size):
+        self.path, self.payload = str(path), b"x" * size
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(self.path, "a") as log:
+            log.write("unpickled\n")
+
+
+def counted_value(path, size):
+    return CountsUnpickling(path, size)
+
+
+def piece_of(value, i):
+    return len(value.payload) + i

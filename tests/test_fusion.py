@@ -177,3 +177,17 @@ def test_persist_and_futures_are_never_bundled(rush2):
     assert len({fut.task_key for fut in futures}) == 300       # one Redis task per future
     assert dask.compute(*persisted, scheduler=rush2) == tuple(range(1, 301))
     del persisted, futures
+
+
+def test_an_input_read_by_many_nodes_is_unpickled_once_per_worker(rush, tmp_path):
+    """Ten nodes take a piece of one 10 KB value (small enough to come inline with
+    each of them): the worker keeps it unpickled, as in a task-based shuffle."""
+    rush.start_workers(n_workers=1)
+    rush.wait_for_workers(1, timeout=TIMEOUT)
+    log = tmp_path / "unpickled.log"
+    shared = dask.delayed(f.counted_value)(log, 10_000)
+    pieces = [dask.delayed(f.piece_of)(shared, i) for i in range(10)]
+    assert dask.compute(*pieces, scheduler=rush, fuse=False) == tuple(10_000 + i for i in range(10))
+    # The worker made the value itself: it never had to unpickle it (it did ten times before).
+    assert not log.exists() or len(log.read_text().splitlines()) <= 1
+    assert graph_keys(rush) == []
