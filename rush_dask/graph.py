@@ -284,12 +284,13 @@ class GraphRun:
         patience = Patience(timeout, rush._health_check)
         idle_since, resync_after = time.monotonic(), 1.0
         renew_at = time.monotonic() + self.lease / 4
+        block = min(0.2, self.lease / 4) if self.lease else 0.2  # renewals must not wait longer
         try:
             while unseen:
                 if time.monotonic() >= renew_at:
                     self._renew_lease()
                     renew_at = time.monotonic() + self.lease / 4
-                reply = rush.client.blmpop(0.2, 1, done_key, direction="LEFT", count=10_000)
+                reply = rush.client.blmpop(block, 1, done_key, direction="LEFT", count=10_000)
                 items = [item.decode() for item in reply[1]] if reply else []
                 if items:
                     idle_since = time.monotonic()
