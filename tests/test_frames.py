@@ -71,6 +71,13 @@ def test_missing_values_become_nat_nan_and_zero():
     assert frames.times(many).isna().all()
 
 
+def test_text_takes_bytes_str_and_none_together():
+    # fetch_tasks() passes task keys as str, worker ids and states as bytes.
+    for n in (1, ARROW_MIN_ROWS):
+        values = frames.text([b"a", "b", None] * n)
+        assert values.dtype == STR and list(values[:2]) == ["a", "b"] and values.isna().sum() == n
+
+
 def test_dict_columns_fill_gaps_and_outputs_shadow_inputs():
     columns = dict_columns([{"a": 1, "b": 2}, {"a": 3}], [{"b": 9}, {"c": "x"}])
     assert columns == {"a": [1, 3], "b": [9, None], "c": [None, "x"]}
