@@ -91,13 +91,16 @@ local function requeue(key)
   wake(1)
 end
 
+-- Delete a graph's bookkeeping: its hash, its gdone list and its lease.
+local function forget_graph(gid)
+  redis.call('DEL', p .. 'graph:' .. gid, p .. 'gdone:' .. gid)
+  redis.call('ZREM', p .. 'leases', gid)
+end
+
 -- Delete a graph node; the graph's bookkeeping goes with its last node.
 local function drop_node(key, gid)
   redis.call('DEL', p .. 'task:' .. key)
-  if redis.call('HINCRBY', p .. 'graph:' .. gid, 'live', -1) <= 0 then
-    redis.call('DEL', p .. 'graph:' .. gid, p .. 'gdone:' .. gid)
-    redis.call('ZREM', p .. 'leases', gid)
-  end
+  if redis.call('HINCRBY', p .. 'graph:' .. gid, 'live', -1) <= 0 then forget_graph(gid) end
 end
 
 -- One reference less on a graph node's result (a dependent finished, or the
@@ -279,8 +282,7 @@ local function reap_abandoned_graph(t, batch)
   if upto >= n then
     -- The client's hold on outputs that were futures of earlier graphs goes too.
     for _, key in ipairs(split(redis.call('HGET', gk, 'held'))) do decref(key) end
-    redis.call('DEL', gk, p .. 'gdone:' .. gid)
-    redis.call('ZREM', p .. 'leases', gid)
+    forget_graph(gid)
   else
     redis.call('HSET', gk, 'reaped', upto)  -- a renewal can no longer save it
   end
@@ -629,8 +631,7 @@ return #ARGV - 1
 CANCEL_GRAPH = r"""
 local gid = ARGV[2]
 for i = 3, #ARGV do cancel_node(ARGV[i], gid) end
-redis.call('DEL', p .. 'graph:' .. gid, p .. 'gdone:' .. gid)
-redis.call('ZREM', p .. 'leases', gid)
+forget_graph(gid)
 return 1
 """
 
