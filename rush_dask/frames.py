@@ -71,10 +71,7 @@ ARROW_MIN_ROWS = 256
 @lru_cache(maxsize=None)
 def _arrow() -> Any:
     """The pyarrow module when pandas' default string dtype is stored in Arrow, else None."""
-    import pandas as pd
-
-    dtype = pd.array([], dtype=str).dtype
-    if getattr(dtype, "storage", None) != "pyarrow":
+    if getattr(_default_str(), "storage", None) != "pyarrow":
         return None
     import pyarrow
 

@@ -30,8 +30,6 @@ if TYPE_CHECKING:  # pandas is imported lazily: workers that never fetch don't p
 HOSTNAME = socket.gethostname()
 logger = logging.getLogger("rush_dask")
 
-
-
 # Fields read for every task row, in this order.
 _TASK_FIELDS = (
     "xs", "extra", "state", "worker_id", "queued_at", "started_at",
@@ -422,11 +420,10 @@ class NetworkView:
 
         >>> rush.fetch_finished_tasks()["y"].max()   # doctest: +SKIP
         """
-        columns = self._archive_columns(self._finished_offset)
-        n_new = len(columns["keys"])
-        if n_new or self._finished_offset == 0:
-            self._finished.append(columns)
-            self._finished_offset += n_new
+        rows = self._archive_range(self._finished_offset)
+        if rows or self._finished_offset == 0:  # the first call builds the (maybe empty) table
+            self._finished.append(self._archive_columns(self._finished_offset, rows=rows))
+            self._finished_offset += len(rows)
         return self._finished.frame()
 
     def fetch_new_tasks(self, timeout: float = 0) -> "pd.DataFrame":
