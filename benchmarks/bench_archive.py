@@ -13,7 +13,6 @@ tasks and a lazy ``to_dask_dataframe()`` computed with the sync scheduler.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 import uuid
@@ -21,7 +20,7 @@ from pathlib import Path
 
 if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import N_WORKERS, WAIT_TIMEOUT
+from benchmarks.common import N_WORKERS, WAIT_TIMEOUT, fmt
 from rush_dask import Rush
 from rush_dask.server import RedisServer
 
@@ -31,11 +30,6 @@ TARGET_INCREMENTAL = 2e-3  # seconds
 
 def task(x, w, **kwargs):
     return {"y": x * 2, "label": "done"}
-
-
-def spread(values: list[float], scale: float = 1.0, unit: str = "s") -> str:
-    values = [v * scale for v in values]
-    return f"{statistics.median(values):.3f} {unit} [{min(values):.3f} – {max(values):.3f}]"
 
 
 def run_archive(url: str, n_tasks: int, repeats: int, log_dir: str | None = None) -> dict:
@@ -101,12 +95,12 @@ def main() -> None:
     print(f"# Archive fetch, {args.tasks:,} finished tasks, median of {args.repeats} [min – max]\n")
     print("| measure | value | target |\n|---|---:|---:|")
     print(f"| push {args.tasks:,} tasks (one call) | {r['push']:.3f} s | |")
-    print(f"| full fetch into pandas | {spread(r['full'])} | ≤ {TARGET_FULL:g} s |")
-    print(f"| then one new task, `fetch_finished_tasks()` | {spread(r['incremental'], 1e3, 'ms')} "
+    print(f"| full fetch into pandas | {fmt(r['full'], 3)} s | ≤ {TARGET_FULL:g} s |")
+    print(f"| then one new task, `fetch_finished_tasks()` | {fmt([t * 1e3 for t in r['incremental']], 3)} ms "
           f"| ≤ {TARGET_INCREMENTAL * 1e3:g} ms |")
-    print(f"| then one new task, `fetch_new_tasks()` | {spread(r['new_only'], 1e3, 'ms')} "
+    print(f"| then one new task, `fetch_new_tasks()` | {fmt([t * 1e3 for t in r['new_only']], 3)} ms "
           f"| ≤ {TARGET_INCREMENTAL * 1e3:g} ms |")
-    print(f"| `to_dask_dataframe().compute(scheduler='sync')` | {spread(r['lazy'])} | |")
+    print(f"| `to_dask_dataframe().compute(scheduler='sync')` | {fmt(r['lazy'], 3)} s | |")
     print(f"| Redis memory per finished task | {r['memory_per_task']:,.0f} bytes | |")
 
 

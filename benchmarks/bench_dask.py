@@ -108,6 +108,7 @@ from benchmarks.common import (
     machine,
     measured_sleep,
     parse_arguments,
+    ratios,
 )
 from rush_dask import Rush
 from rush_dask.graph import GraphRun, flat_keys, pack_results
@@ -492,20 +493,17 @@ def ratio_table(r: Results, workloads: list[Workload], sleep_seconds: float) -> 
     the sleep graph, rush_dask's own steps), on the graphs of trivial tasks;
     end-to-end ratios and the dataframe graphs are shown without a target.
     """
-    def ratio(a: list[float], b: list[float]) -> list[float]:
-        return [tb / ta for ta, tb in zip(a, b)]
-
     graphs = [w for w in workloads if w.ideal_seconds is None]
     sleeps = [w for w in workloads if w.ideal_seconds is not None]
     rows = []
     for other, target in ((CLUSTER, TARGET_VS_CLUSTER), (SYNC, TARGET_VS_SYNC)):
         for w in graphs:
             rows.append((f"rush / {other}, {w.name}, scheduler alone (prepared graph)",
-                         ratio(r.sched[RUSH, w.name], r.sched[other, w.name]),
+                         ratios(r.sched[other, w.name], r.sched[RUSH, w.name]),
                          target if w.name in TARGET_GRAPHS else None))
         for w in (graphs if other == CLUSTER else workloads):
             rows.append((f"rush / {other}, {w.name}, end to end",
-                         ratio(r.times[RUSH, w.name], r.times[other, w.name]), None))
+                         ratios(r.times[other, w.name], r.times[RUSH, w.name]), None))
     for w in sleeps:
         own = [sum(vals) for vals in zip(*(r.steps[w.name, s] for s in RUSH_STEPS))]
         rows.append((f"{RUSH} {w.name} / ideal, scheduler alone (GraphRun + submit + wait)",

@@ -77,6 +77,7 @@ from benchmarks.common import (
     machine,
     measured_sleep,
     parse_arguments,
+    ratios,
     redis_cpu_seconds,
 )
 from rush_dask import Rush
@@ -364,15 +365,12 @@ def ratio_table(results: dict, trivial: Workload, sleep: Workload, sleep_seconds
     def rate(system: str, w: Workload) -> list[float]:
         return [w.n_tasks / r.seconds for r in results[system, w.name]]
 
-    def ratio(a: list[float], b: list[float]) -> list[float]:
-        return [x / y for x, y in zip(a, b)]
-
     ideal = sleep.n_tasks / sleep.ideal_seconds
     rows = [
-        ("rush / bare queue, trivial tasks/s", ratio(rate(RUSH, trivial), rate(BARE, trivial))),
-        ("rush / bare queue, sleep tasks/s", ratio(rate(RUSH, sleep), rate(BARE, sleep))),
-        (f"rush / {BATCHED}, trivial tasks/s", ratio(rate(RUSH, trivial), rate(BATCHED, trivial))),
-        (f"rush / {BATCHED}, sleep tasks/s", ratio(rate(RUSH, sleep), rate(BATCHED, sleep))),
+        ("rush / bare queue, trivial tasks/s", ratios(rate(RUSH, trivial), rate(BARE, trivial))),
+        ("rush / bare queue, sleep tasks/s", ratios(rate(RUSH, sleep), rate(BARE, sleep))),
+        (f"rush / {BATCHED}, trivial tasks/s", ratios(rate(RUSH, trivial), rate(BATCHED, trivial))),
+        (f"rush / {BATCHED}, sleep tasks/s", ratios(rate(RUSH, sleep), rate(BATCHED, sleep))),
         *[(f"{system} sleep / ideal ({ideal:,.0f} tasks/s)", [r / ideal for r in rate(system, sleep)])
           for system in SYSTEMS],
         ((f"ceiling: {SLEEP_SECONDS * 1e3:g} ms / measured time.sleep({SLEEP_SECONDS:g}) "
