@@ -16,7 +16,11 @@ private Redis server (unix socket) started here, 2 workers unless stated:
 * **cost**: Redis memory per queued and finished task, client memory and
   time for 100,000 tasks (bench_cost.py);
 * **archive**: full and incremental fetch of 100,000 finished tasks
-  (bench_archive.py).
+  (bench_archive.py);
+* **data**: data-heavy Dask graphs (megabyte chunks: a matmul, a
+  tall-skinny SVD, groupby and merge of 4 M rows, a rechunk, a 1 GiB
+  result) on rush_dask, the threads scheduler and a LocalCluster, with the
+  bytes that crossed Redis and shared memory (bench_data.py).
 
 Writes ``docs/benchmarks.md`` and ``docs/img/bench-*.png`` (``--out DIR``:
 ``DIR/benchmarks.md`` and ``DIR/img/``), and the raw figures as JSON to
@@ -43,16 +47,16 @@ from benchmarks.common import QUIET_BUDGET, RESULTS_DIR, ROOT, Quiet, machine
 # The section modules are imported where they are used: the bare queue's worker
 # processes are spawned, and re-import this module (not dask, distributed...).
 
-SECTIONS = ("rush", "dask", "scaling", "cost", "archive")
+SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data")
 # Per size: rush (trivial, sleep tasks); dask (see bench_dask.make_workloads); scaling (tasks,
 # worker counts); cost tasks; archive tasks.
 SIZES = {
     "full": {"rush": (10_000, 1_000), "dask": (10_000, 1_000, 1_000, 100, 1_000),
-             "scaling": (320, (1, 2, 4, 8, 16)), "cost": 100_000, "archive": 100_000},
+             "scaling": (320, (1, 2, 4, 8, 16)), "cost": 100_000, "archive": 100_000, "data": "full"},
     "quick": {"rush": (1_000, 100), "dask": (1_000, 100, 100, 10, 200), "scaling": (32, (1, 2, 4)),
-              "cost": 5_000, "archive": 5_000},
+              "cost": 5_000, "archive": 5_000, "data": "quick"},
     "tiny": {"rush": (100, 10), "dask": (50, 16, 8, 2, 10), "scaling": (8, (1, 2)), "cost": 200,
-             "archive": 200},
+             "archive": 200, "data": "tiny"},
 }
 
 
@@ -155,8 +159,14 @@ def archive_section(ctx: Context) -> dict:
     return bench_archive.run_archive(ctx.url, ctx.sizes["archive"], ctx.repeats, ctx.log_dir)
 
 
+def data_section(ctx: Context) -> dict:
+    from benchmarks import bench_data
+
+    return bench_data.run_data(ctx.url, ctx.sizes["data"], ctx.repeats, ctx.log_dir, ctx.quiet)
+
+
 RUNNERS = {"rush": rush_section, "dask": dask_section, "scaling": scaling_section, "cost": cost_section,
-           "archive": archive_section}
+           "archive": archive_section, "data": data_section}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
