@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .constants import INLINE_LIMIT, Keys
@@ -164,6 +166,36 @@ class DataPlane:
                                   f"not be fetched: {exc}") from None
         self.bytes_fetched += len(data)
         return loads_frames(data, network_id=self.keys.network_id, key=key, secret=self.secret)
+
+    def sweep(self, stale_after: float = 60.0) -> int:
+        """Delete result files of this host whose node is gone from Redis; returns how many.
+
+        The garbage lists normally take care of every file. This catches what
+        they missed: an entry lost when Redis crashed before persisting it, or a
+        file whose writer died mid-write (temporary files older than ``stale_after`` s).
+        Idle workers run it now and then.
+        """
+        candidates: list[tuple[str, Path]] = []
+        now = time.time()
+        for directory in (self.store.shm_dir, self.store.spill_dir):
+            if directory is None or not directory.is_dir():
+                continue
+            for path in directory.iterdir():
+                if path.name.startswith("."):
+                    try:
+                        if now - path.stat().st_mtime > stale_after:
+                            path.unlink()
+                    except FileNotFoundError:
+                        pass
+                else:
+                    candidates.append((path.name, path))
+        if not candidates:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for key, _ in candidates:
+            pipe.exists(self.keys.task(key))
+        gone = [path for (_, path), exists in zip(candidates, pipe.execute()) if not exists]
+        return self.store.delete(str(p) for p in gone)
 
     def counters(self) -> dict[str, int]:
         """Bytes this process wrote to its host's store, mapped from it, and fetched from others."""

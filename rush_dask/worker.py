@@ -338,6 +338,7 @@ class RushWorker(NetworkView):
         if time.monotonic() - self._last_sweep > self.heartbeat_expire:
             self._last_sweep = time.monotonic()
             self._retry(lambda: self._sweep_lost_workers(self._dead_local_workers()))
+            self._retry(self.plane.sweep)
         wait = 1.0 if limit is None else max(min(limit, 1.0), 0.001)
         self._retry(lambda: self.client.blpop(
             [self.keys.wake_worker(self.worker_id), self.keys.wake], timeout=wait))
