@@ -41,6 +41,7 @@ from .constants import INLINE_LIMIT, Keys
 from .errors import ResultLostError
 from .serialize import dumps, loads, sign
 from .store import LocalStore, dumps_frames, frames_size, loads_frames, map_file
+from .transfer import TIMEOUT as TRANSFER_TIMEOUT
 from .transfer import DataServer, Fetcher, TransferError
 
 OFFLOAD_MIN = INLINE_LIMIT  # bytes: results at least this large stay on their host
@@ -94,14 +95,16 @@ class DataPlane:
     >>> plane.read("g.1", [b"...pickle...", None, None, None])            # doctest: +SKIP
     """
 
-    def __init__(self, client: Any, keys: Keys, *, secret: bytes | None, url: str):
+    def __init__(self, client: Any, keys: Keys, *, secret: bytes | None, url: str,
+                 transfer_timeout: float = TRANSFER_TIMEOUT):
         self.client = client
         self.keys = keys
         self.secret = secret
         self.host = host_id()
         self.store = LocalStore(keys.network_id)
         self._auth_key = auth_key(secret, url)
-        self.fetcher = Fetcher(keys.network_id, self._auth_key)
+        # A fetch that makes no progress for this long is given up (a cut link stalls silently).
+        self.fetcher = Fetcher(keys.network_id, self._auth_key, timeout=transfer_timeout)
         self._addresses: dict[str, str] = {}
         self.server: DataServer | None = None
         self.bytes_held = 0  # bytes of results written to this host's store

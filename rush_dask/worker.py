@@ -201,7 +201,8 @@ class RushWorker(NetworkView):
         self.client = connect(self.url)
         self.scripts = Scripts(self.client)
         # Large graph results stay on this host; other hosts fetch them from this server.
-        self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url)
+        self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url,
+                               transfer_timeout=max(5.0, self.heartbeat_expire))
         data_address = self.plane.serve()
         self._init_view()
         self._functions: dict[str, Callable] = {}
