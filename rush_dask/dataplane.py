@@ -42,11 +42,12 @@ from .errors import ResultLostError
 from .serialize import dumps, loads, sign
 from .store import LocalStore, dumps_frames, frames_size, loads_frames, map_file
 from .transfer import TIMEOUT as TRANSFER_TIMEOUT
-from .transfer import DataServer, Fetcher, TransferError
+from .transfer import DataServer, Fetcher, TlsIdentity, TransferError
 
 OFFLOAD_MIN = INLINE_LIMIT  # bytes: results at least this large stay on their host
 HOST_ENV = "RUSH_HOST_ID"
 ADDRESS_ENV = "RUSH_DATA_ADDRESS"
+TLS_ENV = "RUSH_DATA_TLS"
 # Fields of a node's task hash that say where its result is (see read_fields).
 RESULT_FIELDS = ("ys", "at", "host", "path")
 
@@ -105,19 +106,27 @@ class DataPlane:
         self._auth_key = auth_key(secret, url)
         # A fetch that makes no progress for this long is given up (a cut link stalls silently).
         self.fetcher = Fetcher(keys.network_id, self._auth_key, timeout=transfer_timeout)
-        self._addresses: dict[str, str] = {}
+        self._addresses: dict[str, tuple[str, str | None]] = {}
+        # Workers' data servers speak TLS when the network reaches Redis over TLS.
+        self.tls = url.startswith("rediss://") or os.environ.get(TLS_ENV, "") == "1"
         self.server: DataServer | None = None
         self.bytes_held = 0  # bytes of results written to this host's store
         self.bytes_local = 0  # bytes of results mapped from this host's files
         self.bytes_fetched = 0  # bytes of results fetched from other hosts
 
     # ----------------------------------------------------------- producer side
-    def serve(self) -> str:
-        """Start this process's data server (workers do); returns its address."""
+    def serve(self) -> dict[str, str]:
+        """Start this process's data server (workers do); returns the fields that tell other
+        hosts how to reach it: ``data_address`` and, over TLS, ``data_tls`` (its fingerprint)."""
         bind = os.environ.get(ADDRESS_ENV) or _address_towards(self.client)
         host, _, port = bind.rpartition(":") if bind.count(":") == 1 else (bind, "", "0")
-        self.server = DataServer(self.store, host or bind, int(port or 0), auth_key=self._auth_key).start()
-        return self.server.address
+        tls = TlsIdentity() if self.tls else None
+        self.server = DataServer(self.store, host or bind, int(port or 0), auth_key=self._auth_key,
+                                 tls=tls).start()
+        fields = {"data_address": self.server.address}
+        if tls is not None:
+            fields["data_tls"] = tls.fingerprint
+        return fields
 
     def encode(self, key: str, value: Any) -> tuple[str, bytes | str, int]:
         """Store a node's result: ``("finished", payload, size)`` for Redis, or
@@ -157,13 +166,17 @@ class DataPlane:
                 return value
             except FileNotFoundError:
                 pass  # another machine with our host id, or the file was collected: ask its worker
-        address = self._address_of(worker_id)
-        if address is None:
+        where = self._address_of(worker_id)
+        if where is None:
             raise ResultLostError(
                 f"the result of {key} was held by worker {worker_id}, which has no data server "
                 "any more (it stopped or was lost); the graph is computed again")
+        address, fingerprint = where
+        if self.tls and not fingerprint:
+            raise ResultLostError(f"the result of {key} is held by worker {worker_id}, whose data server "
+                                  "does not speak TLS; refused on a TLS network")
         try:
-            data = self.fetcher.fetch(address, key)
+            data = self.fetcher.fetch(address, key, fingerprint)
         except (TransferError, FileNotFoundError) as exc:
             raise ResultLostError(f"the result of {key} held by worker {worker_id} at {address} could "
                                   f"not be fetched: {exc}") from None
@@ -205,14 +218,15 @@ class DataPlane:
         return {"bytes_held": self.bytes_held, "bytes_mapped": self.bytes_local,
                 "bytes_fetched": self.bytes_fetched}
 
-    def _address_of(self, worker_id: str) -> str | None:
-        address = self._addresses.get(worker_id)
-        if address is None:
-            raw = self.client.hget(self.keys.worker(worker_id), "data_address")
-            if raw is None:
+    def _address_of(self, worker_id: str) -> tuple[str, str | None] | None:
+        """(address, TLS fingerprint or None) of a worker's data server, read once from Redis."""
+        where = self._addresses.get(worker_id)
+        if where is None:
+            address, fingerprint = self.client.hmget(self.keys.worker(worker_id), "data_address", "data_tls")
+            if address is None:
                 return None
-            address = self._addresses[worker_id] = raw.decode()
-        return address
+            where = self._addresses[worker_id] = (address.decode(), fingerprint.decode() if fingerprint else None)
+        return where
 
     def read_many(self, task_keys: Sequence[str]) -> list[Any]:
         """Values of several nodes, their Redis fields read in one round trip."""

@@ -203,7 +203,7 @@ class RushWorker(NetworkView):
         # Large graph results stay on this host; other hosts fetch them from this server.
         self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url,
                                transfer_timeout=max(5.0, self.heartbeat_expire))
-        data_address = self.plane.serve()
+        data_server = self.plane.serve()
         self._init_view()
         self._functions: dict[str, Callable] = {}
         self._terminate_requested = False
@@ -223,7 +223,8 @@ class RushWorker(NetworkView):
             "pid", os.getpid(), "hostname", HOSTNAME,
             "heartbeat_period", self.heartbeat_period, "heartbeat_expire", self.heartbeat_expire,
             "resources", json.dumps(self.resources), "start_id", start_id or "",
-            "python", sys.version.split()[0], "host", self.plane.host, "data_address", data_address,
+            "python", sys.version.split()[0], "host", self.plane.host,
+            *[item for pair in data_server.items() for item in pair],
         ])
         if not registered:
             raise ValueError(f"worker id {self.worker_id!r} is already taken in network {network_id!r}")
