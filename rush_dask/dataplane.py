@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -110,6 +111,8 @@ class DataPlane:
         # Workers' data servers speak TLS when the network reaches Redis over TLS.
         self.tls = url.startswith("rediss://") or os.environ.get(TLS_ENV, "") == "1"
         self.server: DataServer | None = None
+        self.holder_id: str | None = None  # a client's id when it holds data of its graphs
+        self._local_workers, self._local_workers_checked = False, -1e9
         self.bytes_held = 0  # bytes of results written to this host's store
         self.bytes_local = 0  # bytes of results mapped from this host's files
         self.bytes_fetched = 0  # bytes of results fetched from other hosts
@@ -141,6 +144,45 @@ class DataPlane:
         path, size = self.store.put_frames(key, header, buffers, secret=self.secret)
         self.bytes_held += size
         return "held", path, size
+
+    def hold(self, key: str, value: Any) -> str | None:
+        """Write data that a client embedded in a graph (a large ``DataNode``) to this host's
+        store, so that workers map it instead of reading it from Redis.
+
+        Returns the node's ``held`` field for the graph push (``holder, host, path, nbytes``
+        tab-separated), or None when the value is small or no running worker shares this
+        host (a remote client keeps sending its data through Redis: the workers might not
+        reach it).
+        """
+        header, buffers = dumps_frames(value)
+        size = frames_size(header, buffers)
+        if size < OFFLOAD_MIN or not self._workers_share_host():
+            return None
+        holder = self._serve_as_holder()
+        path, size = self.store.put_frames(key, header, buffers, secret=self.secret)
+        self.bytes_held += size
+        return f"{holder}\t{self.host}\t{path}\t{size}"
+
+    def _workers_share_host(self) -> bool:
+        """Whether a running worker is on this host (asked at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._local_workers_checked > 5.0:
+            states = self.client.hgetall(self.keys.worker_states)
+            running = [w for w, state in states.items() if state == b"running"]
+            pipe = self.client.pipeline(transaction=False)
+            for wid in running:
+                pipe.hget(self.keys.worker(wid.decode()), "host")
+            self._local_workers = self.host.encode() in pipe.execute()
+            self._local_workers_checked = now
+        return self._local_workers
+
+    def _serve_as_holder(self) -> str:
+        """This client's id as a holder of data, its data server started and published once."""
+        if self.holder_id is None:
+            self.holder_id = f"client-{uuid.uuid4().hex[:12]}"
+            fields = self.serve()
+            self.client.hset(self.keys.worker(self.holder_id), mapping={"host": self.host, **fields})
+        return self.holder_id
 
     def collect(self, paths: Iterable[bytes | str]) -> int:
         """Delete result files that the scripts put on this host's garbage list."""
@@ -240,3 +282,9 @@ class DataPlane:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.holder_id is not None:
+            try:
+                self.client.delete(self.keys.worker(self.holder_id))
+            except Exception:  # Redis gone at exit: nothing to unpublish
+                pass
+            self.holder_id = None

@@ -218,3 +218,30 @@ def test_a_consumer_on_another_host_fetches_from_the_holders_data_server(rush, m
     assert total == 7.0 * 2 * MB / 8
     wait_until(lambda: int(rush.client.hget(rush.keys.worker(worker_b), "bytes_fetched") or 0) >= 2 * MB,
                what="worker B fetched A's result over TCP")
+
+
+def test_large_data_embedded_in_a_graph_goes_to_the_hosts_store_not_redis(two_workers):
+    import dask.dataframe as dd
+    import pandas as pd
+
+    rush = two_workers
+    pdf = pd.DataFrame({"k": np.arange(200_000) % 10, "x": np.arange(200_000, dtype="f8")})
+    net_before = rush.client.info("stats")["total_net_input_bytes"]
+    total = dd.from_pandas(pdf, npartitions=4).groupby("k").x.sum().compute(scheduler=rush)
+    assert total.sort_index().tolist() == pdf.groupby("k").x.sum().tolist()
+    assert rush.plane.bytes_held >= pdf.memory_usage().sum()  # the client wrote the partitions
+    # Redis received the graph's structure, not its 3.2 MB of data.
+    assert rush.client.info("stats")["total_net_input_bytes"] - net_before < 1 * MB
+    wait_until(lambda: held_files(rush) == [], what="the partitions' files deleted")
+
+
+def test_a_client_on_a_host_without_workers_sends_its_data_through_redis(rush, monkeypatch):
+    import dask.dataframe as dd
+    import pandas as pd
+
+    monkeypatch.setenv("RUSH_HOST_ID", "elsewhere")  # the workers' host; the client has its own
+    rush.start_workers(n_workers=1, **FAST)
+    rush.wait_for_workers(1, timeout=TIMEOUT)
+    pdf = pd.DataFrame({"x": np.arange(100_000, dtype="f8")})
+    assert dd.from_pandas(pdf, npartitions=2).x.sum().compute(scheduler=rush) == pdf.x.sum()
+    assert rush.plane.bytes_held == 0 and rush.plane.holder_id is None
