@@ -40,7 +40,7 @@ from typing import Any, Iterable, Sequence
 
 from .constants import INLINE_LIMIT, Keys
 from .errors import ResultLostError
-from .serialize import dumps, loads, sign
+from .serialize import dumps, loads
 from .store import LocalStore, dumps_frames, frames_size, loads_frames, map_file
 from .transfer import TIMEOUT as TRANSFER_TIMEOUT
 from .transfer import DataServer, Fetcher, TlsIdentity, TransferError
@@ -134,12 +134,18 @@ class DataPlane:
     def encode(self, key: str, value: Any) -> tuple[str, bytes | str, int]:
         """Store a node's result: ``("finished", payload, size)`` for Redis, or
         ``("held", path, size)`` when it was written to this host's store."""
+        from dask.sizeof import sizeof  # here: the CLI imports this module and not dask
+
+        if self.server is None or sizeof(value) < OFFLOAD_MIN // 2:
+            # Most results are small: one plain pickle, as before (sizeof is a cheap estimate;
+            # a result it underestimates is pickled again below).
+            payload = dumps(value, self.secret)
+            if len(payload) < OFFLOAD_MIN or self.server is None:
+                return "finished", payload, len(payload)
         header, buffers = dumps_frames(value)
         size = frames_size(header, buffers)
-        if size < OFFLOAD_MIN or self.server is None:
-            payload = header if not buffers else dumps(value)
-            if self.secret is not None:
-                payload = sign(payload, self.secret)
+        if size < OFFLOAD_MIN:
+            payload = dumps(value, self.secret)
             return "finished", payload, len(payload)
         path, size = self.store.put_frames(key, header, buffers, secret=self.secret)
         self.bytes_held += size
