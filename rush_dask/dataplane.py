@@ -31,6 +31,7 @@ times at most.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -44,6 +45,8 @@ from .serialize import dumps, loads
 from .store import LocalStore, dumps_frames, frames_size, loads_frames, map_file
 from .transfer import TIMEOUT as TRANSFER_TIMEOUT
 from .transfer import DataServer, Fetcher, TlsIdentity, TransferError
+
+logger = logging.getLogger("rush_dask.worker")
 
 OFFLOAD_MIN = INLINE_LIMIT  # bytes: results at least this large stay on their host
 HOST_ENV = "RUSH_HOST_ID"
@@ -147,7 +150,13 @@ class DataPlane:
         if size < OFFLOAD_MIN:
             payload = dumps(value, self.secret)
             return "finished", payload, len(payload)
-        path, size = self.store.put_frames(key, header, buffers, secret=self.secret)
+        try:
+            path, size = self.store.put_frames(key, header, buffers, secret=self.secret)
+        except OSError as exc:  # shared memory and the spill directory both full or unwritable
+            logger.warning("result %s (%s bytes) cannot be written to this host's store (%s); "
+                           "it goes to Redis instead", key, f"{size:,}", exc)
+            payload = dumps(value, self.secret)
+            return "finished", payload, len(payload)
         self.bytes_held += size
         return "held", path, size
 
