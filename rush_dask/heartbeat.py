@@ -48,7 +48,11 @@ class Heartbeat(threading.Thread):
             try:
                 state, terminate = self.beat()
                 last_success = time.monotonic()
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as exc:
+            except (redis.RedisError, OSError) as exc:
+                # Unreachable, restarting, or a cluster moving the network's slot to another
+                # master: keep beating until redis_retry_timeout, never let the thread die.
+                if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+                    logger.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
                 if time.monotonic() - last_success > self.redis_retry_timeout:
                     print(f"rush worker: Redis unreachable for {self.redis_retry_timeout:.0f} s "
                           f"({exc}); exiting", file=sys.stderr, flush=True)
