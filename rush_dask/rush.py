@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import tempfile
 import uuid
 import weakref
@@ -21,8 +20,9 @@ from redis.retry import Retry
 
 from . import constants as C
 from .connections import connect, current_plan, redact, resolve_url
+from .control import stop_workers
 from .errors import PayloadTooLargeError, RedisUnavailableError, WorkerStartError
-from .network import HOSTNAME, NetworkView, known_secrets, pid_alive
+from .network import NetworkView, known_secrets
 from .processes import WorkerProcess, spawn_worker, stop_processes
 from .scheduler import DaskScheduler
 from .scripts import Scripts
@@ -317,39 +317,7 @@ class Rush(DaskScheduler, NetworkView):
 
         >>> rush.stop_workers(type="kill", worker_ids=[rush.running_worker_ids[0]])  # doctest: +SKIP
         """
-        if type not in ("terminate", "kill"):
-            raise ValueError(f"type must be 'terminate' or 'kill', got {type!r}")
-        ids = self.running_worker_ids if worker_ids is None else self._check_worker_ids(worker_ids)
-        if not ids:
-            return []
-        if type == "kill":
-            self.scripts.mark_workers(args=[self.keys.prefix, C.KILLED, "worker killed by the user", "0", *ids])
-            self._signal_local(ids, signal.SIGKILL)
-        else:
-            pipe = self.client.pipeline(transaction=True)
-            for wid in ids:
-                pipe.hset(self.keys.worker(wid), "terminate", "1")
-                pipe.lpush(self.keys.wake_worker(wid), "1")
-            pipe.execute()
-        return ids
-
-    def _signal_local(self, worker_ids: Sequence[str], signum: int) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for wid in worker_ids:
-            pipe.hmget(self.keys.worker(wid), "hostname", "pid")
-        for wid, (host, pid) in zip(worker_ids, pipe.execute()):
-            proc = self._processes.get(wid)
-            if proc is not None:
-                proc.signal(signum)
-                try:
-                    proc.process.wait(5)
-                except Exception:
-                    pass
-            elif host is not None and host.decode() == HOSTNAME and pid and pid_alive(int(pid)):
-                try:
-                    os.kill(int(pid), signum)
-                except ProcessLookupError:
-                    pass
+        return stop_workers(self, type, worker_ids, self._processes)
 
     def _health_check(self) -> None:
         """Run while waiting: fail fast on workers that died starting, requeue tasks of lost ones."""

@@ -53,7 +53,7 @@ from .errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
-from .heartbeat import EXIT_LOST, EXIT_REDIS_GONE, Heartbeat
+from .heartbeat import EXIT_LOST, EXIT_REDIS_GONE, Heartbeat, rss_bytes
 from .logs import RedisLogHandler
 from .network import HOSTNAME, NetworkView
 from .scripts import Scripts
@@ -201,6 +201,7 @@ class RushWorker(NetworkView):
         self._functions: dict[str, Callable] = {}
         self._terminate_requested = False
         self._requests = 0  # request ids make a repeated settle_and_pop idempotent
+        self._n_done = 0  # tasks settled (finished or failed) here, reported with the heartbeat
         self._task_seconds: float | None = None  # moving average of task run time
         self._last_sweep = time.monotonic()
 
@@ -215,7 +216,7 @@ class RushWorker(NetworkView):
             "pid", os.getpid(), "hostname", HOSTNAME,
             "heartbeat_period", self.heartbeat_period, "heartbeat_expire", self.heartbeat_expire,
             "resources", json.dumps(self.resources), "start_id", start_id or "",
-            "python", sys.version.split()[0],
+            "python", sys.version.split()[0], "rss", rss_bytes(), "n_done", 0,
         ])
         if not registered:
             raise ValueError(f"worker id {self.worker_id!r} is already taken in network {network_id!r}")
@@ -224,7 +225,7 @@ class RushWorker(NetworkView):
             period=self.heartbeat_period,
             redis_retry_timeout=redis_retry_timeout,
             on_terminate=self._request_terminate,
-            after_beat=lambda: self.log_handler.ship(self._heartbeat_client),
+            after_beat=self._after_beat,
         )
         # A timeout, so that a silent partition (a stalled TCP connection raises
         # nothing) counts against redis_retry_timeout; redis-py < 8 sets none.
@@ -263,6 +264,21 @@ class RushWorker(NetworkView):
             args=[self.keys.prefix, self.worker_id, int(self.heartbeat_expire * 1000), C.REAP_BATCH])
         return state.decode(), terminate == b"1"
 
+    def _after_beat(self) -> None:
+        """Ship the log records; report memory and tasks done (for the dashboard and worker_info)."""
+        self.log_handler.ship(self._heartbeat_client)
+        worker_key = self.keys.worker(self.worker_id)
+        with self._heartbeat_client.pipeline(transaction=True) as pipe:
+            try:  # only while registered: a reset() that deleted the network must not bring keys back
+                pipe.watch(self.keys.worker_states)
+                if pipe.hget(self.keys.worker_states, self.worker_id) != b"running":
+                    return
+                pipe.multi()
+                pipe.hset(worker_key, mapping={"rss": rss_bytes(), "n_done": self._n_done})
+                pipe.execute()
+            except redis.WatchError:
+                pass
+
     def _request_terminate(self) -> None:
         self._terminate_requested = True
 
@@ -289,7 +305,9 @@ class RushWorker(NetworkView):
         why = (f"{self.worker_id} is {reply[1].decode()} in Redis" if reply[0] == b"stop"
                else f"the task is no longer held by {self.worker_id} (first writer wins)")
         for outcome, note in zip(outcomes, reply[2]):
-            if note == b"dropped":
+            if note in (b"finished", b"failed"):
+                self._n_done += 1
+            elif note == b"dropped":
                 logger.warning("result of task %s dropped: %s", outcome[0], why)
         return reply
 
