@@ -113,6 +113,32 @@ class Rush(DaskScheduler, NetworkView):
                 f"{c['queued']} queued, {c['priority']} queued priority, {c['running']} running, "
                 f"{c['finished']} finished, {c['failed']} failed>")
 
+    def __str__(self) -> str:
+        """What ``print(rush)`` shows: the counts of the network, one per line (as Rush in R).
+
+        >>> print(rush)    # doctest: +SKIP
+        <Rush>
+        * Network: test
+        * Running Workers: 2
+        * Queued Tasks: 0
+        * Queued Priority Tasks: 0
+        * Running Tasks: 0
+        * Finished Tasks: 4
+        * Failed Tasks: 0
+        """
+        lines = ["<Rush>", f"* Network: {self.network_id}"]
+        try:
+            if not self._redis_answers():
+                raise ConnectionError("no answer")
+            c = self._counts()
+        except Exception as exc:  # printing must not raise
+            return "\n".join([*lines, f"* Redis: {redact(self.url)} (unreachable: {type(exc).__name__})"])
+        for label, name in (("Running Workers", "running_workers"), ("Queued Tasks", "queued"),
+                            ("Queued Priority Tasks", "priority"), ("Running Tasks", "running"),
+                            ("Finished Tasks", "finished"), ("Failed Tasks", "failed")):
+            lines.append(f"* {label}: {c[name]}")
+        return "\n".join(lines)
+
     def _redis_answers(self) -> bool:
         """Whether Redis answers at once (one try: self.client would retry for a minute)."""
         try:

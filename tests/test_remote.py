@@ -225,6 +225,7 @@ def test_password_never_shows_in_script_repr_argv_logs_or_redis(password_server,
         rush.wait_for_tasks(keys, timeout=TIMEOUT)
         argvs = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in info["pid"]]
         _assert_hidden(repr(rush), "repr(rush)")
+        _assert_hidden(str(rush), "str(rush)")
         log = rush.read_log()
         assert "hello from task 1" in " ".join(log["message"])  # the log stream is really read
         _assert_hidden(log.to_csv(), "the Redis log stream")
