@@ -1,4 +1,4 @@
-"""The command line: ``rush-dask worker | status | logs | stop | server``.
+"""The command line: ``rush-dask worker | status | logs | stop | dashboard | server``.
 
 Every command but ``server`` talks to the Redis at ``--url`` (default
 ``$RUSH_REDIS_URL``; prefer the variable, since a password in ``--url`` shows
@@ -511,6 +511,52 @@ def stop(network: str, url: str | None, worker_ids: tuple[str, ...], kill: bool)
         click.echo(f"killed {len(targets)} workers (their running tasks failed): {' '.join(targets)}")
     else:
         click.echo(f"asked {len(targets)} workers to terminate after their running task: {' '.join(targets)}")
+
+
+# ----------------------------------------------------------------------- dashboard
+@main.command()
+@_network_option
+@_url_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve the page on (0.0.0.0: every interface; anyone who reaches it "
+                   "sees the network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8787, show_default=True,
+              help="TCP port (0: any free port).")
+@click.option("--allow-control", is_flag=True,
+              help="Add buttons that stop or kill workers (default: read-only).")
+@click.option("--period", type=click.FloatRange(min=0.1), default=0.5, show_default=True,
+              metavar="SECONDS", help="Seconds between reads of Redis while a page is open.")
+@_errors
+def dashboard(network: str, url: str | None, host: str, port: int, allow_control: bool, period: float) -> None:
+    """Serve a live web page of a network (workers, tasks, computes, failures, log, Redis)
+    and Prometheus metrics at /metrics, until Ctrl-C.
+
+    Other networks of the same Redis can be chosen on the page. Needs the
+    dashboard extra: pip install 'rush-dask[dashboard]'.
+    """
+    try:
+        from .dashboard.app import DashboardThread
+    except ImportError:
+        from .dashboard import MISSING_HINT
+
+        raise click.ClickException(MISSING_HINT) from None
+    net = _existing_network(network, url)
+    net.close()
+    with _caught_signals() as received:
+        try:
+            server = DashboardThread(url, network, host, port, allow_control=allow_control,
+                                     period=period).start()
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve on {host}:{port} ({exc.strerror or exc}): "
+                                       "choose another --port or --host") from None
+        click.echo(f"dashboard of network {network!r} at {redact(url)}: {server.url}"
+                   f"{' (control on)' if allow_control else ''}; metrics at "
+                   f"{server.url.split('?')[0]}metrics; Ctrl-C stops it")
+        try:
+            while not received:
+                time.sleep(0.2)
+        finally:
+            server.stop()
 
 
 # -------------------------------------------------------------------------- server

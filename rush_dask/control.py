@@ -30,10 +30,10 @@ class Network(NetworkView):
     ['0a1b2c3d4e5f']
     """
 
-    def __init__(self, network_id: str, url: str):
+    def __init__(self, network_id: str, url: str, client: Any = None):
         self.keys = C.Keys(network_id)
         self.url = url
-        self.client = connect(url)
+        self.client = connect(url) if client is None else client  # a client may serve many networks
         self.scripts = Scripts(self.client)
         self._init_view()
 

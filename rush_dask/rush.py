@@ -99,6 +99,7 @@ class Rush(DaskScheduler, NetworkView):
         self._processes: dict[str, WorkerProcess] = {}
         self._cluster_workers: list = []  # launch.ClusterWorker: started on a Dask cluster
         self._log_dir: Path | None = None
+        self._dashboards: list = []  # dashboard.DashboardThread: served by dashboard()
         _live_controllers.add(self)
         _all_controllers.add(self)
 
@@ -138,6 +139,27 @@ class Rush(DaskScheduler, NetworkView):
                             ("Finished Tasks", "finished"), ("Failed Tasks", "failed")):
             lines.append(f"* {label}: {c[name]}")
         return "\n".join(lines)
+
+    def dashboard(self, port: int = 8787, host: str = "127.0.0.1", *, allow_control: bool = False) -> str:
+        """Serve the live web dashboard of this network from a background thread; returns its URL.
+
+        The page shows workers, task counts over time, Dask computes, failed
+        tasks, the log and Redis; ``/metrics`` serves Prometheus metrics
+        (``docs/dashboard.md``). ``port=0`` takes a free port. It stops with
+        :meth:`close` or the process. Needs ``pip install 'rush-dask[dashboard]'``.
+
+        >>> rush.dashboard(port=8787)     # doctest: +SKIP
+        'http://127.0.0.1:8787/?network=test'
+        """
+        try:
+            from .dashboard import start_in_thread
+            server = start_in_thread(self.url, self.network_id, host, port, allow_control=allow_control)
+        except ImportError:
+            from .dashboard import MISSING_HINT
+
+            raise ImportError(MISSING_HINT) from None
+        self._dashboards.append(server)
+        return server.url
 
     def _redis_answers(self) -> bool:
         """Whether Redis answers at once (one try: self.client would retry for a minute)."""
@@ -549,8 +571,11 @@ class Rush(DaskScheduler, NetworkView):
         """Stop the local worker processes that this controller started (SIGTERM, then SIGKILL).
 
         Also removes the temporary directory of their stdout/stderr files
-        (a ``log_dir`` you chose is kept).
+        (a ``log_dir`` you chose is kept), and stops the dashboards it serves.
         """
+        for server in self._dashboards:
+            server.stop()
+        self._dashboards.clear()
         procs = [p for p in self._processes.values() if p.alive]
         if procs:
             try:  # the order through Redis also wakes idle workers at once
