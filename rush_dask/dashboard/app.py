@@ -50,7 +50,7 @@ class Dashboard:
         self.client = connect(url)  # raises RedisUnavailableError (redacted) at once
         self.monitors: dict[str, Monitor] = {}
         self.lock = threading.Lock()
-        self.metrics = Metrics(lambda: list(self.monitors.values()), max_age=period)
+        self.metrics = Metrics(lambda: list(self.monitors.values()), max_age=0.0)  # a scrape reads now
 
     def monitor(self, network_id: str | None) -> Monitor:
         """The monitor of ``network_id`` (default: the dashboard's); KeyError if it holds nothing."""

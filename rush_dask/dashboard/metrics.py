@@ -26,9 +26,11 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 30
 class NetworkCollector:
     """Collects the gauges and counters of every monitored network at scrape time."""
 
-    def __init__(self, monitors: Callable[[], Iterable[Monitor]], max_age: float):
+    def __init__(self, monitors: Callable[[], Iterable[Monitor]], max_age: float,
+                 after_poll: Callable[[Monitor], None] = lambda monitor: None):
         self.monitors = monitors
         self.max_age = max_age
+        self.after_poll = after_poll
 
     def describe(self) -> list:
         return []  # the metrics are read from Redis: nothing to collect at registration
@@ -55,6 +57,7 @@ class NetworkCollector:
         servers = set()
         for monitor in self.monitors():
             snap = monitor.poll(max_age=self.max_age)
+            self.after_poll(monitor)
             net = snap["network"]
             for state in TASK_STATES:
                 tasks.add_metric([net, state], snap["counts"][state])
@@ -79,9 +82,10 @@ class Metrics:
 
     def __init__(self, monitors: Callable[[], Iterable[Monitor]], max_age: float):
         self.registry = CollectorRegistry()
-        self.registry.register(NetworkCollector(monitors, max_age))  # type: ignore[arg-type]
-        self.durations = Histogram("rush_task_duration_seconds", "Run time of tasks seen finishing "
-                                   "since the dashboard started (graph nodes: to the poll period)",
+        # Registered first, so collected first: the histogram then holds what that poll saw.
+        self.registry.register(NetworkCollector(monitors, max_age, self.observe))  # type: ignore[arg-type]
+        self.durations = Histogram("rush_task_duration_seconds", "Run time of the tasks that finished "
+                                   "while the dashboard watched (graph nodes: to the poll period)",
                                    ["network"], buckets=DURATION_BUCKETS, registry=self.registry)
         self.monitors = monitors
 
@@ -95,6 +99,4 @@ class Metrics:
         """The metrics in the Prometheus text format."""
         from prometheus_client import generate_latest
 
-        for monitor in self.monitors():
-            self.observe(monitor)
         return generate_latest(self.registry)
