@@ -18,6 +18,7 @@ the database (networks and the network's key count) every 30 s.
 from __future__ import annotations
 
 import collections
+import os
 import re
 import threading
 import time
@@ -54,6 +55,21 @@ def list_networks(client: Any) -> list[str]:
         if match:
             found.add(match.group(1).decode(errors="replace"))
     return sorted(found)
+
+
+def process_gone(pid: int) -> bool:
+    """Whether the process ``pid`` of this host is gone or a zombie (dead, not yet reaped by its parent).
+
+    >>> process_gone(os.getpid())
+    False
+    """
+    if not pid_alive(pid):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _text(value: Any) -> str | None:
@@ -191,7 +207,7 @@ class Monitor:
             shown, note = state, ""
             if state == C.RUNNING and (ttl is None or ttl < 0):  # -2: the heartbeat key expired
                 shown, note = C.LOST, "heartbeat expired (not yet marked lost in Redis)"
-            elif state == C.RUNNING and raw.get("hostname") == HOSTNAME and pid and not pid_alive(pid):
+            elif state == C.RUNNING and raw.get("hostname") == HOSTNAME and pid and process_gone(pid):
                 shown, note = C.LOST, "process gone (not yet marked lost in Redis)"
             workers.append({
                 "worker_id": wid, "state": shown, "redis_state": state, "note": note,
