@@ -213,11 +213,19 @@ class DashboardThread:
             return
         self._ready.set()
         loop.run_forever()
-        loop.run_until_complete(self._runner.cleanup())
+        pending = asyncio.all_tasks(loop)  # event streams still open: end them quietly
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
+
+    async def _shutdown(self) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+        asyncio.get_running_loop().stop()
 
     def stop(self) -> None:
         """Stop serving (open event streams are closed) and wait for the thread."""
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
             self._thread.join(10)
