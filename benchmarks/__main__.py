@@ -1,6 +1,6 @@
 """One benchmark command: ``python -m benchmarks``.
 
-Sections (``--only rush,dask,scaling,cost,archive``; all by default), on one
+Sections (``--only rush,dask,scaling,cost,archive,cli``; all by default), on one
 private Redis server (unix socket) started here, 2 workers unless stated:
 
 * **rush**: the rush API (10,000 trivial tasks, 1,000 ``time.sleep(0.01)``)
@@ -16,7 +16,9 @@ private Redis server (unix socket) started here, 2 workers unless stated:
 * **cost**: Redis memory per queued and finished task, client memory and
   time for 100,000 tasks (bench_cost.py);
 * **archive**: full and incremental fetch of 100,000 finished tasks
-  (bench_archive.py).
+  (bench_archive.py);
+* **cli**: start-up time of each ``rush-dask`` command, whole process
+  (bench_cli.py).
 
 Writes ``docs/benchmarks.md`` and ``docs/img/bench-*.png`` (``--out DIR``:
 ``DIR/benchmarks.md`` and ``DIR/img/``), and the raw figures as JSON to
@@ -43,7 +45,7 @@ from benchmarks.common import QUIET_BUDGET, RESULTS_DIR, ROOT, Quiet, machine
 # The section modules are imported where they are used: the bare queue's worker
 # processes are spawned, and re-import this module (not dask, distributed...).
 
-SECTIONS = ("rush", "dask", "scaling", "cost", "archive")
+SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "cli")
 # Per size: rush (trivial, sleep tasks); dask (see bench_dask.make_workloads); scaling (tasks,
 # worker counts); cost tasks; archive tasks.
 SIZES = {
@@ -155,8 +157,15 @@ def archive_section(ctx: Context) -> dict:
     return bench_archive.run_archive(ctx.url, ctx.sizes["archive"], ctx.repeats, ctx.log_dir)
 
 
+def cli_section(ctx: Context) -> dict:
+    from benchmarks import bench_cli
+
+    ctx.quiet.wait()
+    return bench_cli.run_cli(ctx.url, max(ctx.repeats, 5))
+
+
 RUNNERS = {"rush": rush_section, "dask": dask_section, "scaling": scaling_section, "cost": cost_section,
-           "archive": archive_section}
+           "archive": archive_section, "cli": cli_section}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
