@@ -332,6 +332,26 @@ def test_tls_with_password_hides_it(certs, tmp_path):
         server.stop()
 
 
+def test_dashboard_over_tls_with_password_hides_it(certs, tmp_path):
+    pytest.importorskip("aiohttp", reason="the dashboard extra: pip install 'rush-dask[dashboard]'")
+    import json
+    import urllib.request
+
+    server = _start_tls_server(certs, auth_clients=False, password=PASSWORD)
+    try:
+        rush = _run_tasks(server.url, tmp_path, n_workers=1)
+        page = rush.dashboard(port=0).split("?")[0]
+        bodies = [urllib.request.urlopen(page + path, timeout=30).read()
+                  for path in ("", "api/config", f"api/snapshot?network={rush.network_id}", "metrics")]
+        assert json.loads(bodies[2])["counts"]["finished"] == 6  # read over TLS, with the password
+        assert json.loads(bodies[1])["url"].startswith("rediss://:***@127.0.0.1:")
+        for body, where in zip(bodies, ("the page", "/api/config", "/api/snapshot", "/metrics")):
+            _assert_hidden(body, f"the dashboard's {where}")
+        _finish(rush)
+    finally:
+        server.stop()
+
+
 def test_plain_url_against_tls_port_says_use_rediss(tls_server):
     with pytest.raises(RedisUnavailableError, match="use rediss://"):
         connect(f"redis://127.0.0.1:{tls_server.port}/0")

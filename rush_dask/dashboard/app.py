@@ -200,6 +200,7 @@ class DashboardThread:
 
     def _serve(self) -> None:
         loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         try:
             self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=1)
             loop.run_until_complete(self._runner.setup())
@@ -216,7 +217,8 @@ class DashboardThread:
         pending = asyncio.all_tasks(loop)  # event streams still open: end them quietly
         for task in pending:
             task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
     async def _shutdown(self) -> None:
