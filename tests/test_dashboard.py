@@ -215,3 +215,10 @@ def test_start_in_thread_port_in_use_raises_oserror(rush):
         taken.listen()
         with pytest.raises(OSError):
             start_in_thread(rush.url, rush.network_id, port=taken.getsockname()[1])
+
+
+def test_python_dashboard_of_a_network_with_nothing_yet(rush):
+    page = rush.dashboard(port=0)
+    snap = json.loads(get(base(page) + "api/snapshot"))
+    assert snap["network"] == rush.network_id and snap["workers"] == []
+    assert snap["counts"] == {"queued": 0, "priority": 0, "running": 0, "finished": 0, "failed": 0, "tasks": 0}

@@ -62,7 +62,8 @@ class Dashboard:
             keys = C.Keys(network_id)
         except ValueError as exc:
             raise KeyError(str(exc)) from None
-        if not self.client.exists(keys.worker_states, keys.all_tasks, keys.queue, keys.seq):
+        if network_id != self.network_id and not self.client.exists(
+                keys.worker_states, keys.all_tasks, keys.queue, keys.seq):
             raise KeyError(f"unknown network {network_id!r} at {redact(self.url)}")
         with self.lock:
             return self.monitors.setdefault(network_id, Monitor(self.client, self.url, network_id))
@@ -106,10 +107,17 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
+    since = None  # the chart's history goes once in full, then only its new points
     try:
         while True:
             try:
-                data = json.dumps(await state.snapshot(monitor))
+                snap = await state.snapshot(monitor)
+                if since is not None:
+                    snap = {**snap, "history": [p for p in snap["history"] if p["t"] > since],
+                            "history_delta": True}
+                if snap["history"]:
+                    since = snap["history"][-1]["t"]
+                data = json.dumps(snap)
                 await response.write(f"data: {data}\n\n".encode())
             except ConnectionResetError:
                 break

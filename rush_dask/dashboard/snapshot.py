@@ -6,8 +6,8 @@ history of the task counts, the throughput, the task stream of graph nodes
 (which leave no archive row) and the computes that ended. It never writes
 to Redis.
 
-Costs per poll: 3 pipelined round trips plus one for new archive rows, log
-lines or failed tasks when there are any; ``INFO`` every 2 s; a ``SCAN`` of
+Costs per poll: about 6 pipelined round trips, plus one each for new archive rows or
+failed tasks when there are any; ``INFO`` every 2 s; a ``SCAN`` of
 the database (networks and the network's key count) every 30 s.
 
 >>> monitor = Monitor(client, "redis://127.0.0.1:6379/0", "test")   # doctest: +SKIP

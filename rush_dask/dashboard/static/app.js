@@ -7,6 +7,8 @@ const LEVELS = { DEBUG: 10, INFO: 20, WARNING: 30, ERROR: 40, CRITICAL: 50 };
 let config = null;
 let source = null;
 let last = null;
+let points = [];  // the chart's points: in full with the first event, then only the new ones
+const HISTORY = 600;
 
 const $ = (id) => document.getElementById(id);
 
@@ -50,7 +52,14 @@ function connect(network) {
   if (source) source.close();
   history.replaceState(null, "", `?network=${encodeURIComponent(network)}`);
   source = new EventSource(`/events?network=${encodeURIComponent(network)}`);
-  source.onmessage = (event) => { last = JSON.parse(event.data); draw(last); $("live").className = "dot on"; };
+  points = [];
+  source.onmessage = (event) => {
+    const snap = JSON.parse(event.data);
+    points = snap.history_delta ? points.concat(snap.history).slice(-HISTORY) : snap.history;
+    last = { ...snap, history: points };
+    draw(last);
+    $("live").className = "dot on";
+  };
   source.addEventListener("failure", (event) => {
     $("live").className = "dot off";
     $("updated").textContent = JSON.parse(event.data).error;
@@ -86,14 +95,14 @@ function canvas(id) {
   return { ctx, width, height };
 }
 
-function drawChart(history) {
+function drawChart(pts) {
   const { ctx, width, height } = canvas("chart");
   const series = ["queued", "priority", "running", "finished", "failed"];
   const legend = $("legend");
   legend.replaceChildren(...series.map((name) => el("span", {}, el("i", { style: `background:${COLORS[name]}` }), name)));
-  if (history.length < 2) return;
-  const t0 = history[0].t, t1 = history[history.length - 1].t;
-  const max = Math.max(1, ...history.flatMap((p) => series.map((name) => p[name])));
+  if (pts.length < 2) return;
+  const t0 = pts[0].t, t1 = pts[pts.length - 1].t;
+  const max = Math.max(1, ...pts.flatMap((p) => series.map((name) => p[name])));
   const x = (t) => 40 + (width - 50) * (t - t0) / Math.max(1e-9, t1 - t0);
   const y = (v) => height - 20 - (height - 30) * v / max;
   ctx.fillStyle = "#8a93a6"; ctx.font = "11px sans-serif";
@@ -102,7 +111,7 @@ function drawChart(history) {
   ctx.strokeStyle = "#eef0f4"; ctx.beginPath(); ctx.moveTo(40, y(0)); ctx.lineTo(width - 10, y(0)); ctx.stroke();
   for (const name of series) {
     ctx.strokeStyle = COLORS[name]; ctx.lineWidth = 2; ctx.beginPath();
-    history.forEach((p, i) => (i ? ctx.lineTo(x(p.t), y(p[name])) : ctx.moveTo(x(p.t), y(p[name]))));
+    pts.forEach((p, i) => (i ? ctx.lineTo(x(p.t), y(p[name])) : ctx.moveTo(x(p.t), y(p[name]))));
     ctx.stroke();
   }
 }
