@@ -1,6 +1,6 @@
 """One benchmark command: ``python -m benchmarks``.
 
-Sections (``--only rush,dask,scaling,cost,archive,cli``; all by default), on one
+Sections (``--only rush,dask,scaling,cost,archive,data,cli``; all by default), on one
 private Redis server (unix socket) started here, 2 workers unless stated:
 
 * **rush**: the rush API (10,000 trivial tasks, 1,000 ``time.sleep(0.01)``)
@@ -17,6 +17,10 @@ private Redis server (unix socket) started here, 2 workers unless stated:
   time for 100,000 tasks (bench_cost.py);
 * **archive**: full and incremental fetch of 100,000 finished tasks
   (bench_archive.py);
+* **data**: data-heavy Dask graphs (megabyte chunks: a matmul, a
+  tall-skinny SVD, groupby and merge of 4 M rows, a rechunk, a 1 GiB
+  result) on rush_dask, the threads scheduler and a LocalCluster, with the
+  bytes that crossed Redis and shared memory (bench_data.py);
 * **cli**: start-up time of each ``rush-dask`` command, whole process
   (bench_cli.py).
 
@@ -45,16 +49,16 @@ from benchmarks.common import QUIET_BUDGET, RESULTS_DIR, ROOT, Quiet, machine
 # The section modules are imported where they are used: the bare queue's worker
 # processes are spawned, and re-import this module (not dask, distributed...).
 
-SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "cli")
+SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data", "cli")
 # Per size: rush (trivial, sleep tasks); dask (see bench_dask.make_workloads); scaling (tasks,
 # worker counts); cost tasks; archive tasks.
 SIZES = {
     "full": {"rush": (10_000, 1_000), "dask": (10_000, 1_000, 1_000, 100, 1_000),
-             "scaling": (320, (1, 2, 4, 8, 16)), "cost": 100_000, "archive": 100_000},
+             "scaling": (320, (1, 2, 4, 8, 16)), "cost": 100_000, "archive": 100_000, "data": "full"},
     "quick": {"rush": (1_000, 100), "dask": (1_000, 100, 100, 10, 200), "scaling": (32, (1, 2, 4)),
-              "cost": 5_000, "archive": 5_000},
+              "cost": 5_000, "archive": 5_000, "data": "quick"},
     "tiny": {"rush": (100, 10), "dask": (50, 16, 8, 2, 10), "scaling": (8, (1, 2)), "cost": 200,
-             "archive": 200},
+             "archive": 200, "data": "tiny"},
 }
 
 
@@ -157,6 +161,12 @@ def archive_section(ctx: Context) -> dict:
     return bench_archive.run_archive(ctx.url, ctx.sizes["archive"], ctx.repeats, ctx.log_dir)
 
 
+def data_section(ctx: Context) -> dict:
+    from benchmarks import bench_data
+
+    return bench_data.run_data(ctx.url, ctx.sizes["data"], ctx.repeats, ctx.log_dir, ctx.quiet)
+
+
 def cli_section(ctx: Context) -> dict:
     from benchmarks import bench_cli
 
@@ -165,7 +175,7 @@ def cli_section(ctx: Context) -> dict:
 
 
 RUNNERS = {"rush": rush_section, "dask": dask_section, "scaling": scaling_section, "cost": cost_section,
-           "archive": archive_section, "cli": cli_section}
+           "archive": archive_section, "data": data_section, "cli": cli_section}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

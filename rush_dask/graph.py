@@ -56,6 +56,7 @@ from dask.order import order
 from . import constants as C
 from .errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, TaskFailedError
 from .fusion import MAX_GROUP, TASKS_PER_WORKER, bundle_limit, bundle_outputs, fuse_subtrees, group_limit
+from .dataplane import RESULT_FIELDS
 from .serialize import dumps, loads
 from .waiting import Patience
 
@@ -359,14 +360,15 @@ class GraphRun:
         return failed + [k for k, state in zip(keys, states) if state in (b"finished", None)]
 
     def _read(self, task_keys: list[str]) -> list[Any]:
+        """Values of finished nodes: from Redis, or from the host that holds them (see dataplane)."""
         pipe = self.rush.client.pipeline(transaction=False)
         for task_key in task_keys:
-            pipe.hget(self.rush.keys.task(task_key), "ys")
-        blobs = pipe.execute()
-        if any(blob is None for blob in blobs):
+            pipe.hmget(self.rush.keys.task(task_key), *RESULT_FIELDS)
+        rows = pipe.execute()
+        if any(row[0] is None and row[3] is None for row in rows):
             self._renew_lease()  # raises if the compute was cancelled: the likely cause
             raise ComputeCancelledError("a result of this compute is gone from Redis (was the network reset?)")
-        return [loads(blob, self.rush.secret) for blob in blobs]
+        return [self.rush.plane.read(k, row) for k, row in zip(task_keys, rows)]
 
     def cancel(self) -> None:
         """Delete what is left of this graph (queued nodes, late results are dropped)."""
