@@ -215,6 +215,8 @@ class Monitor:
                 "hostname": raw.get("hostname"), "pid": pid, "heartbeat_age": age,
                 "n_done": int(raw["n_done"]) if raw.get("n_done") else 0,
                 "rss": int(raw["rss"]) if raw.get("rss") else None,
+                # Dask results kept on its host (the data plane's counter, with the heartbeat)
+                "bytes_held": int(raw["bytes_held"]) if raw.get("bytes_held") else None,
                 "current": current.get(wid, []) if state == C.RUNNING else [],
                 "priority_queue": queue_len, "started_at": _float(raw.get("started_at")),
                 "stopped_at": _float(raw.get("stopped_at")), "resources": raw.get("resources") or "{}",

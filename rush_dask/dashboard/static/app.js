@@ -145,7 +145,8 @@ function drawWorkers(workers) {
       el("td", {}, el("span", { class: `state state-${w.state}`, title: w.note || w.state }, w.state)),
       el("td", {}, w.hostname || "–"), el("td", {}, w.pid ?? "–"), el("td", {}, beat),
       el("td", { class: "done" }, w.n_done), el("td", { class: "current", title: w.current.join(" ") }, w.current.join(" ") || "–"),
-      el("td", { class: "memory" }, bytes(w.rss)), el("td", { class: "control" }, ...controls(w)),
+      el("td", { class: "memory" }, bytes(w.rss)), el("td", { class: "held" }, bytes(w.bytes_held)),
+      el("td", { class: "control" }, ...controls(w)),
     ];
     return el("tr", { "data-worker": w.worker_id, "data-state": w.state, class: w.state === "running" ? "" : "gone" }, ...cells);
   }));
