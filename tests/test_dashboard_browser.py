@@ -22,6 +22,8 @@ import funcs
 import pytest
 from test_cli import TIMEOUT
 
+from rush_dask import Rush
+
 pytest.importorskip("aiohttp", reason="the dashboard extra: pip install 'rush-dask[dashboard]'")
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra has it)")
 
@@ -146,6 +148,23 @@ def test_page_shows_a_compute_reaching_100_percent_and_failed_tasks(rush, page):
     assert "ValueError: negative input -3" in failure.inner_text()
     failure.locator("summary").click()  # the traceback unfolds
     assert "fail_if_negative" in failure.locator("pre").inner_text()
+
+
+def test_another_network_is_chosen_from_the_list(rush, redis_url, page):
+    rush.push_tasks([{"x": 1}])
+    other = Rush(f"{rush.network_id}-other", url=redis_url)
+    try:
+        other.push_tasks([{"x": i} for i in range(3)])
+        page.goto(rush.dashboard(port=0))
+        wait_for_count(page, "queued", 1)
+        assert other.network_id in page.locator("#network option").all_inner_texts()
+        page.select_option("#network", other.network_id)
+        page.wait_for_selector(f"body[data-network='{other.network_id}']", timeout=TIMEOUT * 1000)
+        wait_for_count(page, "queued", 3)
+        assert page.url.endswith(f"?network={other.network_id}")
+    finally:
+        other.reset()
+        other.close()
 
 
 def test_log_filter_and_stop_button_with_confirmation(rush, redis_url, page, browser):

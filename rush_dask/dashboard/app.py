@@ -32,7 +32,8 @@ from aiohttp import web
 from .. import constants as C
 from ..connections import connect, redact
 from .metrics import Metrics
-from .snapshot import Monitor, list_networks
+from ..cli import list_networks
+from .snapshot import Monitor
 
 STATIC = Path(__file__).parent / "static"
 _STATE = web.AppKey("state", "Dashboard")
@@ -51,6 +52,11 @@ class Dashboard:
         self.monitors: dict[str, Monitor] = {}
         self.lock = threading.Lock()
         self.metrics = Metrics(lambda: list(self.monitors.values()), max_age=0.0)  # a scrape reads now
+
+    def networks(self) -> list[str]:
+        """The networks of the database, from a SCAN at most every 30 s (shared with the monitors)."""
+        fresh = [m for m in self.monitors.values() if m.networks]
+        return fresh[0].networks if fresh else list_networks(self.client)
 
     def monitor(self, network_id: str | None) -> Monitor:
         """The monitor of ``network_id`` (default: the dashboard's); KeyError if it holds nothing."""
@@ -89,7 +95,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def config(request: web.Request) -> web.Response:
     state = request.app[_STATE]
     loop = asyncio.get_running_loop()
-    networks = await loop.run_in_executor(None, list_networks, state.client)
+    networks = await loop.run_in_executor(None, state.networks)
     if state.network_id not in networks:
         networks = sorted([*networks, state.network_id])
     return web.json_response({"network": state.network_id, "networks": networks, "url": redact(state.url),

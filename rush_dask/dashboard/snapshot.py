@@ -40,21 +40,24 @@ RUNNING_SHOWN = 1_000  # running tasks read per poll (SRANDMEMBER beyond that)
 ARCHIVE_STEP = 500  # archive rows read per poll at most (the newest)
 INFO_EVERY = 2.0  # seconds between INFO calls
 SCAN_EVERY = 30.0  # seconds between SCANs of the whole database
-_NETWORK_OF = re.compile(rb"rush:\{([^}]*)\}:worker_states")
+_NETWORK_OF = re.compile(rb"rush:\{([^}]*)\}:")
 
 
-def list_networks(client: Any) -> list[str]:
-    """Ids of the networks with workers in the database (SCAN for their ``worker_states`` hash).
+def count_network_keys(client: Any) -> dict[str, int]:
+    """Keys per network id in the database of ``client``: one SCAN over ``rush:{*}:*``.
 
-    >>> list_networks(client)   # doctest: +SKIP
-    ['test']
+    SCAN walks the whole keyspace whatever the pattern, so callers do this
+    seldom (every 30 s) and never with KEYS.
+
+    >>> count_network_keys(client)   # doctest: +SKIP
+    {'test': 34}
     """
-    found = set()
-    for key in client.scan_iter(match="rush:{*}:worker_states", count=1000, _type="hash"):
-        match = _NETWORK_OF.fullmatch(key)
+    counts: dict[str, int] = collections.Counter()
+    for key in client.scan_iter(match="rush:{*}:*", count=1000):
+        match = _NETWORK_OF.match(key)
         if match:
-            found.add(match.group(1).decode(errors="replace"))
-    return sorted(found)
+            counts[match.group(1).decode(errors="replace")] += 1
+    return dict(counts)
 
 
 def process_gone(pid: int) -> bool:
@@ -335,8 +338,9 @@ class Monitor:
         if time.monotonic() - self._scan_at < SCAN_EVERY:
             return
         self._scan_at = time.monotonic()
-        self._n_keys = sum(1 for _ in self.client.scan_iter(match=self.keys.pattern, count=1000))
-        self.networks = list_networks(self.client)
+        counts = count_network_keys(self.client)
+        self._n_keys = counts.get(self.keys.network_id, 0)
+        self.networks = sorted(counts)
 
     def take_durations(self) -> list[float]:
         """Run times (s) of the tasks that finished since the last call (for the histogram)."""

@@ -67,8 +67,19 @@ function connect(network) {
   source.onerror = () => { $("live").className = "dot off"; $("updated").textContent = "disconnected, retrying…"; };
 }
 
+function drawNetworks(networks) {
+  const select = $("network");
+  const shown = [...select.options].map((o) => o.value);
+  if (!networks.length || networks.join() === shown.join()) return;
+  const chosen = select.value;
+  select.replaceChildren(...networks.map((net) => el("option", { value: net }, net)));
+  if (!networks.includes(chosen)) select.append(el("option", { value: chosen }, chosen));
+  select.value = chosen;
+}
+
 function draw(s) {
   document.body.dataset.network = s.network;
+  drawNetworks(s.networks);
   $("updated").textContent = `updated ${clock(s.time)} UTC`;
   $("updated").dataset.time = s.time;
   $("count-workers").textContent = s.workers.filter((w) => w.state === "running").length;
