@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import funcs
+import pytest
 from test_cli import ROOT, TIMEOUT, cli_env
 
 HEAVY = ("dask", "pandas", "numpy", "distributed", "aiohttp", "prometheus_client")
@@ -36,6 +37,7 @@ def loaded(*args: str, url: str) -> list[str]:
 
 def test_status_logs_stop_and_help_import_neither_dask_nor_pandas(rush, redis_url):
     first, second = rush.start_workers(funcs.add, n_workers=2)
+    rush.wait_for_workers(2, timeout=TIMEOUT)
     rush.wait_for_tasks(rush.push_tasks([{"x1": 1, "x2": 2}]), timeout=TIMEOUT)
     rush.stop_workers("terminate", [first])
     net = rush.network_id
@@ -56,3 +58,21 @@ def test_the_package_imports_without_dask_and_registers_the_scheduler_when_dask_
                          text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "<rush_dask default scheduler>"
+
+
+def test_a_serving_dashboard_imports_neither_dask_nor_pandas(rush, redis_url):
+    pytest.importorskip("aiohttp", reason="the dashboard extra: pip install 'rush-dask[dashboard]'")
+    rush.start_workers(funcs.add, n_workers=1)
+    rush.wait_for_tasks(rush.push_tasks([{"x1": 1, "x2": 2}]), timeout=TIMEOUT)
+    code = ("import sys, urllib.request\n"
+            "from rush_dask.dashboard import start_in_thread\n"
+            f"server = start_in_thread({redis_url!r}, {rush.network_id!r}, port=0)\n"
+            "base = server.url.split('?')[0]\n"
+            "for path in ('api/snapshot', 'metrics', 'api/config'):\n"
+            "    urllib.request.urlopen(base + path, timeout=30).read()\n"
+            "server.stop()\n"
+            "print('LOADED=' + ','.join(m for m in ('dask', 'pandas', 'numpy') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "LOADED="
