@@ -146,7 +146,8 @@ def test_page_shows_a_compute_reaching_100_percent_and_failed_tasks(rush, page):
     failure = page.locator(f"#failed details[data-key='{key}']")
     failure.wait_for(timeout=TIMEOUT * 1000)
     assert "ValueError: negative input -3" in failure.inner_text()
-    failure.locator("summary").click()  # the traceback unfolds
+    failure.locator("summary").click()  # the traceback unfolds, and stays open across updates
+    page.wait_for_timeout(1500)
     assert "fail_if_negative" in failure.locator("pre").inner_text()
 
 

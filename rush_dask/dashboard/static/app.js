@@ -198,12 +198,23 @@ function drawStream(s) {
   ctx.fillStyle = "#8a93a6"; ctx.fillText("-60 s", 100, height - 4); ctx.fillText("now", width - 30, height - 4);
 }
 
+const openFailures = new Set();  // failed tasks whose traceback the person unfolded
+let shownFailures = "";
+
 function drawFailed(failed) {
   const box = $("failed");
+  const key = JSON.stringify(failed);
+  if (key === shownFailures) return;  // redraw only on change: an open traceback stays open
+  shownFailures = key;
   if (!failed.length) { box.replaceChildren(el("p", { class: "muted" }, "none")); return; }
-  box.replaceChildren(...failed.map((f) => el("details", { class: "failed-task", "data-key": f.key },
-    el("summary", {}, `${f.time ? clock(f.time) : ""} ${f.key} on ${f.worker_id || "–"}: `, el("b", {}, f.error)),
-    el("pre", {}, f.traceback || "(no traceback)"))));
+  box.replaceChildren(...failed.map((f) => {
+    const item = el("details", { class: "failed-task", "data-key": f.key },
+      el("summary", {}, `${f.time ? clock(f.time) : ""} ${f.key} on ${f.worker_id || "–"}: `, el("b", {}, f.error)),
+      el("pre", {}, f.traceback || "(no traceback)"));
+    item.open = openFailures.has(f.key);
+    item.addEventListener("toggle", () => (item.open ? openFailures.add(f.key) : openFailures.delete(f.key)));
+    return item;
+  }));
 }
 
 function drawLog(s) {
@@ -217,6 +228,9 @@ function drawLog(s) {
   const min = LEVELS[$("log-level").value] || 0;
   const lines = s.logs.filter((r) => (!select.value || r.worker_id === select.value) && (LEVELS[r.level] ?? 20) >= min);
   const pre = $("log");
+  const key = `${select.value}|${min}|${lines.length}|${lines.length ? lines[lines.length - 1].time : 0}`;
+  if (pre.dataset.shown === key) return;  // unchanged: keep the reader's scroll and selection
+  pre.dataset.shown = key;
   const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 5;
   pre.replaceChildren(...lines.map((r) => el("div", { class: `lvl-${r.level}` },
     `${clock(r.time)} ${r.worker_id} ${r.level.padEnd(7)} ${r.logger}: ${r.message}`)));
