@@ -222,3 +222,25 @@ def test_python_dashboard_of_a_network_with_nothing_yet(rush):
     snap = json.loads(get(base(page) + "api/snapshot"))
     assert snap["network"] == rush.network_id and snap["workers"] == []
     assert snap["counts"] == {"queued": 0, "priority": 0, "running": 0, "finished": 0, "failed": 0, "tasks": 0}
+
+
+def test_redis_going_away_shows_as_a_failure_event_without_the_password():
+    password = "gone-Secret-7"
+    server = RedisServer(tcp=True, password=password).start()
+    try:
+        from rush_dask import Rush
+
+        rush = Rush("gone-dash", url=server.url)
+        rush.push_tasks([{"x": 1}])
+        page = rush.dashboard(port=0)
+        with urllib.request.urlopen(base(page) + "events?network=gone-dash", timeout=30) as stream:
+            assert stream.readline().startswith(b"data: ")  # live while Redis is up
+            server.stop()
+            for line in stream:
+                if line.startswith(b"event: failure"):
+                    failure = json.loads(next(stream)[len(b"data: "):])
+                    break
+        assert "Error" in failure["error"] and password not in failure["error"]
+        rush.close()  # stops its dashboard
+    finally:
+        server.stop()

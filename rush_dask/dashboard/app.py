@@ -32,7 +32,7 @@ from aiohttp import web
 from .. import constants as C
 from ..connections import connect, redact
 from .metrics import Metrics
-from ..cli import list_networks
+from ..cli import list_networks, redact_text
 from .snapshot import Monitor
 
 STATIC = Path(__file__).parent / "static"
@@ -118,20 +118,18 @@ async def events(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 snap = await state.snapshot(monitor)
+            except Exception as exc:  # Redis away: say so and keep trying (the page shows it)
+                message = json.dumps({"error": redact_text(f"{type(exc).__name__}: {exc}")})
+                await response.write(f"event: failure\ndata: {message}\n\n".encode())
+            else:
                 if since is not None:
                     snap = {**snap, "history": [p for p in snap["history"] if p["t"] > since],
                             "history_delta": True}
                 if snap["history"]:
                     since = snap["history"][-1]["t"]
-                data = json.dumps(snap)
-                await response.write(f"data: {data}\n\n".encode())
-            except ConnectionResetError:
-                break
-            except Exception as exc:  # Redis away: say so, keep trying (the page shows it)
-                message = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
-                await response.write(f"event: failure\ndata: {message}\n\n".encode())
+                await response.write(f"data: {json.dumps(snap)}\n\n".encode())
             await asyncio.sleep(state.period)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except (asyncio.CancelledError, ConnectionError, RuntimeError):  # the page went away
         pass
     return response
 
