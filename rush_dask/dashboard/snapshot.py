@@ -3,11 +3,11 @@
 A :class:`Monitor` reads one network every ``period`` seconds in a few
 pipelined round trips and keeps what only watching over time shows: the
 history of the task counts, the throughput, the task stream of graph nodes
-(which leave no archive row) and the computes that ended. It never writes
+(deleted from Redis once released) and the computes that ended. It never writes
 to Redis.
 
-Costs per poll: about 6 pipelined round trips, plus one each for new archive rows or
-failed tasks when there are any; ``INFO`` every 2 s; a ``SCAN`` of
+Costs per poll: about 6 pipelined round trips, plus two each for newly
+finished or failed tasks when there are any; ``INFO`` every 2 s; a ``SCAN`` of
 the database (networks and the network's key count) every 30 s.
 
 >>> monitor = Monitor(client, "redis://127.0.0.1:6379/0", "test")   # doctest: +SKIP
@@ -24,8 +24,6 @@ import threading
 import time
 from typing import Any
 
-from msgpack import unpackb
-
 from .. import constants as C
 from ..cli import LogReader, redact_text
 from ..connections import redact
@@ -37,7 +35,7 @@ STREAM = 400  # task stream entries kept
 LOG_LINES = 300  # log records kept (newest)
 FAILED_SHOWN = 20  # newest failed tasks shown with their error
 RUNNING_SHOWN = 1_000  # running tasks read per poll (SRANDMEMBER beyond that)
-ARCHIVE_STEP = 500  # archive rows read per poll at most (the newest)
+FINISHED_STEP = 500  # finished tasks read per poll at most (the newest)
 INFO_EVERY = 2.0  # seconds between INFO calls
 SCAN_EVERY = 30.0  # seconds between SCANs of the whole database
 _NETWORK_OF = re.compile(rb"rush:\{([^}]*)\}:")
@@ -102,7 +100,7 @@ class Monitor:
         self.computes: dict[str, dict] = {}
         self._seen_done: collections.Counter = collections.Counter()  # graph id -> nodes seen finishing
         self._log_reader = LogReader(self.net)
-        self._archive_offset: int | None = None
+        self._finished_offset: int | None = None
         self._running: dict[str, dict] = {}  # running task key -> stream entry (open)
         self._failed_len = -1
         self._failed: list[dict] = []
@@ -133,10 +131,9 @@ class Monitor:
         pipe.llen(keys.finished)
         pipe.llen(keys.failed)
         pipe.llen(keys.all_tasks)
-        pipe.llen(keys.archive)
         pipe.zrange(keys.leases, 0, -1)
         pipe.time()
-        states_raw, queued, n_running, finished, failed, n_tasks, n_archive, leases, server_time = pipe.execute()
+        states_raw, queued, n_running, finished, failed, n_tasks, leases, server_time = pipe.execute()
         now = server_time[0] + server_time[1] / 1e6
         states = {_text(k): _text(v) for k, v in states_raw.items()}
         wids = sorted(states)
@@ -165,7 +162,7 @@ class Monitor:
         counts = {"queued": queued, "priority": priority, "running": n_running, "finished": finished,
                   "failed": failed, "tasks": n_tasks}
         self._track_running(now, running_keys, running_fields)
-        self._read_archive(n_archive)
+        self._read_finished(finished)
         self._read_failed(failed)
         self.logs.extend(self._log_lines())
         self._track_computes(now, gids, graph_replies)
@@ -230,8 +227,8 @@ class Monitor:
     def _track_running(self, now: float, running_keys: list[str], running_fields: list) -> None:
         """Open a stream entry for each task seen running; close it when it is gone (to ``now``).
 
-        Rush tasks get their exact times from the archive later; graph nodes
-        leave no archive row, so their end is known to the poll period.
+        Rush tasks get their exact times from their hash once in ``finished``;
+        graph nodes are deleted once released, so their end is known to the poll period.
         """
         seen = set()
         for key, (wid, started, graph) in zip(running_keys, running_fields):
@@ -248,21 +245,29 @@ class Monitor:
                 self.durations.append(now - entry["start"])
                 self._seen_done[entry["graph"]] += 1
 
-    def _read_archive(self, n_archive: int) -> None:
-        """Exact start and end times of the Rush tasks that finished since the last poll."""
-        if self._archive_offset is None or n_archive < self._archive_offset:  # first poll, or a reset
-            self._archive_offset = max(0, n_archive - STREAM)
-        if n_archive <= self._archive_offset:
+    def _read_finished(self, n_finished: int) -> None:
+        """Exact start and end times of the Rush tasks that finished since the last poll.
+
+        Read from the task hashes (three fields each), not the archive rows,
+        which carry the inputs and results: those may be megabytes.
+        """
+        if self._finished_offset is None or n_finished < self._finished_offset:  # first poll, or a reset
+            self._finished_offset = max(0, n_finished - STREAM)
+        if n_finished <= self._finished_offset:
             return
-        start = max(self._archive_offset, n_archive - ARCHIVE_STEP)
-        rows = self.client.lrange(self.keys.archive, start, n_archive - 1)
-        self._archive_offset = n_archive
-        for raw in rows:
-            row = unpackb(raw, raw=True)  # key, xs, ys, extra, worker_id, queued_at, started_at, finished_at
-            key, wid, started, ended = _text(row[0]), _text(row[4]), _float(row[6]), _float(row[7])
+        start = max(self._finished_offset, n_finished - FINISHED_STEP)
+        keys = [_text(k) for k in self.client.lrange(self.keys.finished, start, n_finished - 1)]
+        self._finished_offset = n_finished
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(self.keys.task(key), "worker_id", "started_at", "finished_at")
+        for key, (wid, started, ended) in zip(keys, pipe.execute()):
+            started, ended = _float(started), _float(ended)
             entry = self._running.pop(key, None)
             if entry is None:
-                entry = {"key": key, "worker_id": wid, "start": started, "end": ended, "graph": None}
+                entry = {"key": key, "worker_id": _text(wid), "start": started, "end": ended, "graph": None}
+                if started is None:
+                    continue  # its hash is gone (a reset meanwhile)
                 self.stream.append(entry)
             entry.update(start=started or entry["start"], end=ended)
             if started is not None and ended is not None:
