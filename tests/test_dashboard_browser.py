@@ -163,6 +163,8 @@ def test_another_network_is_chosen_from_the_list(rush, redis_url, page):
         page.wait_for_selector(f"body[data-network='{other.network_id}']", timeout=TIMEOUT * 1000)
         wait_for_count(page, "queued", 3)
         assert page.url.endswith(f"?network={other.network_id}")
+        page.goto(page.url.replace(other.network_id, "nobody-here"))
+        page.wait_for_selector("#updated:has-text(\"unknown network 'nobody-here'\")", timeout=TIMEOUT * 1000)
     finally:
         other.reset()
         other.close()

@@ -48,9 +48,15 @@ async function start() {
   connect(wanted);
 }
 
-function connect(network) {
+async function connect(network) {
   if (source) source.close();
   history.replaceState(null, "", `?network=${encodeURIComponent(network)}`);
+  const probe = await fetch(`/api/snapshot?network=${encodeURIComponent(network)}`);
+  if (!probe.ok) {  // an unknown network: say so instead of retrying forever
+    $("live").className = "dot off";
+    $("updated").textContent = (await probe.json().catch(() => ({}))).error || `error ${probe.status}`;
+    return;
+  }
   source = new EventSource(`/events?network=${encodeURIComponent(network)}`);
   points = [];
   source.onmessage = (event) => {
