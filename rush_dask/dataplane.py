@@ -31,19 +31,27 @@ times at most.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
+import uuid
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .constants import INLINE_LIMIT, Keys
 from .errors import ResultLostError
-from .serialize import dumps, loads, sign
+from .serialize import dumps, loads
 from .store import LocalStore, dumps_frames, frames_size, loads_frames, map_file
-from .transfer import DataServer, Fetcher, TransferError
+from .transfer import TIMEOUT as TRANSFER_TIMEOUT
+from .transfer import DataServer, Fetcher, TlsIdentity, TransferError
+
+logger = logging.getLogger("rush_dask.worker")
 
 OFFLOAD_MIN = INLINE_LIMIT  # bytes: results at least this large stay on their host
 HOST_ENV = "RUSH_HOST_ID"
 ADDRESS_ENV = "RUSH_DATA_ADDRESS"
+TLS_ENV = "RUSH_DATA_TLS"
 # Fields of a node's task hash that say where its result is (see read_fields).
 RESULT_FIELDS = ("ys", "at", "host", "path")
 
@@ -92,41 +100,104 @@ class DataPlane:
     >>> plane.read("g.1", [b"...pickle...", None, None, None])            # doctest: +SKIP
     """
 
-    def __init__(self, client: Any, keys: Keys, *, secret: bytes | None, url: str):
+    def __init__(self, client: Any, keys: Keys, *, secret: bytes | None, url: str,
+                 transfer_timeout: float = TRANSFER_TIMEOUT):
         self.client = client
         self.keys = keys
         self.secret = secret
         self.host = host_id()
         self.store = LocalStore(keys.network_id)
         self._auth_key = auth_key(secret, url)
-        self.fetcher = Fetcher(keys.network_id, self._auth_key)
-        self._addresses: dict[str, str] = {}
+        # A fetch that makes no progress for this long is given up (a cut link stalls silently).
+        self.fetcher = Fetcher(keys.network_id, self._auth_key, timeout=transfer_timeout)
+        self._addresses: dict[str, tuple[str, str | None]] = {}
+        # Workers' data servers speak TLS when the network reaches Redis over TLS.
+        self.tls = url.startswith("rediss://") or os.environ.get(TLS_ENV, "") == "1"
         self.server: DataServer | None = None
+        self.holder_id: str | None = None  # a client's id when it holds data of its graphs
+        self._local_workers, self._local_workers_checked = False, -1e9
         self.bytes_held = 0  # bytes of results written to this host's store
         self.bytes_local = 0  # bytes of results mapped from this host's files
         self.bytes_fetched = 0  # bytes of results fetched from other hosts
 
     # ----------------------------------------------------------- producer side
-    def serve(self) -> str:
-        """Start this process's data server (workers do); returns its address."""
+    def serve(self) -> dict[str, str]:
+        """Start this process's data server (workers do); returns the fields that tell other
+        hosts how to reach it: ``data_address`` and, over TLS, ``data_tls`` (its fingerprint)."""
         bind = os.environ.get(ADDRESS_ENV) or _address_towards(self.client)
         host, _, port = bind.rpartition(":") if bind.count(":") == 1 else (bind, "", "0")
-        self.server = DataServer(self.store, host or bind, int(port or 0), auth_key=self._auth_key).start()
-        return self.server.address
+        tls = TlsIdentity() if self.tls else None
+        self.server = DataServer(self.store, host or bind, int(port or 0), auth_key=self._auth_key,
+                                 tls=tls).start()
+        fields = {"data_address": self.server.address}
+        if tls is not None:
+            fields["data_tls"] = tls.fingerprint
+        return fields
 
     def encode(self, key: str, value: Any) -> tuple[str, bytes | str, int]:
         """Store a node's result: ``("finished", payload, size)`` for Redis, or
         ``("held", path, size)`` when it was written to this host's store."""
+        from dask.sizeof import sizeof  # here: the CLI imports this module and not dask
+
+        if self.server is None or sizeof(value) < OFFLOAD_MIN // 2:
+            # Most results are small: one plain pickle, as before (sizeof is a cheap estimate;
+            # a result it underestimates is pickled again below).
+            payload = dumps(value, self.secret)
+            if len(payload) < OFFLOAD_MIN or self.server is None:
+                return "finished", payload, len(payload)
         header, buffers = dumps_frames(value)
         size = frames_size(header, buffers)
-        if size < OFFLOAD_MIN or self.server is None:
-            payload = header if not buffers else dumps(value)
-            if self.secret is not None:
-                payload = sign(payload, self.secret)
+        if size < OFFLOAD_MIN:
+            payload = dumps(value, self.secret)
             return "finished", payload, len(payload)
-        path, size = self.store.put_frames(key, header, buffers, secret=self.secret)
+        try:
+            path, size = self.store.put_frames(key, header, buffers, secret=self.secret)
+        except OSError as exc:  # shared memory and the spill directory both full or unwritable
+            logger.warning("result %s (%s bytes) cannot be written to this host's store (%s); "
+                           "it goes to Redis instead", key, f"{size:,}", exc)
+            payload = dumps(value, self.secret)
+            return "finished", payload, len(payload)
         self.bytes_held += size
         return "held", path, size
+
+    def hold(self, key: str, value: Any) -> str | None:
+        """Write data that a client embedded in a graph (a large ``DataNode``) to this host's
+        store, so that workers map it instead of reading it from Redis.
+
+        Returns the node's ``held`` field for the graph push (``holder, host, path, nbytes``
+        tab-separated), or None when the value is small or no running worker shares this
+        host (a remote client keeps sending its data through Redis: the workers might not
+        reach it).
+        """
+        header, buffers = dumps_frames(value)
+        size = frames_size(header, buffers)
+        if size < OFFLOAD_MIN or not self._workers_share_host():
+            return None
+        holder = self._serve_as_holder()
+        path, size = self.store.put_frames(key, header, buffers, secret=self.secret)
+        self.bytes_held += size
+        return f"{holder}\t{self.host}\t{path}\t{size}"
+
+    def _workers_share_host(self) -> bool:
+        """Whether a running worker is on this host (asked at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._local_workers_checked > 5.0:
+            states = self.client.hgetall(self.keys.worker_states)
+            running = [w for w, state in states.items() if state == b"running"]
+            pipe = self.client.pipeline(transaction=False)
+            for wid in running:
+                pipe.hget(self.keys.worker(wid.decode()), "host")
+            self._local_workers = self.host.encode() in pipe.execute()
+            self._local_workers_checked = now
+        return self._local_workers
+
+    def _serve_as_holder(self) -> str:
+        """This client's id as a holder of data, its data server started and published once."""
+        if self.holder_id is None:
+            self.holder_id = f"client-{uuid.uuid4().hex[:12]}"
+            fields = self.serve()
+            self.client.hset(self.keys.worker(self.holder_id), mapping={"host": self.host, **fields})
+        return self.holder_id
 
     def collect(self, paths: Iterable[bytes | str]) -> int:
         """Delete result files that the scripts put on this host's garbage list."""
@@ -152,32 +223,67 @@ class DataPlane:
                 return value
             except FileNotFoundError:
                 pass  # another machine with our host id, or the file was collected: ask its worker
-        address = self._address_of(worker_id)
-        if address is None:
+        where = self._address_of(worker_id)
+        if where is None:
             raise ResultLostError(
                 f"the result of {key} was held by worker {worker_id}, which has no data server "
                 "any more (it stopped or was lost); the graph is computed again")
+        address, fingerprint = where
+        if self.tls and not fingerprint:
+            raise ResultLostError(f"the result of {key} is held by worker {worker_id}, whose data server "
+                                  "does not speak TLS; refused on a TLS network")
         try:
-            data = self.fetcher.fetch(address, key)
+            data = self.fetcher.fetch(address, key, fingerprint)
         except (TransferError, FileNotFoundError) as exc:
             raise ResultLostError(f"the result of {key} held by worker {worker_id} at {address} could "
                                   f"not be fetched: {exc}") from None
         self.bytes_fetched += len(data)
         return loads_frames(data, network_id=self.keys.network_id, key=key, secret=self.secret)
 
+    def sweep(self, stale_after: float = 60.0) -> int:
+        """Delete result files of this host whose node is gone from Redis; returns how many.
+
+        The garbage lists normally take care of every file. This catches what
+        they missed: an entry lost when Redis crashed before persisting it, or a
+        file whose writer died mid-write (temporary files older than ``stale_after`` s).
+        Idle workers run it now and then.
+        """
+        candidates: list[tuple[str, Path]] = []
+        now = time.time()
+        for directory in (self.store.shm_dir, self.store.spill_dir):
+            if directory is None or not directory.is_dir():
+                continue
+            for path in directory.iterdir():
+                if path.name.startswith("."):
+                    try:
+                        if now - path.stat().st_mtime > stale_after:
+                            path.unlink()
+                    except FileNotFoundError:
+                        pass
+                else:
+                    candidates.append((path.name, path))
+        if not candidates:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for key, _ in candidates:
+            pipe.exists(self.keys.task(key))
+        gone = [path for (_, path), exists in zip(candidates, pipe.execute()) if not exists]
+        return self.store.delete(str(p) for p in gone)
+
     def counters(self) -> dict[str, int]:
         """Bytes this process wrote to its host's store, mapped from it, and fetched from others."""
         return {"bytes_held": self.bytes_held, "bytes_mapped": self.bytes_local,
                 "bytes_fetched": self.bytes_fetched}
 
-    def _address_of(self, worker_id: str) -> str | None:
-        address = self._addresses.get(worker_id)
-        if address is None:
-            raw = self.client.hget(self.keys.worker(worker_id), "data_address")
-            if raw is None:
+    def _address_of(self, worker_id: str) -> tuple[str, str | None] | None:
+        """(address, TLS fingerprint or None) of a worker's data server, read once from Redis."""
+        where = self._addresses.get(worker_id)
+        if where is None:
+            address, fingerprint = self.client.hmget(self.keys.worker(worker_id), "data_address", "data_tls")
+            if address is None:
                 return None
-            address = self._addresses[worker_id] = raw.decode()
-        return address
+            where = self._addresses[worker_id] = (address.decode(), fingerprint.decode() if fingerprint else None)
+        return where
 
     def read_many(self, task_keys: Sequence[str]) -> list[Any]:
         """Values of several nodes, their Redis fields read in one round trip."""
@@ -191,3 +297,9 @@ class DataPlane:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.holder_id is not None:
+            try:
+                self.client.delete(self.keys.worker(self.holder_id))
+            except Exception:  # Redis gone at exit: nothing to unpublish
+                pass
+            self.holder_id = None

@@ -595,6 +595,7 @@ class Rush(DaskScheduler, NetworkView):
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
+        self.plane.close()
         _live_controllers.discard(self)
 
 

@@ -16,16 +16,26 @@ The token is an HMAC of the network id and the task key under the network's
 secret (or, without one, the Redis password), so a process that cannot talk
 to Redis cannot read results either. Payloads are signed as everywhere else:
 a forged file never unpickles, whoever sends it.
+
+When the network reaches Redis over TLS (a ``rediss://`` URL), the data
+server speaks TLS too, with a certificate it makes for itself at start-up
+(:class:`TlsIdentity`). Its SHA-256 fingerprint is published in the
+worker's hash in Redis, which the consumer reaches over TLS already; the
+consumer accepts no other certificate (pinning: no CA to set up, and no one
+between two workers can read or replace what they exchange).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
 import socket
 import socketserver
+import ssl
 import struct
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -50,8 +60,58 @@ def token(auth_key: bytes | None, network_id: str, key: str) -> str:
     return mac(auth_key, f"rush-fetch\0{network_id}\0{key}".encode()).hex()
 
 
+class TlsIdentity:
+    """A throwaway key and self-signed certificate of one data server, and its fingerprint.
+
+    >>> identity = TlsIdentity()
+    >>> len(identity.fingerprint)
+    64
+    """
+
+    def __init__(self) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rush_dask data server")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
+        der = cert.public_bytes(serialization.Encoding.DER)
+        self.fingerprint = hashlib.sha256(der).hexdigest()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory(prefix="rush-tls-") as directory:  # load_cert_chain wants files
+            cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
+            cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            key_path.touch(mode=0o600)
+            key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                   serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+            self.context.load_cert_chain(cert_path, key_path)
+
+
+def _client_context() -> ssl.SSLContext:
+    # The peer is checked by its certificate's fingerprint (published in Redis), not by a CA.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class _Handler(socketserver.StreamRequestHandler):
     server: "DataServer"
+
+    def setup(self) -> None:
+        if self.server.tls is not None:
+            self.request.settimeout(TIMEOUT)
+            self.request = self.server.tls.context.wrap_socket(self.request, server_side=True)
+            self.connection = self.request
+        super().setup()
 
     def handle(self) -> None:
         self.connection.settimeout(TIMEOUT)
@@ -97,10 +157,12 @@ class DataServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, store: Any, host: str, port: int = 0, *, auth_key: bytes | None):
+    def __init__(self, store: Any, host: str, port: int = 0, *, auth_key: bytes | None,
+                 tls: TlsIdentity | None = None):
         self.store = store
         self.network_id = store.network_id
         self.auth_key = auth_key
+        self.tls = tls
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.address_family = family
         super().__init__((host, port), _Handler)
@@ -143,13 +205,14 @@ class Fetcher:
         self._connections: dict[str, tuple[socket.socket, Any]] = {}
         self._lock = threading.Lock()
 
-    def fetch(self, address: str, key: str) -> memoryview:
-        """The bytes of result ``key`` held by the worker at ``address``; raises TransferError."""
+    def fetch(self, address: str, key: str, fingerprint: str | None = None) -> memoryview:
+        """The bytes of result ``key`` held by the worker at ``address`` (over TLS to the
+        certificate ``fingerprint`` when given); raises TransferError."""
         with self._lock:
             for attempt in (1, 2):  # a kept-alive connection may have been closed by the peer
                 try:
-                    return self._fetch_once(address, key)
-                except FileNotFoundError:
+                    return self._fetch_once(address, key, fingerprint)
+                except (FileNotFoundError, TransferError):
                     raise
                 except (OSError, EOFError) as exc:
                     self._drop(address)
@@ -157,11 +220,18 @@ class Fetcher:
                         raise TransferError(f"could not fetch {key} from {address}: {exc}") from exc
         raise AssertionError("unreachable")
 
-    def _fetch_once(self, address: str, key: str) -> memoryview:
+    def _fetch_once(self, address: str, key: str, fingerprint: str | None) -> memoryview:
         conn = self._connections.get(address)
         if conn is None:
             sock = socket.create_connection(_split_address(address), timeout=self.timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if fingerprint:
+                sock = _client_context().wrap_socket(sock)
+                seen = hashlib.sha256(sock.getpeercert(binary_form=True) or b"").hexdigest()
+                if not hmac.compare_digest(seen, fingerprint):
+                    sock.close()
+                    raise TransferError(f"the data server at {address} showed a certificate that is "
+                                        "not the one its worker published in Redis; refused")
             conn = self._connections[address] = (sock, sock.makefile("rb"))
         sock, reader = conn
         sock.sendall(f"GET {key} {token(self.auth_key, self.network_id, key)}\n".encode())

@@ -201,8 +201,9 @@ class RushWorker(NetworkView):
         self.client = connect(self.url)
         self.scripts = Scripts(self.client)
         # Large graph results stay on this host; other hosts fetch them from this server.
-        self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url)
-        data_address = self.plane.serve()
+        self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url,
+                               transfer_timeout=max(5.0, self.heartbeat_expire))
+        data_server = self.plane.serve()
         self._init_view()
         self._functions: dict[str, Callable] = {}
         self._terminate_requested = False
@@ -223,7 +224,8 @@ class RushWorker(NetworkView):
             "pid", os.getpid(), "hostname", HOSTNAME,
             "heartbeat_period", self.heartbeat_period, "heartbeat_expire", self.heartbeat_expire,
             "resources", json.dumps(self.resources), "start_id", start_id or "",
-            "python", sys.version.split()[0], "host", self.plane.host, "data_address", data_address,
+            "python", sys.version.split()[0], "host", self.plane.host,
+            *[item for pair in data_server.items() for item in pair],
             "rss", rss_bytes(), "n_done", 0,
         ])
         if not registered:
@@ -357,6 +359,7 @@ class RushWorker(NetworkView):
         if time.monotonic() - self._last_sweep > self.heartbeat_expire:
             self._last_sweep = time.monotonic()
             self._retry(lambda: self._sweep_lost_workers(self._dead_local_workers()))
+            self._retry(self.plane.sweep)
         wait = 1.0 if limit is None else max(min(limit, 1.0), 0.001)
         self._retry(lambda: self.client.blpop(
             [self.keys.wake_worker(self.worker_id), self.keys.wake], timeout=wait))
