@@ -1,6 +1,6 @@
 """One benchmark command: ``python -m benchmarks``.
 
-Sections (``--only rush,dask,scaling,cost,archive``; all by default), on one
+Sections (``--only rush,dask,scaling,cost,archive,data,cli``; all by default), on one
 private Redis server (unix socket) started here, 2 workers unless stated:
 
 * **rush**: the rush API (10,000 trivial tasks, 1,000 ``time.sleep(0.01)``)
@@ -20,7 +20,9 @@ private Redis server (unix socket) started here, 2 workers unless stated:
 * **data**: data-heavy Dask graphs (megabyte chunks: a matmul, a
   tall-skinny SVD, groupby and merge of 4 M rows, a rechunk, a 1 GiB
   result) on rush_dask, the threads scheduler and a LocalCluster, with the
-  bytes that crossed Redis and shared memory (bench_data.py).
+  bytes that crossed Redis and shared memory (bench_data.py);
+* **cli**: start-up time of each ``rush-dask`` command, whole process
+  (bench_cli.py).
 
 Writes ``docs/benchmarks.md`` and ``docs/img/bench-*.png`` (``--out DIR``:
 ``DIR/benchmarks.md`` and ``DIR/img/``), and the raw figures as JSON to
@@ -47,7 +49,7 @@ from benchmarks.common import QUIET_BUDGET, RESULTS_DIR, ROOT, Quiet, machine
 # The section modules are imported where they are used: the bare queue's worker
 # processes are spawned, and re-import this module (not dask, distributed...).
 
-SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data")
+SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data", "cli")
 # Per size: rush (trivial, sleep tasks); dask (see bench_dask.make_workloads); scaling (tasks,
 # worker counts); cost tasks; archive tasks.
 SIZES = {
@@ -165,8 +167,15 @@ def data_section(ctx: Context) -> dict:
     return bench_data.run_data(ctx.url, ctx.sizes["data"], ctx.repeats, ctx.log_dir, ctx.quiet)
 
 
+def cli_section(ctx: Context) -> dict:
+    from benchmarks import bench_cli
+
+    ctx.quiet.wait()
+    return bench_cli.run_cli(ctx.url, max(ctx.repeats, 5))
+
+
 RUNNERS = {"rush": rush_section, "dask": dask_section, "scaling": scaling_section, "cost": cost_section,
-           "archive": archive_section, "data": data_section}
+           "archive": archive_section, "data": data_section, "cli": cli_section}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

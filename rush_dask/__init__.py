@@ -52,16 +52,51 @@ def __dir__() -> list[str]:
 
 
 def _register_named_scheduler() -> None:
-    """Make ``scheduler="rush"`` mean the process-wide default network (needs dask)."""
+    """Make ``scheduler="rush"`` mean the process-wide default network.
+
+    Registered in ``dask.base.named_schedulers`` as soon as dask is imported
+    (now, if it already is): importing rush_dask alone does not load dask, so
+    the command line and the worker processes start fast.
+    """
     import os
+    import sys
 
-    if os.environ.get("RUSH_DASK_WORKER") == "1":  # worker processes don't need it; start faster
+    if os.environ.get("RUSH_DASK_WORKER") == "1":  # worker processes don't need it
         return
-    from dask.base import named_schedulers
+    if "dask.base" in sys.modules:
+        _add_to_named_schedulers(sys.modules["dask.base"])
+    else:
+        sys.meta_path.insert(0, _DaskBaseHook())
 
+
+def _add_to_named_schedulers(dask_base: Any) -> None:
     from .default import DEFAULT_SCHEDULER
 
-    named_schedulers.setdefault("rush", DEFAULT_SCHEDULER)
+    dask_base.named_schedulers.setdefault("rush", DEFAULT_SCHEDULER)
+
+
+class _DaskBaseHook:
+    """An import hook that registers the scheduler right after ``dask.base`` is executed."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "dask.base":
+            return None
+        import importlib.util
+        import sys
+
+        sys.meta_path.remove(self)  # find the real module, and hook only once
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def exec_and_register(module: Any) -> None:
+            exec_module(module)
+            _add_to_named_schedulers(module)
+
+        loader.exec_module = exec_and_register  # type: ignore[method-assign]
+        return spec
 
 
 _register_named_scheduler()
