@@ -218,6 +218,7 @@ local function finish_graph_node(key, payload, t, f, held)
   else
     redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t, 'xs', '')
   end
+  redis.call('HINCRBY', p .. 'graph:' .. f[1], 'done', 1)  -- progress, for dashboards
   for _, dep in ipairs(split(f[2])) do decref(dep) end
   local released = 0
   for _, child in ipairs(split(f[3])) do
@@ -694,6 +695,7 @@ for j = 6, #ARGV, 10 do
     redis.call('HSET', tk, 'xs', '', 'graph', gid, 'refs', ARGV[j + 2], 'deps', '',
                'dependents', ARGV[j + 4], 'score', ARGV[j + 5], 'queued_at', t, 'finished_at', t,
                'waiting', 0, 'state', 'finished', 'at', at, 'host', host, 'path', path, 'nbytes', nbytes)
+    redis.call('HINCRBY', p .. 'graph:' .. gid, 'done', 1)
   else
     local waiting, failed_input = 0, nil
     for _, dep in ipairs(split(ARGV[j + 3])) do

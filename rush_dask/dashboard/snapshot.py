@@ -98,7 +98,6 @@ class Monitor:
         self.logs: collections.deque = collections.deque(maxlen=LOG_LINES)
         self.durations: list[float] = []  # run times of tasks that finished since the metrics last read
         self.computes: dict[str, dict] = {}
-        self._seen_done: collections.Counter = collections.Counter()  # graph id -> nodes seen finishing
         self._log_reader = LogReader(self.net)
         self._finished_offset: int | None = None
         self._running: dict[str, dict] = {}  # running task key -> stream entry (open)
@@ -145,7 +144,7 @@ class Monitor:
             pipe.pttl(keys.heartbeat(wid))
             pipe.llen(keys.priority_queue(wid))
         for gid in gids:
-            pipe.hmget(f"{keys.prefix}graph:{gid}", "n", "live")
+            pipe.hmget(f"{keys.prefix}graph:{gid}", "n", "live", "done")
         if n_running > RUNNING_SHOWN:
             pipe.srandmember(keys.running, RUNNING_SHOWN)
         else:
@@ -243,7 +242,6 @@ class Monitor:
             entry["end"] = now
             if entry["graph"] is not None:
                 self.durations.append(now - entry["start"])
-                self._seen_done[entry["graph"]] += 1
 
     def _read_finished(self, n_finished: int) -> None:
         """Exact start and end times of the Rush tasks that finished since the last poll.
@@ -295,22 +293,19 @@ class Monitor:
     def _track_computes(self, now: float, gids: list[str], replies: list) -> None:
         """Progress of the computes holding a lease: nodes done of ``n``.
 
-        Redis counts the nodes not yet released (``live``); a finished node
-        whose result a dependent still needs counts as live, so the dashboard
-        also counts the nodes it saw running and then gone, and shows the
-        larger of the two (nodes shorter than a poll period may be missed
-        until they are released). A compute's graph hash goes when its last
+        The graph's hash counts its finished nodes (``done``, one HINCRBY in
+        the script that finishes a node). A compute's graph hash goes when its last
         node is released, or when it is cancelled: Redis keeps no trace of
         which, so one that vanished is shown as ``ended`` at 100 %.
         """
         present = set()
-        for gid, (n, live) in zip(gids, replies):
+        for gid, (n, live, finished) in zip(gids, replies):
             if n is None:
                 continue
             present.add(gid)
-            total, left = int(n), int(live or 0)
+            total = int(n)
             compute = self.computes.setdefault(gid, {"graph_id": gid, "first_seen": now, "state": "running"})
-            done = min(total, max(total - left, self._seen_done[gid]))
+            done = min(total, int(finished or 0))
             compute.update(total=total, done=max(0, done), state="running", updated=now)
         for gid, compute in self.computes.items():
             if gid not in present and compute["state"] == "running":
@@ -318,7 +313,6 @@ class Monitor:
         ended = [g for g, c in self.computes.items() if c["state"] == "ended"]
         for gid in ended[:-20]:  # keep the last 20 ended computes
             del self.computes[gid]
-            self._seen_done.pop(gid, None)
 
     def _throughput(self) -> float:
         """Tasks finished per second over the last 10 s of history."""
