@@ -28,6 +28,8 @@ import redis
 from rush_dask import Rush
 from rush_dask.server import find_server_binary
 
+pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
+
 TIMEOUT = 90
 wait_until = functools.partial(conftest.wait_until, timeout=TIMEOUT)
 FAST = {"heartbeat_period": 0.2, "heartbeat_expire": 2.0}

@@ -24,6 +24,8 @@ from test_cli import TIMEOUT
 
 from rush_dask import Rush
 
+pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
+
 pytest.importorskip("aiohttp", reason="the dashboard extra: pip install 'rush-dask[dashboard]'")
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra has it)")
 

@@ -33,6 +33,8 @@ from rush_dask.heartbeat import EXIT_LOST, EXIT_REDIS_GONE
 from rush_dask.network import unpack_row
 from rush_dask.server import RedisServer
 
+pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
+
 TIMEOUT = 60
 N_HOSTS = 3
 N_TASKS = 30
