@@ -226,7 +226,7 @@ def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
     check_url(url)
     options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)  # a value in the URL wins
     if is_cluster_url(url):
-        return _connect_cluster(url, check=check, **options)
+        return _connect_cluster(url, check=check, retry_timeout=retry_timeout, **options)
     try:
         client = redis.Redis.from_url(url, decode_responses=False, **options)
     except ValueError as exc:
@@ -252,7 +252,7 @@ def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
             raise RedisUnavailableError(_connection_failure(url, exc)) from None
     if _cluster_enabled(client, must_answer=check):  # any node's plain URL of a cluster works
         client.close()
-        return _connect_cluster(url, check=check, **options)
+        return _connect_cluster(url, check=check, retry_timeout=retry_timeout, **options)
     if retry_timeout:
         # Backoff 0.05, 0.1, ... capped at 1 s: about retry_timeout seconds in all.
         retries = 5 + int(retry_timeout)
@@ -269,6 +269,11 @@ def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme.endswith("+cluster")
 
 
+def is_cluster_client(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (see :func:`connect`)."""
+    return hasattr(client, "get_default_node")
+
+
 def _cluster_enabled(client: redis.Redis, must_answer: bool = True) -> bool:
     """Whether the server is a node of a Redis Cluster (asked once, when connecting)."""
     try:
@@ -281,7 +286,7 @@ def _cluster_enabled(client: redis.Redis, must_answer: bool = True) -> bool:
         return False  # unchecked connections may be made while Redis restarts
 
 
-def _connect_cluster(url: str, *, check: bool, **options) -> Any:
+def _connect_cluster(url: str, *, check: bool, retry_timeout: float | None = None, **options) -> Any:
     """A Redis Cluster client from the URL of any of its nodes.
 
     Every key of a network shares one hash tag (``rush:{NET}:``), so each
@@ -291,7 +296,8 @@ def _connect_cluster(url: str, *, check: bool, **options) -> Any:
     from redis.cluster import RedisCluster
 
     plain = url.replace("+cluster://", "://", 1)
-    options.pop("retry_timeout", None)
+    if retry_timeout:  # through a failover too: the client learns the new topology and retries
+        options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), 5 + int(retry_timeout))
     try:
         client = RedisCluster.from_url(plain, decode_responses=False, **options)
         if check:

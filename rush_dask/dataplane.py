@@ -70,7 +70,9 @@ def host_id() -> str:
 
 def _address_towards(client: Any) -> str:
     """The local IP address from which this host reaches Redis (127.0.0.1 for a unix socket)."""
-    if hasattr(client, "get_default_node"):  # a Redis Cluster: the route to one of its nodes
+    from .connections import is_cluster_client
+
+    if is_cluster_client(client):  # a Redis Cluster: the route to one of its nodes
         node = client.get_default_node()
         kwargs = {"host": node.host, "port": node.port}
     else:

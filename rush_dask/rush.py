@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import constants as C
-from .connections import connect, current_plan, redact, resolve_url
+from .connections import connect, current_plan, is_cluster_client, redact, resolve_url
 from .control import stop_workers
 from .errors import PayloadTooLargeError, RedisUnavailableError, WorkerStartError
 from .network import NetworkView, known_secrets
@@ -467,6 +467,13 @@ class Rush(DaskScheduler, NetworkView):
                 pipe.set(self.keys.shared(cid), blob, nx=True)
             if fun_blob is not None:
                 self._fun_id(fun_blob, pipe)
+            if is_cluster_client(self.client):
+                # A cluster pipeline does not load scripts (a plain one does): the batches
+                # go after the shared inputs and the function they use, one call each.
+                pipe.execute()
+                for args in batches:
+                    self.scripts.push(args=args)
+                break
             for args in batches:
                 self.scripts.push(args=args, client=pipe)
             try:

@@ -807,10 +807,6 @@ class _Routed:
         self.script = script
 
     def __call__(self, keys: list | None = None, args: list | tuple = (), client: Any = None) -> Any:
-        if client is not None and type(client).__name__ == "ClusterPipeline":
-            # A cluster pipeline sends EVALSHA without loading the script first (a plain
-            # pipeline does): load it on the masters, in case one restarted or took over.
-            self.script.registered_client.script_load(self.script.script)
         return self.script(keys=keys or [f"{args[0]}seq"], args=args, client=client)
 
 

@@ -199,6 +199,10 @@ def test_the_network_survives_its_master_failing_over_to_the_replica(cluster, tm
         assert rush.n_finished_tasks == 20
         assert sorted(rush.data["y"]) == sorted([i + 1 for i in range(10)] + [i + 2 for i in range(10)])
         assert dask.delayed(f.inc)(41).compute(scheduler=rush) == 42
+    except BaseException:
+        for log in sorted(tmp_path.glob("worker-*.err")):  # why, when it fails
+            print(log.name, log.read_text()[-3000:])
+        raise
     finally:
         rush.reset()
         rush.close()
