@@ -259,7 +259,7 @@ def _one_trial(worker: Any, study: optuna.Study, objective: Callable, catch: tup
             run.stop(key)
             return False
         return True
-    ys: dict[str, Any] = {"state": state.name}
+    ys: dict[str, Any] = {"trial_state": state.name}
     if frozen.values is not None and len(frozen.values) == 1:
         ys["value"] = frozen.values[0]
     elif frozen.values is not None:

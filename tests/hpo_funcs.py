@@ -1,0 +1,43 @@
+"""Objectives that worker processes run in the hyperparameter-search tests (importable by name)."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+
+
+def quadratic(trial):
+    """Minimum 0 at x = 2."""
+    x = trial.suggest_float("x", -10, 10)
+    time.sleep(0.01)
+    return (x - 2) ** 2
+
+
+def stuck_at_trial_3(trial):
+    """Trial 3 sleeps for a minute (the test kills its worker); the others are quick."""
+    x = trial.suggest_float("x", -10, 10)
+    time.sleep(60 if trial.number == 3 else 0.02)
+    return x * x
+
+
+def prune_odd(trial):
+    """Odd trial numbers are pruned after one report; even ones complete."""
+    x = trial.suggest_float("x", 0, 1)
+    trial.report(x, step=0)
+    if trial.number % 2:
+        raise optuna.TrialPruned()
+    return x
+
+
+def raise_value_error(trial):
+    trial.suggest_float("x", 0, 1)
+    raise ValueError("bad objective")
+
+
+def fail_trial_1(trial):
+    """Trial 1 raises KeyError (caught with catch=(KeyError,)); the others complete."""
+    x = trial.suggest_float("x", 0, 1)
+    if trial.number == 1:
+        raise KeyError("trial 1")
+    return x
