@@ -65,3 +65,23 @@ def _register_named_scheduler() -> None:
 
 
 _register_named_scheduler()
+
+
+def _register_joblib_backend() -> None:
+    """Make ``joblib.parallel_backend("rush")`` known, if joblib is installed (sklearn is not imported)."""
+    import importlib.util
+    import os
+
+    if os.environ.get("RUSH_DASK_WORKER") == "1" or importlib.util.find_spec("joblib") is None:
+        return
+    import joblib
+
+    def backend(**kwargs: Any) -> Any:
+        from .joblib_backend import RushBackend
+
+        return RushBackend(**kwargs)
+
+    joblib.register_parallel_backend("rush", backend)
+
+
+_register_joblib_backend()
