@@ -41,3 +41,14 @@ def fail_trial_1(trial):
     if trial.number == 1:
         raise KeyError("trial 1")
     return x
+
+
+def sample_quality(rng):
+    """A configuration whose score is known: its quality q (lower is better)."""
+    return {"q": float(rng.uniform())}
+
+
+def known_ranking(q, budget):
+    """The score does not depend on the budget: the ranking of configurations is known."""
+    time.sleep(0.005)
+    return {"y": q}
