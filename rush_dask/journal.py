@@ -6,7 +6,11 @@ key of its own and reads new entries with one GET each, so a process that
 syncs after 8 other processes each appended 5 entries pays 40 round trips.
 :class:`RedisListJournal` keeps the whole log in one Redis list: appending
 any number of entries is one RPUSH (atomic, in order) and reading every
-entry since the last sync is one LRANGE. The key starts with the network's
+entry since the last sync is one LRANGE. ``JournalStorage`` syncs right
+after each append; so an append is one script that pushes the entries and
+reads back everything from this process's last read on (the entries of
+others first, then its own), and that sync is answered without a second
+round trip. The key starts with the network's
 prefix ``rush:{NET}:``, so ``rush.reset()`` deletes it with the rest.
 
 >>> from optuna.storages.journal import JournalStorage                 # doctest: +SKIP
@@ -23,6 +27,13 @@ from optuna.storages.journal import BaseJournalBackend
 from .connections import connect
 
 
+# KEYS: the list. ARGV: position read so far, then the entries. Returns the entries from that position.
+_APPEND_AND_READ = """
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+return redis.call('LRANGE', KEYS[1], ARGV[1], -1)
+"""
+
+
 class RedisListJournal(BaseJournalBackend):
     """Optuna journal backend: the log is the Redis list ``key``.
 
@@ -37,6 +48,9 @@ class RedisListJournal(BaseJournalBackend):
         self._url = url
         self._key = key
         self._client = connect(url, retry_timeout=60)
+        self._read_to = 0  # entries read so far by the storage on top of this backend
+        self._fresh: tuple[int, list[bytes]] | None = None  # (position, entries) read when appending
+        self._append = self._client.register_script(_APPEND_AND_READ)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_url": self._url, "_key": self._key}
@@ -53,11 +67,18 @@ class RedisListJournal(BaseJournalBackend):
         return self._key
 
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
-        """Every entry from ``log_number_from`` on, in one LRANGE."""
-        for raw in self._client.lrange(self._key, log_number_from, -1):
-            yield json.loads(raw)
+        """Every entry from ``log_number_from`` on, in one LRANGE (or none, see the module)."""
+        fresh, self._fresh = self._fresh, None
+        raws = fresh[1] if fresh is not None and fresh[0] == log_number_from else \
+            self._client.lrange(self._key, log_number_from, -1)
+        entries = [json.loads(raw) for raw in raws]
+        self._read_to = log_number_from + len(entries)
+        yield from entries
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        """Append ``logs`` in one RPUSH: all of them, in order, or none."""
-        if logs:
-            self._client.rpush(self._key, *[json.dumps(log) for log in logs])
+        """Append ``logs`` (all of them, in order, or none) and read what the next sync needs."""
+        if not logs:
+            return
+        encoded = [json.dumps(log) for log in logs]
+        start = self._read_to
+        self._fresh = (start, self._append(keys=[self._key], args=[start, *encoded]))

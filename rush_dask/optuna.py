@@ -161,7 +161,8 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
     run = Run(rush.client, rush.keys.prefix, uuid.uuid4().hex[:12])
     run.create(n_trials, timeout)
     constants = dict(run_id=run.run_id, study_name=study.study_name, storage=store, sampler=study.sampler,
-                     pruner=study.pruner, objective=objective, catch=catch)
+                     pruner=study.pruner, objective=objective, catch=catch,
+                     verbosity=optuna.logging.get_verbosity())
     watcher = Reconciler(rush, store, run)
     ours: set[str] = set()
     replacements = n
@@ -199,38 +200,44 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
 
 
 def trial_loop(worker: Any, run_id: str, study_name: str, storage: BaseStorage, sampler: Any,
-               pruner: Any, objective: Callable, catch: tuple = (), **kwargs: Any) -> None:
+               pruner: Any, objective: Callable, catch: tuple = (), verbosity: int = optuna.logging.INFO,
+               **kwargs: Any) -> None:
     """One worker of :func:`optimize`: take a ticket, ask, evaluate, tell, until the run is done.
 
     Runs in the worker process (``start_workers(worker_loop=trial_loop, ...)``);
     between trials, and while it waits for a ticket, it sweeps for lost
     workers so their trials are failed even with no controller attached.
     """
+    optuna.logging.set_verbosity(verbosity)
     sampler.reseed_rng()
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
     run = Run(worker.client, worker.keys.prefix, run_id)
     watcher = Reconciler(worker, storage, run)
     next_sweep = time.monotonic() + worker.heartbeat_expire
-    while not worker.terminated:
-        go, _ = run.take()
-        if go < 0:
+    go = run.take()
+    while go >= 0:
+        if worker.terminated:
+            if go == 1:
+                run.give_back()
             return
-        if time.monotonic() > next_sweep or go == 0:
-            if time.monotonic() > next_sweep:
-                next_sweep = time.monotonic() + worker.heartbeat_expire
-                worker._sweep_lost_workers(worker._dead_local_workers())
-                watcher.sweep()
-            if go == 0:
-                if run.state()["complete"] >= run.n_trials:
-                    return
-                time.sleep(_IDLE_POLL)
-                continue
-        if not _one_trial(worker, study, objective, catch, run):
-            return
+        if time.monotonic() > next_sweep:
+            next_sweep = time.monotonic() + worker.heartbeat_expire
+            worker._sweep_lost_workers(worker._dead_local_workers())
+            watcher.sweep()
+        if go == 0:  # every ticket is out: wait for the run to end, or for a ticket to come back
+            if run.state()["complete"] >= run.n_trials:
+                return
+            time.sleep(_IDLE_POLL)
+            go = run.take()
+            continue
+        go = _one_trial(worker, study, objective, catch, run)
 
 
-def _one_trial(worker: Any, study: optuna.Study, objective: Callable, catch: tuple, run: "Run") -> bool:
-    """Ask, evaluate, tell one trial and record it as a rush task; False if the search must stop."""
+def _one_trial(worker: Any, study: optuna.Study, objective: Callable, catch: tuple, run: "Run") -> int:
+    """Ask, evaluate, tell one trial and record it as a rush task; then take the next ticket.
+
+    Returns what :meth:`Run.take` returned for the next trial (-1: the search must stop).
+    """
     trial = study.ask()
     trial_id = trial._trial_id
     (key,) = worker.push_running_tasks([{"trial": trial.number}],
@@ -252,13 +259,14 @@ def _one_trial(worker: Any, study: optuna.Study, objective: Callable, catch: tup
             frozen = study._storage.get_trial(trial_id)
     # What counts is the storage's final word (a sweep may have failed the trial first).
     state = frozen.state if frozen.state.is_finished() else study._storage.get_trial(trial_id).state
-    run.settle(trial_id, state == TrialState.COMPLETE)
+    stop = state == TrialState.FAIL and error is not None and not isinstance(error, catch)
+    go = run.settle(trial_id, state == TrialState.COMPLETE, take_next=not stop)
     if state == TrialState.FAIL:
         worker.fail_tasks([key], [error if error is not None else "trial failed"])
-        if error is not None and not isinstance(error, catch):
+        if stop:
             run.stop(key)
-            return False
-        return True
+            return -1
+        return go
     ys: dict[str, Any] = {"trial_state": state.name}
     if frozen.values is not None and len(frozen.values) == 1:
         ys["value"] = frozen.values[0]
@@ -266,7 +274,7 @@ def _one_trial(worker: Any, study: optuna.Study, objective: Callable, catch: tup
         ys.update({f"value_{i}": v for i, v in enumerate(frozen.values)})
     ys.update({f"params_{name}": v for name, v in frozen.params.items()})
     worker.finish_tasks([key], [ys])
-    return True
+    return go
 
 
 class Run:
@@ -277,7 +285,7 @@ class Run:
     >>> run = Run(rush.client, rush.keys.prefix, "ab12")   # doctest: +SKIP
     >>> run.create(n_trials=10, timeout=None)              # doctest: +SKIP
     >>> run.take()                                         # doctest: +SKIP
-    (1, 0)
+    1
     """
 
     def __init__(self, client: Any, prefix: str, run_id: str):
@@ -302,14 +310,28 @@ class Run:
             self._n_trials = int(self.client.hget(self.key, "n_trials") or 0)
         return self._n_trials
 
-    def take(self) -> tuple[int, int]:
-        """(1 go / 0 all taken / -1 stop, trials COMPLETE so far)."""
-        go, complete = self._take(keys=[self.key])
-        return int(go), int(complete)
+    def take(self) -> int:
+        """Take a ticket: 1 (go), 0 (all are out) or -1 (stopped, or past the deadline)."""
+        return int(self._take(keys=[self.key])[0])
 
-    def settle(self, trial_id: int, complete: bool) -> bool:
-        """Count a finished trial once: COMPLETE, or its ticket back."""
-        return bool(self._settle(keys=[self.key, self.settled], args=[trial_id, "1" if complete else "0"]))
+    def give_back(self) -> None:
+        """Return a ticket taken but not used."""
+        self.client.hincrby(self.key, "taken", -1)
+
+    def settle(self, trial_id: int, complete: bool, take_next: bool = False) -> int:
+        """Count a finished trial once: COMPLETE, or its ticket back.
+
+        With ``take_next``, also take the next ticket in the same round trip
+        and return what :meth:`take` would.
+        """
+        args = [trial_id, "1" if complete else "0"]
+        if not take_next:
+            self._settle(keys=[self.key, self.settled], args=args)
+            return -1
+        pipe = self.client.pipeline(transaction=False)
+        self._settle(keys=[self.key, self.settled], args=args, client=pipe)
+        self._take(keys=[self.key], client=pipe)
+        return int(pipe.execute()[1][0])
 
     def stop(self, task_key: str) -> None:
         """Stop the search; ``task_key`` names the failed task that holds the error."""
