@@ -52,3 +52,15 @@ def known_ranking(q, budget):
     """The score does not depend on the budget: the ranking of configurations is known."""
     time.sleep(0.005)
     return {"y": q}
+
+
+def learning_curve(trial):
+    """Two parameters, 9 reported steps (for pruners); minimum 0 at x = 2, y = -1."""
+    x = trial.suggest_float("x", -5, 5)
+    y = trial.suggest_float("y", -5, 5)
+    loss = (x - 2) ** 2 + (y + 1) ** 2
+    for step in range(1, 10):
+        trial.report(loss + 1.0 / step, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return loss

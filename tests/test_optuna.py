@@ -69,6 +69,27 @@ def test_pruned_trials_do_not_count_and_are_replaced(rush):
     assert counts.get(TrialState.PRUNED, 0) >= 5  # every odd trial number was pruned
 
 
+@pytest.mark.parametrize("sampler, pruner", [
+    ("TPESampler", "HyperbandPruner"),
+    ("CmaEsSampler", "SuccessiveHalvingPruner"),
+])
+def test_optunas_own_samplers_and_pruners_run_in_the_workers(rush, sampler, pruner):
+    if sampler == "CmaEsSampler":
+        pytest.importorskip("cmaes")
+    study = optuna.create_study(storage=storage(rush), study_name="own",
+                                sampler=getattr(optuna.samplers, sampler)(n_startup_trials=4),
+                                pruner=getattr(optuna.pruners, pruner)())
+    optimize(study, f.learning_curve, n_trials=16, rush=rush, n_workers=2)
+    counts = {s: states(study).count(s) for s in set(states(study))}
+    assert counts[TrialState.COMPLETE] == 16 and TrialState.RUNNING not in counts
+    # every trial was sampled (both parameters) and reported to the pruner
+    trials = study.get_trials(states=[TrialState.COMPLETE, TrialState.PRUNED])
+    assert all(set(t.params) == {"x", "y"} for t in trials)
+    assert all(len(t.intermediate_values) >= 1 for t in trials)
+    if sampler == "CmaEsSampler":  # CMA-ES ran in the workers: it keeps its state on the trials
+        assert any(key.startswith("cma:") for t in trials for key in t.system_attrs)
+
+
 def test_a_sigkilled_worker_fails_its_trial_and_a_new_trial_takes_its_place(rush):
     study = optuna.create_study(storage=storage(rush), study_name="kill")
     done = threading.Event()
