@@ -127,6 +127,72 @@ def test_a_sigkilled_worker_fails_its_trial_and_a_new_trial_takes_its_place(rush
     assert worker_id in rush.lost_worker_ids
 
 
+def run_in_thread(target):
+    """Start ``target`` in a thread; returns (done event, list that gets its exception)."""
+    done, errors = threading.Event(), []
+
+    def run():
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - the test asserts there is none
+            errors.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done, errors
+
+
+def holder_of_trial(rush, number):
+    running = rush.fetch_running_tasks()
+    if not len(running) or "trial" not in running:
+        return None
+    rows = running[running["trial"] == number]
+    return rows["worker_id"].iloc[0] if len(rows) else None
+
+
+def test_a_stopped_worker_is_lost_when_its_heartbeat_expires_and_its_trial_fails(rush):
+    study = optuna.create_study(storage=storage(rush), study_name="stop")
+    done, errors = run_in_thread(lambda: optimize(study, f.stuck_at_trial_3, n_trials=8, rush=rush,
+                                                  n_workers=2, heartbeat_period=0.3, heartbeat_expire=1.5))
+    wait_until(lambda: holder_of_trial(rush, 3) is not None, TIMEOUT, "trial 3 running")
+    worker_id = holder_of_trial(rush, 3)
+    pid = int(rush.worker_info.set_index("worker_id").loc[worker_id, "pid"])
+    os.kill(pid, signal.SIGSTOP)  # alive but silent: only the heartbeat can tell
+    try:
+        assert done.wait(TIMEOUT), "optimize did not return"
+        assert errors == []
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        assert by_number[3].state == TrialState.FAIL
+        assert states(study).count(TrialState.COMPLETE) == 8
+        assert TrialState.RUNNING not in states(study)
+        assert worker_id in rush.lost_worker_ids
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_without_a_controller_the_workers_fail_the_trial_of_a_dead_worker(rush):
+    """The decentralized path: no optimize() waiting; the surviving worker's sweep does the work."""
+    from rush_dask.optuna import Run, trial_loop
+
+    study = optuna.create_study(storage=storage(rush), study_name="alone")
+    run = Run(rush.client, rush.keys.prefix, "alone")
+    run.create(8, None)
+    rush.start_workers(worker_loop=trial_loop, n_workers=2, heartbeat_period=0.3, heartbeat_expire=1.5,
+                       run_id="alone", study_name="alone", storage=storage(rush), sampler=study.sampler,
+                       pruner=study.pruner, objective=f.stuck_at_trial_3)
+    wait_until(lambda: holder_of_trial(rush, 3) is not None, TIMEOUT, "trial 3 running")
+    worker_id = holder_of_trial(rush, 3)
+    os.kill(int(rush.worker_info.set_index("worker_id").loc[worker_id, "pid"]), signal.SIGKILL)
+    wait_until(lambda: rush.n_terminated_workers == 1, TIMEOUT, "the survivor ends the search")
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert by_number[3].state == TrialState.FAIL
+    assert states(study).count(TrialState.COMPLETE) == 8
+    assert TrialState.RUNNING not in states(study)
+    assert rush.lost_worker_ids == [worker_id]  # declared lost by the other worker, not by us
+    run.delete()
+
+
 def test_an_error_in_the_objective_stops_the_search_and_is_raised(rush):
     study = optuna.create_study(storage=storage(rush), study_name="err")
     with pytest.raises(ValueError, match="bad objective"):
