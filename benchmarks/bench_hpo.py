@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -163,50 +162,41 @@ def time_dask_grid(client) -> float:
 
 
 # ------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> dict:
-    import argparse
+SECTIONS = ("utilization", "throughput", "joblib")
+
+
+def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util: int = 160,
+            n_noop: int = 800, sections: tuple[str, ...] = SECTIONS) -> dict:
+    """Every measurement, ``repeats`` times, on the Redis at ``url``; the raw figures as a dict.
+
+    >>> run_hpo(server.url, "/tmp/logs", repeats=1, n_util=32, n_noop=100)["trials_per_second"]   # doctest: +SKIP
+    """
+    import warnings
 
     import optuna
     from optuna.storages.journal import JournalRedisBackend, JournalStorage
 
     from rush_dask import Rush
     from rush_dask.journal import RedisListJournal
-    from rush_dask.server import RedisServer
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat")
-    parser.add_argument("--only", default="utilization,throughput,joblib")
-    args = parser.parse_args(argv)
-    repeats = 1 if args.quick else args.repeats
-    sections = set(args.only.split(","))
-    n_util = args.workers * (4 if args.quick else 20)
-    n_noop = 100 if args.quick else 800
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    import warnings
-
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-
-    server = RedisServer().start()
-    log_dir = tempfile.mkdtemp(prefix="bench-hpo-")
-    results: dict = {"machine": machine(server.url), "load_before": load_avg(), "workers": args.workers,
-                     "n_util": n_util, "n_noop": n_noop}
-    rush = Rush(f"bench-hpo-{uuid.uuid4().hex[:6]}", url=server.url)
+    results: dict = {"load_before": load_avg(), "workers": n_workers, "n_util": n_util, "n_noop": n_noop}
+    rush = Rush(f"bench-hpo-{uuid.uuid4().hex[:6]}", url=url)
 
     def optuna_storage(kind: str):
         prefix = f"{rush.keys.prefix}bench-{uuid.uuid4().hex[:6]}"
         if kind == "list":
-            return JournalStorage(RedisListJournal(server.url, prefix))
-        return JournalStorage(JournalRedisBackend(server.url, prefix=prefix))
+            return JournalStorage(RedisListJournal(url, prefix))
+        return JournalStorage(JournalRedisBackend(url, prefix=prefix))
 
     try:
         if "utilization" in sections:
             util: dict[str, list] = {"rush": [], "optuna": []}
             for rep in range(repeats):
-                study = run_rush_optuna(rush, "list", sleep_objective, n_util, args.workers, log_dir)
+                study = run_rush_optuna(rush, "list", sleep_objective, n_util, n_workers, log_dir)
                 util["rush"].append(utilization(study))
-                study = run_optuna_processes(optuna_storage("optuna"), sleep_objective, n_util, args.workers)
+                study = run_optuna_processes(optuna_storage("optuna"), sleep_objective, n_util, n_workers)
                 util["optuna"].append(utilization(study))
                 print(f"utilization {rep + 1}/{repeats}: rush {util['rush'][-1]}, optuna {util['optuna'][-1]} "
                       f"(load {load_avg()})", file=sys.stderr, flush=True)
@@ -217,13 +207,13 @@ def main(argv: list[str] | None = None) -> dict:
                                                            "optuna_list", "optuna_backend")}
             for rep in range(repeats):
                 tps["rush_list"].append(trials_per_second(
-                    run_rush_optuna(rush, "list", noop_objective, n_noop, args.workers, log_dir)))
+                    run_rush_optuna(rush, "list", noop_objective, n_noop, n_workers, log_dir)))
                 tps["rush_optuna_backend"].append(trials_per_second(
-                    run_rush_optuna(rush, "optuna", noop_objective, n_noop, args.workers, log_dir)))
+                    run_rush_optuna(rush, "optuna", noop_objective, n_noop, n_workers, log_dir)))
                 tps["optuna_list"].append(trials_per_second(
-                    run_optuna_processes(optuna_storage("list"), noop_objective, n_noop, args.workers)))
+                    run_optuna_processes(optuna_storage("list"), noop_objective, n_noop, n_workers)))
                 tps["optuna_backend"].append(trials_per_second(
-                    run_optuna_processes(optuna_storage("optuna"), noop_objective, n_noop, args.workers)))
+                    run_optuna_processes(optuna_storage("optuna"), noop_objective, n_noop, n_workers)))
                 print(f"trials/s {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in tps.items())
                       + f" (load {load_avg()})", file=sys.stderr, flush=True)
             results["trials_per_second"] = tps
@@ -248,6 +238,29 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         rush.reset()
         rush.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import argparse
+
+    from rush_dask.server import RedisServer
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"among {','.join(SECTIONS)}")
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    server = RedisServer().start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-hpo-") as log_dir:
+            results = {"machine": machine(server.url),
+                       **run_hpo(server.url, log_dir, repeats, args.workers,
+                                 n_util=args.workers * (4 if args.quick else 20), n_noop=100 if args.quick else 800,
+                                 sections=tuple(args.only.split(",")))}
+    finally:
         server.stop()
     print(report(results))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -259,7 +272,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 def report(results: dict) -> str:
     """A Markdown table of the figures and the ratios against the targets."""
-    lines = [f"Load average before: {results['load_before']}; {results['workers']} workers.", "",
+    return "\n".join(hpo_lines(results))
+
+
+def hpo_lines(results: dict) -> list[str]:
+    """The report's lines (also the ``hpo`` section of ``python -m benchmarks``)."""
+    loads = ", ".join(f"{k[len('load_after_'):]} {v}" for k, v in results.items() if k.startswith("load_after_"))
+    lines = [f"Load average (1, 5, 15 min) before: {results['load_before']}; after: {loads}. "
+             f"{results['workers']} workers.", "",
              "| measurement | rush_dask | peer | ratio | target |", "|---|---|---|---|---|"]
     if "utilization" in results:
         u = results["utilization"]
@@ -285,7 +305,7 @@ def report(results: dict) -> str:
         lines.append(f"| GridSearchCV 48 fits, 2 workers, seconds | {fmt(g['rush'], 2)} | distributed "
                      f"\"dask\" backend: {fmt(g['dask'], 2)} | speed {fmt(ratios(g['dask'], g['rush']), 2)} | "
                      ">= 1.0 |")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

@@ -276,6 +276,12 @@ def plots(r: dict, img: Path) -> list[Path]:
 
 
 # -------------------------------------------------------------------- report
+def hpo_lines(s: dict) -> list[str]:
+    from benchmarks.bench_hpo import hpo_lines as lines  # optuna, sklearn: only when this section ran
+
+    return lines(s)
+
+
 SECTION_TITLES = {
     "rush": ("The rush API against other task queues", rush_lines, "bench-rush.png",
              ("Tasks pushed in one call and waited for, on 2 workers: rush_dask (`push_tasks` + "
@@ -297,6 +303,13 @@ SECTION_TITLES = {
     "archive": ("The archive: fetching finished tasks", archive_lines, None,
                 ("Finished tasks read into pandas with `fetch_finished_tasks()`: a cold cache first, "
                 "then an incremental fetch after one more task finishes.")),
+    "hpo": ("Hyperparameter search", hpo_lines, None,
+            ("`rush_dask.optuna.optimize` against Optuna's multiprocessing recipe (one process per worker, "
+             "`study.optimize` on the same `JournalRedisBackend` study), RandomSampler on both sides; "
+             "utilization from the objective's own busy intervals; trials/s from the trials' timestamps. "
+             "GridSearchCV (SVC on digits, 48 fits) through joblib's `\"rush\"` backend on 2 workers "
+             "against distributed's `\"dask\"` backend on a LocalCluster of 2 single-threaded processes "
+             "(speed = dask's seconds / rush's). See `benchmarks/bench_hpo.py`.")),
 }
 
 

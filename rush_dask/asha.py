@@ -11,14 +11,15 @@
 ...                  eta=3, n_evals=200, n_workers=8)                       # doctest: +SKIP
 
 Budgets form rungs ``min_budget * eta**k`` up to ``max_budget``. Each
-worker, whenever it is free, reads the shared archive
-(``worker.fetch_finished_tasks()``, incremental) and, from the highest rung
-down, looks for a configuration that is among the best ``1/eta`` of the
-evaluations finished in its rung and has not been promoted yet; it claims
-it (one ``SADD``: two workers never promote the same configuration) and
+worker, whenever it is free, makes one decision in one Redis round trip (a
+Lua script on a sorted set of scores per rung): from the highest rung down,
+it looks for a configuration among the best ``floor(n / eta)`` of the ``n``
+evaluations finished in its rung that has not been promoted yet, claims it
+(first caller wins: two workers never promote the same configuration) and
 evaluates it with ``eta`` times the budget. With nothing to promote, it
-samples a new configuration at the lowest rung. No worker waits for a rung
-to fill: there is no synchronisation barrier, as in Li et al. (2020),
+samples a new configuration at the lowest rung. The same call records the
+score of the evaluation the worker just finished. No worker waits for a
+rung to fill: there is no synchronisation barrier, as in Li et al. (2020),
 "A System for Massively Parallel Hyperparameter Tuning", and mlr3hyperband's
 asynchronous successive halving.
 
@@ -40,6 +41,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from .serialize import dumps, loads
 
 logger = logging.getLogger("rush_dask.asha")
 
@@ -71,9 +74,10 @@ def rung_budgets(min_budget: float, max_budget: float, eta: float) -> list[float
 def promotable(archive: Any, rung: int, eta: float, score: str = "y", minimize: bool = True) -> list[str]:
     """Config ids among the best ``floor(n / eta)`` of the ``n`` evaluations finished in ``rung``, best first.
 
-    ``archive`` is a DataFrame with columns ``config_id``, ``rung`` and
-    ``score``. Whether one of them was already promoted is the caller's
-    business (the claim in Redis decides).
+    The promotion rule, on an archive (a DataFrame with columns
+    ``config_id``, ``rung`` and ``score``, as :func:`search` returns); the
+    workers apply the same rule in Redis. Whether one of them was already
+    promoted is not checked here.
 
     >>> import pandas as pd
     >>> archive = pd.DataFrame({"config_id": list("abcdef"), "rung": [0] * 6, "y": [5, 1, 4, 2, 6, 3]})
@@ -90,53 +94,81 @@ def promotable(archive: Any, rung: int, eta: float, score: str = "y", minimize: 
     return list(best["config_id"])
 
 
-class Claims:
-    """The Redis set of promotions already taken, and the evaluation counter, of one search.
+# One round trip per decision. KEYS: spent counter, promoted set, configs hash, then one sorted set
+# per rung (config id -> score). ARGV: n_evals, eta, '1' to minimize, then the evaluation this
+# worker just finished ('' or config id, its rung, its score, its pickled configuration if new),
+# then '1' to take the next evaluation. Returns {-1} (budget spent), {0} (sample a new
+# configuration) or {rung, config id, pickled configuration} (a promotion this caller claimed).
+_DECIDE = """
+local n_evals, eta, minimize = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
+local done_id, done_rung = ARGV[4], tonumber(ARGV[5])
+if done_id ~= '' then
+  if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], done_id, ARGV[7]) end
+  redis.call('ZADD', KEYS[4 + done_rung], ARGV[6], done_id)
+end
+if ARGV[8] ~= '1' then return {-1} end
+if redis.call('INCR', KEYS[1]) > n_evals then return {-1} end
+for k = #KEYS - 5, 0, -1 do
+  local key = KEYS[4 + k]
+  local top = math.floor(redis.call('ZCARD', key) / eta)
+  if top > 0 then
+    local ids
+    if minimize then ids = redis.call('ZRANGE', key, 0, top - 1)
+    else ids = redis.call('ZREVRANGE', key, 0, top - 1) end
+    for _, id in ipairs(ids) do
+      if redis.call('SADD', KEYS[2], id .. ':' .. (k + 1)) == 1 then
+        return {k + 1, id, redis.call('HGET', KEYS[3], id)}
+      end
+    end
+  end
+end
+return {0}
+"""
 
-    >>> claims = Claims(worker.client, worker.keys.prefix, "run1")   # doctest: +SKIP
-    >>> claims.promote("c0ffee", rung=1)                            # doctest: +SKIP
-    True
+
+class Rungs:
+    """The Redis state of one search: a sorted set of scores per rung, configurations, claims, budget.
+
+    Keys ``rush:{NET}:asha:<run id>:*``, deleted by :meth:`delete` (and ``rush.reset()``).
+
+    >>> rungs = Rungs(worker.client, worker.keys.prefix, "run1", n_rungs=3)     # doctest: +SKIP
+    >>> rungs.decide(n_evals=100, eta=3, minimize=True)                         # doctest: +SKIP
+    (None, None, 0)
     """
 
-    def __init__(self, client: Any, prefix: str, run_id: str):
+    def __init__(self, client: Any, prefix: str, run_id: str, n_rungs: int, secret: bytes | None = None):
+        base = f"{prefix}asha:{run_id}:"
         self.client = client
-        self.promoted = f"{prefix}asha:{run_id}:promoted"
-        self.spent = f"{prefix}asha:{run_id}:spent"
-        self._taken: set[str] = set()  # promotions known to be claimed: no round trip for them again
+        self.secret = secret
+        self.spent = base + "spent"
+        self.keys = [self.spent, base + "promoted", base + "configs",
+                     *[f"{base}rung:{k}" for k in range(n_rungs)]]
+        self._decide = client.register_script(_DECIDE)
 
-    def promote(self, config_id: str, rung: int) -> bool:
-        """Claim the promotion of ``config_id`` to ``rung``; True for the first caller only."""
-        member = f"{config_id}:{rung}"
-        if member in self._taken:
-            return False
-        self._taken.add(member)
-        return bool(self.client.sadd(self.promoted, member))
+    def decide(self, n_evals: int, eta: float, minimize: bool, done: tuple | None = None,
+               take: bool = True) -> tuple[str | None, dict | None, int]:
+        """Record ``done`` = (config id, rung, score, configuration or None), then choose the next job.
 
-    def spend(self, n_evals: int) -> bool:
-        """Take one evaluation of the budget; False once ``n_evals`` were taken."""
-        return self.client.incr(self.spent) <= n_evals
+        Returns (config id, configuration, rung) of a claimed promotion,
+        (None, None, 0) to sample a new configuration, or (None, None, -1)
+        once the budget is spent (or with ``take=False``).
+        """
+        args: list[Any] = [n_evals, eta, "1" if minimize else "0", "", 0, 0, ""]
+        if done is not None:
+            config_id, rung, score, config = done
+            args[3:7] = [config_id, rung, repr(float(score)),
+                         dumps(config, self.secret) if config is not None else ""]
+        args.append("1" if take else "0")
+        reply = self._decide(keys=self.keys, args=args)
+        if int(reply[0]) <= 0:
+            return None, None, int(reply[0])
+        return reply[1].decode(), loads(reply[2], self.secret), int(reply[0])
 
     def n_spent(self) -> int:
         return int(self.client.get(self.spent) or 0)
 
     def delete(self) -> None:
-        self.client.delete(self.promoted, self.spent)
-
-
-def next_job(archive: Any, budgets: list[float], eta: float, claims: Claims, score: str,
-             minimize: bool) -> tuple[str, dict[str, Any], int] | None:
-    """(config id, configuration, rung) of a promotion this worker claimed, or None.
-
-    Looks from the highest rung that can still promote down to the lowest.
-    """
-    if len(archive) == 0 or "rung" not in archive:
-        return None
-    for rung in range(len(budgets) - 2, -1, -1):
-        for config_id in promotable(archive, rung, eta, score, minimize):
-            if claims.promote(config_id, rung + 1):
-                row = archive[(archive["config_id"] == config_id) & (archive["rung"] == rung)].iloc[0]
-                return config_id, row["config"], rung + 1
-    return None
+        self.client.delete(*self.keys)
 
 
 def worker_loop(worker: Any, objective: Callable[..., Any], sample: Callable[[np.random.Generator], dict],
@@ -145,26 +177,33 @@ def worker_loop(worker: Any, objective: Callable[..., Any], sample: Callable[[np
     """One ASHA worker: promote or sample, evaluate, record; until ``n_evals`` are spent.
 
     Runs in a worker process (``rush.start_workers(worker_loop=worker_loop, ...)``).
+    Each decision is one script call on :class:`Rungs`, which also records
+    the score of the evaluation just finished.
     """
     rng = np.random.default_rng(None if seed is None else [seed, os.getpid()])
-    claims = Claims(worker.client, worker.keys.prefix, run_id)
-    while not worker.terminated and claims.spend(n_evals):
-        archive = _with_configs(worker.fetch_finished_tasks(), run_id)
-        job = next_job(archive, budgets, eta, claims, score, minimize)
-        if job is None:
-            job = (uuid.uuid4().hex[:12], dict(sample(rng)), 0)
-        config_id, config, rung = job
+    rungs = Rungs(worker.client, worker.keys.prefix, run_id, len(budgets), worker.secret)
+    done = None
+    while True:
+        config_id, config, rung = rungs.decide(n_evals, eta, minimize, done, take=not worker.terminated)
+        if rung < 0:
+            return
+        done = None
+        if config_id is None:
+            config_id, config = uuid.uuid4().hex[:12], dict(sample(rng))
         keys = worker.push_running_tasks([{**config, "budget": budgets[rung]}],
-                                         extra=[{"config_id": config_id, "rung": rung, "asha_run": run_id,
-                                                 "config": config}])
+                                         extra=[{"config_id": config_id, "rung": rung, "asha_run": run_id}])
         try:
             result = objective(**config, budget=budgets[rung])
+            ys = result if isinstance(result, dict) else {score: result}
+            value = float(ys[score])
         except Exception as exc:  # noqa: BLE001 - the evaluation fails, the worker goes on
             logger.warning("evaluation of %s at budget %s failed: %s: %s", config, budgets[rung],
                            type(exc).__name__, exc)
             worker.fail_tasks(keys, [exc])
             continue
-        worker.finish_tasks(keys, [result if isinstance(result, dict) else {score: result}])
+        worker.finish_tasks(keys, [ys])
+        if not math.isnan(value):  # a NaN score cannot be ranked: never promoted
+            done = (config_id, rung, value, config if rung == 0 else None)
 
 
 def _with_configs(archive: Any, run_id: str) -> Any:
@@ -207,7 +246,7 @@ def search(rush: Any, objective: Callable[..., Any], sample: Callable[[np.random
         except Exception as exc:
             raise TypeError(f"{name} cannot be pickled for the workers ({type(exc).__name__}: {exc})") from None
     run_id = uuid.uuid4().hex[:12]
-    claims = Claims(rush.client, rush.keys.prefix, run_id)
+    rungs = Rungs(rush.client, rush.keys.prefix, run_id, len(budgets), rush.secret)
     ids = rush.start_workers(worker_loop=worker_loop, n_workers=n_workers, objective=objective, sample=sample,
                              budgets=budgets, eta=eta, n_evals=n_evals, run_id=run_id, score=score,
                              minimize=minimize, seed=seed, **worker_options)
@@ -220,15 +259,15 @@ def search(rush: Any, objective: Callable[..., Any], sample: Callable[[np.random
             if not any(states.get(w, "running") == "running" for w in ids):  # not registered yet: running
                 break  # every worker spent its last evaluation (or died)
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"ASHA: {claims.n_spent()} of {n_evals} evaluations after {timeout} s")
+                raise TimeoutError(f"ASHA: {rungs.n_spent()} of {n_evals} evaluations after {timeout} s")
             time.sleep(0.1)
-        spent = claims.n_spent()
+        spent = rungs.n_spent()
     finally:
         running = [w for w in ids if rush._worker_states().get(w) == "running"]
         if running:
             rush.stop_workers("terminate", running)
-        claims.delete()
+        rungs.delete()
     if spent < n_evals:
         raise RuntimeError(f"ASHA: every worker ended after {spent} of {n_evals} evaluations; their log:\n"
                            f"{rush.read_log().tail(20)}")
-    return _with_configs(rush.fetch_finished_tasks(), run_id).drop(columns=["config", "asha_run"])
+    return _with_configs(rush.fetch_finished_tasks(), run_id).drop(columns=["asha_run"])

@@ -168,9 +168,14 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
     replacements = n
     try:
         ours.update(rush.start_workers(worker_loop=trial_loop, n_workers=n, **worker_options, **constants))
+        next_watch = 0.0
         while True:
             if run.done():
                 break
+            if time.monotonic() < next_watch:
+                time.sleep(_IDLE_POLL)
+                continue
+            next_watch = time.monotonic() + _WATCH_PERIOD
             rush._check_started_processes()
             rush.detect_lost_workers()
             watcher.sweep()
@@ -189,7 +194,6 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
                     break
                 raise RuntimeError(f"every worker of the search ended with {run.state()['complete']} of "
                                    f"{n_trials} trials complete; their log:\n{rush.read_log().tail(20)}")
-            time.sleep(_WATCH_PERIOD)
     finally:
         _stop(rush, ours)
         watcher.sweep()
