@@ -225,7 +225,7 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
             rush.start_workers(n_workers=2, log_dir=log_dir)
             rush.wait_for_workers(2)
             with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                              dashboard_address=None) as cluster, Client(cluster) as client:
+                              dashboard_address=":0") as cluster, Client(cluster) as client:
                 time_rush_grid(rush), time_dask_grid(client)  # warm up: imports in the workers
                 for rep in range(repeats):
                     grid["rush"].append(time_rush_grid(rush))
