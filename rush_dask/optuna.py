@@ -213,6 +213,9 @@ def trial_loop(worker: Any, run_id: str, study_name: str, storage: BaseStorage, 
     workers so their trials are failed even with no controller attached.
     """
     optuna.logging.set_verbosity(verbosity)
+    # Optuna's records go to the root logger, whose handler ships them to Redis (rush.read_log()).
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
     sampler.reseed_rng()
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
     run = Run(worker.client, worker.keys.prefix, run_id)
@@ -278,6 +281,9 @@ def _one_trial(worker: Any, study: optuna.Study, objective: Callable, catch: tup
         ys.update({f"value_{i}": v for i, v in enumerate(frozen.values)})
     ys.update({f"params_{name}": v for name, v in frozen.params.items()})
     worker.finish_tasks([key], [ys])
+    if optuna.logging.get_verbosity() <= optuna.logging.INFO:  # as study.optimize reports each trial
+        logger.info("trial %d %s with value %s and parameters %s", frozen.number, state.name.lower(),
+                    ys.get("value", frozen.values), frozen.params)
     return go
 
 

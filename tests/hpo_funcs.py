@@ -64,3 +64,9 @@ def learning_curve(trial):
         if trial.should_prune():
             raise optuna.TrialPruned()
     return loss
+
+
+def sleep_quarter_second(trial):
+    trial.suggest_float("x", 0, 1)
+    time.sleep(0.25)
+    return 1.0

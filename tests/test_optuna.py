@@ -59,6 +59,27 @@ def test_optimize_completes_exactly_n_trials_on_the_workers(rush):
     assert rush.n_running_workers == 0  # the workers ended with the search
 
 
+def test_timeout_stops_starting_trials_and_lets_the_running_ones_end(rush):
+    study = optuna.create_study(storage=storage(rush), study_name="timeout")
+    optimize(study, f.sleep_quarter_second, n_trials=10_000, rush=rush, n_workers=2, timeout=1.0)
+    assert 0 < len(study.trials) < 10_000
+    assert set(states(study)) == {TrialState.COMPLETE}  # nothing left RUNNING, nothing failed
+    assert rush.n_running_workers == 0 and rush.n_running_tasks == 0
+
+
+def test_each_trial_is_in_the_network_log_at_optunas_info_level(rush):
+    study = optuna.create_study(storage=storage(rush), study_name="log")
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # the workers take the controller's level
+    try:
+        optimize(study, f.quadratic, n_trials=3, rush=rush, n_workers=1)
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    wait_until(lambda: (rush.read_log()["logger"] == "rush_dask.optuna").sum() == 3, TIMEOUT,
+               "three 'trial ... complete' records")
+    log = rush.read_log()
+    assert log[log["logger"] == "rush_dask.optuna"]["message"].str.match(r"trial \d complete with value").all()
+
+
 def test_pruned_trials_do_not_count_and_are_replaced(rush):
     study = optuna.create_study(storage=storage(rush), study_name="prune",
                                 pruner=optuna.pruners.SuccessiveHalvingPruner())
