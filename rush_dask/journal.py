@@ -10,7 +10,11 @@ entry since the last sync is one LRANGE. ``JournalStorage`` syncs right
 after each append; so an append is one script that pushes the entries and
 reads back everything from this process's last read on (the entries of
 others first, then its own), and that sync is answered without a second
-round trip. The key starts with the network's
+round trip. ``JournalStorage`` also syncs on every read, several times
+within one ``ask`` or ``tell``; a read that comes less than
+``max_staleness`` seconds (default 2 ms) after this process's last sync
+returns nothing new, as if it had come a moment earlier. Its own entries
+are always read back. The key starts with the network's
 prefix ``rush:{NET}:``, so ``rush.reset()`` deletes it with the rest.
 
 >>> from optuna.storages.journal import JournalStorage                 # doctest: +SKIP
@@ -20,6 +24,7 @@ prefix ``rush:{NET}:``, so ``rush.reset()`` deletes it with the rest.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Iterator
 
 from optuna.storages.journal import BaseJournalBackend
@@ -44,19 +49,21 @@ class RedisListJournal(BaseJournalBackend):
     >>> backend.append_logs([{"op_code": 0}])                                         # doctest: +SKIP
     """
 
-    def __init__(self, url: str, key: str):
+    def __init__(self, url: str, key: str, max_staleness: float = 0.002):
         self._url = url
         self._key = key
+        self._max_staleness = max_staleness
+        self._synced_at = float("-inf")  # time.monotonic() of the last sync
         self._client = connect(url, retry_timeout=60)
         self._read_to = 0  # entries read so far by the storage on top of this backend
         self._fresh: tuple[int, list[bytes]] | None = None  # (position, entries) read when appending
         self._append = self._client.register_script(_APPEND_AND_READ)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_url": self._url, "_key": self._key}
+        return {"_url": self._url, "_key": self._key, "_max_staleness": self._max_staleness}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["_url"], state["_key"])
+        self.__init__(state["_url"], state["_key"], state.get("_max_staleness", 0.002))
 
     def __repr__(self) -> str:
         return f"RedisListJournal(key={self._key!r})"  # no URL: it may hold a password
@@ -69,8 +76,14 @@ class RedisListJournal(BaseJournalBackend):
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
         """Every entry from ``log_number_from`` on, in one LRANGE (or none, see the module)."""
         fresh, self._fresh = self._fresh, None
-        raws = fresh[1] if fresh is not None and fresh[0] == log_number_from else \
-            self._client.lrange(self._key, log_number_from, -1)
+        now = time.monotonic()
+        if fresh is not None and fresh[0] == log_number_from:
+            raws = fresh[1]
+        elif log_number_from == self._read_to and now - self._synced_at < self._max_staleness:
+            raws = []  # synced a moment ago: what others appended since can wait for the next sync
+        else:
+            raws = self._client.lrange(self._key, log_number_from, -1)
+            self._synced_at = now
         entries = [json.loads(raw) for raw in raws]
         self._read_to = log_number_from + len(entries)
         yield from entries
@@ -82,3 +95,4 @@ class RedisListJournal(BaseJournalBackend):
         encoded = [json.dumps(log) for log in logs]
         start = self._read_to
         self._fresh = (start, self._append(keys=[self._key], args=[start, *encoded]))
+        self._synced_at = time.monotonic()

@@ -55,29 +55,33 @@ WORKER_OPTIONS = frozenset({"heartbeat_period", "heartbeat_expire", "resources",
 _IDLE_POLL = 0.05  # seconds between two looks for a free ticket, when all are taken
 _WATCH_PERIOD = 0.5  # seconds between two sweeps for lost workers
 
-# Tickets: at most n_trials trials that may still end COMPLETE. KEYS: run hash.
-# Returns {1, complete} (go), {0, complete} (all taken), {-1, complete} (stopped or past the deadline).
-_TAKE = """
-local run = KEYS[1]
-local complete = tonumber(redis.call('HGET', run, 'complete') or '0')
-local deadline = redis.call('HGET', run, 'deadline')
-if redis.call('HEXISTS', run, 'stop') == 1 then return {-1, complete} end
-if deadline then
-  local t = redis.call('TIME')
-  if tonumber(t[1]) + tonumber(t[2]) / 1e6 > tonumber(deadline) then return {-1, complete} end
+# Tickets: at most n_trials trials that may still end COMPLETE. take(run hash) returns
+# {1, complete} (go), {0, complete} (all taken), {-1, complete} (stopped or past the deadline).
+_TAKE_FUNCTION = """
+local function take(run)
+  local complete = tonumber(redis.call('HGET', run, 'complete') or '0')
+  local deadline = redis.call('HGET', run, 'deadline')
+  if redis.call('HEXISTS', run, 'stop') == 1 then return {-1, complete} end
+  if deadline then
+    local t = redis.call('TIME')
+    if tonumber(t[1]) + tonumber(t[2]) / 1e6 > tonumber(deadline) then return {-1, complete} end
+  end
+  local taken = redis.call('HINCRBY', run, 'taken', 1)
+  if taken <= tonumber(redis.call('HGET', run, 'n_trials')) then return {1, complete} end
+  redis.call('HINCRBY', run, 'taken', -1)
+  return {0, complete}
 end
-local taken = redis.call('HINCRBY', run, 'taken', 1)
-if taken <= tonumber(redis.call('HGET', run, 'n_trials')) then return {1, complete} end
-redis.call('HINCRBY', run, 'taken', -1)
-return {0, complete}
 """
+_TAKE = _TAKE_FUNCTION + "return take(KEYS[1])"
 # A trial ended: count it COMPLETE, or give its ticket back. Once per trial, whoever comes first.
-# KEYS: run hash, set of settled trial ids. ARGV: trial id, '1' if COMPLETE.
-_SETTLE = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
-if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'complete', 1)
-else redis.call('HINCRBY', KEYS[1], 'taken', -1) end
-return 1
+# KEYS: run hash, set of settled trial ids. ARGV: trial id, '1' if COMPLETE, '1' to take the next ticket.
+_SETTLE = _TAKE_FUNCTION + """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'complete', 1)
+  else redis.call('HINCRBY', KEYS[1], 'taken', -1) end
+end
+if ARGV[3] == '1' then return take(KEYS[1]) end
+return {-1, 0}
 """
 
 
@@ -334,14 +338,9 @@ class Run:
         With ``take_next``, also take the next ticket in the same round trip
         and return what :meth:`take` would.
         """
-        args = [trial_id, "1" if complete else "0"]
-        if not take_next:
-            self._settle(keys=[self.key, self.settled], args=args)
-            return -1
-        pipe = self.client.pipeline(transaction=False)
-        self._settle(keys=[self.key, self.settled], args=args, client=pipe)
-        self._take(keys=[self.key], client=pipe)
-        return int(pipe.execute()[1][0])
+        reply = self._settle(keys=[self.key, self.settled],
+                             args=[trial_id, "1" if complete else "0", "1" if take_next else "0"])
+        return int(reply[0])
 
     def stop(self, task_key: str) -> None:
         """Stop the search; ``task_key`` names the failed task that holds the error."""
