@@ -1,6 +1,6 @@
 """One benchmark command: ``python -m benchmarks``.
 
-Sections (``--only rush,dask,scaling,cost,archive,hpo``; all by default), on one
+Sections (``--only rush,dask,scaling,cost,archive,data,hpo``; all by default), on one
 private Redis server (unix socket) started here, 2 workers unless stated:
 
 * **rush**: the rush API (10,000 trivial tasks, 1,000 ``time.sleep(0.01)``)
@@ -17,6 +17,10 @@ private Redis server (unix socket) started here, 2 workers unless stated:
   time for 100,000 tasks (bench_cost.py);
 * **archive**: full and incremental fetch of 100,000 finished tasks
   (bench_archive.py);
+* **data**: data-heavy Dask graphs (megabyte chunks: a matmul, a
+  tall-skinny SVD, groupby and merge of 4 M rows, a rechunk, a 1 GiB
+  result) on rush_dask, the threads scheduler and a LocalCluster, with the
+  bytes that crossed Redis and shared memory (bench_data.py);
 * **hpo**: rush_dask.optuna against Optuna's own processes on
   JournalRedisBackend (utilization of 8 workers on a 0.2 s objective, trials
   per second with a no-op one) and the joblib backend "rush" against
@@ -47,16 +51,17 @@ from benchmarks.common import QUIET_BUDGET, RESULTS_DIR, ROOT, Quiet, machine
 # The section modules are imported where they are used: the bare queue's worker
 # processes are spawned, and re-import this module (not dask, distributed...).
 
-SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "hpo")
+SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data", "hpo")
 # Per size: rush (trivial, sleep tasks); dask (see bench_dask.make_workloads); scaling (tasks,
 # worker counts); cost tasks; archive tasks; hpo (workers, trials of 0.2 s, no-op trials).
 SIZES = {
     "full": {"rush": (10_000, 1_000), "dask": (10_000, 1_000, 1_000, 100, 1_000),
-             "scaling": (320, (1, 2, 4, 8, 16)), "cost": 100_000, "archive": 100_000, "hpo": (8, 160, 800)},
+             "scaling": (320, (1, 2, 4, 8, 16)), "cost": 100_000, "archive": 100_000, "data": "full",
+             "hpo": (8, 160, 800)},
     "quick": {"rush": (1_000, 100), "dask": (1_000, 100, 100, 10, 200), "scaling": (32, (1, 2, 4)),
-              "cost": 5_000, "archive": 5_000, "hpo": (8, 32, 100)},
+              "cost": 5_000, "archive": 5_000, "data": "quick", "hpo": (8, 32, 100)},
     "tiny": {"rush": (100, 10), "dask": (50, 16, 8, 2, 10), "scaling": (8, (1, 2)), "cost": 200,
-             "archive": 200, "hpo": (2, 8, 20)},
+             "archive": 200, "data": "tiny", "hpo": (2, 8, 20)},
 }
 
 
@@ -159,6 +164,12 @@ def archive_section(ctx: Context) -> dict:
     return bench_archive.run_archive(ctx.url, ctx.sizes["archive"], ctx.repeats, ctx.log_dir)
 
 
+def data_section(ctx: Context) -> dict:
+    from benchmarks import bench_data
+
+    return bench_data.run_data(ctx.url, ctx.sizes["data"], ctx.repeats, ctx.log_dir, ctx.quiet)
+
+
 def hpo_section(ctx: Context) -> dict:
     from benchmarks import bench_hpo
 
@@ -168,7 +179,7 @@ def hpo_section(ctx: Context) -> dict:
 
 
 RUNNERS = {"rush": rush_section, "dask": dask_section, "scaling": scaling_section, "cost": cost_section,
-           "archive": archive_section, "hpo": hpo_section}
+           "archive": archive_section, "data": data_section, "hpo": hpo_section}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -5,14 +5,16 @@
 Two workloads run side by side on one network, on a private Redis server with
 AOF on: (a) a Dask graph of about ``--nodes`` nodes (a stencil of integer nodes,
 each depending on three nodes of the layer before, reduced to one sum, plus a
-``dask.array`` sum) computed with ``scheduler=rush`` again and again, and (b)
+``dask.array`` sum and a matmul of 0.7 MB integer chunks whose intermediates
+stay in files on the host, not in Redis) computed with ``scheduler=rush`` again and again, and (b)
 batches of ``--tasks`` plain tasks pushed with ``push_tasks``. Meanwhile a
 driver thread SIGKILLs workers, SIGSTOPs them (SIGCONT before or after they
 are declared lost), restarts Redis (SIGTERM, or SIGKILL) and starts new workers.
 
 At the end it checks that every result is exact, no task is lost or recorded
 twice (``tasks``, ``finished`` and ``archive`` hold each key once), no key of
-any graph is left in Redis, and ``reset()`` leaves nothing. It prints the
+any graph is left in Redis nor any result file on the host, and ``reset()``
+leaves nothing. It prints the
 faults it injected and what the network recovered, and exits with 1 on any
 violation. ``tests/test_chaos.py`` runs the same code with a small budget.
 """
@@ -107,6 +109,15 @@ def array_sum(n: int, chunks: int):
     return da.arange(n, chunks=chunks, dtype="int64").sum(), n * (n - 1) // 2
 
 
+def large_chunk_matmul(n: int, chunk: int, scale: int):
+    """``(x @ x.T).sum()`` of an integer matrix of 0.7 MB chunks (held on their workers'
+    host, not in Redis) and its exact value."""
+    import dask.array as da
+
+    x = da.full((n, n), scale, chunks=chunk, dtype="int64")
+    return (x @ x.T).sum(), scale * scale * n ** 3
+
+
 # ---------------------------------------------------------------------- chaos
 @dataclass
 class Stats:
@@ -125,8 +136,10 @@ class Chaos:
 
     def __init__(self, *, seconds: float = 120, workers: int = 4, seed: int = 0, nodes: int = 10_000,
                  tasks: int = 2_000, heartbeat_period: float = 0.25, heartbeat_expire: float = 2.0,
-                 hang_timeout: float = 600, directory: str | None = None, verbose: bool = True):
+                 hang_timeout: float = 600, directory: str | None = None, verbose: bool = True,
+                 matmul_size: int = 1200):
         self.seconds, self.n_workers, self.nodes, self.n_tasks = seconds, workers, nodes, tasks
+        self.matmul_size = matmul_size  # large chunks: results held on the host, not in Redis
         self.random = random.Random(seed)  # the driver's faults
         self.durations = random.Random(seed + 1)  # the plain tasks' sleeps
         self.worker_options = {"heartbeat_period": heartbeat_period, "heartbeat_expire": heartbeat_expire,
@@ -195,14 +208,18 @@ class Chaos:
             round_ += 1
             graph, expected = stencil_graph(width, depth, salt=round_)
             array, array_expected = array_sum(100_000 + round_, chunks=1_000)
+            matmul, matmul_expected = large_chunk_matmul(self.matmul_size, 300, scale=round_)
             while rush.n_running_workers == 0:  # else compute would start default workers itself
                 time.sleep(0.05)
-            got = dask.compute(graph, array, scheduler=rush, max_lost=MAX_LOST, timeout=self.hang_timeout)
-            if got != (expected, array_expected):
-                self.stats.violation(f"graph round {round_}: got {got}, expected {(expected, array_expected)}")
+            got = dask.compute(graph, array, matmul, scheduler=rush, max_lost=MAX_LOST,
+                               timeout=self.hang_timeout)
+            if got != (expected, array_expected, matmul_expected):
+                self.stats.violation(f"graph round {round_}: got {got}, expected "
+                                     f"{(expected, array_expected, matmul_expected)}")
             self.stats.work["graph computes"] += 1
-            self.stats.work["graph nodes"] += len(graph.dask) + len(array.dask)
-            self.log(f"graph round {round_} exact ({len(graph.dask) + len(array.dask)} nodes)")
+            self.stats.work["graph nodes"] += len(graph.dask) + len(array.dask) + len(matmul.dask)
+            self.log(f"graph round {round_} exact ({len(graph.dask) + len(array.dask)} nodes and a "
+                     f"{self.matmul_size}² matmul of 0.7 MB chunks)")
 
     def plain_workload(self) -> None:
         """Push batches of plain tasks and wait for them; the results are checked at the end."""
@@ -303,6 +320,7 @@ class Chaos:
     # ------------------------------------------------------------ checks
     def check_end_state(self) -> None:
         check_network(self.driver, self.plain_expected, self.stats)
+        check_result_files(self.driver, self.stats, timeout=30 * self.worker_options["heartbeat_expire"])
 
     def cleanup(self) -> None:
         for wid, (_, proc) in list(self.stopped.items()):
@@ -371,7 +389,7 @@ def check_network(rush: Rush, expected: dict[str, int], stats: Stats) -> None:
     # Only the expected kinds of keys are left: nothing of any graph, nothing queued or running.
     plain = {k.task(key).encode() for key in expected}
     allowed = ("tasks", "finished", "archive", "seq", "worker_states", "worker:", "start:", "fun:",
-               "log:", "hb:", "wake")
+               "log:", "hb:", "wake", "gc:", "lqs")
     left = [key for key in client.scan_iter(match=k.pattern, count=1000) if key not in plain]
     odd = [key.decode() for key in left
            if not key.decode()[len(k.prefix):].startswith(allowed)]
@@ -380,6 +398,23 @@ def check_network(rush: Rush, expected: dict[str, int], stats: Stats) -> None:
 
     worker_states = Counter(s.decode() for s in client.hvals(k.worker_states))
     stats.recovered["workers declared lost"] = worker_states.get("lost", 0)
+
+
+def check_result_files(rush: Rush, stats: Stats, timeout: float) -> None:
+    """No result file of a finished graph stays on the host: the live workers delete what the
+    garbage lists name and, when idle, sweep files whose node is gone (an entry lost in a crash)."""
+    store = rush.plane.store
+    deadline = time.monotonic() + timeout
+
+    def files() -> list:
+        return [p for d in (store.shm_dir, store.spill_dir) if d is not None and d.is_dir()
+                for p in d.iterdir()]
+
+    while files() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = files()
+    if left:
+        stats.violation(f"{len(left)} result files left on the host, e.g. {[p.name for p in left[:3]]}")
 
 
 def report(stats: Stats, seconds: float) -> str:

@@ -275,8 +275,14 @@ def plots(r: dict, img: Path) -> list[Path]:
     return written
 
 
+def _data_lines(s: dict) -> list[str]:
+    from benchmarks.bench_data import data_lines
+
+    return data_lines(s)
+
+
 # -------------------------------------------------------------------- report
-def hpo_lines(s: dict) -> list[str]:
+def _hpo_lines(s: dict) -> list[str]:
     from benchmarks.bench_hpo import hpo_lines as lines  # optuna, sklearn: only when this section ran
 
     return lines(s)
@@ -300,10 +306,16 @@ SECTION_TITLES = {
     "cost": ("Cost: memory and time per task", cost_lines, None,
              ("Redis memory read with `INFO memory` (whole server, before and after) and `MEMORY USAGE` "
              "(one key); client memory with `tracemalloc` (Python allocations).")),
+    "data": ("Data-heavy graphs: megabyte chunks", _data_lines, None,
+             ("`dask.compute` of graphs whose chunks are megabytes, on rush_dask (2 workers; large "
+              "results stay on their host, see the data plane in `docs/data-plane.md`), the threads "
+              "scheduler (2 threads, no copies at all) and a distributed LocalCluster (2 worker "
+              "processes, 1 thread each). Redis traffic is the server's network bytes in and out "
+              "during the run.")),
     "archive": ("The archive: fetching finished tasks", archive_lines, None,
                 ("Finished tasks read into pandas with `fetch_finished_tasks()`: a cold cache first, "
                 "then an incremental fetch after one more task finishes.")),
-    "hpo": ("Hyperparameter search", hpo_lines, None,
+    "hpo": ("Hyperparameter search", _hpo_lines, None,
             ("`rush_dask.optuna.optimize` against Optuna's multiprocessing recipe (one process per worker, "
              "`study.optimize` on the same `JournalRedisBackend` study), RandomSampler on both sides; "
              "utilization from the objective's own busy intervals; trials/s from the trials' timestamps. "

@@ -40,6 +40,12 @@ class ResultCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def discard(self, key: str) -> None:
+        """Forget ``key`` (its node was deleted), if it is here."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry[1]
+
     def put(self, key: str, value: Any, size: int) -> None:
         if size < MIN_BYTES or size > self.max_bytes or key in self._entries:
             return

@@ -34,6 +34,8 @@ DEFAULT_GRAPH_LEASE = 60.0
 REAP_BATCH = 2_000
 LOG_MAX_RECORDS = 10_000  # per worker; older records are trimmed
 INLINE_LIMIT = 65_536  # bytes: smaller graph inputs travel inside the pop reply
+# bytes: a ready node goes to the local queue of the worker holding this much of its inputs
+LOCALITY_MIN = 1_048_576
 # bytes: largest serialized task, input or result (Redis refuses values over 512 MB)
 MAX_PAYLOAD_BYTES = 100 * 2**20
 
@@ -132,6 +134,17 @@ class Keys:
 
     def wake_worker(self, worker_id: str) -> str:
         return f"{self.prefix}wake:{worker_id}"
+
+    # The data plane (graph results held on their producer's host)
+    def local_queue(self, worker_id: str) -> str:  # sorted set: ready nodes whose inputs it holds
+        return f"{self.prefix}lq:{worker_id}"
+
+    @property
+    def local_queues(self) -> str:  # set of worker ids whose local queue may be non-empty
+        return self.prefix + "lqs"
+
+    def garbage(self, host: str) -> str:  # list of result files to delete on that host
+        return f"{self.prefix}gc:{host}"
 
     @property
     def pattern(self) -> str:

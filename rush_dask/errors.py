@@ -39,3 +39,7 @@ class PayloadSignatureError(RushError):
 
 class PayloadTooLargeError(RushError, ValueError):
     """A serialized task or result is larger than ``max_payload_bytes``."""
+
+
+class ResultLostError(RushError):
+    """A graph result held outside Redis is gone with its worker (another host); it is recomputed."""

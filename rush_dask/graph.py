@@ -49,13 +49,14 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
-from dask._task_spec import GraphNode, convert_legacy_graph
+from dask._task_spec import DataNode, GraphNode, convert_legacy_graph
 from dask.core import flatten
 from dask.order import order
 
 from . import constants as C
 from .errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, TaskFailedError
 from .fusion import MAX_GROUP, TASKS_PER_WORKER, bundle_limit, bundle_outputs, fuse_subtrees, group_limit
+from .dataplane import OFFLOAD_MIN, RESULT_FIELDS
 from .serialize import dumps, loads
 from .waiting import Patience
 
@@ -138,6 +139,7 @@ class GraphRun:
         self.in_bundle = {key: (bundle, i) for bundle, members in self.bundles.items()
                           for i, key in enumerate(members)}
         self.task_keys = {key: f"{self.graph_id}.{i}" for i, key in enumerate(self.graph)}
+        self.born_finished: set[str] = set()  # large DataNodes the client holds (see submit)
 
     def _fuse(self, fuse: bool | int, bundle: bool) -> tuple[dict, dict, dict]:
         """(Redis-task graph, Dask keys of each fused task, outputs of each bundle)."""
@@ -157,7 +159,14 @@ class GraphRun:
         def options_of(key: Hashable) -> tuple[str, ...]:
             return tuple(repr(option(key)) for option in options)
 
-        graph, groups = fuse_subtrees(self.dask_graph, keep=self.outputs, options_of=options_of,
+        # Large data embedded in the graph stays a node of its own: the client writes it to
+        # its host's store (see submit) instead of sending it inside a consumer's task.
+        from dask.sizeof import sizeof
+
+        large_data = [key for key, node in self.dask_graph.items()
+                      if isinstance(node, DataNode) and sizeof(node.value) >= OFFLOAD_MIN]
+        graph, groups = fuse_subtrees(self.dask_graph, keep=[*self.outputs, *large_data],
+                                      options_of=options_of,
                                       limit=cap or group_limit(len(self.dask_graph), n_workers))
         if not bundle:
             return graph, groups, {}
@@ -227,7 +236,12 @@ class GraphRun:
         for key in sorted(graph, key=ranks.__getitem__):
             node = graph[key]
             deps = {dep: self.task_key(dep) for dep in node.dependencies}
-            payload = dumps((node, deps), self.rush.secret)
+            held = self.rush.plane.hold(task_keys[key], node.value) if isinstance(node, DataNode) else None
+            if held is not None:  # written to this host's store: workers map it, nothing runs it
+                self.born_finished.add(task_keys[key])
+                payload = b""
+            else:
+                payload = dumps((node, deps), self.rush.secret)
             if len(payload) > self.rush.max_payload_bytes:
                 self.cancel()  # the batches already sent
                 raise PayloadTooLargeError(
@@ -240,7 +254,7 @@ class GraphRun:
                 " ".join(deps.values()), " ".join(dependents[key]),
                 repr(-int(priority_of(key)) * 1e12 + base + ranks[key]),
                 _resource_spec(resources_of(key)),
-                int(retries_of(key) or 0), self.max_lost,
+                int(retries_of(key) or 0), self.max_lost, held or "",
             ]
             pending += 1
             if pending == _BATCH:
@@ -280,7 +294,10 @@ class GraphRun:
         external = self._external_outputs()
         not_here = set(external)
         outputs_here = [k for k in self.outputs if k not in not_here]
-        unseen = set(by_task_key)
+        unseen = set(by_task_key) - self.born_finished
+        for task_key in self.born_finished:
+            for key in self.dask_keys(by_task_key[task_key]):
+                on_done(key)
         patience = Patience(timeout, rush._health_check)
         idle_since, resync_after = time.monotonic(), 1.0
         renew_at = time.monotonic() + self.lease / 4
@@ -359,14 +376,15 @@ class GraphRun:
         return failed + [k for k, state in zip(keys, states) if state in (b"finished", None)]
 
     def _read(self, task_keys: list[str]) -> list[Any]:
+        """Values of finished nodes: from Redis, or from the host that holds them (see dataplane)."""
         pipe = self.rush.client.pipeline(transaction=False)
         for task_key in task_keys:
-            pipe.hget(self.rush.keys.task(task_key), "ys")
-        blobs = pipe.execute()
-        if any(blob is None for blob in blobs):
+            pipe.hmget(self.rush.keys.task(task_key), *RESULT_FIELDS)
+        rows = pipe.execute()
+        if any(row[0] is None and row[3] is None for row in rows):
             self._renew_lease()  # raises if the compute was cancelled: the likely cause
             raise ComputeCancelledError("a result of this compute is gone from Redis (was the network reset?)")
-        return [loads(blob, self.rush.secret) for blob in blobs]
+        return [self.rush.plane.read(k, row) for k, row in zip(task_keys, rows)]
 
     def cancel(self) -> None:
         """Delete what is left of this graph (queued nodes, late results are dropped)."""

@@ -20,6 +20,8 @@ from pathlib import Path
 from .connections import URL_ENV
 from .serialize import SECRET_ENV
 
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
 
 @dataclass
 class WorkerProcess:
@@ -57,6 +59,11 @@ def spawn_worker(network_id: str, start_id: str, worker_id: str, url: str, log_d
     if secret is not None:
         env[SECRET_ENV] = os.fsdecode(secret)
     env["RUSH_DASK_WORKER"] = "1"
+    # One thread per numerical library in each worker, as distributed's nanny does: the
+    # workers are the parallelism, and n workers x n BLAS threads oversubscribe the cores.
+    # A value the user exported is kept.
+    for var in BLAS_THREAD_VARIABLES:
+        env.setdefault(var, "1")
     # The worker must import what the controller imports (functions pickled by reference).
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])
     stdout_path = log_dir / f"worker-{worker_id}.out"

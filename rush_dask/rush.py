@@ -549,6 +549,7 @@ class Rush(DaskScheduler, NetworkView):
         keys = list(self.client.scan_iter(match=self.keys.pattern, count=1000))
         for start in range(0, len(keys), 1000):
             self.client.unlink(*keys[start:start + 1000])
+        self.plane.store.remove_all()  # result files of the network on this host
         self._init_view()
 
     def close(self) -> None:
@@ -575,6 +576,7 @@ class Rush(DaskScheduler, NetworkView):
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
+        self.plane.close()
         _live_controllers.discard(self)
 
 

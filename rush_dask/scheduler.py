@@ -18,11 +18,15 @@ import uuid
 import weakref
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
+from .dataplane import RESULT_FIELDS, DataPlane
+from .errors import ResultLostError
 from .graph import GraphRun, flat_keys, pack_results, raise_node_error
-from .serialize import loads
 from .waiting import Patience
 
 logger = logging.getLogger("rush_dask")
+
+# A compute whose held results were lost with their worker runs again, at most this often.
+MAX_LINEAGE_RUNS = 3
 
 # compute(...) keywords that Dask forwards and the scheduler has no use for.
 _IGNORED = {"num_workers", "pool", "chunksize", "optimize_graph", "traverse", "rerun_exceptions_locally"}
@@ -45,6 +49,8 @@ class DaskScheduler:
 
     def _init_scheduler(self) -> None:
         self._futures_by_key: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        # Reads graph results where they are: in Redis, or on the host that made them.
+        self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url)
         use_task_shuffle()
 
     def _ensure_workers(self) -> None:
@@ -102,15 +108,29 @@ class DaskScheduler:
                     f(key, None, graph, state, None)
 
             self._ensure_workers()
-            run.submit()
             errored = True
             try:
-                results = run.wait(on_done=on_done, timeout=timeout)
+                results = self._run_with_lineage(run, dsk, outputs, options, on_done, timeout)
                 errored = False
             finally:
                 for f in finish:
                     f(graph, state, errored)
         return pack_results(keys, results)
+
+    def _run_with_lineage(self, run: GraphRun, dsk: Any, outputs: list, options: dict,
+                          on_done: Callable[[Hashable], None], timeout: float | None) -> dict:
+        """Submit and follow ``run``; if a result held on another host was lost with its
+        worker, compute the graph again from its lineage (a few times at most)."""
+        for attempt in range(1, MAX_LINEAGE_RUNS + 1):
+            run.submit()
+            try:
+                return run.wait(on_done=on_done, timeout=timeout)
+            except ResultLostError as exc:
+                if attempt == MAX_LINEAGE_RUNS:
+                    raise
+                logger.warning("compute again (run %d of at most %d): %s", attempt + 1, MAX_LINEAGE_RUNS, exc)
+                run = GraphRun(self, dsk, outputs, notify=True, **options)
+        raise AssertionError("unreachable")
 
     def persist(self, collections: Sequence[Any], optimize_graph: bool = True, **kwargs: Any) -> list[Any]:
         """Start computing collections and return them at once, backed by futures in Redis.
@@ -191,10 +211,10 @@ class DaskScheduler:
         while pending:
             pipe = self.client.pipeline(transaction=False)
             for task_key in pending:
-                pipe.hmget(self.keys.task(task_key), "state", "ys")
-            for (task_key, future), (state, blob) in zip(list(pending.items()), pipe.execute()):
+                pipe.hmget(self.keys.task(task_key), "state", *RESULT_FIELDS)
+            for (task_key, future), (state, *where) in zip(list(pending.items()), pipe.execute()):
                 if state == b"finished":
-                    results[task_key] = loads(blob, self.secret)
+                    results[task_key] = self.plane.read(task_key, where)
                     del pending[task_key]
                 elif state == b"failed":
                     raise_node_error(self, task_key, future.key)

@@ -22,14 +22,18 @@ with a few more fields: graph (its id), deps and dependents (space-separated
 task keys), waiting (inputs not finished yet; queued at 0), refs (results
 not yet read: dependents still to run, plus one for the client; deleted at
 0), res (resources it needs) and notify (a client reads ``gdone:<graph>``).
-Their extra state ``waiting`` means "inputs not ready".
+Their extra state ``waiting`` means "inputs not ready". A node's result is
+either in ``ys`` (small results) or held on its producer's host (see
+:mod:`rush_dask.dataplane`): then ``at`` (the producer's worker id),
+``host``, ``path`` (its file there) and ``nbytes``; ``lq`` names the worker
+on whose local queue the node was put, near its largest inputs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .constants import INLINE_LIMIT
+from .constants import INLINE_LIMIT, LOCALITY_MIN
 
 # Helpers shared by the scripts below (prepended to each of them).
 _PREAMBLE = r"""
@@ -79,9 +83,55 @@ end
 
 -- Remove a queued task from whichever queue holds it.
 local function dequeue(key)
-  local res = redis.call('HGET', p .. 'task:' .. key, 'res')
-  if res and res ~= '' then redis.call('ZREM', p .. 'rq:' .. res, key)
+  local f = redis.call('HMGET', p .. 'task:' .. key, 'res', 'lq')
+  if f[2] and redis.call('ZREM', p .. 'lq:' .. f[2], key) == 1 then return end
+  if f[1] and f[1] ~= '' then redis.call('ZREM', p .. 'rq:' .. f[1], key)
   else redis.call('ZREM', p .. 'queue', key) end
+end
+
+-- Queue a graph node whose inputs are ready, near its largest inputs: on the
+-- local queue of the worker that holds most of their bytes (at least
+-- @LOCALITY_MIN@) if it is running, else as enqueue() does. Returns that worker's id.
+local function enqueue_ready(key)
+  local tk = p .. 'task:' .. key
+  local f = redis.call('HMGET', tk, 'score', 'res', 'deps')
+  redis.call('HSET', tk, 'state', 'queued')
+  if not f[2] or f[2] == '' then
+    local bytes, best, most = {}, nil, @LOCALITY_MIN@ - 1
+    for dep in string.gmatch(f[3] or '', '%S+') do
+      local d = redis.call('HMGET', p .. 'task:' .. dep, 'at', 'nbytes')
+      if d[1] then
+        local b = (bytes[d[1]] or 0) + tonumber(d[2] or '0')
+        bytes[d[1]] = b
+        if b > most then best, most = d[1], b end
+      end
+    end
+    if best and redis.call('HGET', p .. 'worker_states', best) == 'running' then
+      redis.call('ZADD', p .. 'lq:' .. best, f[1], key)
+      redis.call('SADD', p .. 'lqs', best)
+      redis.call('HSET', tk, 'lq', best)
+      return best
+    end
+  end
+  add_to_queue(key, f[1], f[2])
+  return nil
+end
+
+-- Delete a task's hash; a result file it held goes on its host's garbage list.
+local function delete_task(key)
+  local tk = p .. 'task:' .. key
+  local loc = redis.call('HMGET', tk, 'host', 'path')
+  if loc[2] then redis.call('RPUSH', p .. 'gc:' .. loc[1], loc[2]) end
+  redis.call('DEL', tk)
+end
+
+-- The result files to delete on one host (emptied by the worker that asks).
+local function take_garbage(host)
+  if not host or host == '' then return {} end
+  local gk = p .. 'gc:' .. host
+  local paths = redis.call('LRANGE', gk, 0, -1)
+  if #paths > 0 then redis.call('DEL', gk) end
+  return paths
 end
 
 -- Put a task back on its queue with the score it was pushed with.
@@ -99,7 +149,7 @@ end
 
 -- Delete a graph node; the graph's bookkeeping goes with its last node.
 local function drop_node(key, gid)
-  redis.call('DEL', p .. 'task:' .. key)
+  delete_task(key)
   if redis.call('HINCRBY', p .. 'graph:' .. gid, 'live', -1) <= 0 then forget_graph(gid) end
 end
 
@@ -153,12 +203,21 @@ local function fail(key, reason, t)
 end
 
 -- A graph node finished: its inputs lose a reference, its dependents whose
--- inputs are now all done are queued, its client is told.
+-- inputs are now all done are queued (near their largest inputs, when they
+-- are held on a host), its client is told.
 -- f: the node's fields graph, deps, dependents, notify, refs (read by settle).
-local function finish_graph_node(key, payload, t, f)
+-- held: nil when payload is the result itself (stored in ys); else
+-- {worker_id, nbytes} and payload is the path of the result's file.
+local function finish_graph_node(key, payload, t, f, held)
   local tk = p .. 'task:' .. key
   -- The node itself (xs) is not needed any more: emptied in the same write.
-  redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t, 'xs', '')
+  if held then
+    local host = redis.call('HGET', p .. 'worker:' .. held[1], 'host') or ''
+    redis.call('HSET', tk, 'state', 'finished', 'at', held[1], 'host', host, 'path', payload,
+               'nbytes', held[2], 'finished_at', t, 'xs', '')
+  else
+    redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t, 'xs', '')
+  end
   for _, dep in ipairs(split(f[2])) do decref(dep) end
   local released = 0
   for _, child in ipairs(split(f[3])) do
@@ -167,7 +226,12 @@ local function finish_graph_node(key, payload, t, f)
     if waiting < 0 then
       redis.call('DEL', ck)  -- no such node (cancelled, or not pushed yet): undo the increment
     elseif waiting == 0 then
-      enqueue(child)
+      local near = nil
+      if held then near = enqueue_ready(child) else enqueue(child) end
+      if near and (not held or near ~= held[1]) then
+        redis.call('LPUSH', p .. 'wake:' .. near, '1')
+        redis.call('LTRIM', p .. 'wake:' .. near, 0, 7)
+      end
       released = released + 1
     end
   end
@@ -190,12 +254,17 @@ local function task_reply(key, wid, t)
     redis.call('SADD', p .. 'running', key)
     redis.call('SADD', p .. 'held:' .. wid, key)
   end
+  -- Per input: key, value (or '' when large or held), and where it is held ('' if in Redis).
   local inputs = {}
   if f[7] then
     for _, dep in ipairs(split(f[8])) do
-      local value = redis.call('HGET', p .. 'task:' .. dep, 'ys') or ''
+      local d = redis.call('HMGET', p .. 'task:' .. dep, 'ys', 'at', 'host', 'path')
+      local value = d[1] or ''
       inputs[#inputs + 1] = dep
       if #value <= @INLINE_LIMIT@ then inputs[#inputs + 1] = value else inputs[#inputs + 1] = '' end
+      inputs[#inputs + 1] = d[2] or ''
+      inputs[#inputs + 1] = d[3] or ''
+      inputs[#inputs + 1] = d[4] or ''
     end
   end
   return {key, f[1], f[2], f[3], f[4], f[5], f[6], f[7], inputs}
@@ -203,16 +272,22 @@ end
 
 -- Record the outcome of a running task. Only the worker that holds it may:
 -- anything else (a worker declared lost, a duplicate reply) is dropped.
+-- Outcome 'held' (graph nodes only): the result stays in a file on the
+-- worker's host; payload is its path and tb its size in bytes.
 local function settle(wid, key, outcome, payload, tb, exc, t)
   local tk = p .. 'task:' .. key
   local f = redis.call('HMGET', tk, 'state', 'worker_id', 'graph', 'deps', 'dependents', 'notify', 'refs')
   if f[1] ~= 'running' or f[2] ~= wid then
     -- A repeated call (its first reply was lost) finds its own work done.
-    if f[2] == wid and f[1] == 'finished' and outcome == 'finished' then return 'finished' end
+    if f[2] == wid and f[1] == 'finished' and outcome ~= 'error' then return 'finished' end
     return 'dropped'
   end
   redis.call('SREM', p .. 'running', key)
   redis.call('SREM', p .. 'held:' .. wid, key)
+  if outcome == 'held' and f[3] then
+    finish_graph_node(key, payload, t, {f[3], f[4], f[5], f[6], f[7]}, {wid, tb})
+    return 'finished'
+  end
   if outcome == 'finished' then
     if f[3] then
       finish_graph_node(key, payload, t, {f[3], f[4], f[5], f[6], f[7]})
@@ -239,13 +314,18 @@ local function settle(wid, key, outcome, payload, tb, exc, t)
   return 'failed'
 end
 
--- Move the tasks waiting on one worker's own queue to the shared queue.
+-- Move the tasks waiting on one worker's own queue and local queue to the shared queue.
 local function release_priority_queue(wid)
   local pq = p .. 'pq:' .. wid
   local keys = redis.call('LRANGE', pq, 0, -1)
   for _, key in ipairs(keys) do enqueue(key) end
   redis.call('DEL', pq)
-  wake(#keys)
+  local lq = p .. 'lq:' .. wid
+  local near = redis.call('ZRANGE', lq, 0, -1, 'WITHSCORES')
+  for i = 1, #near, 2 do redis.call('ZADD', p .. 'queue', near[i + 1], near[i]) end
+  redis.call('DEL', lq)
+  redis.call('SREM', p .. 'lqs', wid)
+  wake(#keys + #near / 2)
 end
 
 -- Delete one node of a cancelled graph wherever it is: off its queue, off
@@ -265,7 +345,7 @@ local function cancel_node(key, gid)
       if redis.call('HGET', p .. 'task:' .. dep, 'graph') ~= gid then decref(dep) end
     end
   end
-  redis.call('DEL', tk)
+  delete_task(key)
 end
 
 -- Cancel, up to `batch` nodes per call, the compute with the oldest expired
@@ -340,12 +420,15 @@ return base
 # With min_queue > 0 it is a prefetch (the worker is still busy): it pops only
 # while the shared queue holds at least min_queue tasks, so a busy worker
 # never takes the last tasks away from idle ones.
+# Graph nodes queued near their inputs on another worker's local queue are
+# taken ("stolen") only when this worker has nothing else to do.
 # ARGV: p, worker_id, request_id, resources ('GPU=1,MEM=8' or ''), want,
-#       min_queue, n, then n times: key, outcome ('finished'|'error'),
-#       payload, traceback, exception
-# Returns {kind, reason, notes, task...}: kind is 'tasks', 'empty' or 'stop'
-# (reason: 'terminate', 'lost', 'killed'); notes has one entry per outcome
-# (finished, retried, failed or dropped); each task is
+#       min_queue, n, host (of the worker, for its garbage), then n times:
+#       key, outcome ('finished'|'held'|'error'), payload, traceback, exception
+# Returns {kind, reason, notes, garbage, task...}: kind is 'tasks', 'empty' or
+# 'stop' (reason: 'terminate', 'lost', 'killed'); notes has one entry per
+# outcome (finished, retried, failed or dropped); garbage lists result files
+# to delete on this host; each task is
 # {key, xs, fun, timeout, seed, seq, attempts, graph, inputs}.
 SETTLE_AND_POP = r"""
 local wid, request, resources = ARGV[2], ARGV[3], ARGV[4]
@@ -354,26 +437,27 @@ local state = redis.call('HGET', p .. 'worker_states', wid)
 local notes = {}
 if state ~= 'running' then
   for i = 1, n do notes[i] = 'dropped' end
-  return {'stop', state or 'unknown', notes}
+  return {'stop', state or 'unknown', notes, {}}
 end
 local t = now()
 for i = 0, n - 1 do
-  local j = 8 + 5 * i
+  local j = 9 + 5 * i
   notes[i + 1] = settle(wid, ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], t)
 end
+local garbage = take_garbage(ARGV[8])
 if want == 0 or (min_queue > 0 and redis.call('ZCARD', p .. 'queue') < min_queue) then
-  return {'empty', '', notes}
+  return {'empty', '', notes, garbage}
 end
 local wk = p .. 'worker:' .. wid
-if redis.call('HGET', wk, 'terminate') == '1' then return {'stop', 'terminate', notes} end
-local reply = {'tasks', '', notes}
+if redis.call('HGET', wk, 'terminate') == '1' then return {'stop', 'terminate', notes, garbage} end
+local reply = {'tasks', '', notes, garbage}
 local last = redis.call('HMGET', wk, 'request', 'current')
 if last[1] == request then
   for _, key in ipairs(split(last[2])) do
     local f = redis.call('HMGET', p .. 'task:' .. key, 'state', 'worker_id')
     if f[1] == 'running' and f[2] == wid then reply[#reply + 1] = task_reply(key) end
   end
-  if #reply > 3 then return reply end
+  if #reply > 4 then return reply end
 end
 local have, specs = nil, {}
 if resources ~= '' then
@@ -388,8 +472,13 @@ if resources ~= '' then
   end
 end
 local popped = {}
+local thieves = nil
 while #popped < want do
   local key = redis.call('LPOP', p .. 'pq:' .. wid)
+  if not key then
+    local z = redis.call('ZPOPMIN', p .. 'lq:' .. wid)
+    if #z > 0 then key = z[1] end
+  end
   if not key then
     for _, queue in ipairs(specs) do
       local z = redis.call('ZPOPMIN', queue)
@@ -400,13 +489,22 @@ while #popped < want do
     local z = redis.call('ZPOPMIN', p .. 'queue')
     if #z > 0 then key = z[1] end
   end
+  if not key and min_queue == 0 then
+    -- Nothing of its own: take a node from another worker's local queue.
+    thieves = thieves or redis.call('SMEMBERS', p .. 'lqs')
+    while not key and #thieves > 0 do
+      local other = table.remove(thieves)
+      local z = redis.call('ZPOPMIN', p .. 'lq:' .. other)
+      if #z > 0 then key = z[1] else redis.call('SREM', p .. 'lqs', other) end
+    end
+  end
   if not key then break end
   popped[#popped + 1] = key
   reply[#reply + 1] = task_reply(key, wid, t)
 end
 if #popped == 0 then
   if min_queue == 0 then redis.call('DEL', p .. 'wake') end
-  return {'empty', '', notes}
+  return {'empty', '', notes, garbage}
 end
 redis.call('HSET', wk, 'request', request, 'current', table.concat(popped, ' '))
 return reply
@@ -452,15 +550,17 @@ return 1
 
 # Refresh a worker's heartbeat, unless its state is no longer 'running' (a
 # worker declared lost must not come back to life).
-# Each beat of a running worker also reaps part of an abandoned compute.
-# ARGV: p, worker_id, heartbeat_expire_ms, reap_batch. Returns {state, terminate flag}.
+# Each beat of a running worker also reaps part of an abandoned compute, and
+# takes the result files to delete on its host (an idle worker's garbage).
+# ARGV: p, worker_id, heartbeat_expire_ms, reap_batch, host.
+# Returns {state, terminate flag, garbage}.
 HEARTBEAT = r"""
 local wid = ARGV[2]
 local state = redis.call('HGET', p .. 'worker_states', wid)
-if state ~= 'running' then return {state or 'unknown', '0'} end
+if state ~= 'running' then return {state or 'unknown', '0', {}} end
 redis.call('SET', p .. 'hb:' .. wid, '1', 'PX', ARGV[3])
 reap_abandoned_graph(tonumber(now()), tonumber(ARGV[4] or '0'))
-return {'running', redis.call('HGET', p .. 'worker:' .. wid, 'terminate') or '0'}
+return {'running', redis.call('HGET', p .. 'worker:' .. wid, 'terminate') or '0', take_garbage(ARGV[5])}
 """
 
 # A worker stops gracefully: state 'terminated', its own queue goes to the
@@ -550,6 +650,11 @@ for _, spec in ipairs(redis.call('SMEMBERS', p .. 'rqueues')) do
   for _, key in ipairs(redis.call('ZRANGE', p .. 'rq:' .. spec, 0, -1)) do keys[#keys + 1] = key end
   redis.call('DEL', p .. 'rq:' .. spec)
 end
+for _, wid in ipairs(redis.call('SMEMBERS', p .. 'lqs')) do
+  for _, key in ipairs(redis.call('ZRANGE', p .. 'lq:' .. wid, 0, -1)) do keys[#keys + 1] = key end
+  redis.call('DEL', p .. 'lq:' .. wid)
+end
+redis.call('DEL', p .. 'lqs')
 for _, key in ipairs(keys) do fail(key, reason, t) end
 return #keys
 """
@@ -565,8 +670,11 @@ return #keys
 # nodes that run or finished meanwhile).
 # A compute (lease > 0) gets a lease that each batch, and then its client,
 # renews; the heartbeats of workers reap it once it expires.
+# A node whose data the client already wrote to a file of its host (a large
+# DataNode) is created finished, held there: nothing runs it.
 # ARGV: p, graph_id, n_nodes_in_graph, notify ('1': a client reads gdone), lease seconds,
-#       then per node: key, xs, refs, deps, dependents, score, res, max_retries, max_lost
+#       then per node: key, xs, refs, deps, dependents, score, res, max_retries, max_lost,
+#       held ('' or 'holder<TAB>host<TAB>path<TAB>nbytes')
 PUSH_GRAPH = r"""
 local gid, notify, lease = ARGV[2], ARGV[4], tonumber(ARGV[5])
 if ARGV[6] and redis.call('HSETNX', p .. 'graph:' .. gid, 'batch:' .. ARGV[6], 1) == 0 then return 0 end
@@ -576,41 +684,50 @@ if redis.call('HSETNX', p .. 'graph:' .. gid, 'live', ARGV[3]) == 1 then  -- fir
 end
 if lease > 0 then redis.call('ZADD', p .. 'leases', tonumber(t) + lease, gid) end
 local queued = 0
-for j = 6, #ARGV, 9 do
+for j = 6, #ARGV, 10 do
   local key = ARGV[j]
   local tk = p .. 'task:' .. key
-  local waiting, failed_input = 0, nil
-  for _, dep in ipairs(split(ARGV[j + 3])) do
-    local dk = p .. 'task:' .. dep
-    local f = redis.call('HMGET', dk, 'state', 'graph')
-    if f[1] == 'failed' then failed_input = dep end
-    if f[2] ~= gid then
-      redis.call('HINCRBY', dk, 'refs', 1)
-      if f[1] ~= 'finished' then
-        redis.call('HSET', dk, 'dependents', (redis.call('HGET', dk, 'dependents') or '') .. ' ' .. key)
+  if ARGV[j + 9] ~= '' then
+    -- Data the client embedded in the graph, already written to a file of its host: the
+    -- node is born finished, held there (at, host, path, nbytes, tab-separated).
+    local at, host, path, nbytes = string.match(ARGV[j + 9], '([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)')
+    redis.call('HSET', tk, 'xs', '', 'graph', gid, 'refs', ARGV[j + 2], 'deps', '',
+               'dependents', ARGV[j + 4], 'score', ARGV[j + 5], 'queued_at', t, 'finished_at', t,
+               'waiting', 0, 'state', 'finished', 'at', at, 'host', host, 'path', path, 'nbytes', nbytes)
+  else
+    local waiting, failed_input = 0, nil
+    for _, dep in ipairs(split(ARGV[j + 3])) do
+      local dk = p .. 'task:' .. dep
+      local f = redis.call('HMGET', dk, 'state', 'graph')
+      if f[1] == 'failed' then failed_input = dep end
+      if f[2] ~= gid then
+        redis.call('HINCRBY', dk, 'refs', 1)
+        if f[1] ~= 'finished' then
+          redis.call('HSET', dk, 'dependents', (redis.call('HGET', dk, 'dependents') or '') .. ' ' .. key)
+          waiting = waiting + 1
+        end
+      elseif f[1] ~= 'finished' then
         waiting = waiting + 1
       end
-    elseif f[1] ~= 'finished' then
-      waiting = waiting + 1
     end
-  end
-  redis.call('HSET', tk, 'xs', ARGV[j + 1], 'graph', gid, 'refs', ARGV[j + 2],
-             'deps', ARGV[j + 3], 'dependents', ARGV[j + 4], 'score', ARGV[j + 5],
-             'max_lost', ARGV[j + 8], 'queued_at', t, 'waiting', waiting,
-             'state', waiting == 0 and 'queued' or 'waiting')
-  -- Fields with their default value are left out (fewer writes per node).
-  if ARGV[j + 6] ~= '' then redis.call('HSET', tk, 'res', ARGV[j + 6]) end
-  if ARGV[j + 7] ~= '0' then redis.call('HSET', tk, 'max_retries', ARGV[j + 7]) end
-  if notify == '1' then redis.call('HSET', tk, 'notify', '1') end
-  if failed_input then
-    local e = redis.call('HMGET', p .. 'task:' .. failed_input, 'error', 'traceback', 'exception')
-    redis.call('HSET', tk, 'state', 'waiting', 'error',
-               'dependency ' .. failed_input .. ' failed: ' .. (e[1] or ''), 'traceback', e[2] or '')
-    if e[3] then redis.call('HSET', tk, 'exception', e[3]) end
-    fail_graph_node(key, t)
-  elseif waiting == 0 then
-    add_to_queue(key, ARGV[j + 5], ARGV[j + 6])
-    queued = queued + 1
+    redis.call('HSET', tk, 'xs', ARGV[j + 1], 'graph', gid, 'refs', ARGV[j + 2],
+               'deps', ARGV[j + 3], 'dependents', ARGV[j + 4], 'score', ARGV[j + 5],
+               'max_lost', ARGV[j + 8], 'queued_at', t, 'waiting', waiting,
+               'state', waiting == 0 and 'queued' or 'waiting')
+    -- Fields with their default value are left out (fewer writes per node).
+    if ARGV[j + 6] ~= '' then redis.call('HSET', tk, 'res', ARGV[j + 6]) end
+    if ARGV[j + 7] ~= '0' then redis.call('HSET', tk, 'max_retries', ARGV[j + 7]) end
+    if notify == '1' then redis.call('HSET', tk, 'notify', '1') end
+    if failed_input then
+      local e = redis.call('HMGET', p .. 'task:' .. failed_input, 'error', 'traceback', 'exception')
+      redis.call('HSET', tk, 'state', 'waiting', 'error',
+                 'dependency ' .. failed_input .. ' failed: ' .. (e[1] or ''), 'traceback', e[2] or '')
+      if e[3] then redis.call('HSET', tk, 'exception', e[3]) end
+      fail_graph_node(key, t)
+    elseif waiting == 0 then
+      if ARGV[j + 3] ~= '' then enqueue_ready(key) else add_to_queue(key, ARGV[j + 5], ARGV[j + 6]) end
+      queued = queued + 1
+    end
   end
 end
 wake(queued)
@@ -684,6 +801,7 @@ class Scripts:
     """
 
     def __init__(self, client: Any):
-        preamble = _PREAMBLE.replace("@INLINE_LIMIT@", str(INLINE_LIMIT))
+        preamble = (_PREAMBLE.replace("@INLINE_LIMIT@", str(INLINE_LIMIT))
+                    .replace("@LOCALITY_MIN@", str(LOCALITY_MIN)))
         for name, body in _BODIES.items():
             setattr(self, name, client.register_script(preamble + body))

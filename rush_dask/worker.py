@@ -46,6 +46,7 @@ import redis
 from . import constants as C
 from .cache import ResultCache
 from .connections import URL_ENV, connect, hide_secrets, redact, resolve_url
+from .dataplane import DataPlane
 from .errors import (
     PayloadSignatureError,
     PayloadTooLargeError,
@@ -82,7 +83,8 @@ class Task:
     seq: int = 0
     attempts: int = 1
     graph: str | None = None  # set for nodes of a Dask graph
-    inputs: dict[str, bytes | None] = field(default_factory=dict)  # graph inputs sent inline
+    # Graph inputs: task key -> (value sent inline or None, holder's worker id, host, path)
+    inputs: dict[str, tuple] = field(default_factory=dict)
     load: Callable[[bytes], Any] = field(default=loads, repr=False)  # verifies, then unpickles
 
     @cached_property
@@ -102,7 +104,8 @@ class Task:
             seq=int(seq) if seq else 0,
             attempts=int(attempts) if attempts else 1,
             graph=graph.decode() if graph else None,
-            inputs={inputs[i].decode(): inputs[i + 1] or None for i in range(0, len(inputs), 2)},
+            inputs={inputs[i].decode(): (inputs[i + 1] or None, *(v.decode() for v in inputs[i + 2:i + 5]))
+                    for i in range(0, len(inputs), 5)},
             load=load,
         )
 
@@ -197,12 +200,17 @@ class RushWorker(NetworkView):
         self.url = resolve_url(url)
         self.client = connect(self.url)
         self.scripts = Scripts(self.client)
+        # Large graph results stay on this host; other hosts fetch them from this server.
+        self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url,
+                               transfer_timeout=max(5.0, self.heartbeat_expire))
+        data_server = self.plane.serve()
         self._init_view()
         self._functions: dict[str, Callable] = {}
         self._terminate_requested = False
         self._requests = 0  # request ids make a repeated settle_and_pop idempotent
         self._task_seconds: float | None = None  # moving average of task run time
         self._last_sweep = time.monotonic()
+        self._reported: dict[str, int] = {}
 
         self.log_handler = RedisLogHandler(self.keys.log(self.worker_id), level=log_level)
         root = logging.getLogger()
@@ -215,7 +223,8 @@ class RushWorker(NetworkView):
             "pid", os.getpid(), "hostname", HOSTNAME,
             "heartbeat_period", self.heartbeat_period, "heartbeat_expire", self.heartbeat_expire,
             "resources", json.dumps(self.resources), "start_id", start_id or "",
-            "python", sys.version.split()[0],
+            "python", sys.version.split()[0], "host", self.plane.host,
+            *[item for pair in data_server.items() for item in pair],
         ])
         if not registered:
             raise ValueError(f"worker id {self.worker_id!r} is already taken in network {network_id!r}")
@@ -259,8 +268,14 @@ class RushWorker(NetworkView):
                 delay = min(delay * 2, 2.0)
 
     def _beat(self) -> tuple[str, bool]:
-        state, terminate = self._heartbeat_scripts.heartbeat(
-            args=[self.keys.prefix, self.worker_id, int(self.heartbeat_expire * 1000), C.REAP_BATCH])
+        state, terminate, garbage = self._heartbeat_scripts.heartbeat(
+            args=[self.keys.prefix, self.worker_id, int(self.heartbeat_expire * 1000), C.REAP_BATCH,
+                  self.plane.host])
+        self.plane.collect(garbage)
+        counters = self.plane.counters()
+        if counters != self._reported:  # for benchmarks and the dashboard: bytes moved so far
+            self._heartbeat_client.hset(self.keys.worker(self.worker_id), mapping=counters)
+            self._reported = counters
         return state.decode(), terminate == b"1"
 
     def _request_terminate(self) -> None:
@@ -282,10 +297,14 @@ class RushWorker(NetworkView):
         """One round trip: report ``(key, outcome, payload, traceback, exception)`` tuples, pop ``want`` tasks."""
         self._requests += 1
         args: list[Any] = [self.keys.prefix, self.worker_id, self._requests, self._resource_spec,
-                           want, min_queue, len(outcomes)]
+                           want, min_queue, len(outcomes), self.plane.host]
         for outcome in outcomes:
             args.extend(outcome)
         reply = self._retry(lambda: self.scripts.settle_and_pop(args=args))
+        if reply[3]:
+            self.plane.collect(reply[3])
+            for path in reply[3]:
+                self.cache.discard(os.path.basename(os.fsdecode(path)))
         why = (f"{self.worker_id} is {reply[1].decode()} in Redis" if reply[0] == b"stop"
                else f"the task is no longer held by {self.worker_id} (first writer wins)")
         for outcome, note in zip(outcomes, reply[2]):
@@ -307,7 +326,7 @@ class RushWorker(NetworkView):
         while True:
             reply = self._settle_and_pop()
             if reply[0] == b"tasks":
-                return Task.from_reply(reply[3], self._load_task)
+                return Task.from_reply(reply[4], self._load_task)
             if reply[0] == b"stop":
                 self._on_stop_reply(reply)
                 return None
@@ -321,6 +340,7 @@ class RushWorker(NetworkView):
         if time.monotonic() - self._last_sweep > self.heartbeat_expire:
             self._last_sweep = time.monotonic()
             self._retry(lambda: self._sweep_lost_workers(self._dead_local_workers()))
+            self._retry(self.plane.sweep)
         wait = 1.0 if limit is None else max(min(limit, 1.0), 0.001)
         self._retry(lambda: self.client.blpop(
             [self.keys.wake_worker(self.worker_id), self.keys.wake], timeout=wait))
@@ -400,16 +420,18 @@ class RushWorker(NetworkView):
         return fun
 
     def _graph_inputs(self, task: Task, deps: dict) -> dict:
-        """Values of a graph node's inputs: sent inline, cached here, or read from Redis."""
+        """Values of a graph node's inputs: cached here, sent inline, held on a host, or in Redis."""
         values, missing = {}, []
         for dask_key, task_key in deps.items():
             if task_key in self.cache:
                 values[dask_key] = self.cache[task_key]
                 continue
-            inline = task.inputs.get(task_key)
+            inline, holder, host, path = task.inputs.get(task_key) or (None, "", "", "")
             if inline is not None:
                 values[dask_key] = loads(inline, self.secret)
                 self.cache.put(task_key, values[dask_key], len(inline))
+            elif path:
+                values[dask_key] = self.plane.read_held(task_key, holder, host, path)
             else:
                 missing.append((dask_key, task_key))
         if missing:
@@ -424,12 +446,15 @@ class RushWorker(NetworkView):
                 self.cache.put(task_key, values[dask_key], len(blob))
         return values
 
-    def _run_graph_node(self, task: Task) -> bytes:
+    def _run_graph_node(self, task: Task) -> tuple[str, bytes | str, str, bytes]:
+        """Run a graph node; its result goes to Redis when small, else stays on this host."""
         node, deps = task.xs
         result = node(self._graph_inputs(task, deps))
-        payload = self._check_result(dumps(result, self.secret))
-        self.cache.put(task.key, result, len(payload))
-        return payload
+        outcome, payload, size = self.plane.encode(task.key, result)
+        if outcome == "finished":
+            self._check_result(payload)  # type: ignore[arg-type]
+        self.cache.put(task.key, result, size)
+        return outcome, payload, str(size) if outcome == "held" else "", b""
 
     def _load_task(self, payload: bytes) -> Any:
         """A task's inputs: signature checked, shared large values put back in."""
@@ -460,7 +485,7 @@ class RushWorker(NetworkView):
         """Run one task here; returns (outcome, payload, traceback, pickled exception)."""
         try:
             if task.graph is not None:
-                return "finished", self._run_graph_node(task), "", b""
+                return self._run_graph_node(task)
             fun = self._function(task.fun_id)
             if task.seed is not None:
                 seed_task(task.seed, task.seq)
@@ -535,7 +560,7 @@ class RushWorker(NetworkView):
     def _accept(self, reply: list, local: collections.deque) -> bool:
         """Queue the tasks of a reply locally; handle stop orders. True if tasks came."""
         if reply[0] == b"tasks":
-            local.extend(Task.from_reply(raw, self._load_task) for raw in reply[3:])
+            local.extend(Task.from_reply(raw, self._load_task) for raw in reply[4:])
             return True
         if reply[0] == b"stop":
             self._on_stop_reply(reply)
@@ -544,6 +569,7 @@ class RushWorker(NetworkView):
     def close(self) -> None:
         """Deregister (state ``terminated`` unless already lost or killed) and stop the heartbeat."""
         self._heartbeat.stop()
+        self.plane.close()
         try:
             # Ship what was logged first: whoever sees the final state must also see the logs.
             self._retry(lambda: self.log_handler.ship(self.client))

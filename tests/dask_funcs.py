@@ -88,3 +88,24 @@ def counted_value(path, size):
 
 def piece_of(value, i):
     return len(value.payload) + i
+
+
+def big_array(n_bytes, fill=1.0):
+    """A float64 array of ``n_bytes`` bytes (large enough to stay on its producer's host)."""
+    import numpy as np
+
+    return np.full(n_bytes // 8, fill)
+
+
+def array_sum(a, *rest):
+    return float(a.sum())
+
+
+def wait_for_file(path, *after, timeout=60.0):
+    """Block until ``path`` exists (a gate the test opens); ``after``: inputs to wait for first."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+    return 0

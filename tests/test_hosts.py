@@ -189,7 +189,10 @@ def server(hosts):
 def start_worker(hosts: Hosts, i: int, rush: Rush, start_id: str, url: str, log_dir: Path):
     """``python -m rush_dask.worker`` on host ``i``, as Rush.worker_script says to run it."""
     worker_id = f"host{i}-{uuid.uuid4().hex[:6]}"
+    # RUSH_HOST_ID: the namespaces share this machine's /dev/shm, but each is a host of its own,
+    # so large graph results travel between them over TCP, as between machines.
     env = dict(os.environ, RUSH_REDIS_URL=url, RUSH_TEST_HOST=hosts.namespaces[i],
+               RUSH_HOST_ID=hosts.namespaces[i],
                PYTHONPATH=os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]]))
     argv = [sys.executable, "-m", "rush_dask.worker", "--network", rush.network_id,
             "--start-id", start_id, "--worker-id", worker_id]
@@ -197,13 +200,14 @@ def start_worker(hosts: Hosts, i: int, rush: Rush, start_id: str, url: str, log_
     return worker_id, hosts.spawn(i, argv, env, log), log
 
 
-def start_workers(hosts: Hosts, rush: Rush, url: str, log_dir: Path, n: int, **options) -> dict:
-    """One worker on each of the first ``n`` hosts; returns {worker_id: (process, log path)}."""
+def start_workers(hosts: Hosts, rush: Rush, url: str, log_dir: Path, n: int, *, first: int = 0,
+                  **options) -> dict:
+    """One worker on each of hosts ``first`` .. ``first + n - 1``; returns {worker_id: (process, log path)}."""
     command = rush.worker_script(funcs.double_on_host, **HEARTBEAT, **options, duration=DURATION)
     argv = shlex.split(command)
     start_id = argv[argv.index("--start-id") + 1]
     workers = {}
-    for i in range(n):
+    for i in range(first, first + n):
         wid, process, log = start_worker(hosts, i, rush, start_id, url, log_dir)
         workers[wid] = (process, log)
     wait_registered(rush, workers)
@@ -345,5 +349,89 @@ def test_host_cut_off_past_redis_retry_timeout_exits_on_its_own(hosts, server, t
         results = rush.fetch_finished_tasks().set_index("keys")
         assert (results.loc[requeued, "worker_id"] == healthy).all()
         print(f"worker gave up {gave_up_seconds:.1f} s after the cut (redis_retry_timeout {RETRY_TIMEOUT} s)")
+    finally:
+        kill_all(hosts, rush)
+
+
+def test_results_move_between_hosts_and_a_link_cut_mid_transfer_loses_nothing(hosts, server, tmp_path, caplog):
+    """A 24 MB result held on host 0 is fetched by host 1 over a link slowed to 40 Mbit/s;
+    host 0 is cut off (silently, at the switch) while the transfer runs. The consumer's
+    fetch stalls, gives up, and the compute runs again from its lineage on the other hosts."""
+    if not os.path.exists(BRIDGE) or not shutil.which("tc"):
+        pytest.skip("the `bridge` and `tc` tools of iproute2 are needed")
+    import threading
+
+    import dask
+    import dask_funcs
+
+    rush = Rush(f"hosts-{uuid.uuid4().hex[:8]}", url=server.url)
+    tc = ["ip", "netns", "exec", hosts.namespaces[0], shutil.which("tc"), "qdisc"]
+    try:
+        run([*tc, "add", "dev", hosts.ns_links[0], "root", "tbf", "rate", "40mbit", "burst", "32kb",
+             "latency", "400ms"])
+        [producer] = start_workers(hosts, rush, server.url, tmp_path, 1)
+        gate = tmp_path / "gate"
+        big = dask.delayed(dask_funcs.big_array)(24 * 2**20, 3.0, dask_key_name="big")
+        wait = dask.delayed(dask_funcs.wait_for_file)(str(gate), big, dask_key_name="gate")
+        result: list = []
+        with dask.annotate(resources={"reader": 1}):  # only the workers of hosts 1 and 2
+            total = dask.delayed(dask_funcs.array_sum)(big, wait, dask_key_name="total")
+        thread = threading.Thread(target=lambda: result.append(total.compute(
+            scheduler=rush, fuse=False, timeout=TIMEOUT)))
+        thread.start()
+
+        def producer_at_gate() -> bool:
+            held = rush.client.smembers(rush.keys.held(producer))
+            return any(rush.client.hget(rush.keys.task(k.decode()), "deps") for k in held)
+
+        wait_until(producer_at_gate, what="big made on host 0, its worker at the gate")
+        readers = start_workers(hosts, rush, server.url, tmp_path, 2, first=1, resources={"reader": 1})
+        gate.touch()
+
+        def reader_fetching() -> bool:
+            return any(rush.client.scard(rush.keys.held(w)) for w in readers)
+
+        wait_until(reader_fetching, what="a reader on host 1 or 2 running the consumer")
+        time.sleep(0.5)  # well inside the transfer: 24 MB at 40 Mbit/s take about 5 s
+        hosts.cut(0, "switch")
+        try:
+            with caplog.at_level("WARNING", logger="rush_dask"):
+                thread.join(TIMEOUT)
+            assert result == [3.0 * 24 * 2**20 / 8]
+        finally:
+            hosts.restore(0, "switch")
+        assert producer in rush.lost_worker_ids or producer in rush.detect_lost_workers()
+
+        def counter(name: str) -> int:  # reported by the workers with their heartbeats
+            return sum(int(rush.client.hget(rush.keys.worker(w), name) or 0) for w in readers)
+
+        # The consumer's fetch from host 0 stalled and gave up: the compute ran again, and
+        # made 'big' again on a reader's host.
+        assert "compute again" in caplog.text and "could not be fetched" in caplog.text
+        wait_until(lambda: counter("bytes_held") >= 24 * 2**20, what="big made again by a reader")
+    finally:
+        run([*tc, "del", "dev", hosts.ns_links[0], "root"], check=False)
+        kill_all(hosts, rush)
+
+
+def test_a_matmul_of_megabyte_chunks_moves_them_between_hosts(hosts, server, tmp_path):
+    """Three hosts compute ``(x @ x.T).sum()`` of 2 MB integer chunks exactly; the chunks go
+    from host to host over TCP (each host has its own id), none of them through Redis."""
+    import dask.array as da
+    import numpy as np
+
+    rush = Rush(f"hosts-{uuid.uuid4().hex[:8]}", url=server.url)
+    try:
+        workers = start_workers(hosts, rush, server.url, tmp_path, N_HOSTS)
+        n, chunk = 1500, 500
+        x = (da.arange(n * n, dtype="int64", chunks=chunk * n).reshape(n, n) % 7).rechunk(chunk)
+        expected = int(((np.arange(n * n, dtype="int64").reshape(n, n) % 7) @
+                        (np.arange(n * n, dtype="int64").reshape(n, n) % 7).T).sum())
+        assert int((x @ x.T).sum().compute(scheduler=rush, timeout=TIMEOUT)) == expected
+
+        def fetched() -> int:
+            return sum(int(rush.client.hget(rush.keys.worker(w), "bytes_fetched") or 0) for w in workers)
+
+        wait_until(lambda: fetched() >= 2 * 2**20, what="chunks fetched between hosts")
     finally:
         kill_all(hosts, rush)

@@ -292,6 +292,34 @@ def test_tls_only_server_runs_workers(tls_server, tmp_path):
     _finish(_run_tasks(url, tmp_path))
 
 
+def test_large_graph_results_travel_between_hosts_over_tls_pinned_through_redis(tls_server, tmp_path,
+                                                                               monkeypatch):
+    import dask
+    import dask_funcs
+
+    from rush_dask.errors import ResultLostError
+
+    rush = Rush(f"test-{uuid.uuid4().hex[:10]}", url=tls_server.url)
+    try:
+        monkeypatch.setenv("RUSH_HOST_ID", "another-host")  # the worker; the client keeps its own id
+        [wid] = rush.start_workers(n_workers=1, log_dir=tmp_path / "logs")
+        rush.wait_for_workers(1, timeout=TIMEOUT)
+        fingerprint = rush.client.hget(rush.keys.worker(wid), "data_tls")
+        assert fingerprint and len(fingerprint) == 64
+        (big,) = dask.persist(dask.delayed(dask_funcs.big_array)(2 * 2**20, fill=4.0), scheduler=rush)
+        assert big.compute(scheduler=rush)[0] == 4.0
+        assert rush.plane.bytes_fetched >= 2 * 2**20  # over TLS, from the worker's data server
+        # A data server whose certificate is not the one published in Redis is refused.
+        rush.client.hset(rush.keys.worker(wid), "data_tls", "0" * 64)
+        monkeypatch.delenv("RUSH_HOST_ID")
+        other = Rush(rush.network_id, url=tls_server.url)  # reads what Redis says afresh
+        with pytest.raises(ResultLostError, match="not the one its worker published"):
+            big.compute(scheduler=other)
+        other.close()
+    finally:
+        _finish(rush)
+
+
 def test_mutual_tls_runs_workers_with_a_client_certificate(mtls_server, certs, tmp_path):
     url = mtls_server.url + _client_cert_query(certs)
     _finish(_run_tasks(url, tmp_path))
