@@ -1,6 +1,6 @@
 """One benchmark command: ``python -m benchmarks``.
 
-Sections (``--only rush,dask,scaling,cost,archive,data,hpo``; all by default), on one
+Sections (``--only rush,dask,scaling,cost,archive,data,cli,hpo``; all by default), on one
 private Redis server (unix socket) started here, 2 workers unless stated:
 
 * **rush**: the rush API (10,000 trivial tasks, 1,000 ``time.sleep(0.01)``)
@@ -21,6 +21,8 @@ private Redis server (unix socket) started here, 2 workers unless stated:
   tall-skinny SVD, groupby and merge of 4 M rows, a rechunk, a 1 GiB
   result) on rush_dask, the threads scheduler and a LocalCluster, with the
   bytes that crossed Redis and shared memory (bench_data.py);
+* **cli**: start-up time of each ``rush-dask`` command, whole process
+  (bench_cli.py);
 * **hpo**: rush_dask.optuna against Optuna's own processes on
   JournalRedisBackend (utilization of 8 workers on a 0.2 s objective, trials
   per second with a no-op one) and the joblib backend "rush" against
@@ -51,7 +53,7 @@ from benchmarks.common import QUIET_BUDGET, RESULTS_DIR, ROOT, Quiet, machine
 # The section modules are imported where they are used: the bare queue's worker
 # processes are spawned, and re-import this module (not dask, distributed...).
 
-SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data", "hpo")
+SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data", "cli", "hpo")
 # Per size: rush (trivial, sleep tasks); dask (see bench_dask.make_workloads); scaling (tasks,
 # worker counts); cost tasks; archive tasks; hpo (workers, trials of 0.2 s, no-op trials).
 SIZES = {
@@ -170,6 +172,13 @@ def data_section(ctx: Context) -> dict:
     return bench_data.run_data(ctx.url, ctx.sizes["data"], ctx.repeats, ctx.log_dir, ctx.quiet)
 
 
+def cli_section(ctx: Context) -> dict:
+    from benchmarks import bench_cli
+
+    ctx.quiet.wait()
+    return bench_cli.run_cli(ctx.url, max(ctx.repeats, 5))
+
+
 def hpo_section(ctx: Context) -> dict:
     from benchmarks import bench_hpo
 
@@ -179,7 +188,7 @@ def hpo_section(ctx: Context) -> dict:
 
 
 RUNNERS = {"rush": rush_section, "dask": dask_section, "scaling": scaling_section, "cost": cost_section,
-           "archive": archive_section, "data": data_section, "hpo": hpo_section}
+           "archive": archive_section, "data": data_section, "cli": cli_section, "hpo": hpo_section}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

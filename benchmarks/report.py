@@ -190,6 +190,16 @@ def archive_lines(s: dict) -> list[str]:
     return lines + ["", text]
 
 
+def cli_lines(s: dict) -> list[str]:
+    lines = ["| command | start to exit (s) | dask, pandas or numpy imported |", "|---|---:|---|"]
+    for name, r in s.items():
+        lines.append(f"| `rush-dask {name}` | {fmt(r['seconds'], 3)} | {r['imports']} |")
+    status = _med(s["status"]["seconds"]) if "status" in s else float("nan")
+    text = (f"`rush-dask status` starts, reads the network and prints in {status:.2f} s (median; target "
+            f"≤ 0.5 s: {'met' if status <= 0.5 else '**missed**'}).")
+    return lines + ["", text]
+
+
 # --------------------------------------------------------------------- plots
 def _bars(path: Path, title: str, groups: list[str], systems: list[str], values: dict, ylabel: str) -> None:
     """Grouped bars: ``values[system][group]`` = list of runs; median bar, min–max whisker; log scale."""
@@ -315,6 +325,9 @@ SECTION_TITLES = {
     "archive": ("The archive: fetching finished tasks", archive_lines, None,
                 ("Finished tasks read into pandas with `fetch_finished_tasks()`: a cold cache first, "
                 "then an incremental fetch after one more task finishes.")),
+    "cli": ("The command line: start-up time", cli_lines, None,
+            ("Each command in a fresh process against a network of 2 workers, at least 5 runs; "
+             "`stop` names a worker that already stopped, so it reads and prints but stops nothing.")),
     "hpo": ("Hyperparameter search", _hpo_lines, None,
             ("`rush_dask.optuna.optimize` against Optuna's multiprocessing recipe (one process per worker, "
              "`study.optimize` on the same `JournalRedisBackend` study), RandomSampler on both sides; "

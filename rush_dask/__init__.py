@@ -52,30 +52,78 @@ def __dir__() -> list[str]:
 
 
 def _register_named_scheduler() -> None:
-    """Make ``scheduler="rush"`` mean the process-wide default network (needs dask)."""
+    """Make ``scheduler="rush"`` mean the process-wide default network.
+
+    Registered in ``dask.base.named_schedulers`` as soon as dask is imported
+    (now, if it already is): importing rush_dask alone does not load dask, so
+    the command line and the worker processes start fast.
+    """
     import os
+    import sys
 
-    if os.environ.get("RUSH_DASK_WORKER") == "1":  # worker processes don't need it; start faster
+    if os.environ.get("RUSH_DASK_WORKER") == "1":  # worker processes don't need it
         return
-    from dask.base import named_schedulers
+    if "dask.base" in sys.modules:
+        _add_to_named_schedulers(sys.modules["dask.base"])
+    else:
+        sys.meta_path.insert(0, _AfterImportHook("dask.base", _add_to_named_schedulers))
 
+
+def _add_to_named_schedulers(dask_base: Any) -> None:
     from .default import DEFAULT_SCHEDULER
 
-    named_schedulers.setdefault("rush", DEFAULT_SCHEDULER)
+    dask_base.named_schedulers.setdefault("rush", DEFAULT_SCHEDULER)
+
+
+class _AfterImportHook:
+    """An import hook that calls ``register(module)`` right after module ``name`` is executed."""
+
+    def __init__(self, name: str, register: Any):
+        self.name = name
+        self.register = register
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != self.name:
+            return None
+        import importlib.util
+        import sys
+
+        sys.meta_path.remove(self)  # find the real module, and hook only once
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def exec_and_register(module: Any) -> None:
+            exec_module(module)
+            self.register(module)
+
+        loader.exec_module = exec_and_register  # type: ignore[method-assign]
+        return spec
 
 
 _register_named_scheduler()
 
 
 def _register_joblib_backend() -> None:
-    """Make ``joblib.parallel_backend("rush")`` known, if joblib is installed (sklearn is not imported)."""
-    import importlib.util
+    """Make ``joblib.parallel_backend("rush")`` known as soon as joblib is imported (now, if it is).
+
+    Importing rush_dask alone does not load joblib (nor numpy, which joblib
+    imports), and the backend's module loads only when the backend is used.
+    """
     import os
+    import sys
 
-    if os.environ.get("RUSH_DASK_WORKER") == "1" or importlib.util.find_spec("joblib") is None:
+    if os.environ.get("RUSH_DASK_WORKER") == "1":
         return
-    import joblib
+    if "joblib" in sys.modules:
+        _add_joblib_backend(sys.modules["joblib"])
+    else:
+        sys.meta_path.insert(0, _AfterImportHook("joblib", _add_joblib_backend))
 
+
+def _add_joblib_backend(joblib: Any) -> None:
     def backend(**kwargs: Any) -> Any:
         from .joblib_backend import RushBackend
 

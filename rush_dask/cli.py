@@ -1,4 +1,4 @@
-"""The command line: ``rush-dask worker | status | logs | stop | server``.
+"""The command line: ``rush-dask worker | status | logs | stop | dashboard | server``.
 
 Every command but ``server`` talks to the Redis at ``--url`` (default
 ``$RUSH_REDIS_URL``; prefer the variable, since a password in ``--url`` shows
@@ -39,6 +39,8 @@ from . import constants as C
 from .connections import URL_ENV, redact
 
 if TYPE_CHECKING:
+    from .control import Network
+    from .network import NetworkView
     from .rush import Rush
 
 PASSWORD_ENV = "RUSH_REDIS_PASSWORD"
@@ -162,24 +164,42 @@ def _rush(network: str, url: str | None) -> Rush:
     return Rush(network, url)
 
 
-def _existing_network(network: str, url: str | None, worker_ids: Sequence[str] = ()) -> Rush:
-    """As :func:`_rush`, but the network must already hold workers or tasks (and ``worker_ids``)."""
-    rush = _rush(network, url)
-    keys = rush.keys
-    if rush.client.exists(keys.worker_states, keys.all_tasks, keys.queue, keys.seq):
-        known = set(rush.worker_ids)
+def _existing_network(network: str, url: str | None, worker_ids: Sequence[str] = ()) -> Network:
+    """A light handle (no dask, no pandas) on ``network``, which must already hold workers or
+    tasks (and ``worker_ids``); one line that says what to do otherwise."""
+    if not url:
+        raise BadInput(f"no Redis URL: pass --url redis://HOST:PORT/0 or set ${URL_ENV} "
+                       "(rush-dask server starts one)")
+    try:
+        C.check_network_id(network)
+    except ValueError as exc:
+        raise BadInput(f"bad --network: {exc}") from None
+    from .control import Network
+
+    net = Network(network, url)
+    if net.exists():
+        known = set(net.worker_ids)
         unknown = [wid for wid in worker_ids if wid not in known]
         if unknown:
             raise click.ClickException(f"unknown worker id(s) {', '.join(unknown)} in network "
                                        f"{network!r}; rush-dask status --all lists them")
-        return rush
-    found = sorted({match.group(1) for key in rush.client.scan_iter(match="rush:{*}:*", count=1000)
-                    if (match := re.match(r"rush:\{([^}]*)\}:", key.decode(errors="replace")))})
+        return net
+    found = list_networks(net.client)
     known = f"networks there: {', '.join(found[:10])}{', ...' if len(found) > 10 else ''}" if found \
         else "it holds no network yet"
-    rush.close()
-    raise click.ClickException(f"unknown network {network!r} at {redact(rush.url)} ({known}); "
+    net.close()
+    raise click.ClickException(f"unknown network {network!r} at {redact(net.url)} ({known}); "
                                "check --network and --url")
+
+
+def list_networks(client: Any) -> list[str]:
+    """Ids of the networks in the Redis database of ``client``, sorted (one SCAN over the keys).
+
+    >>> list_networks(rush.client)   # doctest: +SKIP
+    ['test']
+    """
+    return sorted({match.group(1) for key in client.scan_iter(match="rush:{*}:*", count=1000)
+                   if (match := re.match(r"rush:\{([^}]*)\}:", key.decode(errors="replace")))})
 
 
 @contextmanager
@@ -313,10 +333,10 @@ def _supervise(rush: Rush, ids: list[str], received: list[int]) -> int:
 @_errors
 def status(network: str, url: str | None, show_all: bool, watch: float | None) -> None:
     """Workers (id, state, host, pid, heartbeat age, resources) and task counts of a network."""
-    rush = _existing_network(network, url)
+    net = _existing_network(network, url)
     try:
         while True:
-            text = status_text(rush, show_all)
+            text = status_text(net, show_all)
             if watch and sys.stdout.isatty():
                 click.clear()
             click.echo(text)
@@ -329,33 +349,36 @@ def status(network: str, url: str | None, show_all: bool, watch: float | None) -
         pass
 
 
-def status_text(rush: Rush, show_all: bool = False) -> str:
-    """The text that ``rush-dask status`` prints for one network.
+def status_text(view: NetworkView, show_all: bool = False) -> str:
+    """The text that ``rush-dask status`` prints for one network (``view``: a Rush or a Network).
 
     >>> print(status_text(Rush("test")))    # doctest: +SKIP
     """
-    info = rush.worker_info
-    counts = rush._counts()
+    rows = view._worker_rows()
+    counts = view._counts()
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    lines = [f"network {rush.network_id!r} at {redact(rush.url)} ({now})"]
-    by_state = info["state"].value_counts()
+    lines = [f"network {view.network_id!r} at {redact(view.url)} ({now})"]
+    by_state: dict[str, int] = {}
+    for row in rows:
+        by_state[row["state"]] = by_state.get(row["state"], 0) + 1
+    by_state = dict(sorted(by_state.items(), key=lambda item: -item[1]))  # most common first
     lines.append("workers: " + (", ".join(f"{n} {state}" for state, n in by_state.items()) or "none"))
-    shown = info if show_all else info[info["state"] == C.RUNNING]
-    if len(shown):
-        rows = [("WORKER", "STATE", "HOST", "PID", "HEARTBEAT", "RESOURCES")]
-        for rec in shown.itertuples():
-            if rec.state != C.RUNNING:
+    shown = rows if show_all else [row for row in rows if row["state"] == C.RUNNING]
+    if shown:
+        table = [("WORKER", "STATE", "HOST", "PID", "HEARTBEAT", "RESOURCES")]
+        for row in shown:
+            if row["state"] != C.RUNNING:
                 beat = "-"
-            elif rec.heartbeat_age is None or rec.heartbeat_age != rec.heartbeat_age:  # None or NaN
+            elif row["heartbeat_age"] is None:
                 beat = "expired"
             else:
-                beat = f"{rec.heartbeat_age:.1f}s ago"
-            resources = ",".join(f"{k}={v:g}" for k, v in sorted(rec.resources.items())) or "-"
-            pid = "-" if rec.pid is None or rec.pid != rec.pid else str(int(rec.pid))
-            rows.append((rec.worker_id, rec.state, rec.hostname or "-", pid, beat, resources))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    hidden = len(info) - len(shown)
+                beat = f"{row['heartbeat_age']:.1f}s ago"
+            resources = ",".join(f"{k}={v:g}" for k, v in sorted(row["resources"].items())) or "-"
+            pid = "-" if row["pid"] is None else str(row["pid"])
+            table.append((row["worker_id"], row["state"], row["hostname"] or "-", pid, beat, resources))
+        widths = [max(len(cells[i]) for cells in table) for i in range(len(table[0]))]
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip() for cells in table]
+    hidden = len(rows) - len(shown)
     if hidden:
         lines.append(f"  ({hidden} stopped workers not shown: --all lists them)")
     lines.append(f"tasks: {counts['queued']} queued, {counts['priority']} queued priority, "
@@ -375,8 +398,8 @@ def status_text(rush: Rush, show_all: bool = False) -> str:
 @_errors
 def logs(network: str, url: str | None, worker_ids: tuple[str, ...], follow: bool, tail: int | None) -> None:
     """Print the log lines that workers (and code in tasks) wrote, oldest first."""
-    rush = _existing_network(network, url, worker_ids)
-    reader = LogReader(rush, list(worker_ids) or None)
+    net = _existing_network(network, url, worker_ids)
+    reader = LogReader(net, list(worker_ids) or None)
     try:
         records = reader.read()
         if tail is not None:
@@ -414,7 +437,7 @@ class LogReader:
     >>> reader.read()[-1]["message"]    # doctest: +SKIP
     """
 
-    def __init__(self, rush: Rush, worker_ids: list[str] | None = None):
+    def __init__(self, rush: NetworkView, worker_ids: list[str] | None = None):
         self.rush = rush
         self.worker_ids = worker_ids
         self._seen: dict[str, tuple[int, bytes]] = {}  # worker -> (entries read, the last one)
@@ -474,8 +497,8 @@ def stop(network: str, url: str | None, worker_ids: tuple[str, ...], kill: bool)
     Idle workers stop at once; workers on other hosts that are busy see the
     order when their task ends (terminate) or at their next heartbeat (kill).
     """
-    rush = _existing_network(network, url, worker_ids)
-    running = set(rush.running_worker_ids)
+    net = _existing_network(network, url, worker_ids)
+    running = set(net.running_worker_ids)
     for wid in worker_ids:
         if wid not in running:
             click.echo(f"worker {wid} is not running")
@@ -483,11 +506,57 @@ def stop(network: str, url: str | None, worker_ids: tuple[str, ...], kill: bool)
     if not targets:
         click.echo(f"no running worker to stop in network {network!r}")
         return
-    rush.stop_workers("kill" if kill else "terminate", targets)
+    net.stop_workers("kill" if kill else "terminate", targets)
     if kill:
         click.echo(f"killed {len(targets)} workers (their running tasks failed): {' '.join(targets)}")
     else:
         click.echo(f"asked {len(targets)} workers to terminate after their running task: {' '.join(targets)}")
+
+
+# ----------------------------------------------------------------------- dashboard
+@main.command()
+@_network_option
+@_url_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve the page on (0.0.0.0: every interface; anyone who reaches it "
+                   "sees the network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8787, show_default=True,
+              help="TCP port (0: any free port).")
+@click.option("--allow-control", is_flag=True,
+              help="Add buttons that stop or kill workers (default: read-only).")
+@click.option("--period", type=click.FloatRange(min=0.1), default=0.5, show_default=True,
+              metavar="SECONDS", help="Seconds between reads of Redis while a page is open.")
+@_errors
+def dashboard(network: str, url: str | None, host: str, port: int, allow_control: bool, period: float) -> None:
+    """Serve a live web page of a network (workers, tasks, computes, failures, log, Redis)
+    and Prometheus metrics at /metrics, until Ctrl-C.
+
+    Other networks of the same Redis can be chosen on the page. Needs the
+    dashboard extra: pip install 'rush-dask[dashboard]'.
+    """
+    try:
+        from .dashboard.app import DashboardThread
+    except ImportError:
+        from .dashboard import MISSING_HINT
+
+        raise click.ClickException(MISSING_HINT) from None
+    net = _existing_network(network, url)
+    net.close()
+    with _caught_signals() as received:
+        try:
+            server = DashboardThread(url, network, host, port, allow_control=allow_control,
+                                     period=period).start()
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve on {host}:{port} ({exc.strerror or exc}): "
+                                       "choose another --port or --host") from None
+        click.echo(f"dashboard of network {network!r} at {redact(url)}: {server.url}"
+                   f"{' (control on)' if allow_control else ''}; metrics at "
+                   f"{server.url.split('?')[0]}metrics; Ctrl-C stops it")
+        try:
+            while not received:
+                time.sleep(0.2)
+        finally:
+            server.stop()
 
 
 # -------------------------------------------------------------------------- server

@@ -11,6 +11,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 import redis
@@ -224,6 +225,8 @@ def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
     """
     check_url(url)
     options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)  # a value in the URL wins
+    if is_cluster_url(url):
+        return _connect_cluster(url, check=check, **options)
     try:
         client = redis.Redis.from_url(url, decode_responses=False, **options)
     except ValueError as exc:
@@ -247,10 +250,57 @@ def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
             ) from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise RedisUnavailableError(_connection_failure(url, exc)) from None
+    if _cluster_enabled(client, must_answer=check):  # any node's plain URL of a cluster works
+        client.close()
+        return _connect_cluster(url, check=check, **options)
     if retry_timeout:
         # Backoff 0.05, 0.1, ... capped at 1 s: about retry_timeout seconds in all.
         retries = 5 + int(retry_timeout)
         client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), retries))
+    return client
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster explicitly (``redis+cluster://``, ``rediss+cluster://``).
+
+    >>> is_cluster_url("redis+cluster://10.0.0.1:7000/0")
+    True
+    """
+    return urlsplit(url).scheme.endswith("+cluster")
+
+
+def _cluster_enabled(client: redis.Redis, must_answer: bool = True) -> bool:
+    """Whether the server is a node of a Redis Cluster (asked once, when connecting)."""
+    try:
+        return bool(client.info("cluster").get("cluster_enabled"))
+    except redis.ResponseError:  # a server (or proxy) without the section
+        return False
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        if must_answer:
+            raise
+        return False  # unchecked connections may be made while Redis restarts
+
+
+def _connect_cluster(url: str, *, check: bool, **options) -> Any:
+    """A Redis Cluster client from the URL of any of its nodes.
+
+    Every key of a network shares one hash tag (``rush:{NET}:``), so each
+    script and pipeline of a network goes to the one master that owns its
+    slot; different networks spread over the masters.
+    """
+    from redis.cluster import RedisCluster
+
+    plain = url.replace("+cluster://", "://", 1)
+    options.pop("retry_timeout", None)
+    try:
+        client = RedisCluster.from_url(plain, decode_responses=False, **options)
+        if check:
+            client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise RedisUnavailableError(_connection_failure(url, exc)) from None
+    except redis.RedisClusterException as exc:
+        raise RedisUnavailableError(f"cannot use the Redis Cluster at {redact(url)}: "
+                                    f"{hide_secrets(str(exc), url)}") from None
     return client
 
 

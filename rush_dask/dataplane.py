@@ -70,7 +70,11 @@ def host_id() -> str:
 
 def _address_towards(client: Any) -> str:
     """The local IP address from which this host reaches Redis (127.0.0.1 for a unix socket)."""
-    kwargs = client.connection_pool.connection_kwargs
+    if hasattr(client, "get_default_node"):  # a Redis Cluster: the route to one of its nodes
+        node = client.get_default_node()
+        kwargs = {"host": node.host, "port": node.port}
+    else:
+        kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs or not kwargs.get("host"):
         return "127.0.0.1"
     try:

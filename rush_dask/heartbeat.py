@@ -20,6 +20,8 @@ import redis
 
 logger = logging.getLogger("rush_dask.worker")
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
 EXIT_KILLED = 137
 EXIT_LOST = 75
 EXIT_REDIS_GONE = 69
@@ -48,7 +50,11 @@ class Heartbeat(threading.Thread):
             try:
                 state, terminate = self.beat()
                 last_success = time.monotonic()
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as exc:
+            except (redis.RedisError, OSError) as exc:
+                # Unreachable, restarting, or a cluster moving the network's slot to another
+                # master: keep beating until redis_retry_timeout, never let the thread die.
+                if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+                    logger.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
                 if time.monotonic() - last_success > self.redis_retry_timeout:
                     print(f"rush worker: Redis unreachable for {self.redis_retry_timeout:.0f} s "
                           f"({exc}); exiting", file=sys.stderr, flush=True)
@@ -68,3 +74,19 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process in bytes (Linux: now; elsewhere: the peak so far).
+
+    >>> rss_bytes() > 0
+    True
+    """
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere

@@ -137,20 +137,11 @@ class NetworkView:
             records.append(raw)
         return records
 
-    @property
-    def worker_info(self) -> "pd.DataFrame":
-        """One row per worker: worker_id, pid, hostname, state, heartbeat, resources, times.
-
-        ``heartbeat_age``: seconds since the last beat (empty once it expired).
-
-        >>> rush.worker_info[["worker_id", "state"]]   # doctest: +SKIP
-        """
-        import pandas as pd
-
+    def _worker_rows(self) -> list[dict[str, Any]]:
+        """:attr:`worker_info` as plain dicts (times in epoch seconds), without pandas."""
         states = self._worker_states()
-        records = self._worker_records(sorted(states))
         rows = []
-        for rec in records:
+        for rec in self._worker_records(sorted(states)):
             rows.append({
                 "worker_id": rec["worker_id"],
                 "state": states[rec["worker_id"]],
@@ -165,13 +156,30 @@ class NetworkView:
                 "resources": json.loads(rec.get("resources") or "{}"),
                 "started_at": _timestamp(rec.get("started_at")),
                 "stopped_at": _timestamp(rec.get("stopped_at")),
+                # Written with the heartbeat (see worker.RushWorker._report): may lag one period.
+                "rss": int(rec["rss"]) if rec.get("rss") else None,
+                "n_done": int(rec["n_done"]) if rec.get("n_done") else 0,
             })
-        columns = ["worker_id", "state", "pid", "hostname", "heartbeat_period",
-                   "heartbeat_expire", "heartbeat", "heartbeat_age", "resources", "started_at", "stopped_at"]
-        frame = pd.DataFrame(rows, columns=columns)
+        return sorted(rows, key=lambda row: row["started_at"] if row["started_at"] is not None else float("inf"))
+
+    @property
+    def worker_info(self) -> "pd.DataFrame":
+        """One row per worker: worker_id, pid, hostname, state, heartbeat, resources, times.
+
+        ``heartbeat_age``: seconds since the last beat (empty once it expired);
+        ``rss``: resident memory in bytes and ``n_done``: tasks it settled, as
+        of its last heartbeat.
+
+        >>> rush.worker_info[["worker_id", "state"]]   # doctest: +SKIP
+        """
+        import pandas as pd
+
+        columns = ["worker_id", "state", "pid", "hostname", "heartbeat_period", "heartbeat_expire",
+                   "heartbeat", "heartbeat_age", "resources", "started_at", "stopped_at", "rss", "n_done"]
+        frame = pd.DataFrame(self._worker_rows(), columns=columns)
         for col in ("started_at", "stopped_at"):
             frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
-        return frame.sort_values("started_at", kind="stable").reset_index(drop=True)
+        return frame
 
     def _check_worker_ids(self, worker_ids: Iterable[str]) -> list[str]:
         if isinstance(worker_ids, str):

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import tempfile
 import uuid
 import weakref
@@ -21,8 +20,9 @@ from redis.retry import Retry
 
 from . import constants as C
 from .connections import connect, current_plan, redact, resolve_url
+from .control import stop_workers
 from .errors import PayloadTooLargeError, RedisUnavailableError, WorkerStartError
-from .network import HOSTNAME, NetworkView, known_secrets, pid_alive
+from .network import NetworkView, known_secrets
 from .processes import WorkerProcess, spawn_worker, stop_processes
 from .scheduler import DaskScheduler
 from .scripts import Scripts
@@ -99,6 +99,7 @@ class Rush(DaskScheduler, NetworkView):
         self._processes: dict[str, WorkerProcess] = {}
         self._cluster_workers: list = []  # launch.ClusterWorker: started on a Dask cluster
         self._log_dir: Path | None = None
+        self._dashboards: list = []  # dashboard.DashboardThread: served by dashboard()
         _live_controllers.add(self)
         _all_controllers.add(self)
 
@@ -112,6 +113,53 @@ class Rush(DaskScheduler, NetworkView):
         return (f"<Rush network={self.network_id!r}: {c['running_workers']} running workers; tasks: "
                 f"{c['queued']} queued, {c['priority']} queued priority, {c['running']} running, "
                 f"{c['finished']} finished, {c['failed']} failed>")
+
+    def __str__(self) -> str:
+        """What ``print(rush)`` shows: the counts of the network, one per line (as Rush in R).
+
+        >>> print(rush)    # doctest: +SKIP
+        <Rush>
+        * Network: test
+        * Running Workers: 2
+        * Queued Tasks: 0
+        * Queued Priority Tasks: 0
+        * Running Tasks: 0
+        * Finished Tasks: 4
+        * Failed Tasks: 0
+        """
+        lines = ["<Rush>", f"* Network: {self.network_id}"]
+        try:
+            if not self._redis_answers():
+                raise ConnectionError("no answer")
+            c = self._counts()
+        except Exception as exc:  # printing must not raise
+            return "\n".join([*lines, f"* Redis: {redact(self.url)} (unreachable: {type(exc).__name__})"])
+        for label, name in (("Running Workers", "running_workers"), ("Queued Tasks", "queued"),
+                            ("Queued Priority Tasks", "priority"), ("Running Tasks", "running"),
+                            ("Finished Tasks", "finished"), ("Failed Tasks", "failed")):
+            lines.append(f"* {label}: {c[name]}")
+        return "\n".join(lines)
+
+    def dashboard(self, port: int = 8787, host: str = "127.0.0.1", *, allow_control: bool = False) -> str:
+        """Serve the live web dashboard of this network from a background thread; returns its URL.
+
+        The page shows workers, task counts over time, Dask computes, failed
+        tasks, the log and Redis; ``/metrics`` serves Prometheus metrics
+        (``docs/dashboard.md``). ``port=0`` takes a free port. It stops with
+        :meth:`close` or the process. Needs ``pip install 'rush-dask[dashboard]'``.
+
+        >>> rush.dashboard(port=8787)     # doctest: +SKIP
+        'http://127.0.0.1:8787/?network=test'
+        """
+        try:
+            from .dashboard import start_in_thread
+            server = start_in_thread(self.url, self.network_id, host, port, allow_control=allow_control)
+        except ImportError:
+            from .dashboard import MISSING_HINT
+
+            raise ImportError(MISSING_HINT) from None
+        self._dashboards.append(server)
+        return server.url
 
     def _redis_answers(self) -> bool:
         """Whether Redis answers at once (one try: self.client would retry for a minute)."""
@@ -317,39 +365,7 @@ class Rush(DaskScheduler, NetworkView):
 
         >>> rush.stop_workers(type="kill", worker_ids=[rush.running_worker_ids[0]])  # doctest: +SKIP
         """
-        if type not in ("terminate", "kill"):
-            raise ValueError(f"type must be 'terminate' or 'kill', got {type!r}")
-        ids = self.running_worker_ids if worker_ids is None else self._check_worker_ids(worker_ids)
-        if not ids:
-            return []
-        if type == "kill":
-            self.scripts.mark_workers(args=[self.keys.prefix, C.KILLED, "worker killed by the user", "0", *ids])
-            self._signal_local(ids, signal.SIGKILL)
-        else:
-            pipe = self.client.pipeline(transaction=True)
-            for wid in ids:
-                pipe.hset(self.keys.worker(wid), "terminate", "1")
-                pipe.lpush(self.keys.wake_worker(wid), "1")
-            pipe.execute()
-        return ids
-
-    def _signal_local(self, worker_ids: Sequence[str], signum: int) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for wid in worker_ids:
-            pipe.hmget(self.keys.worker(wid), "hostname", "pid")
-        for wid, (host, pid) in zip(worker_ids, pipe.execute()):
-            proc = self._processes.get(wid)
-            if proc is not None:
-                proc.signal(signum)
-                try:
-                    proc.process.wait(5)
-                except Exception:
-                    pass
-            elif host is not None and host.decode() == HOSTNAME and pid and pid_alive(int(pid)):
-                try:
-                    os.kill(int(pid), signum)
-                except ProcessLookupError:
-                    pass
+        return stop_workers(self, type, worker_ids, self._processes)
 
     def _health_check(self) -> None:
         """Run while waiting: fail fast on workers that died starting, requeue tasks of lost ones."""
@@ -556,8 +572,11 @@ class Rush(DaskScheduler, NetworkView):
         """Stop the local worker processes that this controller started (SIGTERM, then SIGKILL).
 
         Also removes the temporary directory of their stdout/stderr files
-        (a ``log_dir`` you chose is kept).
+        (a ``log_dir`` you chose is kept), and stops the dashboards it serves.
         """
+        for server in self._dashboards:
+            server.stop()
+        self._dashboards.clear()
         procs = [p for p in self._processes.values() if p.alive]
         if procs:
             try:  # the order through Redis also wakes idle workers at once

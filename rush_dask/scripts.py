@@ -218,6 +218,7 @@ local function finish_graph_node(key, payload, t, f, held)
   else
     redis.call('HSET', tk, 'state', 'finished', 'ys', payload, 'finished_at', t, 'xs', '')
   end
+  redis.call('HINCRBY', p .. 'graph:' .. f[1], 'done', 1)  -- progress, for dashboards
   for _, dep in ipairs(split(f[2])) do decref(dep) end
   local released = 0
   for _, child in ipairs(split(f[3])) do
@@ -694,6 +695,7 @@ for j = 6, #ARGV, 10 do
     redis.call('HSET', tk, 'xs', '', 'graph', gid, 'refs', ARGV[j + 2], 'deps', '',
                'dependents', ARGV[j + 4], 'score', ARGV[j + 5], 'queued_at', t, 'finished_at', t,
                'waiting', 0, 'state', 'finished', 'at', at, 'host', host, 'path', path, 'nbytes', nbytes)
+    redis.call('HINCRBY', p .. 'graph:' .. gid, 'done', 1)
   else
     local waiting, failed_input = 0, nil
     for _, dep in ipairs(split(ARGV[j + 3])) do
@@ -793,6 +795,25 @@ _BODIES = {
 }
 
 
+class _Routed:
+    """A registered script whose call names one key of the network (its slot) as KEYS[1].
+
+    The scripts build their key names from ARGV[1], the network's prefix; all
+    of them share its hash tag, so naming one routes the call, on a Redis
+    Cluster, to the master that owns every key of the network.
+    """
+
+    def __init__(self, script: Any):
+        self.script = script
+
+    def __call__(self, keys: list | None = None, args: list | tuple = (), client: Any = None) -> Any:
+        if client is not None and type(client).__name__ == "ClusterPipeline":
+            # A cluster pipeline sends EVALSHA without loading the script first (a plain
+            # pipeline does): load it on the masters, in case one restarted or took over.
+            self.script.registered_client.script_load(self.script.script)
+        return self.script(keys=keys or [f"{args[0]}seq"], args=args, client=client)
+
+
 class Scripts:
     """The scripts registered on one client; call as ``scripts.push(args=[...])``.
 
@@ -804,4 +825,4 @@ class Scripts:
         preamble = (_PREAMBLE.replace("@INLINE_LIMIT@", str(INLINE_LIMIT))
                     .replace("@LOCALITY_MIN@", str(LOCALITY_MIN)))
         for name, body in _BODIES.items():
-            setattr(self, name, client.register_script(preamble + body))
+            setattr(self, name, _Routed(client.register_script(preamble + body)))

@@ -54,7 +54,7 @@ from .errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
-from .heartbeat import EXIT_LOST, EXIT_REDIS_GONE, Heartbeat
+from .heartbeat import EXIT_LOST, EXIT_REDIS_GONE, Heartbeat, rss_bytes
 from .logs import RedisLogHandler
 from .network import HOSTNAME, NetworkView
 from .scripts import Scripts
@@ -208,6 +208,7 @@ class RushWorker(NetworkView):
         self._functions: dict[str, Callable] = {}
         self._terminate_requested = False
         self._requests = 0  # request ids make a repeated settle_and_pop idempotent
+        self._n_done = 0  # tasks settled (finished or failed) here, reported with the heartbeat
         self._task_seconds: float | None = None  # moving average of task run time
         self._last_sweep = time.monotonic()
         self._reported: dict[str, int] = {}
@@ -225,6 +226,7 @@ class RushWorker(NetworkView):
             "resources", json.dumps(self.resources), "start_id", start_id or "",
             "python", sys.version.split()[0], "host", self.plane.host,
             *[item for pair in data_server.items() for item in pair],
+            "rss", rss_bytes(), "n_done", 0,
         ])
         if not registered:
             raise ValueError(f"worker id {self.worker_id!r} is already taken in network {network_id!r}")
@@ -233,7 +235,7 @@ class RushWorker(NetworkView):
             period=self.heartbeat_period,
             redis_retry_timeout=redis_retry_timeout,
             on_terminate=self._request_terminate,
-            after_beat=lambda: self.log_handler.ship(self._heartbeat_client),
+            after_beat=self._after_beat,
         )
         # A timeout, so that a silent partition (a stalled TCP connection raises
         # nothing) counts against redis_retry_timeout; redis-py < 8 sets none.
@@ -278,6 +280,21 @@ class RushWorker(NetworkView):
             self._reported = counters
         return state.decode(), terminate == b"1"
 
+    def _after_beat(self) -> None:
+        """Ship the log records; report memory and tasks done (for the dashboard and worker_info)."""
+        self.log_handler.ship(self._heartbeat_client)
+        worker_key = self.keys.worker(self.worker_id)
+        with self._heartbeat_client.pipeline(transaction=True) as pipe:
+            try:  # only while registered: a reset() that deleted the network must not bring keys back
+                pipe.watch(self.keys.worker_states)
+                if pipe.hget(self.keys.worker_states, self.worker_id) != b"running":
+                    return
+                pipe.multi()
+                pipe.hset(worker_key, mapping={"rss": rss_bytes(), "n_done": self._n_done})
+                pipe.execute()
+            except redis.WatchError:
+                pass
+
     def _request_terminate(self) -> None:
         self._terminate_requested = True
 
@@ -308,7 +325,9 @@ class RushWorker(NetworkView):
         why = (f"{self.worker_id} is {reply[1].decode()} in Redis" if reply[0] == b"stop"
                else f"the task is no longer held by {self.worker_id} (first writer wins)")
         for outcome, note in zip(outcomes, reply[2]):
-            if note == b"dropped":
+            if note in (b"finished", b"failed"):
+                self._n_done += 1
+            elif note == b"dropped":
                 logger.warning("result of task %s dropped: %s", outcome[0], why)
         return reply
 

@@ -101,7 +101,7 @@ def array_sum(a, *rest):
     return float(a.sum())
 
 
-def wait_for_file(path, *after, timeout=60.0):
+def gate(path, *after, timeout=60.0):
     """Block until ``path`` exists (a gate the test opens); ``after``: inputs to wait for first."""
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("matplotlib")

@@ -20,6 +20,8 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a package at the repository root
 
 from benchmarks.chaos import Chaos, Stats, check_network, stencil_graph, stencil_shape
 
+pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
+
 KINDS = ("sigkill", "sigstop_resume", "sigstop_until_lost", "redis_restart", "redis_sigkill")
 
 

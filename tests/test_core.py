@@ -36,6 +36,10 @@ def test_seed_example(rush):
     rush.wait_for_workers(2, timeout=TIMEOUT)  # one worker may have done it all
     assert "2 running workers" in repr(rush)
     assert "4 finished" in repr(rush)
+    assert "\n" not in repr(rush)
+    assert str(rush).splitlines() == [
+        "<Rush>", f"* Network: {rush.network_id}", "* Running Workers: 2", "* Queued Tasks: 0",
+        "* Queued Priority Tasks: 0", "* Running Tasks: 0", "* Finished Tasks: 4", "* Failed Tasks: 0"]
 
 
 def test_worker_states_after_terminate_and_kill(rush):

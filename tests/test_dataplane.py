@@ -110,9 +110,9 @@ def test_a_ready_node_is_queued_near_its_input_and_an_idle_worker_takes_it(rush,
     assert dask.compute(big, scheduler=rush)[0][0] == 2.0
     gate_a, gate_b = tmp_path / "a", tmp_path / "b"
     # Keep both workers busy: the holder on a task only it may run, the other on any task.
-    busy_a = dask.persist(dask.delayed(f.wait_for_file)(str(gate_a)), scheduler=rush, resources={"A": 1})
+    busy_a = dask.persist(dask.delayed(f.gate)(str(gate_a)), scheduler=rush, resources={"A": 1})
     wait_until(lambda: rush.client.scard(rush.keys.held(holder)) == 1, what="holder busy")
-    busy_b = rush.submit(f.wait_for_file, str(gate_b))
+    busy_b = rush.submit(f.gate, str(gate_b))
     wait_until(lambda: rush.client.scard(rush.keys.held(other)) == 1, what="other worker busy")
 
     (total,) = dask.persist(dask.delayed(f.array_sum)(big), scheduler=rush)
@@ -179,7 +179,7 @@ def test_other_hosts_fetch_over_tcp_and_a_lost_result_is_recomputed(rush, tmp_pa
     rush.wait_for_workers(1, timeout=TIMEOUT)
     gate = tmp_path / "gate"
     big = dask.delayed(f.big_array)(2 * MB, fill=5.0, dask_key_name="big")
-    wait = dask.delayed(f.wait_for_file)(str(gate), big, dask_key_name="gate")
+    wait = dask.delayed(f.gate)(str(gate), big, dask_key_name="gate")
     total = dask.delayed(f.array_sum)(big, wait, dask_key_name="total")
     with caplog.at_level(logging.WARNING, logger="rush_dask"):
         import threading

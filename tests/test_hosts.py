@@ -33,6 +33,8 @@ from rush_dask.heartbeat import EXIT_LOST, EXIT_REDIS_GONE
 from rush_dask.network import unpack_row
 from rush_dask.server import RedisServer
 
+pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
+
 TIMEOUT = 60
 N_HOSTS = 3
 N_TASKS = 30
@@ -372,7 +374,7 @@ def test_results_move_between_hosts_and_a_link_cut_mid_transfer_loses_nothing(ho
         [producer] = start_workers(hosts, rush, server.url, tmp_path, 1)
         gate = tmp_path / "gate"
         big = dask.delayed(dask_funcs.big_array)(24 * 2**20, 3.0, dask_key_name="big")
-        wait = dask.delayed(dask_funcs.wait_for_file)(str(gate), big, dask_key_name="gate")
+        wait = dask.delayed(dask_funcs.gate)(str(gate), big, dask_key_name="gate")
         result: list = []
         with dask.annotate(resources={"reader": 1}):  # only the workers of hosts 1 and 2
             total = dask.delayed(dask_funcs.array_sum)(big, wait, dask_key_name="total")

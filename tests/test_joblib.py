@@ -27,7 +27,8 @@ def workers(rush):
 
 
 def test_importing_rush_dask_registers_the_backend_without_importing_sklearn():
-    code = ("import sys, rush_dask, joblib; from joblib.parallel import BACKENDS; "
+    code = ("import sys, rush_dask; assert 'joblib' not in sys.modules; "  # registered when joblib loads
+            "import joblib; from joblib.parallel import BACKENDS; "
             "assert 'rush' in BACKENDS; assert 'sklearn' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr

@@ -60,7 +60,7 @@ def remote_view(monkeypatch):
     directly; real cluster workers on other machines get orders only through
     their heartbeat.
     """
-    monkeypatch.setattr("rush_dask.rush.HOSTNAME", "controller-elsewhere")
+    monkeypatch.setattr("rush_dask.control.HOSTNAME", "controller-elsewhere")
     monkeypatch.setattr("rush_dask.network.HOSTNAME", "controller-elsewhere")
 
 

@@ -225,6 +225,7 @@ def test_password_never_shows_in_script_repr_argv_logs_or_redis(password_server,
         rush.wait_for_tasks(keys, timeout=TIMEOUT)
         argvs = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in info["pid"]]
         _assert_hidden(repr(rush), "repr(rush)")
+        _assert_hidden(str(rush), "str(rush)")
         log = rush.read_log()
         assert "hello from task 1" in " ".join(log["message"])  # the log stream is really read
         _assert_hidden(log.to_csv(), "the Redis log stream")
@@ -354,6 +355,26 @@ def test_tls_with_password_hides_it(certs, tmp_path):
         assert "nope-123" not in str(info.value)
         rush = _run_tasks(server.url, tmp_path, n_workers=1)
         _assert_hidden(repr(rush), "repr(rush)")
+        _finish(rush)
+    finally:
+        server.stop()
+
+
+def test_dashboard_over_tls_with_password_hides_it(certs, tmp_path):
+    pytest.importorskip("aiohttp", reason="the dashboard extra: pip install 'rush-dask[dashboard]'")
+    import json
+    import urllib.request
+
+    server = _start_tls_server(certs, auth_clients=False, password=PASSWORD)
+    try:
+        rush = _run_tasks(server.url, tmp_path, n_workers=1)
+        page = rush.dashboard(port=0).split("?")[0]
+        bodies = [urllib.request.urlopen(page + path, timeout=30).read()
+                  for path in ("", "api/config", f"api/snapshot?network={rush.network_id}", "metrics")]
+        assert json.loads(bodies[2])["counts"]["finished"] == 6  # read over TLS, with the password
+        assert json.loads(bodies[1])["url"].startswith("rediss://:***@127.0.0.1:")
+        for body, where in zip(bodies, ("the page", "/api/config", "/api/snapshot", "/metrics")):
+            _assert_hidden(body, f"the dashboard's {where}")
         _finish(rush)
     finally:
         server.stop()
