@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("optuna")
+pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 if str(EXAMPLES) not in sys.path:
