@@ -1,6 +1,6 @@
 """One benchmark command: ``python -m benchmarks``.
 
-Sections (``--only rush,dask,scaling,cost,archive,data,cli``; all by default), on one
+Sections (``--only rush,dask,scaling,cost,archive,data,cli,hpo``; all by default), on one
 private Redis server (unix socket) started here, 2 workers unless stated:
 
 * **rush**: the rush API (10,000 trivial tasks, 1,000 ``time.sleep(0.01)``)
@@ -22,7 +22,11 @@ private Redis server (unix socket) started here, 2 workers unless stated:
   result) on rush_dask, the threads scheduler and a LocalCluster, with the
   bytes that crossed Redis and shared memory (bench_data.py);
 * **cli**: start-up time of each ``rush-dask`` command, whole process
-  (bench_cli.py).
+  (bench_cli.py);
+* **hpo**: rush_dask.optuna against Optuna's own processes on
+  JournalRedisBackend (utilization of 8 workers on a 0.2 s objective, trials
+  per second with a no-op one) and the joblib backend "rush" against
+  distributed's "dask" on a GridSearchCV (bench_hpo.py).
 
 Writes ``docs/benchmarks.md`` and ``docs/img/bench-*.png`` (``--out DIR``:
 ``DIR/benchmarks.md`` and ``DIR/img/``), and the raw figures as JSON to
@@ -49,16 +53,17 @@ from benchmarks.common import QUIET_BUDGET, RESULTS_DIR, ROOT, Quiet, machine
 # The section modules are imported where they are used: the bare queue's worker
 # processes are spawned, and re-import this module (not dask, distributed...).
 
-SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data", "cli")
+SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data", "cli", "hpo")
 # Per size: rush (trivial, sleep tasks); dask (see bench_dask.make_workloads); scaling (tasks,
-# worker counts); cost tasks; archive tasks.
+# worker counts); cost tasks; archive tasks; hpo (workers, trials of 0.2 s, no-op trials).
 SIZES = {
     "full": {"rush": (10_000, 1_000), "dask": (10_000, 1_000, 1_000, 100, 1_000),
-             "scaling": (320, (1, 2, 4, 8, 16)), "cost": 100_000, "archive": 100_000, "data": "full"},
+             "scaling": (320, (1, 2, 4, 8, 16)), "cost": 100_000, "archive": 100_000, "data": "full",
+             "hpo": (8, 160, 800)},
     "quick": {"rush": (1_000, 100), "dask": (1_000, 100, 100, 10, 200), "scaling": (32, (1, 2, 4)),
-              "cost": 5_000, "archive": 5_000, "data": "quick"},
+              "cost": 5_000, "archive": 5_000, "data": "quick", "hpo": (8, 32, 100)},
     "tiny": {"rush": (100, 10), "dask": (50, 16, 8, 2, 10), "scaling": (8, (1, 2)), "cost": 200,
-             "archive": 200, "data": "tiny"},
+             "archive": 200, "data": "tiny", "hpo": (2, 8, 20)},
 }
 
 
@@ -174,8 +179,16 @@ def cli_section(ctx: Context) -> dict:
     return bench_cli.run_cli(ctx.url, max(ctx.repeats, 5))
 
 
+def hpo_section(ctx: Context) -> dict:
+    from benchmarks import bench_hpo
+
+    n_workers, n_util, n_noop = ctx.sizes["hpo"]
+    ctx.quiet.wait()
+    return bench_hpo.run_hpo(ctx.url, ctx.log_dir, ctx.repeats, n_workers, n_util, n_noop)
+
+
 RUNNERS = {"rush": rush_section, "dask": dask_section, "scaling": scaling_section, "cost": cost_section,
-           "archive": archive_section, "data": data_section, "cli": cli_section}
+           "archive": archive_section, "data": data_section, "cli": cli_section, "hpo": hpo_section}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -292,6 +292,12 @@ def _data_lines(s: dict) -> list[str]:
 
 
 # -------------------------------------------------------------------- report
+def _hpo_lines(s: dict) -> list[str]:
+    from benchmarks.bench_hpo import hpo_lines as lines  # optuna, sklearn: only when this section ran
+
+    return lines(s)
+
+
 SECTION_TITLES = {
     "rush": ("The rush API against other task queues", rush_lines, "bench-rush.png",
              ("Tasks pushed in one call and waited for, on 2 workers: rush_dask (`push_tasks` + "
@@ -322,6 +328,13 @@ SECTION_TITLES = {
     "cli": ("The command line: start-up time", cli_lines, None,
             ("Each command in a fresh process against a network of 2 workers, at least 5 runs; "
              "`stop` names a worker that already stopped, so it reads and prints but stops nothing.")),
+    "hpo": ("Hyperparameter search", _hpo_lines, None,
+            ("`rush_dask.optuna.optimize` against Optuna's multiprocessing recipe (one process per worker, "
+             "`study.optimize` on the same `JournalRedisBackend` study), RandomSampler on both sides; "
+             "utilization from the objective's own busy intervals; trials/s from the trials' timestamps. "
+             "GridSearchCV (SVC on digits, 48 fits) through joblib's `\"rush\"` backend on 2 workers "
+             "against distributed's `\"dask\"` backend on a LocalCluster of 2 single-threaded processes "
+             "(speed = dask's seconds / rush's). See `benchmarks/bench_hpo.py`.")),
 }
 
 

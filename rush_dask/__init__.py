@@ -66,7 +66,7 @@ def _register_named_scheduler() -> None:
     if "dask.base" in sys.modules:
         _add_to_named_schedulers(sys.modules["dask.base"])
     else:
-        sys.meta_path.insert(0, _DaskBaseHook())
+        sys.meta_path.insert(0, _AfterImportHook("dask.base", _add_to_named_schedulers))
 
 
 def _add_to_named_schedulers(dask_base: Any) -> None:
@@ -75,11 +75,15 @@ def _add_to_named_schedulers(dask_base: Any) -> None:
     dask_base.named_schedulers.setdefault("rush", DEFAULT_SCHEDULER)
 
 
-class _DaskBaseHook:
-    """An import hook that registers the scheduler right after ``dask.base`` is executed."""
+class _AfterImportHook:
+    """An import hook that calls ``register(module)`` right after module ``name`` is executed."""
+
+    def __init__(self, name: str, register: Any):
+        self.name = name
+        self.register = register
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "dask.base":
+        if name != self.name:
             return None
         import importlib.util
         import sys
@@ -93,10 +97,39 @@ class _DaskBaseHook:
 
         def exec_and_register(module: Any) -> None:
             exec_module(module)
-            _add_to_named_schedulers(module)
+            self.register(module)
 
         loader.exec_module = exec_and_register  # type: ignore[method-assign]
         return spec
 
 
 _register_named_scheduler()
+
+
+def _register_joblib_backend() -> None:
+    """Make ``joblib.parallel_backend("rush")`` known as soon as joblib is imported (now, if it is).
+
+    Importing rush_dask alone does not load joblib (nor numpy, which joblib
+    imports), and the backend's module loads only when the backend is used.
+    """
+    import os
+    import sys
+
+    if os.environ.get("RUSH_DASK_WORKER") == "1":
+        return
+    if "joblib" in sys.modules:
+        _add_joblib_backend(sys.modules["joblib"])
+    else:
+        sys.meta_path.insert(0, _AfterImportHook("joblib", _add_joblib_backend))
+
+
+def _add_joblib_backend(joblib: Any) -> None:
+    def backend(**kwargs: Any) -> Any:
+        from .joblib_backend import RushBackend
+
+        return RushBackend(**kwargs)
+
+    joblib.register_parallel_backend("rush", backend)
+
+
+_register_joblib_backend()
