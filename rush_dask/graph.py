@@ -129,6 +129,10 @@ class GraphRun:
         self.notify = notify
         self.graph_id = uuid.uuid4().hex[:12]
         self.outputs = list(dict.fromkeys(outputs))
+        # A compute's finalize nodes (the concatenation of an array's chunks into the one
+        # array returned) run here, over inputs the client maps from its host; on a worker,
+        # the whole result would be written once more for the client to read.
+        self.on_client = self._finalize_on_client() if notify else {}
         self.external: dict[Hashable, RushFuture] = dict(futures)
         self._find_external_inputs()
         self.defaults = {"priority": priority, "retries": retries, "resources": resources}
@@ -176,6 +180,21 @@ class GraphRun:
         for bundle_key, members in bundles.items():
             groups[bundle_key] = [k for member in members for k in groups.pop(member, [member])]
         return graph, groups, bundles
+
+    def _finalize_on_client(self) -> dict[Hashable, GraphNode]:
+        """Take the outputs that finalize a collection out of the graph; their inputs become outputs."""
+        from dask.utils import key_split
+
+        local = {key: self.dask_graph[key] for key in self.outputs
+                 if key in self.dask_graph and key_split(key) == "finalize"
+                 and self.dask_graph[key].dependencies
+                 and all(dep in self.dask_graph for dep in self.dask_graph[key].dependencies)}
+        for key in local:
+            del self.dask_graph[key]
+        if local:
+            inputs = [dep for node in local.values() for dep in node.dependencies]
+            self.outputs = list(dict.fromkeys([*(k for k in self.outputs if k not in local), *inputs]))
+        return local
 
     def dask_keys(self, key: Hashable) -> list[Hashable]:
         """The keys of the Dask graph that the task ``key`` computes (more than one if fused)."""
@@ -335,6 +354,9 @@ class GraphRun:
                 results.update(zip(external, rush.gather([self.external[k] for k in external])))
         finally:  # even when an earlier future failed or a result cannot be read
             self._release(self.outputs)
+        for key, node in self.on_client.items():
+            results[key] = node({dep: results[dep] for dep in node.dependencies})
+            on_done(key)
         return results
 
     def _renew_lease(self) -> None:
