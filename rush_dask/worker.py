@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import redis
 
 from . import constants as C
+from . import taskwarnings
 from .cache import ResultCache
 from .connections import URL_ENV, connect, hide_secrets, redact, resolve_url
 from .errors import (
@@ -431,6 +432,16 @@ class RushWorker(NetworkView):
         self.cache.put(task.key, result, len(payload))
         return payload
 
+    def _run_graph_node_shipping_warnings(self, task: Task) -> bytes:
+        """``_run_graph_node``, the warnings it raises pushed for the client (see taskwarnings)."""
+        with taskwarnings.recorded() as caught:
+            try:
+                return self._run_graph_node(task)
+            finally:
+                if caught:
+                    self._retry(lambda: taskwarnings.ship(self.client, self.keys.prefix, task.graph,
+                                                          task.key, caught, self.secret))
+
     def _load_task(self, payload: bytes) -> Any:
         """A task's inputs: signature checked, shared large values put back in."""
         xs = loads(payload, self.secret)
@@ -460,7 +471,7 @@ class RushWorker(NetworkView):
         """Run one task here; returns (outcome, payload, traceback, pickled exception)."""
         try:
             if task.graph is not None:
-                return "finished", self._run_graph_node(task), "", b""
+                return "finished", self._run_graph_node_shipping_warnings(task), "", b""
             fun = self._function(task.fun_id)
             if task.seed is not None:
                 seed_task(task.seed, task.seq)
