@@ -16,6 +16,7 @@ import logging
 import uuid
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
+from . import taskwarnings
 from .futures import RushFuture, _deadline, _flat
 from .graph import flat_keys, raise_node_error
 from .serialize import loads
@@ -120,11 +121,18 @@ class FuturesClient:
         """Results of done futures by task key, in one round trip; raises the first failure
         (or, with ``raise_errors=False``, returns the exception as its value)."""
         unique = list({f.task_key: f for f in futures}.values())
+        graphs = list(dict.fromkeys(f.task_key.rsplit(".", 1)[0] for f in unique))
         pipe = self.client.pipeline(transaction=False)
         for future in unique:
             pipe.hmget(self.keys.task(future.task_key), "state", "ys")
+        for graph_id in graphs:  # in the same round trip: did these nodes warn?
+            pipe.exists(taskwarnings.warnings_key(self.keys.prefix, graph_id))
+        replies = pipe.execute()
+        warned = [g for g, n in zip(graphs, replies[len(unique):]) if n]
+        if warned:
+            self._reemit_warnings(warned)
         results: dict[str, Any] = {}
-        for future, (state, blob) in zip(unique, pipe.execute()):
+        for future, (state, blob) in zip(unique, replies[:len(unique)]):
             try:
                 if future._cancelled:
                     raise concurrent.futures.CancelledError(f"future {future.key!r} was cancelled")
@@ -161,14 +169,12 @@ class FuturesClient:
         if len(self._completions.wait(keys, deadline)) < len(keys):
             raise TimeoutError(f"futures not done after {timeout} s")
         results = self._read_futures(flat, raise_errors=errors == "raise")
-        self._reemit_warnings(flat)
         return _pack(futures, results, skip=errors == "skip")
 
-    def _reemit_warnings(self, futures: list[RushFuture]) -> None:
-        from . import taskwarnings
-
-        for graph_id in dict.fromkeys(f.task_key.rsplit(".", 1)[0] for f in futures):
-            taskwarnings.reemit(self, graph_id, lambda task_key: task_key)
+    def _reemit_warnings(self, graph_ids: list[str]) -> None:
+        keys = {f.task_key: f.key for f in list(self._futures_by_key.values())}
+        for graph_id in graph_ids:
+            taskwarnings.reemit(self, graph_id, lambda task_key: keys.get(task_key, task_key))
 
     def scatter(self, data: Any, hash: bool = True) -> Any:
         """Store values in Redis for later submits; returns futures shaped like ``data``.

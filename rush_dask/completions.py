@@ -7,7 +7,8 @@ list (BLMPOP) and wakes whoever waits — ``result()``, ``wait``,
 ``as_completed``, an executor — and runs ``add_done_callback`` callbacks. Nothing
 loops over Redis while futures run.
 
-A pop whose reply is lost (Redis restarted meanwhile) and the dependents of
+While futures are pending the thread also detects lost workers once a
+second, so the nodes of a worker that died are requeued. A pop whose reply is lost (Redis restarted meanwhile) and the dependents of
 a failed node learn nothing from the list; for them the thread reads the
 states of the futures still pending when the list stays quiet, less often
 the longer it stays so (1 s, then up to 10 s).
@@ -120,7 +121,17 @@ class Completions:
 
     def _listen(self) -> None:
         idle_since, resync_after = time.monotonic(), 1.0
+        next_health_check = time.monotonic() + _BLOCK
         while not self._stop.is_set():
+            if self.pending and time.monotonic() > next_health_check:
+                # While futures run, requeue the nodes of workers that died (as a compute's wait does).
+                next_health_check = time.monotonic() + _BLOCK
+                try:
+                    self._rush.detect_lost_workers()
+                except ReferenceError:
+                    return
+                except Exception as exc:
+                    logger.debug("futures listener: %s", exc)
             try:
                 rush = self._rush
                 reply = rush.client.blmpop(_BLOCK, 1, self.list_key, direction="LEFT", count=10_000)

@@ -47,6 +47,7 @@ class RushExecutor(concurrent.futures.Executor):
                          "resources": options.get("resources")}
         self._lock = threading.Lock()
         self._outstanding: set[RushFuture] = set()
+        self._submitted: set[concurrent.futures.Future] = set()  # of submit(), not resolved yet
         self._shutdown = False
 
     def _calls(self, fn: Callable, calls: list[tuple[tuple, dict]]) -> list[RushFuture]:
@@ -88,6 +89,9 @@ class RushExecutor(concurrent.futures.Executor):
             else:
                 future.set_result(value)
 
+        with self._lock:
+            self._submitted.add(future)
+        future.add_done_callback(self._submitted.discard)
         rush_future.add_done_callback(transfer)
         return future
 
@@ -163,3 +167,7 @@ class RushExecutor(concurrent.futures.Executor):
                 future.cancel()
         if wait and outstanding:
             self._rush._completions.wait([f.task_key for f in outstanding if not f.cancelled()], None)
+        if wait:  # the results of submit() are handed over by the listener thread
+            with self._lock:
+                submitted = list(self._submitted)
+            concurrent.futures.wait(submitted)

@@ -13,8 +13,8 @@ arrives, local workers are started (``plan(n_workers=...)`` or one per core).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import uuid
 import weakref
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
@@ -129,11 +129,19 @@ class DaskScheduler:
                 if len(data) < len(outputs):
                     self._ensure_workers()
                     run.submit()
+                    by_task_key = {task_key: key for key, task_key in run.task_keys.items()}
+
+                    def dask_key(task_key: str) -> Hashable:
+                        key = by_task_key.get(task_key, task_key)
+                        return run.dask_keys(key)[-1] if key in run.graph else key
+
                     try:
                         results = run.wait(on_done=on_done, timeout=timeout)
-                    finally:
-                        taskwarnings.reemit(self, run.graph_id, lambda k: run.dask_keys(
-                            run_keys.get(k, k))[-1])
+                    except BaseException:
+                        with contextlib.suppress(Exception):  # the compute's own error comes first
+                            taskwarnings.reemit(self, run.graph_id, dask_key)
+                        raise
+                    taskwarnings.reemit(self, run.graph_id, dask_key)
                 else:  # nothing to run: every output is data the graph holds
                     results = {}
                 results.update(data)
