@@ -18,6 +18,7 @@ the longer it stays so (1 s, then up to 10 s).
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -46,6 +47,8 @@ class Completions:
         self._callbacks: dict[str, list[Callable[[], None]]] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._to_release: collections.deque[str] = collections.deque()  # by the listener, in batches
+        self._wake_sent = False
 
     # ------------------------------------------------------------------ client side
     def watch(self, task_keys: list[str]) -> None:
@@ -63,6 +66,31 @@ class Completions:
             self.pending.discard(task_key)
             self.failed.pop(task_key, None)
             self._callbacks.pop(task_key, None)
+
+    def release(self, task_key: str) -> None:
+        """Drop the client's reference on a node (its future was released or collected).
+
+        Called by finalizers, so it must not block or take locks: the key is queued and
+        the listener releases the queue in one script call, woken by one marker on its
+        list per burst (10,000 futures collected at once cost two round trips, not 10,000).
+        """
+        self.forget(task_key)
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._rush.scripts.release(args=[self._rush.keys.prefix, task_key])
+            return
+        self._to_release.append(task_key)
+        if not self._wake_sent:
+            self._wake_sent = True
+            self._rush.client.rpush(self.list_key, "")
+
+    def _release_queued(self) -> None:
+        self._wake_sent = False
+        keys = []
+        while self._to_release:
+            keys.append(self._to_release.popleft())
+        for start in range(0, len(keys), 10_000):
+            self._rush.scripts.release(args=[self._rush.keys.prefix, *keys[start:start + 10_000]])
 
     def is_done(self, task_key: str) -> bool:
         return task_key in self.failed
@@ -92,12 +120,13 @@ class Completions:
                     raise RuntimeError("the futures client was closed while futures were awaited")
 
     def close(self) -> None:
-        """Stop the listener and delete the client's list."""
+        """Stop the listener, release what is queued and delete the client's list."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=_BLOCK + 1)
         try:
+            self._release_queued()
             self._rush.client.delete(self.list_key)
         except Exception:  # Redis gone: nothing to delete
             pass
@@ -141,8 +170,13 @@ class Completions:
                 logger.debug("futures listener: %s", exc)
                 time.sleep(_BLOCK)
                 continue
+            if self._to_release or self._wake_sent:
+                try:
+                    self._release_queued()
+                except Exception as exc:  # Redis gone: the nodes stay until the network is reset
+                    logger.debug("futures listener: release failed: %s", exc)
             if reply:
-                items = [item.decode() for item in reply[1]]
+                items = [item.decode() for item in reply[1] if item]
                 self._mark([(i[1:], True) if i.startswith("!") else (i, False) for i in items])
                 idle_since, resync_after = time.monotonic(), 1.0
             elif self.pending and time.monotonic() - idle_since > resync_after:

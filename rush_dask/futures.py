@@ -33,10 +33,9 @@ FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALL_COMPLETED = "ALL_COMPLETED"
 
 
-def _release(scripts: Any, completions: Any, prefix: str, task_key: str) -> None:
+def _release(completions: Any, task_key: str) -> None:
     try:
-        completions.forget(task_key)
-        scripts.release(args=[prefix, task_key])
+        completions.release(task_key)
     except Exception:  # Redis gone at exit: nothing left to release
         pass
 
@@ -62,8 +61,7 @@ class RushFuture(TaskRef):
         self.task_key = task_key
         self._rush = rush
         self._cancelled = False
-        self._finalizer = weakref.finalize(self, _release, rush.scripts, rush._completions,
-                                           rush.keys.prefix, task_key)
+        self._finalizer = weakref.finalize(self, _release, rush._completions, task_key)
         rush._futures_by_key[key] = self
 
     @property
@@ -163,8 +161,11 @@ class RushFuture(TaskRef):
         self._rush._completions.on_done(self.task_key, lambda: fn(ref))
 
     def release(self) -> None:
-        """Let Redis delete the result as soon as no other node needs it."""
-        self._finalizer()
+        """Let Redis delete the result as soon as no other node needs it (at once: the
+        release of a garbage-collected future is batched and follows within a moment)."""
+        if self._finalizer.detach():
+            self._rush._completions.forget(self.task_key)
+            self._rush.scripts.release(args=[self._rush.keys.prefix, self.task_key])
 
     def __repr__(self) -> str:
         return f"<RushFuture {self.key!r} {self.status}>"

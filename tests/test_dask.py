@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 import rush_dask
+from conftest import wait_until
 from rush_dask import KilledWorker, Rush
 
 TIMEOUT = 120
@@ -256,8 +257,8 @@ def test_future_released_on_garbage_collection_and_release(rush2):
     other.result()
     key = rush2.keys.task(other.task_key)
     del other
-    gc.collect()
-    assert not rush2.client.exists(key)
+    gc.collect()  # the release of collected futures is batched by the client's listener thread
+    wait_until(lambda: not rush2.client.exists(key), TIMEOUT, "the collected future released")
     assert graph_keys(rush2) == []
 
 
