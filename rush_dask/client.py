@@ -123,16 +123,20 @@ class FuturesClient:
         unique = list({f.task_key: f for f in futures}.values())
         graphs = list(dict.fromkeys(f.task_key.rsplit(".", 1)[0] for f in unique))
         pipe = self.client.pipeline(transaction=False)
-        for future in unique:
-            pipe.hmget(self.keys.task(future.task_key), "state", "ys")
+        for start in range(0, len(unique), 10_000):  # one command per 10,000 (not one per future)
+            self.scripts.fetch_tasks(args=[self.keys.prefix, 2, "state", "ys",
+                                           *(f.task_key for f in unique[start:start + 10_000])],
+                                     client=pipe)
         for graph_id in graphs:  # in the same round trip: did these nodes warn?
             pipe.exists(taskwarnings.warnings_key(self.keys.prefix, graph_id))
         replies = pipe.execute()
-        warned = [g for g, n in zip(graphs, replies[len(unique):]) if n]
+        n_reads = -(-len(unique) // 10_000)
+        warned = [g for g, n in zip(graphs, replies[n_reads:]) if n]
         if warned:
             self._reemit_warnings(warned)
+        rows = [row for chunk in replies[:n_reads] for row in chunk]
         results: dict[str, Any] = {}
-        for future, (state, blob) in zip(unique, replies[:len(unique)]):
+        for future, (state, blob) in zip(unique, rows):
             try:
                 if future._cancelled:
                     raise concurrent.futures.CancelledError(f"future {future.key!r} was cancelled")
