@@ -16,14 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from typing import Any, Hashable, Sequence
 
 from . import taskwarnings
-from .graph import GraphRun, flat_keys, pack_results, raise_node_error
-from .serialize import loads
+from .graph import GraphRun, flat_keys, pack_results
 from .shuffle import check_disk_shuffle, task_shuffle
 from .taskconfig import config_snapshot
-from .waiting import Patience
 
 logger = logging.getLogger("rush_dask")
 
@@ -46,7 +44,8 @@ def _local_value(node: Any) -> tuple[bool, Any]:
 
 
 class DaskScheduler:
-    """Mixin that makes a Rush controller a Dask scheduler and a futures client."""
+    """Mixin that makes a Rush controller a Dask scheduler (the futures API is in
+    :mod:`rush_dask.client`)."""
 
     def _init_scheduler(self) -> None:
         from .completions import Completions
