@@ -62,7 +62,12 @@ def config_snapshot() -> dict[str, Any]:
 
 class WithConfig:
     """A graph node that runs under the client's configuration: ``node(values)`` inside
-    ``dask.config.set(config)``. What the worker unpickles instead of the bare node."""
+    ``dask.config.set(config)``. What the worker unpickles instead of the bare node.
+
+    The node is pickled inside, and unpickled under the configuration too: some objects
+    read ``dask.config`` when they are rebuilt (the disk shuffle's partd maker reads
+    ``dataframe.shuffle.compression`` in its constructor).
+    """
 
     __slots__ = ("node", "config")
 
@@ -81,7 +86,19 @@ class WithConfig:
             return self.node(values)
 
     def __reduce__(self) -> tuple:
-        return (WithConfig, (self.node, self.config))
+        from .serialize import dumps
+
+        # Unsigned inside: the payload around it is signed as a whole.
+        return (_rebuild, (self.config, dumps(self.node)))
+
+
+def _rebuild(config: dict[str, Any], node_blob: bytes) -> WithConfig:
+    import dask.config
+
+    from .serialize import loads
+
+    with dask.config.set(config):
+        return WithConfig(loads(node_blob), config)
 
 
 def with_config(node: Any, config: Mapping[str, Any] | None) -> Any:
