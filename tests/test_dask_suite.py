@@ -7,6 +7,7 @@ of expected differences below, each with its reason. Marked slow (minutes):
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -20,18 +21,22 @@ pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
 DASK = Path(dask.__file__).resolve().parent
 
-# The cut: what fits the CI budget (about 8 minutes on 2 cores), see docs/distributed-compat.md.
+# The cut that CI runs: what fits its budget (about 8 minutes on 2 cores). RUSH_DASK_SUITE=full
+# adds the rest of what we checked: 22 minutes on 2 cores shared with other jobs (load 3 to 12),
+# 1,679 passed and the same expected differences.
 CUT = [
     "tests/test_delayed.py",
     "tests/test_base.py",
     "bag/tests/test_bag.py",
     "array/tests/test_array_core.py",
-    "array/tests/test_linalg.py",
     "dataframe/tests/test_shuffle.py",
+]
+FULL = CUT + [
+    "array/tests/test_linalg.py",
     "dataframe/tests/test_multi.py",
 ]
-# Left out for time: array/tests/test_reductions.py (about 5 minutes on rush_dask, all
-# 625 natively passing tests pass) and dataframe/tests/test_groupby.py (over 15 minutes
+# Left out even then, for time: array/tests/test_reductions.py (about 5 minutes on rush_dask;
+# its 625 natively passing tests pass) and dataframe/tests/test_groupby.py (over 15 minutes
 # natively on 2 busy cores).
 
 _PROCESS = "the task runs in a worker process"
@@ -74,8 +79,21 @@ def run_suite(tests: list[str], junit: Path, timeout: float) -> subprocess.Compl
                "-c", str(HERE / "dask_suite" / "pytest.ini"), "--rootdir", str(DASK),
                "-p", "rush_everywhere", f"--junitxml={junit}",
                *[str(DASK / t) for t in tests]]
-    return subprocess.run(command, cwd=HERE / "dask_suite", env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.Popen(command, cwd=HERE / "dask_suite", env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # Ctrl-C: pytest stops and the plugin stops its workers and Redis server (a kill would
+        # leave them behind: they run in sessions of their own).
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        raise AssertionError(f"the Dask suite did not finish in {timeout} s:\n{out[-3000:]}") from None
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def outcomes(junit: Path) -> dict[str, str]:
@@ -92,21 +110,24 @@ def outcomes(junit: Path) -> dict[str, str]:
     return result
 
 
+@pytest.mark.timeout(1800)
 def test_dask_suite_on_rush(tmp_path):
     junit = tmp_path / "junit.xml"
-    proc = run_suite(CUT, junit, timeout=1500)
+    tests = FULL if os.environ.get("RUSH_DASK_SUITE") == "full" else CUT
+    proc = run_suite(tests, junit, timeout=1500)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]  # not a crash
     assert "computes ran on rush_dask" in proc.stdout
     computes = int(proc.stdout.split("rush_everywhere: ")[1].split()[0])
-    assert computes > 1000, "the redirection did not happen"
+    assert computes > 500, "the redirection did not happen"
     results = outcomes(junit)
     bad = {t for t, s in results.items() if s in ("failed", "error")}
     unexpected = sorted(bad - set(EXPECTED))
     assert not unexpected, f"{len(unexpected)} unexpected failures: {unexpected}\n{proc.stdout[-4000:]}"
     passed = sum(1 for s in results.values() if s == "passed")
-    assert passed > 1000
+    assert passed > 800
     fixed = sorted(t for t in EXPECTED if results.get(t) == "passed")
     print(f"{passed} passed, {len(bad)} expected differences; now passing (remove from EXPECTED): {fixed}")
+    print(proc.stdout[-400:])
 
 
 def test_memmap_failure_does_not_crash(tmp_path):
