@@ -226,8 +226,7 @@ def wait(futures: Any, timeout: float | None = None, return_when: str = ALL_COMP
         step = None if deadline is None else deadline
         if len(by_rush) > 1:
             step = min(step, time.monotonic() + 0.05) if step is not None else time.monotonic() + 0.05
-        group[0]._rush._completions.wait(keys, step, count=len([f for f in group if f in done]) + 1
-                                         if return_when != ALL_COMPLETED else None)
+        group[0]._rush._completions.wait(keys, step, count=None if return_when == ALL_COMPLETED else 1)
 
 
 class as_completed:
