@@ -32,6 +32,9 @@ _EXPORTS = {
     "PayloadTooLargeError": "rush_dask.errors",
     "RushFuture": "rush_dask.futures",
     "as_completed": "rush_dask.futures",
+    "wait": "rush_dask.futures",
+    "fire_and_forget": "rush_dask.futures",
+    "RushExecutor": "rush_dask.executor",
     "default_rush": "rush_dask.default",
 }
 

@@ -4,27 +4,48 @@ A :class:`RushFuture` is a ``dask._task_spec.TaskRef``, so Dask treats it as
 a reference to a computed key: pass it to ``dask.delayed`` calls or to
 another ``rush.submit`` and the node that uses it reads the result straight
 from Redis. The result is released (deleted from Redis once nothing else
-needs it) when the future is garbage collected or ``release()``d.
+needs it) when the future is garbage collected or ``release()``d; releasing
+never stops the node from running.
+
+The calls of ``distributed`` scripts work the same way: ``result(timeout)``,
+``exception()``, ``traceback()``, ``cancel()``, ``add_done_callback()``,
+:func:`wait`, :func:`as_completed` and :func:`fire_and_forget`. A client learns
+that a future finished from a list the finishing worker pushes to (see
+:mod:`rush_dask.completions`), not by polling.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import queue
+import time
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from dask._task_spec import TaskRef
-
-from .waiting import Patience
 
 if TYPE_CHECKING:
     from .rush import Rush
 
+FIRST_COMPLETED = "FIRST_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
+ALL_COMPLETED = "ALL_COMPLETED"
 
-def _release(scripts: Any, prefix: str, task_key: str) -> None:
+
+def _release(completions: Any, task_key: str) -> None:
     try:
-        scripts.release(args=[prefix, task_key])
+        completions.release(task_key)
     except Exception:  # Redis gone at exit: nothing left to release
         pass
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+    return time.monotonic() + timeout
 
 
 class RushFuture(TaskRef):
@@ -39,59 +60,275 @@ class RushFuture(TaskRef):
         super().__init__(key)
         self.task_key = task_key
         self._rush = rush
-        self._finalizer = weakref.finalize(self, _release, rush.scripts, rush.keys.prefix, task_key)
+        self._cancelled = False
+        self._finalizer = weakref.finalize(self, _release, rush._completions, task_key)
         rush._futures_by_key[key] = self
 
     @property
     def status(self) -> str:
-        """``waiting``, ``queued``, ``running``, ``finished``, ``failed`` or ``released``."""
+        """``waiting``, ``queued``, ``running``, ``finished``, ``failed``, ``cancelled`` or ``released``."""
+        if self._cancelled:
+            return "cancelled"
         if not self._finalizer.alive:
             return "released"
         state = self._rush.client.hget(self._rush.keys.task(self.task_key), "state")
         return state.decode() if state else "released"
 
     def done(self) -> bool:
-        """Whether the node finished or failed."""
+        """Whether the node finished, failed or was cancelled.
+
+        >>> rush.submit(abs, -1).done()          # doctest: +SKIP
+        False
+        """
+        if self._cancelled or self._rush._completions.is_done(self.task_key):
+            return True
         return self.status in ("finished", "failed", "released")
 
+    def _wait(self, timeout: float | None) -> None:
+        deadline = _deadline(timeout)
+        if self._cancelled:
+            raise concurrent.futures.CancelledError(f"future {self.key!r} was cancelled")
+        if not self._rush._completions.wait([self.task_key], deadline):
+            raise TimeoutError(f"future {self.key!r} not done after {timeout} s")
+        if self._cancelled:
+            raise concurrent.futures.CancelledError(f"future {self.key!r} was cancelled")
+
     def result(self, timeout: float | None = None) -> Any:
-        """Wait for the result and return it; re-raises the node's exception if it failed."""
-        return self._rush.gather([self], timeout=timeout)[0]
+        """Wait for the result and return it; re-raises the node's exception if it failed.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds (the node keeps running)
+        and ``concurrent.futures.CancelledError`` if it was cancelled.
+
+        >>> rush.submit(pow, 2, 10).result(timeout=60)     # doctest: +SKIP
+        1024
+        """
+        self._wait(timeout)
+        return self._rush._read_futures([self])[self.task_key]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait, then return the exception the node failed with (``None`` if it finished).
+
+        >>> rush.submit(int, "x").exception()    # doctest: +SKIP
+        ValueError("invalid literal for int() with base 10: 'x'")
+        """
+        self._wait(timeout)
+        try:
+            self._rush._read_futures([self])
+        except concurrent.futures.CancelledError:
+            raise
+        except BaseException as exc:  # the node's own exception, re-created here
+            return exc
+        return None
+
+    def traceback(self, timeout: float | None = None) -> str | None:
+        """Wait, then return the remote traceback (text) of a failed node, ``None`` otherwise.
+
+        >>> print(rush.submit(int, "x").traceback())     # doctest: +SKIP
+        Traceback (most recent call last): ...
+        """
+        exc = self.exception(timeout)
+        return getattr(exc, "remote_traceback", None) if exc is not None else None
+
+    def cancel(self) -> bool:
+        """Stop the node if it is not done (queued, waiting or running) and fail what depends on it.
+
+        Returns whether the future is cancelled now. A running node's worker
+        finishes its call, but its result is dropped.
+
+        >>> future = rush.submit(time.sleep, 60)      # doctest: +SKIP
+        >>> future.cancel()                           # doctest: +SKIP
+        True
+        """
+        if self._cancelled:
+            return True
+        rush = self._rush
+        if rush.scripts.cancel_futures(args=[rush.keys.prefix, f"cancelled by the client ({self.key!r})",
+                                             self.task_key]):
+            self._cancelled = True
+            rush._completions._mark([(self.task_key, True)])
+        return self._cancelled
+
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` stopped this future."""
+        return self._cancelled
+
+    def add_done_callback(self, fn: Callable[["RushFuture"], Any]) -> None:
+        """Call ``fn(future)`` once the future is done (at once if it is), in a background thread.
+
+        >>> rush.submit(pow, 2, 10).add_done_callback(lambda f: print(f.result()))   # doctest: +SKIP
+        """
+        ref = self  # the callback keeps the future (and its result) alive until it ran
+        self._rush._completions.on_done(self.task_key, lambda: fn(ref))
 
     def release(self) -> None:
-        """Let Redis delete the result as soon as no other node needs it."""
-        self._finalizer()
+        """Let Redis delete the result as soon as no other node needs it (at once: the
+        release of a garbage-collected future is batched and follows within a moment)."""
+        if self._finalizer.detach():
+            self._rush._completions.forget(self.task_key)
+            self._rush.scripts.release(args=[self._rush.keys.prefix, self.task_key])
 
     def __repr__(self) -> str:
         return f"<RushFuture {self.key!r} {self.status}>"
 
 
-def as_completed(futures: Iterable[RushFuture], timeout: float | None = None) -> Iterator[RushFuture]:
-    """Yield futures as they finish (or fail), in completion order.
+class DoneAndNotDoneFutures(NamedTuple):
+    done: set
+    not_done: set
 
-    >>> for future in as_completed(rush.map(inc, range(10))):   # doctest: +SKIP
-    ...     print(future.result())
+
+def _flat(futures: Any) -> list[RushFuture]:
+    if isinstance(futures, RushFuture):
+        return [futures]
+    if isinstance(futures, dict):
+        futures = list(futures.values())
+    out: list[RushFuture] = []
+    for item in futures:
+        if isinstance(item, RushFuture):
+            out.append(item)
+        elif isinstance(item, (list, tuple, set, dict)):
+            out += _flat(item)
+        else:
+            raise TypeError(f"expected rush futures, got {type(item).__name__}: {item!r:.80}")
+    return out
+
+
+def wait(futures: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED) -> DoneAndNotDoneFutures:
+    """Wait until all (or the first, or the first failed) of the futures are done.
+
+    Returns ``(done, not_done)`` sets; raises ``TimeoutError`` after ``timeout``
+    seconds, as distributed's ``wait`` does.
+
+    >>> done, not_done = wait(rush.map(inc, range(10)), return_when="FIRST_COMPLETED")   # doctest: +SKIP
     """
-    pending = list(futures)
-    patience = Patience(timeout)
-    while pending:
-        by_rush: dict[int, list[RushFuture]] = {}
-        for future in pending:
-            by_rush.setdefault(id(future._rush), []).append(future)
-        ready = []
+    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+        raise ValueError(f"return_when must be {ALL_COMPLETED!r}, {FIRST_COMPLETED!r} or "
+                         f"{FIRST_EXCEPTION!r}, got {return_when!r}")
+    flat = list(dict.fromkeys(_flat(futures)))
+    deadline = _deadline(timeout)
+    by_rush: dict[int, list[RushFuture]] = collections.defaultdict(list)
+    for future in flat:
+        by_rush[id(future._rush)].append(future)
+
+    def done_now() -> set:
+        return {f for f in flat if f._cancelled or f._rush._completions.is_done(f.task_key)}
+
+    while True:
+        done = done_now()
+        if (len(done) == len(flat) or return_when == FIRST_COMPLETED and done
+                or return_when == FIRST_EXCEPTION and any(f._cancelled or f._rush._completions.failed.get(
+                    f.task_key) for f in done)):
+            return DoneAndNotDoneFutures(done, set(flat) - done)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"{len(flat) - len(done)} of {len(flat)} futures not done after {timeout} s")
+        # Block on one client's futures; the others are checked after each wake-up.
+        group = next(g for g in by_rush.values() if any(f not in done for f in g))
+        keys = [f.task_key for f in group if f not in done]
+        step = None if deadline is None else deadline
+        if len(by_rush) > 1:
+            step = min(step, time.monotonic() + 0.05) if step is not None else time.monotonic() + 0.05
+        group[0]._rush._completions.wait(keys, step, count=None if return_when == ALL_COMPLETED else 1)
+
+
+class as_completed:
+    """Iterate over futures as they finish (or fail), in completion order.
+
+    ``with_results=True`` yields ``(future, result)`` pairs (results read in
+    batches); a failed future then raises its exception, unless
+    ``raise_errors=False`` (the pair holds the exception). :meth:`add` adds
+    futures while iterating. ``timeout`` bounds the wait for the next one.
+
+    >>> for future, result in as_completed(rush.map(inc, range(10)), with_results=True):   # doctest: +SKIP
+    ...     print(result)
+    """
+
+    def __init__(self, futures: Iterable[RushFuture] = (), timeout: float | None = None,
+                 with_results: bool = False, raise_errors: bool = True):
+        self.timeout = timeout
+        self.with_results = with_results
+        self.raise_errors = raise_errors
+        self._ready: queue.SimpleQueue = queue.SimpleQueue()
+        self._left = 0
+        self._pending_batch: collections.deque = collections.deque()
+        self.update(futures)
+
+    def add(self, future: RushFuture) -> None:
+        """Add one future to the iteration.
+
+        >>> ac = as_completed([a]); ac.add(b)    # doctest: +SKIP
+        """
+        if not isinstance(future, RushFuture):
+            raise TypeError(f"expected a rush future, got {type(future).__name__}: {future!r:.80}")
+        self._left += 1
+        future._rush._completions.on_done(future.task_key, lambda: self._ready.put(future))
+
+    def update(self, futures: Iterable[RushFuture]) -> None:
+        """Add several futures."""
+        for future in _flat(list(futures)):
+            self.add(future)
+
+    def count(self) -> int:
+        """How many futures are still to be yielded."""
+        return self._left
+
+    def is_empty(self) -> bool:
+        return self._left == 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def _take(self) -> list[RushFuture]:
+        try:
+            batch = [self._ready.get(timeout=self.timeout)]
+        except queue.Empty:
+            raise TimeoutError(f"{self._left} futures not done after {self.timeout} s") from None
+        while True:
+            try:
+                batch.append(self._ready.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Yield lists of whatever finished since the last list (fewer round trips).
+
+        >>> for batch in as_completed(futures, with_results=True).batches():   # doctest: +SKIP
+        ...     print(len(batch))
+        """
+        while self._left:
+            batch = self._take()
+            self._left -= len(batch)
+            if not self.with_results:
+                yield batch
+                continue
+            yield self._with_results(batch)
+
+    def _with_results(self, batch: list[RushFuture]) -> list[tuple[RushFuture, Any]]:
+        by_rush: dict[int, list[RushFuture]] = collections.defaultdict(list)
+        for future in batch:
+            by_rush[id(future._rush)].append(future)
+        values: dict[int, Any] = {}
         for group in by_rush.values():
-            rush = group[0]._rush
-            pipe = rush.client.pipeline(transaction=False)
-            for future in group:
-                pipe.hget(rush.keys.task(future.task_key), "state")
-            for future, state in zip(group, pipe.execute()):
-                if state in (b"finished", b"failed", None):
-                    ready.append(future)
-        for future in ready:
-            pending.remove(future)
-            yield future
-        if ready:
-            patience.progressed()
-            continue
-        patience.check(lambda: f"{len(pending)} futures not done")
-        patience.sleep()
+            read = group[0]._rush._read_futures(group, raise_errors=self.raise_errors)
+            values.update({id(f): read[f.task_key] for f in group})
+        return [(f, values[id(f)]) for f in batch]
+
+    def __next__(self) -> Any:
+        if not self._pending_batch:
+            if not self._left:
+                raise StopIteration
+            batch = self._take()
+            self._left -= len(batch)
+            self._pending_batch = collections.deque(
+                self._with_results(batch) if self.with_results else batch)
+        return self._pending_batch.popleft()
+
+
+def fire_and_forget(futures: Any) -> None:
+    """Let futures run to the end even when nothing holds them any more.
+
+    A rush node is never stopped because its future was released (only
+    :meth:`RushFuture.cancel` stops it), so this only checks its argument;
+    it exists so that distributed scripts run unchanged.
+
+    >>> fire_and_forget(rush.submit(send_report))    # doctest: +SKIP
+    """
+    _flat(futures)

@@ -58,6 +58,7 @@ from .errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, T
 from .fusion import MAX_GROUP, TASKS_PER_WORKER, bundle_limit, bundle_outputs, fuse_subtrees, group_limit
 from .dataplane import OFFLOAD_MIN, RESULT_FIELDS
 from .serialize import dumps, loads
+from .taskconfig import with_config
 from .waiting import Patience
 
 if TYPE_CHECKING:
@@ -118,7 +119,8 @@ class GraphRun:
     def __init__(self, rush: "Rush", dsk: Any, outputs: list, *, notify: bool,
                  priority: int = 0, retries: int = 0, resources: Mapping[str, float] | None = None,
                  max_lost: int = C.DEFAULT_MAX_LOST, fuse: bool | int = True,
-                 lease: float = C.DEFAULT_GRAPH_LEASE):
+                 lease: float = C.DEFAULT_GRAPH_LEASE, config: Mapping[str, Any] | None = None,
+                 done_list: str | None = None):
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
             raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
         self.rush = rush
@@ -127,6 +129,7 @@ class GraphRun:
         self.lease = float(lease) if notify else 0.0
         self.dask_graph, futures, self.annotations = to_task_graph(dsk)
         self.notify = notify
+        self.done_list = done_list  # futures: the client's list fdone:<id> (see completions)
         self.graph_id = uuid.uuid4().hex[:12]
         self.outputs = list(dict.fromkeys(outputs))
         # A compute's finalize nodes (the concatenation of an array's chunks into the one
@@ -137,6 +140,7 @@ class GraphRun:
         self._find_external_inputs()
         self.defaults = {"priority": priority, "retries": retries, "resources": resources}
         self.max_lost = max_lost
+        self.config = config  # the client's dask.config, applied around each node (taskconfig)
         # The Redis tasks: the Dask graph with small subtrees fused and, when the client
         # reads the outputs itself, independent outputs bundled (see rush_dask.fusion).
         self.graph, self.groups, self.bundles = self._fuse(fuse, bundle=notify)
@@ -246,7 +250,8 @@ class GraphRun:
         priority_of, resources_of, retries_of = (self._per_node(name) for name in
                                                  ("priority", "resources", "retries"))
         base = self.rush.client.incrby(self.rush.keys.seq, max(len(graph), 1)) - len(graph)
-        header = [self.rush.keys.prefix, self.graph_id, len(graph), "1" if self.notify else "0",
+        header = [self.rush.keys.prefix, self.graph_id, len(graph),
+                  "1" if self.notify else (self.done_list or "0"),
                   repr(self.lease)]
         args = list(header)
         pending = 0
@@ -260,7 +265,7 @@ class GraphRun:
                 self.born_finished.add(task_keys[key])
                 payload = b""
             else:
-                payload = dumps((node, deps), self.rush.secret)
+                payload = dumps((with_config(node, self.config), deps), self.rush.secret)
             if len(payload) > self.rush.max_payload_bytes:
                 self.cancel()  # the batches already sent
                 raise PayloadTooLargeError(
@@ -429,9 +434,10 @@ class GraphRun:
 
 
 def pack_results(keys: Any, results: Mapping[Hashable, Any]) -> Any:
-    """Arrange results like ``keys`` (a key, or nested lists of keys)."""
+    """Arrange results like ``keys`` (a key, or nested lists of keys), lists as tuples
+    (as Dask's own get functions do)."""
     if isinstance(keys, list):
-        return [pack_results(k, results) for k in keys]
+        return tuple(pack_results(k, results) for k in keys)
     return results[keys]
 
 

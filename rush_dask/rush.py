@@ -24,6 +24,7 @@ from .control import stop_workers
 from .errors import PayloadTooLargeError, RedisUnavailableError, WorkerStartError
 from .network import NetworkView, known_secrets
 from .processes import WorkerProcess, spawn_worker, stop_processes
+from .client import FuturesClient
 from .scheduler import DaskScheduler
 from .scripts import Scripts
 from .serialize import content_id, dumps, dumps_function, resolve_secret
@@ -54,7 +55,7 @@ atexit.register(_stop_all_at_exit)
 before_embedded_stop.append(_stop_all_at_exit)  # the atexit order would stop Redis first
 
 
-class Rush(DaskScheduler, NetworkView):
+class Rush(FuturesClient, DaskScheduler, NetworkView):
     """The controller of a network: start workers, push tasks, wait, read results.
 
     >>> from rush_dask import Rush
@@ -584,6 +585,7 @@ class Rush(DaskScheduler, NetworkView):
         for server in self._dashboards:
             server.stop()
         self._dashboards.clear()
+        self._completions.close()
         procs = [p for p in self._processes.values() if p.alive]
         if procs:
             try:  # the order through Redis also wakes idle workers at once

@@ -13,45 +13,52 @@ arrives, local workers are started (``plan(n_workers=...)`` or one per core).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import uuid
 import weakref
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
-from .dataplane import RESULT_FIELDS, DataPlane
+from . import taskwarnings
+from .dataplane import DataPlane
 from .errors import ResultLostError
-from .graph import GraphRun, flat_keys, pack_results, raise_node_error
-from .waiting import Patience
+from .graph import GraphRun, flat_keys, pack_results
+from .shuffle import check_disk_shuffle, task_shuffle
+from .taskconfig import config_snapshot
 
 logger = logging.getLogger("rush_dask")
 
 # A compute whose held results were lost with their worker runs again, at most this often.
 MAX_LINEAGE_RUNS = 3
 
-# compute(...) keywords that Dask forwards and the scheduler has no use for.
-_IGNORED = {"num_workers", "pool", "chunksize", "optimize_graph", "traverse", "rerun_exceptions_locally"}
+# compute(...) keywords of Dask's local schedulers: accepted, of no use here.
+_LOCAL_ONLY = {"num_workers", "pool", "chunksize", "optimize_graph", "traverse", "rerun_exceptions_locally"}
 
 
-def use_task_shuffle() -> None:
-    """Make DataFrame shuffles task-based unless the user chose a method.
+def _local_value(node: Any) -> tuple[bool, Any]:
+    """(True, value) for a node that is data (nothing to run): its value is returned as
+    the very object the graph holds, as a local scheduler would, not a copy from a worker."""
+    from dask._task_spec import DataNode, Task
+    from dask.core import literal
 
-    Without a distributed Client, Dask shuffles on the local disk, which is
-    wrong when workers run on several machines.
-    """
-    import dask
-
-    if dask.config.get("dataframe.shuffle.method", None) is None:
-        dask.config.set({"dataframe.shuffle.method": "tasks"})
+    if isinstance(node, DataNode):
+        return True, node.value
+    if (type(node) is Task and isinstance(node.func, literal) and not node.args and not node.kwargs
+            and not node.dependencies):
+        return True, node.func()
+    return False, None
 
 
 class DaskScheduler:
-    """Mixin that makes a Rush controller a Dask scheduler and a futures client."""
+    """Mixin that makes a Rush controller a Dask scheduler (the futures API is in
+    :mod:`rush_dask.client`)."""
 
     def _init_scheduler(self) -> None:
+        from .completions import Completions
+
         self._futures_by_key: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         # Reads graph results where they are: in Redis, or on the host that made them.
         self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url)
-        use_task_shuffle()
+        self._completions = Completions(self)
 
     def _ensure_workers(self) -> None:
         if self.n_running_workers == 0 and not any(p.alive for p in self._processes.values()):
@@ -62,10 +69,20 @@ class DaskScheduler:
     def _graph_options(self, kwargs: dict) -> dict:
         options = {k: kwargs.pop(k) for k in ("priority", "retries", "resources", "max_lost", "fuse", "lease")
                    if k in kwargs}
-        unknown = set(kwargs) - _IGNORED - {"callbacks"}
-        if unknown:
-            raise TypeError(f"unknown keyword(s) for the rush scheduler: {sorted(unknown)}")
+        unknown = set(kwargs) - _LOCAL_ONLY - {"callbacks"}
+        if unknown:  # Dask forwards every compute() keyword to the scheduler, as for local ones
+            logger.debug("rush scheduler: ignoring compute keyword(s) %s", sorted(unknown))
         return options
+
+    def _submit_graph(self, dsk: Any, outputs: list, **options: Any) -> dict[Hashable, Any]:
+        """Submit a graph whose outputs become futures of this client; returns them by key."""
+        run = GraphRun(self, dsk, outputs, notify=False, config=config_snapshot(),
+                       done_list=self._completions.client_id, **options)
+        self._ensure_workers()
+        futures = run.futures()  # before submit: a node may finish before the listener follows it
+        self._completions.watch([f.task_key for f in futures.values()])
+        run.submit()
+        return futures
 
     def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         return self.get(dsk, keys, **kwargs)
@@ -88,7 +105,13 @@ class DaskScheduler:
         callbacks = kwargs.pop("callbacks", None)
         options = self._graph_options(kwargs)
         outputs = flat_keys(keys)
-        run = GraphRun(self, dsk, outputs, notify=True, **options)
+        run = GraphRun(self, dsk, outputs, notify=True, config=config_snapshot(), **options)
+        check_disk_shuffle(self, run.dask_graph)
+        data = {}
+        for key in outputs:
+            is_data, value = _local_value(run.dask_graph.get(key))
+            if is_data:
+                data[key] = value
         with local_callbacks(callbacks) as active:
             start, start_state, pretask, posttask, finish = unpack_callbacks(active)
             graph = run.dask_graph
@@ -107,10 +130,14 @@ class DaskScheduler:
                 for f in posttask:
                     f(key, None, graph, state, None)
 
-            self._ensure_workers()
             errored = True
             try:
-                results = self._run_with_lineage(run, dsk, outputs, options, on_done, timeout)
+                if len(data) < len(outputs):
+                    self._ensure_workers()
+                    results = self._run_with_lineage(run, dsk, outputs, options, on_done, timeout)
+                else:  # nothing to run: every output is data the graph holds
+                    results = {}
+                results.update(data)
                 errored = False
             finally:
                 for f in finish:
@@ -124,110 +151,47 @@ class DaskScheduler:
         for attempt in range(1, MAX_LINEAGE_RUNS + 1):
             run.submit()
             try:
-                return run.wait(on_done=on_done, timeout=timeout)
+                return self._follow(run, on_done, timeout)
             except ResultLostError as exc:
                 if attempt == MAX_LINEAGE_RUNS:
                     raise
                 logger.warning("compute again (run %d of at most %d): %s", attempt + 1, MAX_LINEAGE_RUNS, exc)
-                run = GraphRun(self, dsk, outputs, notify=True, **options)
+                run = GraphRun(self, dsk, outputs, notify=True, config=run.config, **options)
         raise AssertionError("unreachable")
+
+    def _follow(self, run: GraphRun, on_done: Callable[[Hashable], None], timeout: float | None) -> dict:
+        """Wait for ``run``; the warnings its tasks raised are shown here, even when it fails."""
+        by_task_key = {task_key: key for key, task_key in run.task_keys.items()}
+
+        def dask_key(task_key: str) -> Hashable:
+            key = by_task_key.get(task_key, task_key)
+            return run.dask_keys(key)[-1] if key in run.graph else key
+
+        try:
+            results = run.wait(on_done=on_done, timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the compute's own error comes first
+                taskwarnings.reemit(self, run.graph_id, dask_key)
+            raise
+        taskwarnings.reemit(self, run.graph_id, dask_key)
+        return results
 
     def persist(self, collections: Sequence[Any], optimize_graph: bool = True, **kwargs: Any) -> list[Any]:
         """Start computing collections and return them at once, backed by futures in Redis.
 
         Called by ``dask.persist(x, scheduler=rush)``; later computes reuse the results.
+        DataFrame shuffles are task-based unless you chose a method (see :mod:`rush_dask.shuffle`).
 
         >>> (y,) = dask.persist(x, scheduler=rush)      # doctest: +SKIP
         """
         from dask.base import collections_to_expr
 
         options = self._graph_options(kwargs)
-        expr = collections_to_expr(list(collections), optimize_graph).optimize()
+        with task_shuffle():
+            expr = collections_to_expr(list(collections), optimize_graph).optimize()
         keys = expr.__dask_keys__()
         if len(collections) == 1 and len(keys) != 1:
             keys = [keys]
-        run = GraphRun(self, expr, flat_keys(keys), notify=False, **options)
-        self._ensure_workers()
-        run.submit()
-        futures = run.futures()
+        futures = self._submit_graph(expr, flat_keys(keys), **options)
         return [rebuild({k: futures[k] for k in flat_keys(ks)}, *args)
                 for (rebuild, args), ks in zip((c.__dask_postpersist__() for c in collections), keys)]
-
-    def submit(self, fn: Callable, *args: Any, key: Hashable | None = None, **kwargs: Any):
-        """Run ``fn(*args, **kwargs)`` on a worker; returns a :class:`RushFuture` at once.
-
-        Arguments may be futures (or contain them): the worker reads their results from Redis.
-
-        >>> a = rush.submit(pow, 2, 10)          # doctest: +SKIP
-        >>> b = rush.submit(sum, [a, a])         # doctest: +SKIP
-        >>> b.result()                           # doctest: +SKIP
-        2048
-        """
-        return self.map(fn, *([arg] for arg in args), keys=[key] if key is not None else None,
-                        **{k: [v] for k, v in kwargs.items()})[0]
-
-    def map(self, fn: Callable, *iterables: Iterable[Any], keys: Sequence[Hashable] | None = None,
-            **kwargs: Iterable[Any]) -> list:
-        """``submit`` for each element of the iterables (zipped), in one graph; returns futures.
-
-        >>> futures = rush.map(lambda x: x * 2, range(5))   # doctest: +SKIP
-        >>> rush.gather(futures)                             # doctest: +SKIP
-        [0, 2, 4, 6, 8]
-        """
-        from dask._task_spec import Task, parse_input
-
-        if not callable(fn):
-            raise TypeError(f"expected a function, got {fn!r}")
-        columns = [list(it) for it in iterables]
-        named = {k: list(v) for k, v in kwargs.items()}
-        n = len(columns[0]) if columns else (len(next(iter(named.values()))) if named else 0)
-        if any(len(c) != n for c in [*columns, *named.values()]):
-            raise ValueError("all iterables given to map() must have the same length")
-        name = getattr(fn, "__name__", type(fn).__name__)
-        keys = list(keys) if keys is not None else [f"{name}-{uuid.uuid4().hex}" for _ in range(n)]
-        # parse_input finds futures nested in lists, dicts and tuples of the arguments.
-        graph = {key: Task(key, fn, *[parse_input(c[i]) for c in columns],
-                           **{k: parse_input(v[i]) for k, v in named.items()})
-                 for i, key in enumerate(keys)}
-        run = GraphRun(self, graph, keys, notify=False)
-        self._ensure_workers()
-        run.submit()
-        futures = run.futures()
-        return [futures[k] for k in keys]
-
-    def gather(self, futures: Any, timeout: float | None = None) -> Any:
-        """Wait for futures (a future, or lists of them) and return their results.
-
-        >>> rush.gather([rush.submit(abs, -1), rush.submit(abs, -2)])   # doctest: +SKIP
-        [1, 2]
-        """
-        from .futures import RushFuture
-
-        if isinstance(futures, RushFuture):
-            return self.gather([futures], timeout)[0]
-        pending = {f.task_key: f for f in flat_keys(futures)}
-        results: dict[str, Any] = {}
-        patience = Patience(timeout, self._health_check)
-        while pending:
-            pipe = self.client.pipeline(transaction=False)
-            for task_key in pending:
-                pipe.hmget(self.keys.task(task_key), "state", *RESULT_FIELDS)
-            for (task_key, future), (state, *where) in zip(list(pending.items()), pipe.execute()):
-                if state == b"finished":
-                    results[task_key] = self.plane.read(task_key, where)
-                    del pending[task_key]
-                elif state == b"failed":
-                    raise_node_error(self, task_key, future.key)
-                elif state is None:
-                    raise KeyError(f"the result of {future.key!r} was released")
-            if not pending:
-                break
-            patience.check(lambda: f"{len(pending)} futures not done")
-            patience.sleep()
-        return _pack_futures(futures, results)
-
-
-def _pack_futures(futures: Any, results: dict[str, Any]) -> Any:
-    if isinstance(futures, (list, tuple)):
-        return type(futures)(_pack_futures(f, results) for f in futures)
-    return results[futures.task_key]

@@ -163,6 +163,14 @@ local function decref(key)
   if refs <= 0 and (f[1] == 'finished' or f[1] == 'failed') then drop_node(key, f[2]) end
 end
 
+-- Tell the client holding futures on a node (field notify: the id of its list
+-- fdone:<id>; '1' means a compute, which reads gdone instead) that it is done.
+local function tell_futures_client(notify, item)
+  if notify and notify ~= '1' and notify ~= '0' and notify ~= '' then
+    redis.call('RPUSH', p .. 'fdone:' .. notify, item)
+  end
+end
+
 -- Fail a graph node and, transitively, every node that depends on it (they
 -- could never run). Each gets the root's error; each stops needing its inputs.
 -- A graph computed by a client is told through its gdone list ('!' + key).
@@ -177,8 +185,9 @@ local function fail_graph_node(key, t)
   while #stack > 0 do
     local k = table.remove(stack)
     local tk = p .. 'task:' .. k
-    local f = redis.call('HMGET', tk, 'state', 'deps', 'dependents', 'refs', 'graph')
+    local f = redis.call('HMGET', tk, 'state', 'deps', 'dependents', 'refs', 'graph', 'notify')
     if f[1] and f[1] ~= 'finished' and f[1] ~= 'failed' then
+      tell_futures_client(f[6], '!' .. k)
       if f[1] == 'queued' then dequeue(k) end
       redis.call('HSET', tk, 'state', 'failed', 'finished_at', t)
       if k ~= key then
@@ -238,6 +247,7 @@ local function finish_graph_node(key, payload, t, f, held)
   end
   wake(released)
   if f[4] == '1' then redis.call('RPUSH', p .. 'gdone:' .. f[1], key) end
+  tell_futures_client(f[4], key)
   if tonumber(f[5] or '0') <= 0 then drop_node(key, f[1]) end
 end
 
@@ -673,7 +683,8 @@ return #keys
 # renews; the heartbeats of workers reap it once it expires.
 # A node whose data the client already wrote to a file of its host (a large
 # DataNode) is created finished, held there: nothing runs it.
-# ARGV: p, graph_id, n_nodes_in_graph, notify ('1': a client reads gdone), lease seconds,
+# ARGV: p, graph_id, n_nodes_in_graph, notify ('1': a client reads gdone; '0': nobody;
+#       else the id of the futures client's list fdone:<id>), lease seconds,
 #       then per node: key, xs, refs, deps, dependents, score, res, max_retries, max_lost,
 #       held ('' or 'holder<TAB>host<TAB>path<TAB>nbytes')
 PUSH_GRAPH = r"""
@@ -696,6 +707,8 @@ for j = 6, #ARGV, 10 do
                'dependents', ARGV[j + 4], 'score', ARGV[j + 5], 'queued_at', t, 'finished_at', t,
                'waiting', 0, 'state', 'finished', 'at', at, 'host', host, 'path', path, 'nbytes', nbytes)
     redis.call('HINCRBY', p .. 'graph:' .. gid, 'done', 1)
+    if notify ~= '0' then redis.call('HSET', tk, 'notify', notify) end
+    tell_futures_client(notify, key)  -- a future on it is done already
   else
     local waiting, failed_input = 0, nil
     for _, dep in ipairs(split(ARGV[j + 3])) do
@@ -719,7 +732,7 @@ for j = 6, #ARGV, 10 do
     -- Fields with their default value are left out (fewer writes per node).
     if ARGV[j + 6] ~= '' then redis.call('HSET', tk, 'res', ARGV[j + 6]) end
     if ARGV[j + 7] ~= '0' then redis.call('HSET', tk, 'max_retries', ARGV[j + 7]) end
-    if notify == '1' then redis.call('HSET', tk, 'notify', '1') end
+    if notify ~= '0' then redis.call('HSET', tk, 'notify', notify) end
     if failed_input then
       local e = redis.call('HMGET', p .. 'task:' .. failed_input, 'error', 'traceback', 'exception')
       redis.call('HSET', tk, 'state', 'waiting', 'error',
@@ -752,6 +765,29 @@ local gid = ARGV[2]
 for i = 3, #ARGV do cancel_node(ARGV[i], gid) end
 forget_graph(gid)
 return 1
+"""
+
+# Cancel futures: each node not done yet fails with `reason`, and so does what
+# depends on it; a running one is taken off its worker (its late result is dropped).
+# ARGV: p, reason, keys... Returns how many were cancelled.
+CANCEL_FUTURES = r"""
+local t = now()
+local n = 0
+for i = 3, #ARGV do
+  local key = ARGV[i]
+  local tk = p .. 'task:' .. key
+  local f = redis.call('HMGET', tk, 'state', 'worker_id')
+  if f[1] and f[1] ~= 'finished' and f[1] ~= 'failed' then
+    if f[1] == 'running' then
+      redis.call('SREM', p .. 'running', key)
+      if f[2] then redis.call('SREM', p .. 'held:' .. f[2], key) end
+    end
+    redis.call('HSET', tk, 'error', ARGV[2])
+    fail_graph_node(key, t)
+    n = n + 1
+  end
+end
+return n
 """
 
 # A client that follows its compute renews the graph's lease. Returns 0 if
@@ -790,6 +826,7 @@ _BODIES = {
     "push_graph": PUSH_GRAPH,
     "release": RELEASE,
     "cancel_graph": CANCEL_GRAPH,
+    "cancel_futures": CANCEL_FUTURES,
     "renew_lease": RENEW_LEASE,
     "fetch_tasks": FETCH_TASKS,
 }

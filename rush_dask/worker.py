@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import redis
 
 from . import constants as C
+from . import taskwarnings
 from .cache import ResultCache
 from .connections import URL_ENV, connect, hide_secrets, redact, resolve_url
 from .dataplane import DataPlane
@@ -475,6 +476,16 @@ class RushWorker(NetworkView):
         self.cache.put(task.key, result, size)
         return outcome, payload, str(size) if outcome == "held" else "", b""
 
+    def _run_graph_node_shipping_warnings(self, task: Task) -> tuple[str, bytes | str, str, bytes]:
+        """``_run_graph_node``, the warnings it raises pushed for the client (see taskwarnings)."""
+        with taskwarnings.recorded() as caught:
+            try:
+                return self._run_graph_node(task)
+            finally:
+                if caught:
+                    self._retry(lambda: taskwarnings.ship(self.client, self.keys.prefix, task.graph,
+                                                          task.key, caught, self.secret))
+
     def _load_task(self, payload: bytes) -> Any:
         """A task's inputs: signature checked, shared large values put back in."""
         xs = loads(payload, self.secret)
@@ -504,7 +515,7 @@ class RushWorker(NetworkView):
         """Run one task here; returns (outcome, payload, traceback, pickled exception)."""
         try:
             if task.graph is not None:
-                return self._run_graph_node(task)
+                return self._run_graph_node_shipping_warnings(task)
             fun = self._function(task.fun_id)
             if task.seed is not None:
                 seed_task(task.seed, task.seq)

@@ -109,3 +109,23 @@ def gate(path, *after, timeout=60.0):
             raise TimeoutError(f"{path} never appeared")
         time.sleep(0.02)
     return 0
+
+
+def slow_inc_killing_once_at(x, target, marker_dir):
+    """slow_inc, except that the worker running ``target`` is SIGKILLed the first time."""
+    if x == target:
+        return sigkill_once(x, marker_dir) - 100 + 1
+    return slow_inc(x, 0.02)
+
+
+def warn_and_return(x, message="careful"):
+    import warnings
+
+    warnings.warn(f"{message} {x}", UserWarning)
+    return x
+
+
+def config_value(name, _=None):
+    import dask.config
+
+    return dask.config.get(name, None)

@@ -92,3 +92,11 @@ def test_unknown_section_is_refused_and_writes_nothing(tmp_path):
     assert proc.returncode == 2
     assert "unknown section" in proc.stderr and "nope" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_futures_runs_both_sides_and_prints_ratios():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_futures", "--n", "50", "--repeats", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| as_completed |" in proc.stdout and "| executor map |" in proc.stdout
+    assert "distributed / rush_dask" in proc.stdout and "load average" in proc.stdout

@@ -1,0 +1,76 @@
+"""Which DataFrame shuffle runs on rush_dask, without changing it for the rest of the process.
+
+Without a distributed Client, Dask picks the *disk* shuffle: partd files in
+the ``temporary_directory`` of whichever worker makes them. That works while
+every worker is on one machine (they share the disk) and is wrong across
+machines. The task-based shuffle works everywhere.
+
+Dask chooses the method while it optimizes a collection, which
+``dask.compute`` does *before* it calls the scheduler. So:
+
+* ``rush.compute(x)``, ``rush.persist(x)`` and ``dask.persist(x, scheduler=rush)``
+  optimize under :func:`task_shuffle`: the task shuffle unless you chose a method;
+* ``dask.compute(x, scheduler=rush)`` and ``x.compute(scheduler=rush)`` get what
+  Dask chose (the disk shuffle by default); :func:`check_disk_shuffle` refuses
+  a disk shuffle when the network's workers are on several machines.
+
+Nothing here touches the process-wide ``dask.config``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from .connections import redact
+
+if TYPE_CHECKING:
+    from .rush import Rush
+
+
+@contextlib.contextmanager
+def task_shuffle() -> Iterator[None]:
+    """Within the block, DataFrame shuffles are task-based unless the user chose a method.
+
+    >>> import dask
+    >>> with task_shuffle():
+    ...     dask.config.get("dataframe.shuffle.method")
+    'tasks'
+    """
+    import dask.config
+
+    if dask.config.get("dataframe.shuffle.method", None) is None:
+        with dask.config.set({"dataframe.shuffle.method": "tasks"}):
+            yield
+    else:
+        yield
+
+
+def has_disk_shuffle(graph: Mapping[Any, Any]) -> bool:
+    """Whether a converted graph holds a disk shuffle (a node that makes partd files)."""
+    module = sys.modules.get("dask.dataframe.shuffle")
+    partd_maker = getattr(module, "maybe_buffered_partd", None)
+    if partd_maker is None:  # dask.dataframe never imported: no DataFrame in the graph
+        return False
+    return any(isinstance(getattr(node, "func", None), partd_maker) for node in graph.values())
+
+
+def check_disk_shuffle(rush: "Rush", graph: Mapping[Any, Any]) -> None:
+    """Raise before anything is written if a disk shuffle would span several machines."""
+    if not has_disk_shuffle(graph):
+        return
+    running = [w for w, state in rush._worker_states().items() if state == "running"]
+    if not running:
+        return
+    pipe = rush.client.pipeline(transaction=False)
+    for wid in running:
+        pipe.hget(rush.keys.worker(wid), "hostname")
+    hosts = {h for h in pipe.execute() if h}
+    if len(hosts) > 1:
+        raise RuntimeError(
+            f"this graph shuffles a DataFrame on local disk (Dask's default without a distributed "
+            f"Client), but the workers of network {rush.network_id!r} at {redact(rush.url)} run on "
+            f"{len(hosts)} machines, which do not share that disk. Use rush.compute(x) / "
+            "rush.persist(x) (task shuffle by default), or set "
+            "dask.config.set({'dataframe.shuffle.method': 'tasks'}) around the compute")
