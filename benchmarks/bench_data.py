@@ -216,9 +216,11 @@ class PeakMemory:
         self._thread.join()
 
 
-def run_data(redis_url: str, size: str, repeats: int, log_dir: str, quiet: Quiet) -> dict:
-    """Every workload on every system, ``repeats`` times; returns the figures for the report."""
-    workloads = make_workloads(size)
+def run_data(redis_url: str, size: str, repeats: int, log_dir: str, quiet: Quiet,
+             only: list[str] | None = None) -> dict:
+    """Every workload (or those named in ``only``) on every system, ``repeats`` times;
+    returns the figures for the report."""
+    workloads = [w for w in make_workloads(size) if only is None or w.name in only]
     systems = Systems(redis_url, log_dir)
     runs: dict[str, dict[str, list[float]]] = {x: {w.name: [] for w in workloads} for x in SYSTEMS}
     moved: dict[str, dict[str, list[int]]] = {w.name: {"redis": [], "held": [], "mapped": [], "fetched": []}
@@ -291,13 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat")
     parser.add_argument("--tiny", action="store_true", help="the smallest sizes, 1 repeat")
     parser.add_argument("--no-wait", action="store_true", help="do not wait while tests run")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated workloads (matmul,svd,groupby,merge,rechunk,'big result')")
     args = parser.parse_args(argv)
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     repeats = 1 if size != "full" else args.repeats
     server = RedisServer().start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-data-") as log_dir:
-            result = run_data(server.url, size, repeats, log_dir, Quiet(0 if args.no_wait else 900))
+            result = run_data(server.url, size, repeats, log_dir, Quiet(0 if args.no_wait else 900),
+                              only=args.only.split(",") if args.only else None)
     finally:
         server.stop()
     print("\n".join(data_lines(result)))

@@ -149,6 +149,7 @@ def test_a_network_runs_on_a_cluster_from_any_nodes_plain_url(cluster, tmp_path)
     try:
         assert type(rush.client).__name__ == "RedisCluster"
         rush.start_workers(funcs.add, n_workers=2, log_dir=tmp_path, **FAST)
+        rush.wait_for_workers(2, timeout=TIMEOUT)
         keys = rush.push_tasks([{"x1": i, "x2": 10 * i} for i in range(30)])
         rush.wait_for_tasks(keys, timeout=TIMEOUT)
         assert sorted(rush.data["y"]) == [11 * i for i in range(30)]
