@@ -19,6 +19,7 @@ from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 from . import taskwarnings
 from .futures import RushFuture, _deadline, _flat
 from .graph import flat_keys, raise_node_error
+from .connections import is_cluster_client
 from .dataplane import RESULT_FIELDS
 from .shuffle import task_shuffle
 
@@ -122,19 +123,25 @@ class FuturesClient:
         (or, with ``raise_errors=False``, returns the exception as its value)."""
         unique = list({f.task_key: f for f in futures}.values())
         graphs = list(dict.fromkeys(f.task_key.rsplit(".", 1)[0] for f in unique))
+        # A cluster pipeline does not load scripts (a plain one does): there, call them directly.
+        direct = is_cluster_client(self.client)
         pipe = self.client.pipeline(transaction=False)
+        chunks = []
         for start in range(0, len(unique), 10_000):  # one command per 10,000 (not one per future)
-            self.scripts.fetch_tasks(args=[self.keys.prefix, 1 + len(RESULT_FIELDS), "state", *RESULT_FIELDS,
-                                           *(f.task_key for f in unique[start:start + 10_000])],
-                                     client=pipe)
+            args = [self.keys.prefix, 1 + len(RESULT_FIELDS), "state", *RESULT_FIELDS,
+                    *(f.task_key for f in unique[start:start + 10_000])]
+            if direct:
+                chunks.append(self.scripts.fetch_tasks(args=args))
+            else:
+                self.scripts.fetch_tasks(args=args, client=pipe)
         for graph_id in graphs:  # in the same round trip: did these nodes warn?
             pipe.exists(taskwarnings.warnings_key(self.keys.prefix, graph_id))
         replies = pipe.execute()
-        n_reads = -(-len(unique) // 10_000)
+        n_reads = 0 if direct else -(-len(unique) // 10_000)
         warned = [g for g, n in zip(graphs, replies[n_reads:]) if n]
         if warned:
             self._reemit_warnings(warned)
-        rows = [row for chunk in replies[:n_reads] for row in chunk]
+        rows = [row for chunk in (chunks if direct else replies[:n_reads]) for row in chunk]
         results: dict[str, Any] = {}
         for future, (state, *where) in zip(unique, rows):
             try:
