@@ -55,25 +55,15 @@ def main(n_evals: int = 120, n_workers: int = 2, url: str | None = None, out: st
               f"best at {best['budget']} epochs: eta0={10 ** config['log_eta0']:.3g}, "
               f"alpha={10 ** config['log_alpha']:.3g} -> validation error {best['y']:.4f}")
         print(f"utilization {plots.utilization_of(archive):.1%}")
+        save, sibling = hpo_common.save_figure, hpo_common.sibling_path
         save(plots.rungs(archive, title=f"ASHA, eta=3, {n_workers} workers"), out)
-        save(plots.best_so_far(archive, title="ASHA: validation error"), _sibling(out, "best"))
-        save(plots.utilization(archive, title=f"ASHA, {n_workers} workers"), _sibling(out, "busy"))
+        save(plots.best_so_far(archive, title="ASHA: validation error"), sibling(out, "best"))
+        save(plots.utilization(archive, title=f"ASHA, {n_workers} workers"), sibling(out, "busy"))
         return config, float(best["y"])
     finally:
         rush.reset()
         rush.close()
 
-
-def save(fig: Any, out: str) -> None:
-    fig.savefig(out)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
-def _sibling(out: str, tag: str) -> str:
-    stem, dot, ext = out.rpartition(".")
-    return f"{stem}_{tag}.{ext}" if dot else f"{out}_{tag}.png"
 
 
 if __name__ == "__main__":

@@ -123,6 +123,20 @@ def archive_to_plot_rows(data: Any, start: float) -> Any:
                          "seconds": seconds.astype(float)})
 
 
+def save_figure(fig: Any, out: str) -> None:
+    """Write a matplotlib figure to ``out`` and close it."""
+    fig.savefig(out)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def sibling_path(out: str, tag: str) -> str:
+    """``plot.png`` -> ``plot_<tag>.png``: where an example writes its second and third figure."""
+    stem, dot, ext = out.rpartition(".")
+    return f"{stem}_{tag}.{ext}" if dot else f"{out}_{tag}.png"
+
+
 def print_best(name: str, config: dict[str, float] | None, score: float, n: int) -> None:
     """One line: the best configuration found, in plain units."""
     if config is None:

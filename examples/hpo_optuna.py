@@ -11,8 +11,6 @@ and the workers' utilization over time.
 
 from __future__ import annotations
 
-from typing import Any
-
 import hpo_common
 import optuna
 
@@ -40,25 +38,15 @@ def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None, out: str
         hpo_common.print_best("optuna (TPE)", study.best_params, study.best_value, len(data))
         print(f"trials per worker: {data['worker_id'].value_counts().to_dict()}; "
               f"utilization {plots.utilization_of(data):.1%}")
+        save = hpo_common.save_figure
         save(plots.best_so_far(data, score="value", minimize=False,
                                title=f"Optuna TPE on {n_workers} rush workers"), out)
-        save(plots.utilization(data, title=f"{n_workers} workers"), _sibling(out, "busy"))
+        save(plots.utilization(data, title=f"{n_workers} workers"), hpo_common.sibling_path(out, "busy"))
         return study.best_params, study.best_value
     finally:
         rush.reset()
         rush.close()
 
-
-def save(fig: Any, out: str) -> None:
-    fig.savefig(out)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
-def _sibling(out: str, tag: str) -> str:
-    stem, dot, ext = out.rpartition(".")
-    return f"{stem}_{tag}.{ext}" if dot else f"{out}_{tag}.png"
 
 
 if __name__ == "__main__":
