@@ -150,8 +150,8 @@ def _network_option(command: Callable) -> Callable:
     return click.option("--network", required=True, help="Network id.")(command)
 
 
-def _rush(network: str, url: str | None) -> Rush:
-    """A controller attached to ``network`` at ``url``, with the errors a person can fix."""
+def _check_target(network: str, url: str | None) -> None:
+    """Refuse a missing URL or a bad network id, in one line that says what to do."""
     if not url:
         raise BadInput(f"no Redis URL: pass --url redis://HOST:PORT/0 or set ${URL_ENV} "
                        "(rush-dask server starts one)")
@@ -159,6 +159,11 @@ def _rush(network: str, url: str | None) -> Rush:
         C.check_network_id(network)
     except ValueError as exc:
         raise BadInput(f"bad --network: {exc}") from None
+
+
+def _rush(network: str, url: str | None) -> Rush:
+    """A controller attached to ``network`` at ``url``, with the errors a person can fix."""
+    _check_target(network, url)
     from .rush import Rush
 
     return Rush(network, url)
@@ -167,13 +172,7 @@ def _rush(network: str, url: str | None) -> Rush:
 def _existing_network(network: str, url: str | None, worker_ids: Sequence[str] = ()) -> Network:
     """A light handle (no dask, no pandas) on ``network``, which must already hold workers or
     tasks (and ``worker_ids``); one line that says what to do otherwise."""
-    if not url:
-        raise BadInput(f"no Redis URL: pass --url redis://HOST:PORT/0 or set ${URL_ENV} "
-                       "(rush-dask server starts one)")
-    try:
-        C.check_network_id(network)
-    except ValueError as exc:
-        raise BadInput(f"bad --network: {exc}") from None
+    _check_target(network, url)
     from .control import Network
 
     net = Network(network, url)
