@@ -190,7 +190,7 @@ class GraphRun:
         from dask.utils import key_split
 
         local = {key: self.dask_graph[key] for key in self.outputs
-                 if key in self.dask_graph and key_split(key) == "finalize"
+                 if key in self.dask_graph and key_split(key).startswith("finalize")  # also dask.compute's
                  and self.dask_graph[key].dependencies
                  and all(dep in self.dask_graph for dep in self.dask_graph[key].dependencies)}
         for key in local:

@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import conftest
@@ -84,6 +85,23 @@ def test_consumers_map_the_file_and_nothing_is_left_after_a_compute(two_workers)
     leftover = [k for k in rush.client.scan_iter(match=rush.keys.pattern)
                 if b":task:" in k or b":graph:" in k or b":gc:" in k or b":lq:" in k]
     assert leftover == []
+
+
+@pytest.mark.parametrize("compute", [lambda x, rush: x.compute(scheduler=rush),
+                                     lambda x, rush: dask.compute(x, scheduler=rush)[0]],
+                         ids=["Array.compute", "dask.compute"])
+def test_an_arrays_chunks_are_joined_on_the_client_not_copied_again_by_a_worker(two_workers, compute):
+    rush = two_workers
+    chunks = 4 * 2 * MB
+    value = compute(da.ones((1024, 1024), chunks=(256, 1024)) * 2, rush)  # four 2 MiB chunks
+    assert value.shape == (1024, 1024) and value[-1, -1] == 2.0
+
+    def written_by_workers() -> int:
+        return sum(int(rush.client.hget(rush.keys.worker(w), "bytes_held") or 0) for w in rush.running_worker_ids)
+
+    wait_until(lambda: written_by_workers() >= chunks, what="the workers report the chunks they wrote")
+    time.sleep(3 * FAST["heartbeat_period"])  # a late report of a joined copy would come by now
+    assert written_by_workers() < 2 * chunks  # the chunks alone: no worker wrote them joined
 
 
 def test_a_result_over_max_payload_bytes_is_no_wall_when_it_stays_on_its_host(redis_url):
