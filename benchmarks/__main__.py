@@ -1,6 +1,6 @@
 """One benchmark command: ``python -m benchmarks``.
 
-Sections (``--only rush,dask,scaling,cost,archive,data,cli,hpo``; all by default), on one
+Sections (``--only rush,dask,scaling,cost,archive,data,futures,cli,hpo``; all by default), on one
 private Redis server (unix socket) started here, 2 workers unless stated:
 
 * **rush**: the rush API (10,000 trivial tasks, 1,000 ``time.sleep(0.01)``)
@@ -21,6 +21,8 @@ private Redis server (unix socket) started here, 2 workers unless stated:
   tall-skinny SVD, groupby and merge of 4 M rows, a rechunk, a 1 GiB
   result) on rush_dask, the threads scheduler and a LocalCluster, with the
   bytes that crossed Redis and shared memory (bench_data.py);
+* **futures**: ``rush.map`` + ``as_completed`` and ``get_executor().map``
+  of 10,000 trivial calls against the same on a LocalCluster (bench_futures.py);
 * **cli**: start-up time of each ``rush-dask`` command, whole process
   (bench_cli.py);
 * **hpo**: rush_dask.optuna against Optuna's own processes on
@@ -53,17 +55,18 @@ from benchmarks.common import QUIET_BUDGET, RESULTS_DIR, ROOT, Quiet, machine
 # The section modules are imported where they are used: the bare queue's worker
 # processes are spawned, and re-import this module (not dask, distributed...).
 
-SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data", "cli", "hpo")
+SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data", "futures", "cli", "hpo")
 # Per size: rush (trivial, sleep tasks); dask (see bench_dask.make_workloads); scaling (tasks,
 # worker counts); cost tasks; archive tasks; hpo (workers, trials of 0.2 s, no-op trials).
 SIZES = {
     "full": {"rush": (10_000, 1_000), "dask": (10_000, 1_000, 1_000, 100, 1_000),
              "scaling": (320, (1, 2, 4, 8, 16)), "cost": 100_000, "archive": 100_000, "data": "full",
-             "hpo": (8, 160, 800)},
+             "futures": 10_000, "hpo": (8, 160, 800)},
     "quick": {"rush": (1_000, 100), "dask": (1_000, 100, 100, 10, 200), "scaling": (32, (1, 2, 4)),
-              "cost": 5_000, "archive": 5_000, "data": "quick", "hpo": (8, 32, 100)},
+              "cost": 5_000, "archive": 5_000, "data": "quick", "futures": 1_000,
+              "hpo": (8, 32, 100)},
     "tiny": {"rush": (100, 10), "dask": (50, 16, 8, 2, 10), "scaling": (8, (1, 2)), "cost": 200,
-             "archive": 200, "data": "tiny", "hpo": (2, 8, 20)},
+             "archive": 200, "data": "tiny", "futures": 50, "hpo": (2, 8, 20)},
 }
 
 
@@ -172,6 +175,13 @@ def data_section(ctx: Context) -> dict:
     return bench_data.run_data(ctx.url, ctx.sizes["data"], ctx.repeats, ctx.log_dir, ctx.quiet)
 
 
+def futures_section(ctx: Context) -> dict:
+    from benchmarks import bench_futures
+
+    ctx.quiet.wait()
+    return bench_futures.run_futures(ctx.url, ctx.sizes["futures"], ctx.repeats)
+
+
 def cli_section(ctx: Context) -> dict:
     from benchmarks import bench_cli
 
@@ -188,7 +198,8 @@ def hpo_section(ctx: Context) -> dict:
 
 
 RUNNERS = {"rush": rush_section, "dask": dask_section, "scaling": scaling_section, "cost": cost_section,
-           "archive": archive_section, "data": data_section, "cli": cli_section, "hpo": hpo_section}
+           "archive": archive_section, "data": data_section, "futures": futures_section, "cli": cli_section,
+           "hpo": hpo_section}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

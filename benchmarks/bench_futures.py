@@ -1,4 +1,5 @@
-"""Futures against dask.distributed, in the same run: ``python -m benchmarks.bench_futures``.
+"""Futures against dask.distributed, in the same run: ``python -m benchmarks.bench_futures``
+(also the section ``futures`` of ``python -m benchmarks``).
 
 Two workloads, each on rush_dask (a private Redis, 2 worker processes) and on
 a distributed ``LocalCluster`` (2 worker processes, 1 thread each):
@@ -79,6 +80,46 @@ def fmt(values: list[float], digits: int = 2) -> str:
     return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f} – {max(values):.{digits}f}]"
 
 
+def run_futures(url: str, n: int, repeats: int) -> dict:
+    """Both workloads on both systems, ``repeats`` times; the figures for the report.
+
+    >>> run_futures("redis://127.0.0.1:6379/0", 100, 1)["times"]["as_completed"]["rush_dask"]  # doctest: +SKIP
+    [0.05]
+    """
+    rush, rush_work = rush_runs(n, url)
+    (client, cluster), dist_work = distributed_runs(n)
+    times: dict[str, dict[str, list[float]]] = {w: {"rush_dask": [], "distributed": []} for w in rush_work}
+    loads = []
+    try:
+        for workload in rush_work:  # one warm-up each (imports, function caches)
+            _timed(rush_work[workload], n)
+            _timed(dist_work[workload], n)
+        for _ in range(repeats):
+            for workload in rush_work:
+                loads.append(os.getloadavg()[0])
+                times[workload]["rush_dask"].append(_timed(rush_work[workload], n))
+                times[workload]["distributed"].append(_timed(dist_work[workload], n))
+    finally:
+        client.close()
+        cluster.close()
+        rush.reset()
+        rush.close()
+    return {"n": n, "repeats": repeats, "times": times, "loads": loads}
+
+
+def futures_lines(s: dict) -> list[str]:
+    """The report's table: seconds on each side and distributed's time over rush_dask's."""
+    loads = s["loads"]
+    lines = [f"N = {s['n']:,} trivial calls, 2 workers, {s['repeats']} repeats; "
+             f"load average (1 min) during the runs: {min(loads):.1f} – {max(loads):.1f}", "",
+             "| workload | rush_dask s | distributed s | distributed / rush_dask |", "|---|---|---|---|"]
+    for workload, by_system in s["times"].items():
+        ratio = [d / r for r, d in zip(by_system["rush_dask"], by_system["distributed"])]
+        lines.append(f"| {workload} | {fmt(by_system['rush_dask'])} | {fmt(by_system['distributed'])} | "
+                     f"{fmt(ratio, 1)}× |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000)
@@ -87,33 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     from rush_dask.server import RedisServer
 
     server = RedisServer().start()
-    rush, rush_work = rush_runs(args.n, server.url)
-    (client, cluster), dist_work = distributed_runs(args.n)
-    times: dict[str, dict[str, list[float]]] = {w: {"rush_dask": [], "distributed": []} for w in rush_work}
-    loads = []
     try:
-        for workload in rush_work:  # one warm-up each (imports, function caches)
-            _timed(rush_work[workload], args.n)
-            _timed(dist_work[workload], args.n)
-        for _ in range(args.repeats):
-            for workload in rush_work:
-                loads.append(os.getloadavg()[0])
-                times[workload]["rush_dask"].append(_timed(rush_work[workload], args.n))
-                times[workload]["distributed"].append(_timed(dist_work[workload], args.n))
+        result = run_futures(server.url, args.n, args.repeats)
     finally:
-        client.close()
-        cluster.close()
-        rush.reset()
-        rush.close()
         server.stop()
-    print(f"N = {args.n:,} trivial calls, 2 workers, {args.repeats} repeats; "
-          f"load average (1 min) during the runs: {min(loads):.1f} – {max(loads):.1f}")
-    print("| workload | rush_dask s | distributed s | distributed / rush_dask |")
-    print("|---|---|---|---|")
-    for workload, by_system in times.items():
-        ratio = [d / r for r, d in zip(by_system["rush_dask"], by_system["distributed"])]
-        print(f"| {workload} | {fmt(by_system['rush_dask'])} | {fmt(by_system['distributed'])} | "
-              f"{fmt(ratio, 1)}× |")
+    print("\n".join(futures_lines(result)))
     return 0
 
 

@@ -291,6 +291,12 @@ def _data_lines(s: dict) -> list[str]:
     return data_lines(s)
 
 
+def _futures_lines(s: dict) -> list[str]:
+    from benchmarks.bench_futures import futures_lines
+
+    return futures_lines(s)
+
+
 # -------------------------------------------------------------------- report
 def _hpo_lines(s: dict) -> list[str]:
     from benchmarks.bench_hpo import hpo_lines as lines  # optuna, sklearn: only when this section ran
@@ -325,6 +331,10 @@ SECTION_TITLES = {
     "archive": ("The archive: fetching finished tasks", archive_lines, None,
                 ("Finished tasks read into pandas with `fetch_finished_tasks()`: a cold cache first, "
                 "then an incremental fetch after one more task finishes.")),
+    "futures": ("Futures against dask.distributed", _futures_lines, None,
+                ("`rush.map` + `as_completed(..., with_results=True)` and `rush.get_executor().map` against "
+                 "the same calls on a distributed LocalCluster (2 worker processes, 1 thread each), on "
+                 "trivial functions: the cost of the futures machinery itself.")),
     "cli": ("The command line: start-up time", cli_lines, None,
             ("Each command in a fresh process against a network of 2 workers, at least 5 runs; "
              "`stop` names a worker that already stopped, so it reads and prints but stops nothing.")),
