@@ -22,7 +22,7 @@ from . import taskwarnings
 from .dataplane import DataPlane
 from .errors import ResultLostError
 from .graph import GraphRun, flat_keys, pack_results
-from .shuffle import check_disk_shuffle, task_shuffle
+from .shuffle import check_disk_shuffle, check_p2p, task_shuffle
 from .taskconfig import config_snapshot
 
 logger = logging.getLogger("rush_dask")
@@ -106,6 +106,7 @@ class DaskScheduler:
         options = self._graph_options(kwargs)
         outputs = flat_keys(keys)
         run = GraphRun(self, dsk, outputs, notify=True, config=config_snapshot(), **options)
+        check_p2p(run.dask_graph)
         check_disk_shuffle(self, run.dask_graph)
         data = {}
         for key in outputs:

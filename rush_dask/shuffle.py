@@ -12,7 +12,10 @@ Dask chooses the method while it optimizes a collection, which
   optimize under :func:`task_shuffle`: the task shuffle unless you chose a method;
 * ``dask.compute(x, scheduler=rush)`` and ``x.compute(scheduler=rush)`` get what
   Dask chose (the disk shuffle by default); :func:`check_disk_shuffle` refuses
-  a disk shuffle when the network's workers are on several machines.
+  a disk shuffle when the network's workers are on several machines, and
+  :func:`check_p2p` refuses distributed's P2P shuffle or rechunk, which Dask
+  picks when a distributed Client is the default one and which runs only on
+  distributed's own workers.
 
 Nothing here touches the process-wide ``dask.config``.
 """
@@ -54,6 +57,28 @@ def has_disk_shuffle(graph: Mapping[Any, Any]) -> bool:
     if partd_maker is None:  # dask.dataframe never imported: no DataFrame in the graph
         return False
     return any(isinstance(getattr(node, "func", None), partd_maker) for node in graph.values())
+
+
+def has_p2p(graph: Mapping[Any, Any]) -> bool:
+    """Whether a converted graph holds a task of distributed's P2P shuffle or rechunk."""
+    if "distributed.shuffle" not in sys.modules:  # never imported: no P2P task can exist
+        return False
+    return any(getattr(getattr(node, "func", None), "__module__", "").startswith("distributed.shuffle")
+               for node in graph.values())
+
+
+def check_p2p(graph: Mapping[Any, Any]) -> None:
+    """Raise before anything is written if the graph needs distributed's P2P machinery.
+
+    >>> check_p2p({"x": 1})   # no P2P task: nothing happens
+    """
+    if has_p2p(graph):
+        raise RuntimeError(
+            "this graph uses distributed's P2P shuffle or rechunk (Dask picks it when a "
+            "distributed Client is the default client), which runs only on distributed's own "
+            "workers. Use rush.compute(x) / rush.persist(x) (task shuffle unless you chose one), "
+            "build the collection with dask.config.set({'dataframe.shuffle.method': 'tasks', "
+            "'array.rechunk.method': 'tasks'}), or create the Client with set_as_default=False")
 
 
 def check_disk_shuffle(rush: "Rush", graph: Mapping[Any, Any]) -> None:

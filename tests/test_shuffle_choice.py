@@ -36,3 +36,17 @@ def test_disk_shuffle_across_machines_is_refused_before_anything_is_written(rush
     finally:
         elsewhere.close()
     assert dask.config.get("dataframe.shuffle.method", None) is None
+
+
+def test_a_p2p_shuffle_picked_for_a_distributed_client_is_refused_with_what_to_do(rush, redis_url):
+    import distributed
+
+    rush.start_workers(n_workers=1)
+    rush.wait_for_workers(1, timeout=TIMEOUT)
+    with distributed.Client(processes=False, n_workers=1, dashboard_address=None):  # the default client
+        p2p = shuffled_lengths()  # Dask picks distributed's P2P shuffle for it
+        before = network_keys(redis_url, rush)
+        with pytest.raises(RuntimeError, match="P2P shuffle or rechunk.*rush.compute"):
+            p2p.compute(scheduler=rush)
+        assert network_keys(redis_url, rush) == before  # refused before anything was written
+        assert rush.compute(shuffled_lengths()).result(timeout=TIMEOUT).sum() == 300  # task shuffle
