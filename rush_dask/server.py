@@ -134,6 +134,7 @@ class RedisServer:
         self.extra_args = list(extra_args or [])
         self.socket_path = os.path.join(self.directory, "redis.sock")
         self.process: subprocess.Popen | None = None
+        self.watchdog: subprocess.Popen | None = None  # the embedded server's (see embedded_server)
 
     @property
     def url(self) -> str:
@@ -238,6 +239,12 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        if self.watchdog is not None:  # it saw the server exit and is leaving
+            try:
+                self.watchdog.wait(5)
+            except subprocess.TimeoutExpired:
+                self.watchdog.kill()
+            self.watchdog = None
         if cleanup if cleanup is not None else self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -263,7 +270,21 @@ def embedded_server() -> RedisServer:
         if _embedded is None or not _embedded.running:
             _embedded = RedisServer().start()
             atexit.register(_stop_embedded, _embedded)
+            _embedded.watchdog = _start_watchdog(_embedded)
         return _embedded
+
+
+def _start_watchdog(server: RedisServer) -> subprocess.Popen | None:
+    """A process that stops the server if this one dies without its exit handlers (SIGKILL,
+    a crash): see :mod:`rush_dask.watchdog`. It exits by itself when the server stops."""
+    assert server.process is not None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rush_dask.watchdog", str(os.getpid()), str(server.process.pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+    except OSError:  # no watchdog: an orphan after a crash, as before, but no reason to fail
+        return None
 
 
 def _stop_embedded(server: RedisServer) -> None:
