@@ -216,8 +216,18 @@ class NetworkView:
     # -------------------------------------------------------------------- tasks
     @property
     def n_queued_tasks(self) -> int:
-        """Tasks waiting in the shared queue."""
-        return self.client.zcard(self.keys.queue)
+        """Tasks waiting for any worker: the shared queue, the queues of tasks that need
+        resources, and graph nodes queued near their inputs (which any idle worker may take).
+        Tasks pushed to one worker's own queue are :attr:`n_queued_priority_tasks`."""
+        resource_specs = [s.decode() for s in self.client.smembers(self.keys.prefix + "rqueues")]
+        near = [w.decode() for w in self.client.smembers(self.keys.local_queues)]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.queue)
+        for spec in resource_specs:
+            pipe.zcard(self.keys.prefix + f"rq:{spec}")
+        for wid in near:
+            pipe.zcard(self.keys.local_queue(wid))
+        return sum(pipe.execute())
 
     @property
     def n_queued_priority_tasks(self) -> int:

@@ -185,6 +185,12 @@ def test_resources_send_nodes_to_workers_that_have_them(rush):
     assert set(got) == {pids[gpu[0]]}
 
 
+def test_nodes_that_need_resources_count_as_queued(rush):
+    futures = rush.map(f.inc, range(3), resources={"GPU": 1})  # no worker runs: they wait
+    assert rush.n_queued_tasks == 3
+    assert [future.status for future in futures] == ["queued"] * 3
+
+
 def test_worker_sigkilled_mid_graph(rush2, tmp_path):
     leaves = [dask.delayed(f.slow_inc)(i, duration=0.02) for i in range(40)]
     victim = dask.delayed(f.sigkill_once)(5, str(tmp_path))
