@@ -287,7 +287,7 @@ def _supervise(rush: Rush, ids: list[str], received: list[int]) -> int:
     """Wait until every worker process exited, forwarding stop orders; the exit code."""
     import redis
 
-    procs = [rush._processes[wid] for wid in ids]
+    procs = [rush.local_workers[wid] for wid in ids]
     handled = 0
     exited: set[str] = set()
     failed = False

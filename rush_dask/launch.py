@@ -36,8 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
-
 from .connections import URL_ENV, redact
 from .errors import WorkerStartError
 from .heartbeat import EXIT_LOST
@@ -163,7 +161,7 @@ def submit_workers(client: Any, addresses: list[str], network_id: str, start_id:
 def check_cluster_workers(launched: Iterable[ClusterWorker], states: dict[str, str]) -> None:
     """Raise WorkerStartError for a cluster worker whose task ended before it registered.
 
-    >>> check_cluster_workers(rush._cluster_workers, rush._worker_states())   # doctest: +SKIP
+    >>> check_cluster_workers(rush.local_workers.on_cluster, rush._worker_states())   # doctest: +SKIP
     """
     for worker in launched:
         if worker.registered:
@@ -178,23 +176,6 @@ def check_cluster_workers(launched: Iterable[ClusterWorker], states: dict[str, s
             raise WorkerStartError(
                 f"worker {worker.worker_id} on the Dask worker {worker.address} ended (exit code "
                 f"{code}) before it registered. Last lines of its stderr:\n{tail}")
-
-
-def stop_cluster_workers(rush: Any, launched: Iterable[ClusterWorker]) -> None:
-    """Ask the running ones among ``launched`` to terminate (through Redis, at their next heartbeat).
-
-    With Redis gone there is nobody to tell: they exit on their own after
-    ``redis_retry_timeout``.
-
-    >>> stop_cluster_workers(rush, rush._cluster_workers)   # doctest: +SKIP
-    """
-    try:
-        running = set(rush.running_worker_ids)
-        ids = [w.worker_id for w in launched if w.worker_id in running]
-        if ids:
-            rush.stop_workers("terminate", ids)
-    except (redis.RedisError, ConnectionError, OSError) as exc:
-        logger.warning("could not ask the workers on the Dask cluster to stop: %s", redact(str(exc)))
 
 
 def run_on_cluster(network_id: str, start_id: str, worker_id: str, env: dict[str, str]) -> tuple[int, str]:

@@ -7,8 +7,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import uuid
 import weakref
 from pathlib import Path
@@ -23,7 +21,7 @@ from .connections import connect, current_plan, is_cluster_client, redact, resol
 from .control import stop_workers
 from .errors import PayloadTooLargeError, RedisUnavailableError, WorkerStartError
 from .network import NetworkView, known_secrets
-from .processes import WorkerProcess, spawn_worker, stop_processes
+from .processes import LocalWorkers
 from .client import FuturesClient
 from .scheduler import DaskScheduler
 from .scripts import Scripts
@@ -97,9 +95,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             known_secrets[self.keys.network_id] = self.secret
         self._init_view()
         self._init_scheduler()
-        self._processes: dict[str, WorkerProcess] = {}
-        self._cluster_workers: list = []  # launch.ClusterWorker: started on a Dask cluster
-        self._log_dir: Path | None = None
+        self.local_workers = LocalWorkers(self.network_id, self.url, secret=self.secret)
         self._dashboards: list = []  # dashboard.DashboardThread: served by dashboard()
         _live_controllers.add(self)
         _all_controllers.add(self)
@@ -225,21 +221,14 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         elif not self.client.exists(self.keys.start_config(start_id)):
             raise ValueError(f"no worker configuration {start_id!r} in network {self.network_id!r}: "
                              "use the --start-id that worker_script() printed for this network")
-        directory = Path(log_dir) if log_dir else self._default_log_dir()
-        directory.mkdir(parents=True, exist_ok=True)
         if client is not None:
             started = launch.submit_workers(client, addresses, self.network_id, start_id, self.url,
                                             secret=self.secret)
-            self._cluster_workers.extend(started)
+            self.local_workers.adopt(started)
             logger.info("started %d workers on the Dask cluster %s", len(started), client.scheduler.address)
             return [w.worker_id for w in started]
-        ids = []
-        for _ in range(n):
-            wid = uuid.uuid4().hex[:12]
-            self._processes[wid] = spawn_worker(self.network_id, start_id, wid, self.url, directory,
-                                               secret=self.secret)
-            ids.append(wid)
-        logger.info("started %d workers (logs in %s)", n, directory)
+        ids = self.local_workers.spawn(start_id, n, log_dir)
+        logger.info("started %d workers (logs in %s)", n, self.local_workers.log_dir(log_dir))
         return ids
 
     def worker_script(self, fun: Callable | None = None, *, worker_loop: Callable | None = None,
@@ -304,29 +293,10 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         pipe.set(self.keys.function(fun_id), blob, nx=True)
         return fun_id
 
-    def _default_log_dir(self) -> Path:
-        if self._log_dir is None:
-            self._log_dir = Path(tempfile.mkdtemp(prefix=f"rush-{self.network_id}-"))
-        return self._log_dir
-
     def _check_started_processes(self) -> None:
-        """Raise WorkerStartError for a local worker that died before it registered."""
-        if not self._processes and not self._cluster_workers:
-            return
-        states = self._worker_states()
-        if self._cluster_workers:
-            from .launch import check_cluster_workers
-
-            check_cluster_workers(self._cluster_workers, states)
-        for proc in self._processes.values():
-            if proc.registered:
-                continue
-            if proc.worker_id in states:
-                proc.registered = True
-            elif not proc.alive:
-                raise WorkerStartError(
-                    f"worker {proc.worker_id} exited with code {proc.process.returncode} before it "
-                    f"registered. Last lines of its stderr ({proc.stderr_path}):\n{proc.stderr_tail()}")
+        """Raise WorkerStartError for a worker this controller started that died before it registered."""
+        if len(self.local_workers):
+            self.local_workers.check_started(self._worker_states())
 
     def wait_for_workers(self, n: int | None = None, worker_ids: Sequence[str] | None = None,
                          timeout: float | None = None) -> None:
@@ -338,7 +308,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         >>> rush.wait_for_workers(2, timeout=30)   # doctest: +SKIP
         """
         if n is None and worker_ids is None:
-            n = len(self._processes) + len(self._cluster_workers)
+            n = len(self.local_workers)
         patience = Patience(timeout, max_delay=0.02)
         while True:
             self._check_started_processes()
@@ -366,7 +336,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
 
         >>> rush.stop_workers(type="kill", worker_ids=[rush.running_worker_ids[0]])  # doctest: +SKIP
         """
-        return stop_workers(self, type, worker_ids, self._processes)
+        return stop_workers(self, type, worker_ids, self.local_workers.processes)
 
     def _health_check(self) -> None:
         """Run while waiting: fail fast on workers that died starting, requeue tasks of lost ones."""
@@ -382,8 +352,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         >>> rush.detect_lost_workers()   # doctest: +SKIP
         []
         """
-        for proc in self._processes.values():
-            proc.process.poll()  # reap exited children, so their pid is really gone
+        self.local_workers.reap()
         lost = self._sweep_lost_workers(self._dead_local_workers())
         if lost:
             logger.warning("workers lost: %s", lost)
@@ -567,14 +536,21 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             running = self.running_worker_ids
             if running:
                 self.stop_workers("kill", running)
-            stop_processes(list(self._processes.values()), grace=0)
-            self._processes.clear()
-            self._cluster_workers.clear()
+            self.local_workers.kill()
         keys = list(self.client.scan_iter(match=self.keys.pattern, count=1000))
         for start in range(0, len(keys), 1000):
             self.client.unlink(*keys[start:start + 1000])
         self.plane.store.remove_all()  # result files of the network on this host
         self._init_view()
+
+    def _ask_to_terminate(self, worker_ids: list[str]) -> None:
+        """Ask those of ``worker_ids`` still running to finish their task and stop; through Redis,
+        which also wakes idle ones at once. With Redis gone there is nobody to tell."""
+        if self._redis_answers():
+            running = set(self.running_worker_ids)
+            ids = [wid for wid in worker_ids if wid in running]
+            if ids:
+                self.stop_workers("terminate", ids)
 
     def close(self) -> None:
         """Stop the local worker processes that this controller started (SIGTERM, then SIGKILL).
@@ -586,24 +562,8 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             server.stop()
         self._dashboards.clear()
         self._completions.close()
-        procs = [p for p in self._processes.values() if p.alive]
-        if procs:
-            try:  # the order through Redis also wakes idle workers at once
-                if self._redis_answers():
-                    running = set(self.running_worker_ids)
-                    self.stop_workers("terminate", [p.worker_id for p in procs if p.worker_id in running])
-            except Exception:  # Redis gone: the signals below still stop them
-                pass
-            stop_processes(procs, grace=5)
-        self._processes.clear()
-        if self._cluster_workers:
-            from .launch import stop_cluster_workers
-
-            stop_cluster_workers(self, self._cluster_workers)
-            self._cluster_workers.clear()
-        if self._log_dir is not None:
-            shutil.rmtree(self._log_dir, ignore_errors=True)
-            self._log_dir = None
+        self.local_workers.stop(self._ask_to_terminate)
+        self.local_workers.close()
         self.plane.close()
         _live_controllers.discard(self)
 

@@ -16,14 +16,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from typing import Any, Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 from . import taskwarnings
+from .constants import Keys
 from .dataplane import DataPlane
 from .errors import ResultLostError
 from .graph import GraphRun, flat_keys, pack_results
 from .shuffle import check_disk_shuffle, check_p2p, task_shuffle
 from .taskconfig import config_snapshot
+
+if TYPE_CHECKING:
+    from .processes import LocalWorkers
 
 logger = logging.getLogger("rush_dask")
 
@@ -52,6 +56,13 @@ class DaskScheduler:
     """Mixin that makes a Rush controller a Dask scheduler (the futures API is in
     :mod:`rush_dask.client`)."""
 
+    # Set by the controller that mixes this in (rush_dask.rush.Rush):
+    client: Any  # its Redis connection
+    keys: Keys
+    url: str
+    secret: bytes | None
+    local_workers: LocalWorkers  # started by _ensure_workers when the network has none
+
     def _init_scheduler(self) -> None:
         from .completions import Completions
 
@@ -61,7 +72,7 @@ class DaskScheduler:
         self._completions = Completions(self)
 
     def _ensure_workers(self) -> None:
-        if self.n_running_workers == 0 and not any(p.alive for p in self._processes.values()):
+        if self.n_running_workers == 0 and not self.local_workers.any_alive():
             ids = self.start_workers()
             logger.info("no running worker in network %r: started %d local workers",
                         self.network_id, len(ids))

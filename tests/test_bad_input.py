@@ -87,7 +87,7 @@ def test_priority_tasks_need_one_worker_id_per_task(rush, redis_url):
 ])
 def test_bad_start_workers(rush, redis_url, kwargs, error, match):
     _unchanged(rush, redis_url, lambda: rush.start_workers(funcs.add, **kwargs), error, match)
-    assert rush._processes == {}
+    assert len(rush.local_workers) == 0
 
 
 def test_unpicklable_function(rush, redis_url):
@@ -120,7 +120,7 @@ def test_wrong_password_is_not_shown():
         with pytest.raises(RedisUnavailableError, match="needs a password") as info:
             Rush("x", url=f"redis://127.0.0.1:{server.port}/0")
         good = Rush("x", url=server.url)
-        assert "s3cret-pw" not in repr(good) and "s3cret-pw" not in str(good.__dict__.get("_log_dir"))
+        assert "s3cret-pw" not in repr(good) and "s3cret-pw" not in str(good.local_workers.log_dir())
         assert good.n_tasks == 0
     finally:
         server.stop()

@@ -59,8 +59,8 @@ def test_worker_states_after_terminate_and_kill(rush):
     assert info.loc[second, "state"] == "killed"
     assert rush.n_workers == 2
     # The state changes in Redis just before the process exits: wait for the exit itself.
-    assert rush._processes[first].process.wait(TIMEOUT) == 0
-    assert not rush._processes[first].alive and not rush._processes[second].alive
+    assert rush.local_workers[first].process.wait(TIMEOUT) == 0
+    assert not rush.local_workers[first].alive and not rush.local_workers[second].alive
 
 
 def test_sigterm_finishes_the_running_task_and_leaves_the_queue_alone(rush):
@@ -69,8 +69,8 @@ def test_sigterm_finishes_the_running_task_and_leaves_the_queue_alone(rush):
     keys = rush.push_tasks([{"x": float(i), "duration": 0.3} for i in range(20)])
     # (running counts the task being run and the one prefetched while it runs)
     wait_until(lambda: rush.n_running_tasks >= 1, what="a running task")
-    rush._processes[wid].signal(signal.SIGTERM)
-    assert rush._processes[wid].process.wait(TIMEOUT) == 0
+    rush.local_workers[wid].signal(signal.SIGTERM)
+    assert rush.local_workers[wid].process.wait(TIMEOUT) == 0
     assert rush.terminated_worker_ids == [wid]
     # What it held (the running task, at most one prefetched) finished; the rest is still queued.
     assert rush.n_running_tasks == 0 and 1 <= rush.n_finished_tasks <= 3
@@ -301,7 +301,7 @@ def test_worker_info_and_wait_for_workers(rush):
     assert set(info["state"]) == {"running"}
     assert info["heartbeat"].all()
     assert (info["heartbeat_period"] == 1).all() and (info["heartbeat_expire"] == 5).all()
-    assert set(info["pid"]) == {rush._processes[w].process.pid for w in ids}
+    assert set(info["pid"]) == {rush.local_workers[w].process.pid for w in ids}
     assert pd.api.types.is_datetime64_any_dtype(info["started_at"])
     assert rush.worker_ids == sorted(ids)
 
@@ -375,8 +375,8 @@ def test_detect_lost_workers_returns_the_lost_ids(rush):
     victim, _ = rush.start_workers(funcs.add, n_workers=2)
     rush.wait_for_workers(2, timeout=TIMEOUT)
     assert rush.detect_lost_workers() == []
-    os.kill(rush._processes[victim].process.pid, signal.SIGKILL)
-    rush._processes[victim].process.wait()
+    os.kill(rush.local_workers[victim].process.pid, signal.SIGKILL)
+    rush.local_workers[victim].process.wait()
     assert rush.detect_lost_workers() == [victim]
     assert rush.detect_lost_workers() == []  # first writer wins: declared once
     assert rush.lost_worker_ids == [victim]
@@ -386,7 +386,7 @@ def test_context_manager_stops_its_workers(redis_url, network_id):
     with Rush(network_id, url=redis_url) as rush:
         (wid,) = rush.start_workers(funcs.add, n_workers=1)
         rush.wait_for_workers(1, timeout=TIMEOUT)
-        process = rush._processes[wid].process
+        process = rush.local_workers[wid].process
     assert process.poll() == 0  # SIGTERM: a graceful stop
     assert rush.terminated_worker_ids == [wid]
     rush.reset()

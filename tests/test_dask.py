@@ -175,7 +175,7 @@ def test_resources_send_nodes_to_workers_that_have_them(rush):
     plain = rush.start_workers(n_workers=1)
     gpu = rush.start_workers(n_workers=1, resources={"GPU": 1})
     rush.wait_for_workers(2, timeout=TIMEOUT)
-    pids = {w: rush._processes[w].process.pid for w in plain + gpu}
+    pids = {w: rush.local_workers[w].process.pid for w in plain + gpu}
     with dask.annotate(resources={"GPU": 1}):
         on_gpu = [dask.delayed(f.which_worker)(i, dask_key_name=f"g-{i}") for i in range(8)]
     got = dask.compute(on_gpu, scheduler=rush, optimize_graph=False)[0]

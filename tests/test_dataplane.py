@@ -179,7 +179,7 @@ def test_the_file_outlives_a_sigkilled_producer_on_the_same_host(rush):
     future = rush.submit(f.big_array, 2 * MB, fill=3.0)
     future.result()
     holder = task_fields(rush, future)[b"at"].decode()
-    os.kill(rush._processes[holder].process.pid, signal.SIGKILL)
+    os.kill(rush.local_workers[holder].process.pid, signal.SIGKILL)
     wait_until(lambda: holder in rush.detect_lost_workers() or holder in rush.lost_worker_ids,
                what="holder declared lost")
     survivor = b_id if holder == a_id else a_id
@@ -215,7 +215,7 @@ def test_other_hosts_fetch_over_tcp_and_a_lost_result_is_recomputed(rush, tmp_pa
         monkeypatch.setenv("RUSH_HOST_ID", "host-b")
         [worker_b] = rush.start_workers(n_workers=1, **FAST)
         rush.wait_for_workers(worker_ids=[worker_b], timeout=TIMEOUT)
-        os.kill(rush._processes[worker_a].process.pid, signal.SIGKILL)
+        os.kill(rush.local_workers[worker_a].process.pid, signal.SIGKILL)
         gate.touch()
         thread.join(TIMEOUT)
     assert result == [5.0 * 2 * MB / 8]

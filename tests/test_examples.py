@@ -132,7 +132,7 @@ def test_decentralized_search_survives_a_dead_worker(rush):
     victim, survivor = rush.start_workers(worker_loop=hpo_decentralized.worker_loop, n_workers=2,
                                           budget=budget)
     wait_until(lambda: rush.n_finished_tasks >= 2)
-    os.kill(rush._processes[victim].process.pid, signal.SIGKILL)
+    os.kill(rush.local_workers[victim].process.pid, signal.SIGKILL)
     # What the example's controller does while it waits: declare dead workers lost.
     wait_until(lambda: rush.detect_lost_workers() == [] and rush.n_terminated_workers == 1)
     assert rush.lost_worker_ids == [victim] and rush.terminated_worker_ids == [survivor]

@@ -47,7 +47,7 @@ def test_sigkill_mid_task_loses_nothing(rush):
     keys = rush.push_tasks([{"x": i, "duration": 0.2} for i in range(20)])
     wait_until(lambda: task_held_by(rush, victim) is not None, what="victim running a task")
     interrupted = task_held_by(rush, victim)
-    os.kill(rush._processes[victim].process.pid, signal.SIGKILL)
+    os.kill(rush.local_workers[victim].process.pid, signal.SIGKILL)
 
     rush.wait_for_tasks(keys, timeout=TIMEOUT)
     assert_each_finished_once(rush, keys)
@@ -64,7 +64,7 @@ def test_sigstop_past_heartbeat_then_sigcont_records_nothing_twice(rush):
     keys = rush.push_tasks([{"x": i, "duration": 0.8} for i in range(6)])
     wait_until(lambda: task_held_by(rush, frozen) is not None, what="worker running a task")
     held = task_held_by(rush, frozen)
-    process = rush._processes[frozen].process
+    process = rush.local_workers[frozen].process
     os.kill(process.pid, signal.SIGSTOP)
     try:
         rush.wait_for_tasks(keys, timeout=TIMEOUT)  # detects the lost worker while waiting
@@ -82,7 +82,7 @@ def test_idle_workers_requeue_tasks_of_a_lost_worker_without_a_controller(rush):
     rush.wait_for_workers(2, timeout=TIMEOUT)
     keys = rush.push_tasks([{"x": i, "duration": 0.1} for i in range(6)])
     wait_until(lambda: task_held_by(rush, victim) is not None)
-    os.kill(rush._processes[victim].process.pid, signal.SIGKILL)
+    os.kill(rush.local_workers[victim].process.pid, signal.SIGKILL)
     rush.wait_for_tasks(keys, timeout=TIMEOUT, detect_lost_workers=False)
     assert_each_finished_once(rush, keys)
     assert rush.lost_worker_ids == [victim]
@@ -108,7 +108,7 @@ def test_kill_fails_the_running_task(rush):
     failed = rush.fetch_failed_tasks()
     assert failed["keys"].tolist() == keys
     assert "worker killed" in failed["error"].iloc[0]
-    assert rush._processes[wid].process.poll() == -signal.SIGKILL
+    assert rush.local_workers[wid].process.poll() == -signal.SIGKILL
 
 
 def test_terminate_lets_the_running_task_finish(rush):
@@ -116,7 +116,7 @@ def test_terminate_lets_the_running_task_finish(rush):
     keys = rush.push_tasks([{"x": 1, "duration": 0.5}, {"x": 2, "duration": 0.5}])
     wait_until(lambda: rush.n_running_tasks == 1)
     rush.stop_workers(type="terminate")
-    assert rush._processes[wid].process.wait(30) == 0
+    assert rush.local_workers[wid].process.wait(30) == 0
     assert rush.terminated_worker_ids == [wid]
     assert rush.fetch_finished_tasks()["keys"].tolist() == keys[:1]
     assert rush.n_queued_tasks == 1  # the second task waits for another worker
@@ -128,7 +128,7 @@ def test_kill_reaches_a_worker_through_redis(rush):
     keys = rush.push_tasks([{"x": 1, "duration": 60}])
     wait_until(lambda: rush.n_running_tasks == 1)
     rush.scripts.mark_workers(args=[rush.keys.prefix, "killed", "worker killed by the user", "0", wid])
-    assert rush._processes[wid].process.wait(10) == EXIT_KILLED
+    assert rush.local_workers[wid].process.wait(10) == EXIT_KILLED
     assert "worker killed" in rush.fetch_failed_tasks()["error"].iloc[0]
     assert keys == rush.fetch_failed_tasks()["keys"].tolist()
 
@@ -265,7 +265,7 @@ def test_worker_gives_up_when_redis_stays_away(tmp_path):
         (wid,) = rush.start_workers(funcs.add, n_workers=1, redis_retry_timeout=1.0, **FAST)
         rush.wait_for_workers(1, timeout=TIMEOUT)
         server.stop(cleanup=False)
-        proc = rush._processes[wid]
+        proc = rush.local_workers[wid]
         assert proc.process.wait(30) == EXIT_REDIS_GONE
         assert "unreachable" in proc.stderr_path.read_text()
     finally:

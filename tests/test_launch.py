@@ -78,7 +78,7 @@ def states_of(rush: Rush, ids) -> set[str]:
 
 
 def finished_by_cluster_worker(rush: Rush, ids) -> list:
-    return [rush._cluster_workers[i].future.result(timeout=TIMEOUT) for i in range(len(ids))]
+    return [rush.local_workers.on_cluster[i].future.result(timeout=TIMEOUT) for i in range(len(ids))]
 
 
 def test_unix_socket_url_is_refused_and_nothing_is_written(rush, redis_url, cluster_client):
@@ -127,7 +127,7 @@ def test_workers_run_on_the_cluster_spread_over_its_workers_and_stop_with_the_co
     assert set(data["pid"]) <= pids  # the function ran in those processes
 
     # Closing the controller stops the cluster workers it started, like its local ones.
-    futures = [w.future for w in tcp_rush._cluster_workers]
+    futures = [w.future for w in tcp_rush.local_workers.on_cluster]
     tcp_rush.close()
     assert [f.result(timeout=TIMEOUT)[0] for f in futures] == [0, 0, 0]
     assert states_of(tcp_rush, ids) == {C.TERMINATED}
@@ -170,7 +170,7 @@ def test_stop_workers_kill_reaches_cluster_workers_at_their_next_heartbeat(tcp_r
 def test_a_worker_that_cannot_start_on_the_cluster_is_reported(tcp_rush, cluster_client):
     started = submit_workers(cluster_client, sorted(cluster_worker_pids(cluster_client))[:1],
                              tcp_rush.network_id, "no-such-start-id", tcp_rush.url)
-    tcp_rush._cluster_workers.extend(started)
+    tcp_rush.local_workers.on_cluster.extend(started)
     with pytest.raises(WorkerStartError, match="no worker configuration 'no-such-start-id'"):
         tcp_rush.wait_for_workers(timeout=TIMEOUT)
 

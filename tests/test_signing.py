@@ -83,7 +83,7 @@ def test_forged_task_never_runs(signed, tmp_path):
     wait_until(lambda: any(forged_key in m and "refused" in m for m in signed.read_log().message),
                30, "refusal in the worker log")
     assert set(signed.fetch_finished_tasks()["keys"]) == set(good)
-    stderr = next(iter(signed._processes.values())).stderr_path.read_text()
+    stderr = next(iter(signed.local_workers)).stderr_path.read_text()
     assert forged_key in stderr and "not unpickled" in stderr
 
 
