@@ -57,7 +57,7 @@ from . import constants as C
 from .errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, TaskFailedError
 from .fusion import MAX_GROUP, TASKS_PER_WORKER, bundle_limit, bundle_outputs, fuse_subtrees, group_limit
 from .dataplane import OFFLOAD_MIN, RESULT_FIELDS
-from .scripts import GraphNode
+from .scripts import NewNode
 from .serialize import dumps, loads
 from .taskconfig import with_config
 from .waiting import Patience
@@ -253,11 +253,11 @@ class GraphRun:
         base = self.rush.client.incrby(self.rush.keys.seq, max(len(graph), 1)) - len(graph)
         notify = "1" if self.notify else (self.done_list or "0")
 
-        def push(batch: list[GraphNode]) -> None:
+        def push(batch: list[NewNode]) -> None:
             self.rush.scripts.push_graph(self.graph_id, batch, n_nodes=len(graph), notify=notify,
                                          lease=self.lease)
 
-        batch: list[GraphNode] = []
+        batch: list[NewNode] = []
         # Inputs before the nodes that use them (dask.order is topological), in batches
         # that are sent as soon as they are built.
         for key in sorted(graph, key=ranks.__getitem__):
@@ -275,7 +275,7 @@ class GraphRun:
                     f"task {key!r} of the graph is {len(payload):,} bytes serialized, over "
                     f"max_payload_bytes={self.rush.max_payload_bytes:,}: load large data inside "
                     "a task (dask.delayed) instead of embedding it in the graph")
-            batch.append(GraphNode(
+            batch.append(NewNode(
                 task_keys[key], payload,
                 refs=len(dependents[key]) + (key in outputs),
                 deps=list(deps.values()), dependents=dependents[key],

@@ -80,7 +80,7 @@ class Outcome(NamedTuple):
     exception: bytes = b""
 
 
-class GraphNode(NamedTuple):
+class NewNode(NamedTuple):
     """One node of a Dask graph for :meth:`Scripts.push_graph`."""
 
     key: str
@@ -289,7 +289,7 @@ class Scripts:
 
     # ------------------------------------------------------------ graphs
     @_raw_args_accepted
-    def push_graph(self, graph_id: str, nodes: Sequence[GraphNode], *, n_nodes: int, notify: str,
+    def push_graph(self, graph_id: str, nodes: Sequence[NewNode], *, n_nodes: int, notify: str,
                    lease: float) -> int:
         """Create one batch of a graph's nodes; returns how many were queued (0: a repeated batch).
 

@@ -10,7 +10,7 @@ import redis
 
 from rush_dask.constants import Keys
 from rush_dask.lualoader import build, load_script, parse_header, script_names
-from rush_dask.scripts import (GraphNode, HeartbeatReply, NewTask, Outcome, PoppedTask, Scripts,
+from rush_dask.scripts import (NewNode, HeartbeatReply, NewTask, Outcome, PoppedTask, Scripts,
                                SettleReply, sources)
 from rush_dask.serialize import dumps
 
@@ -91,8 +91,8 @@ def test_the_typed_layer_round_trip(rush):
 
 def test_a_typed_graph_batch(rush):
     scripts = rush.scripts
-    nodes = [GraphNode("g.0", b"a", refs=1, deps=[], dependents=["g.1"], score=0.0),
-             GraphNode("g.1", b"b", refs=1, deps=["g.0"], dependents=[], score=1.0)]
+    nodes = [NewNode("g.0", b"a", refs=1, deps=[], dependents=["g.1"], score=0.0),
+             NewNode("g.1", b"b", refs=1, deps=["g.0"], dependents=[], score=1.0)]
     assert scripts.push_graph("g", nodes, n_nodes=2, notify="1", lease=60.0) == 1
     assert scripts.push_graph("g", nodes, n_nodes=2, notify="1", lease=60.0) == 0  # applies once
     assert scripts.fetch_tasks(["g.0", "g.1"], ["state", "waiting"]) == [[b"queued", b"0"],
