@@ -170,7 +170,7 @@ def _check_rush(rush: Rush, n_tasks: int) -> None:
 
 def _monitored_rush_run(rush: Rush, xss: list[dict], url: str) -> Counter:
     """Push and wait while a separate process counts every command with MONITOR."""
-    script_names = {s.sha: name for name, s in vars(rush.scripts).items() if hasattr(s, "sha")}
+    script_names = rush.scripts.names_by_sha()
     stop_token = f"bench-monitor-stop-{uuid.uuid4().hex}"
     ctx = multiprocessing.get_context("spawn")
     replies = ctx.Queue()

@@ -378,8 +378,7 @@ def check_network(rush: Rush, expected: dict[str, int], stats: Stats) -> None:
         stats.violation(f"{len(wrong)} plain tasks have a wrong result, e.g. {wrong[:3]}")
     keys = list(expected)
     fields = [f for i in range(0, len(keys), 10_000)
-              for f in rush.scripts.fetch_tasks(args=[k.prefix, 3, "state", "n_lost", "attempts",
-                                                      *keys[i:i + 10_000]])]
+              for f in rush.scripts.fetch_tasks(keys[i:i + 10_000], ("state", "n_lost", "attempts"))]
     states = Counter(f[0].decode() if f[0] else None for f in fields)
     if states != Counter({"finished": len(expected)}):
         stats.violation(f"plain task states at the end: {dict(states)}")

@@ -57,7 +57,7 @@ class SimWorker:
 
     def __init__(self, client: aredis.Redis, keys: C.Keys, settings: Settings):
         self.client, self.keys, self.s = client, keys, settings
-        self.scripts = Scripts(client)
+        self.scripts = Scripts(client, keys)
         self.worker_id = uuid.uuid4().hex[:12]
         self.request = 0
         self.done = 0
@@ -160,7 +160,7 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
 
         # Busy: no-op tasks through every worker.
         n_tasks = max(2_000, 20 * n)
-        scripts = Scripts(sync)
+        scripts = Scripts(sync, keys)
         blob = dumps({"x": 1})
         c0, cpu0, t0 = *redis_counters(sync), time.monotonic()
         done0 = sum(w.done for w in workers)

@@ -31,7 +31,7 @@ class _ArchiveView(NetworkView):
     def __init__(self, network_id: str, url: str):
         self.keys = C.Keys(network_id)
         self.client = connect(url)
-        self.scripts = Scripts(self.client)
+        self.scripts = Scripts(self.client, self.keys)
         self.secret = known_secrets.get(network_id) or resolve_secret(None)
         self._init_view()
 

@@ -24,6 +24,7 @@ from .dataplane import RESULT_FIELDS
 from .shuffle import task_shuffle
 
 logger = logging.getLogger("rush_dask")
+_FETCHED = ("state", *RESULT_FIELDS)  # what reading a future's result needs
 
 
 def _apply(fn: Callable, args: tuple, kwargs: dict) -> Any:
@@ -128,12 +129,11 @@ class FuturesClient:
         pipe = self.client.pipeline(transaction=False)
         chunks = []
         for start in range(0, len(unique), 10_000):  # one command per 10,000 (not one per future)
-            args = [self.keys.prefix, 1 + len(RESULT_FIELDS), "state", *RESULT_FIELDS,
-                    *(f.task_key for f in unique[start:start + 10_000])]
+            task_keys = [f.task_key for f in unique[start:start + 10_000]]
             if direct:
-                chunks.append(self.scripts.fetch_tasks(args=args))
+                chunks.append(self.scripts.fetch_tasks(task_keys, _FETCHED))
             else:
-                self.scripts.fetch_tasks(args=args, client=pipe)
+                self.scripts.fetch_tasks(task_keys, _FETCHED, client=pipe)
         for graph_id in graphs:  # in the same round trip: did these nodes warn?
             pipe.exists(taskwarnings.warnings_key(self.keys.prefix, graph_id))
         replies = pipe.execute()

@@ -40,7 +40,7 @@ class Completions:
     def __init__(self, rush: "Rush"):
         self._rush = weakref.proxy(rush)
         self.client_id = uuid.uuid4().hex[:16]
-        self.list_key = rush.keys.prefix + f"fdone:{self.client_id}"
+        self.list_key = rush.keys.futures_done(self.client_id)
         self.cond = threading.Condition()
         self.failed: dict[str, bool] = {}  # task key -> failed?, for every done future
         self.pending: set[str] = set()  # task keys of live futures not known done
@@ -77,7 +77,7 @@ class Completions:
         self.forget(task_key)
         thread = self._thread
         if thread is None or not thread.is_alive():
-            self._rush.scripts.release(args=[self._rush.keys.prefix, task_key])
+            self._rush.scripts.release([task_key])
             return
         self._to_release.append(task_key)
         if not self._wake_sent:
@@ -90,7 +90,7 @@ class Completions:
         while self._to_release:
             keys.append(self._to_release.popleft())
         for start in range(0, len(keys), 10_000):
-            self._rush.scripts.release(args=[self._rush.keys.prefix, *keys[start:start + 10_000]])
+            self._rush.scripts.release(keys[start:start + 10_000])
 
     def is_done(self, task_key: str) -> bool:
         return task_key in self.failed

@@ -57,11 +57,26 @@ class Keys:
 
     >>> Keys("test").task("abc")
     'rush:{test}:task:abc'
+    >>> Keys("test").fixed("queue")
+    'rush:{test}:queue'
     """
+
+    # The keys a network has one of (the Lua scripts receive them as KEYS) ...
+    FIXED = ("tasks", "queue", "running", "finished", "archive", "failed", "seq", "leases",
+             "worker_states", "wake", "lqs", "rqueues")
+    # ... and the families the scripts build from the prefix (``task:<key>`` ...).
+    FAMILIES = ("task", "worker", "hb", "held", "pq", "lq", "rq", "wake", "graph", "gdone",
+                "fdone", "gc")
 
     def __init__(self, network_id: str):
         self.network_id = check_network_id(network_id)
         self.prefix = f"rush:{{{network_id}}}:"
+
+    def fixed(self, name: str) -> str:
+        """The key of one of the network's fixed keys (see ``FIXED``), by its name in the scripts."""
+        if name not in self.FIXED:
+            raise ValueError(f"{name!r} is not a fixed key of a network; they are {', '.join(self.FIXED)}")
+        return self.prefix + name
 
     # Tasks
     def task(self, key: str) -> str:  # hash: xs, ys, state, worker_id, timestamps ...
@@ -101,6 +116,23 @@ class Keys:
     @property
     def leases(self) -> str:  # sorted set: graph id -> lease expiry (server time) of a compute
         return self.prefix + "leases"
+
+    @property
+    def resource_queues(self) -> str:  # set of resource specs ('GPU=1') that have a queue
+        return self.prefix + "rqueues"
+
+    def resource_queue(self, spec: str) -> str:  # sorted set: tasks that need those resources
+        return f"{self.prefix}rq:{spec}"
+
+    # Dask graphs
+    def graph(self, graph_id: str) -> str:  # hash: n, live, done, reaped, held, batch marks
+        return f"{self.prefix}graph:{graph_id}"
+
+    def graph_done(self, graph_id: str) -> str:  # list: nodes of a compute done ('!' + key: failed)
+        return f"{self.prefix}gdone:{graph_id}"
+
+    def futures_done(self, client_id: str) -> str:  # list: futures of one client that are done
+        return f"{self.prefix}fdone:{client_id}"
 
     def function(self, fun_id: str) -> str:  # a pickled function shared by many tasks
         return f"{self.prefix}fun:{fun_id}"

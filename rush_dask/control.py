@@ -34,7 +34,7 @@ class Network(NetworkView):
         self.keys = C.Keys(network_id)
         self.url = url
         self.client = connect(url) if client is None else client  # a client may serve many networks
-        self.scripts = Scripts(self.client)
+        self.scripts = Scripts(self.client, self.keys)
         self._init_view()
 
     def exists(self) -> bool:
@@ -79,7 +79,7 @@ def stop_workers(view: NetworkView, type: str = "terminate", worker_ids: Iterabl
         return []
     keys = view.keys
     if type == "kill":
-        view.scripts.mark_workers(args=[keys.prefix, C.KILLED, "worker killed by the user", "0", *ids])
+        view.scripts.mark_workers(ids, state=C.KILLED, reason="worker killed by the user")
         signal_local(view, ids, signal.SIGKILL, processes or {})
     else:
         pipe = view.client.pipeline(transaction=True)

@@ -151,8 +151,8 @@ class RushExecutor(concurrent.futures.Executor):
         rush = self._rush
         keys = [f.task_key for f in futures]
         for start in range(0, len(keys), 10_000):
-            rush.scripts.cancel_futures(args=[rush.keys.prefix, "cancelled: the executor's map was left",
-                                              *keys[start:start + 10_000]])
+            rush.scripts.cancel_futures(keys[start:start + 10_000],
+                                        reason="cancelled: the executor's map was left")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; with ``cancel_futures`` cancel those not done; with ``wait`` wait for the rest.

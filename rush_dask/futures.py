@@ -142,8 +142,7 @@ class RushFuture(TaskRef):
         if self._cancelled:
             return True
         rush = self._rush
-        if rush.scripts.cancel_futures(args=[rush.keys.prefix, f"cancelled by the client ({self.key!r})",
-                                             self.task_key]):
+        if rush.scripts.cancel_futures([self.task_key], reason=f"cancelled by the client ({self.key!r})"):
             self._cancelled = True
             rush._completions._mark([(self.task_key, True)])
         return self._cancelled
@@ -165,7 +164,7 @@ class RushFuture(TaskRef):
         release of a garbage-collected future is batched and follows within a moment)."""
         if self._finalizer.detach():
             self._rush._completions.forget(self.task_key)
-            self._rush.scripts.release(args=[self._rush.keys.prefix, self.task_key])
+            self._rush.scripts.release([self.task_key])
 
     def __repr__(self) -> str:
         return f"<RushFuture {self.key!r} {self.status}>"

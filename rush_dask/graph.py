@@ -57,6 +57,7 @@ from . import constants as C
 from .errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, TaskFailedError
 from .fusion import MAX_GROUP, TASKS_PER_WORKER, bundle_limit, bundle_outputs, fuse_subtrees, group_limit
 from .dataplane import OFFLOAD_MIN, RESULT_FIELDS
+from .scripts import NewNode
 from .serialize import dumps, loads
 from .taskconfig import with_config
 from .waiting import Patience
@@ -250,11 +251,13 @@ class GraphRun:
         priority_of, resources_of, retries_of = (self._per_node(name) for name in
                                                  ("priority", "resources", "retries"))
         base = self.rush.client.incrby(self.rush.keys.seq, max(len(graph), 1)) - len(graph)
-        header = [self.rush.keys.prefix, self.graph_id, len(graph),
-                  "1" if self.notify else (self.done_list or "0"),
-                  repr(self.lease)]
-        args = list(header)
-        pending = 0
+        notify = "1" if self.notify else (self.done_list or "0")
+
+        def push(batch: list[NewNode]) -> None:
+            self.rush.scripts.push_graph(self.graph_id, batch, n_nodes=len(graph), notify=notify,
+                                         lease=self.lease)
+
+        batch: list[NewNode] = []
         # Inputs before the nodes that use them (dask.order is topological), in batches
         # that are sent as soon as they are built.
         for key in sorted(graph, key=ranks.__getitem__):
@@ -272,20 +275,19 @@ class GraphRun:
                     f"task {key!r} of the graph is {len(payload):,} bytes serialized, over "
                     f"max_payload_bytes={self.rush.max_payload_bytes:,}: load large data inside "
                     "a task (dask.delayed) instead of embedding it in the graph")
-            args += [
+            batch.append(NewNode(
                 task_keys[key], payload,
-                len(dependents[key]) + (key in outputs),
-                " ".join(deps.values()), " ".join(dependents[key]),
-                repr(-int(priority_of(key)) * 1e12 + base + ranks[key]),
-                _resource_spec(resources_of(key)),
-                int(retries_of(key) or 0), self.max_lost, held or "",
-            ]
-            pending += 1
-            if pending == _BATCH:
-                self.rush.scripts.push_graph(args=args)
-                args, pending = list(header), 0
-        if pending:
-            self.rush.scripts.push_graph(args=args)
+                refs=len(dependents[key]) + (key in outputs),
+                deps=list(deps.values()), dependents=dependents[key],
+                score=-int(priority_of(key)) * 1e12 + base + ranks[key],
+                resources=_resource_spec(resources_of(key)),
+                max_retries=int(retries_of(key) or 0), max_lost=self.max_lost, held=held or "",
+            ))
+            if len(batch) == _BATCH:
+                push(batch)
+                batch = []
+        if batch:
+            push(batch)
         # Outputs that are futures of earlier graphs: the client holds one more reference.
         held = [self.external[k].task_key for k in self._external_outputs()]
         if held:
@@ -293,7 +295,7 @@ class GraphRun:
             for task_key in held:
                 pipe.hincrby(self.rush.keys.task(task_key), "refs", 1)
             if graph:  # for the workers, should they have to cancel this compute
-                pipe.hset(self.rush.keys.prefix + f"graph:{self.graph_id}", "held", " ".join(held))
+                pipe.hset(self.rush.keys.graph(self.graph_id), "held", " ".join(held))
             pipe.execute()
 
     def _check_external_inputs(self) -> None:
@@ -314,7 +316,7 @@ class GraphRun:
         """Follow the run until every node finished; returns the outputs' values."""
         rush = self.rush
         by_task_key = {task_key: key for key, task_key in self.task_keys.items()}
-        done_key = rush.keys.prefix + f"gdone:{self.graph_id}"
+        done_key = rush.keys.graph_done(self.graph_id)
         external = self._external_outputs()
         not_here = set(external)
         outputs_here = [k for k in self.outputs if k not in not_here]
@@ -365,7 +367,7 @@ class GraphRun:
         return results
 
     def _renew_lease(self) -> None:
-        if not self.rush.scripts.renew_lease(args=[self.rush.keys.prefix, self.graph_id, repr(self.lease)]):
+        if not self.rush.scripts.renew_lease(self.graph_id, lease=self.lease):
             raise ComputeCancelledError(
                 f"the workers cancelled this compute: its client did not renew the graph's "
                 f"lease for {self.lease:g} s (was the process paused, or cut off from Redis?); "
@@ -389,7 +391,7 @@ class GraphRun:
         """Drop the client's reference on these outputs (results nobody else needs are deleted)."""
         if keys:  # the outputs in one bundle share one reference
             task_keys = dict.fromkeys(self.task_key(k) for k in keys)
-            self.rush.scripts.release(args=[self.rush.keys.prefix, *task_keys])
+            self.rush.scripts.release(task_keys)
 
     def _done_by_state(self, task_keys: set[str]) -> list[str]:
         """Nodes among ``task_keys`` that are done, as ``wait`` reads them from ``gdone``:
@@ -417,8 +419,7 @@ class GraphRun:
         """Delete what is left of this graph (queued nodes, late results are dropped)."""
         keys = list(self.task_keys.values())
         for start in range(0, max(len(keys), 1), 10_000):
-            self.rush.scripts.cancel_graph(args=[self.rush.keys.prefix, self.graph_id,
-                                                 *keys[start:start + 10_000]])
+            self.rush.scripts.cancel_graph(self.graph_id, keys[start:start + 10_000])
 
     def futures(self) -> dict[Hashable, "RushFuture"]:
         """One future per output (for persist and submit)."""

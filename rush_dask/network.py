@@ -210,8 +210,7 @@ class NetworkView:
 
     def _sweep_lost_workers(self, dead: Sequence[str] = ()) -> list[str]:
         reason = "worker lost (heartbeat expired or process gone); the task was lost too often"
-        changed = self.scripts.mark_workers(args=[self.keys.prefix, C.LOST, reason, "1", *dead])
-        return [w.decode() for w in changed]
+        return self.scripts.mark_workers(dead, state=C.LOST, reason=reason, scan_heartbeats=True)
 
     # -------------------------------------------------------------------- tasks
     @property
@@ -279,9 +278,8 @@ class NetworkView:
 
     def _read_task_fields(self, keys: Sequence[str]) -> list[list[bytes | None]]:
         records: list[list[bytes | None]] = []
-        header = [self.keys.prefix, len(_TASK_FIELDS), *_TASK_FIELDS]
         for start in range(0, len(keys), _BATCH):
-            records.extend(self.scripts.fetch_tasks(args=[*header, *keys[start:start + _BATCH]]))
+            records.extend(self.scripts.fetch_tasks(keys[start:start + _BATCH], _TASK_FIELDS))
         return records
 
     def _task_rows(self, keys: Sequence[str]) -> "pd.DataFrame":

@@ -24,7 +24,7 @@ from .network import NetworkView, known_secrets
 from .processes import LocalWorkers
 from .client import FuturesClient
 from .scheduler import DaskScheduler
-from .scripts import Scripts
+from .scripts import NewTask, Scripts
 from .serialize import content_id, dumps, dumps_function, resolve_secret
 from .server import before_embedded_stop
 from .shared import pack_inputs
@@ -89,7 +89,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         # Commands are retried through a Redis restart; the scripts that a retry may
         # repeat (push, push_graph) apply once, and GraphRun.wait recovers lost replies.
         self.client = connect(self.url, retry_timeout=C.DEFAULT_REDIS_RETRY_TIMEOUT)
-        self.scripts = Scripts(self.client)
+        self.scripts = Scripts(self.client, self.keys)
         self.seed = seed
         if self.secret is not None:
             known_secrets[self.keys.network_id] = self.secret
@@ -415,20 +415,24 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         # Each batch is one atomic script; no MULTI around them, so workers start on the
         # first batch while the rest is sent, and Redis serves other clients in between.
         fun_id = content_id(fun_blob) if fun_blob is not None else ""
-        header = [self.keys.prefix, 0, fun_id, max_retries, "" if timeout is None else timeout,
-                  "" if seed is None else seed, priority, max_lost]
-        batches = []
+
+        def push(batch: list[NewTask], client: Any = None) -> None:
+            self.scripts.push(batch, fun_id=fun_id, max_retries=max_retries, timeout=timeout, seed=seed,
+                              priority=priority, max_lost=max_lost, client=client)
+
+        batches: list[list[NewTask]] = []
         start = 0
         while start < len(keys):
-            args, size, i = list(header), 0, start
+            batch: list[NewTask] = []
+            size, i = 0, start
             # A batch ends at _PUSH_BATCH tasks or _PUSH_BYTES of payload (Redis closes a
             # client whose command exceeds its 1 GB query buffer).
             while i < len(keys) and i - start < _PUSH_BATCH and (i == start or size < _PUSH_BYTES):
-                args += [keys[i], blobs[i], extras[i], targets[i]]
+                batch.append(NewTask(keys[i], blobs[i], extras[i], targets[i]))
                 size += len(blobs[i]) + len(extras[i])
                 i += 1
-            args[1], start = i - start, i
-            batches.append(args)
+            start = i
+            batches.append(batch)
         # A Redis restart while the pipeline runs empties the script cache (NOSCRIPT
         # after the reconnect); a batch applies only once, so sending them again is safe.
         for attempt in range(2):
@@ -441,11 +445,11 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
                 # A cluster pipeline does not load scripts (a plain one does): the batches
                 # go after the shared inputs and the function they use, one call each.
                 pipe.execute()
-                for args in batches:
-                    self.scripts.push(args=args)
+                for batch in batches:
+                    push(batch)
                 break
-            for args in batches:
-                self.scripts.push(args=args, client=pipe)
+            for batch in batches:
+                push(batch, client=pipe)
             try:
                 pipe.execute()
                 break
@@ -523,7 +527,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         >>> rush.empty_queue()   # doctest: +SKIP
         3
         """
-        return self.scripts.empty_queue(args=[self.keys.prefix, reason])
+        return self.scripts.empty_queue(reason)
 
     def reset(self, workers: bool = True) -> None:
         """Delete every key of this network from Redis (and kill its workers first).

@@ -58,7 +58,7 @@ from .errors import (
 from .heartbeat import EXIT_LOST, EXIT_REDIS_GONE, Heartbeat, rss_bytes
 from .logs import RedisLogHandler
 from .network import HOSTNAME, NetworkView
-from .scripts import Scripts
+from .scripts import Outcome, PoppedTask, RunningTask, Scripts, SettleReply
 from .serialize import dumps, loads, resolve_secret, sign
 from .shared import resolve
 from .tasks import check_xss, new_keys
@@ -94,7 +94,7 @@ class Task:
         return self.load(self.payload)
 
     @classmethod
-    def from_reply(cls, reply: list, load: Callable[[bytes], Any] = loads) -> "Task":
+    def from_reply(cls, reply: PoppedTask, load: Callable[[bytes], Any] = loads) -> "Task":
         key, xs, fun, timeout, seed, seq, attempts, graph, inputs = reply
         return cls(
             key=key.decode(),
@@ -200,7 +200,7 @@ class RushWorker(NetworkView):
         self.constants = dict(constants or {})
         self.url = resolve_url(url)
         self.client = connect(self.url)
-        self.scripts = Scripts(self.client)
+        self.scripts = Scripts(self.client, self.keys)
         # Large graph results stay on this host; other hosts fetch them from this server.
         self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url,
                                transfer_timeout=max(5.0, self.heartbeat_expire))
@@ -220,15 +220,16 @@ class RushWorker(NetworkView):
         if root.level > log_level or root.level == logging.NOTSET:
             root.setLevel(log_level)
 
-        registered = self.scripts.register(args=[
-            self.keys.prefix, self.worker_id, int(self.heartbeat_expire * 1000),
-            "pid", os.getpid(), "hostname", HOSTNAME,
-            "heartbeat_period", self.heartbeat_period, "heartbeat_expire", self.heartbeat_expire,
-            "resources", json.dumps(self.resources), "start_id", start_id or "",
-            "python", sys.version.split()[0], "host", self.plane.host,
-            *[item for pair in data_server.items() for item in pair],
-            "rss", rss_bytes(), "n_done", 0,
-        ])
+        fields = {
+            "pid": os.getpid(), "hostname": HOSTNAME,
+            "heartbeat_period": self.heartbeat_period, "heartbeat_expire": self.heartbeat_expire,
+            "resources": json.dumps(self.resources), "start_id": start_id or "",
+            "python": sys.version.split()[0], "host": self.plane.host,
+            **data_server,
+            "rss": rss_bytes(), "n_done": 0,
+        }
+        registered = self.scripts.register(
+            self.worker_id, heartbeat_expire_ms=int(self.heartbeat_expire * 1000), fields=fields)
         if not registered:
             raise ValueError(f"worker id {self.worker_id!r} is already taken in network {network_id!r}")
         self._heartbeat = Heartbeat(
@@ -242,7 +243,7 @@ class RushWorker(NetworkView):
         # nothing) counts against redis_retry_timeout; redis-py < 8 sets none.
         self._heartbeat_client = connect(self.url, check=False, socket_timeout=self.heartbeat_expire,
                                          socket_connect_timeout=self.heartbeat_expire)
-        self._heartbeat_scripts = Scripts(self._heartbeat_client)
+        self._heartbeat_scripts = Scripts(self._heartbeat_client, self.keys)
         self._heartbeat.start()
         logger.info("worker %s started (pid %s on %s)", self.worker_id, os.getpid(), HOSTNAME)
 
@@ -271,15 +272,15 @@ class RushWorker(NetworkView):
                 delay = min(delay * 2, 2.0)
 
     def _beat(self) -> tuple[str, bool]:
-        state, terminate, garbage = self._heartbeat_scripts.heartbeat(
-            args=[self.keys.prefix, self.worker_id, int(self.heartbeat_expire * 1000), C.REAP_BATCH,
-                  self.plane.host])
-        self.plane.collect(garbage)
+        beat = self._heartbeat_scripts.heartbeat(
+            self.worker_id, heartbeat_expire_ms=int(self.heartbeat_expire * 1000),
+            reap_batch=C.REAP_BATCH, host=self.plane.host)
+        self.plane.collect(beat.garbage)
         counters = self.plane.counters()
         if counters != self._reported:  # for benchmarks and the dashboard: bytes moved so far
             self._heartbeat_client.hset(self.keys.worker(self.worker_id), mapping=counters)
             self._reported = counters
-        return state.decode(), terminate == b"1"
+        return beat.state, beat.terminate
 
     def _after_beat(self) -> None:
         """Ship the log records; report memory and tasks done (for the dashboard and worker_info)."""
@@ -311,24 +312,24 @@ class RushWorker(NetworkView):
         return value.decode() if value else "unknown"
 
     # ------------------------------------------------------------------- tasks
-    def _settle_and_pop(self, outcomes: Sequence[tuple] = (), want: int = 1, min_queue: int = 0) -> list:
-        """One round trip: report ``(key, outcome, payload, traceback, exception)`` tuples, pop ``want`` tasks."""
+    def _settle_and_pop(self, outcomes: Sequence[Outcome] = (), want: int = 1,
+                        min_queue: int = 0) -> SettleReply:
+        """One round trip: report what became of tasks that ran here, pop ``want`` tasks."""
         self._requests += 1
-        args: list[Any] = [self.keys.prefix, self.worker_id, self._requests, self._resource_spec,
-                           want, min_queue, len(outcomes), self.plane.host]
-        for outcome in outcomes:
-            args.extend(outcome)
-        reply = self._retry(lambda: self.scripts.settle_and_pop(args=args))
-        if reply[3]:
-            self.plane.collect(reply[3])
-            for path in reply[3]:
+        request = self._requests
+        reply = self._retry(lambda: self.scripts.settle_and_pop(
+            self.worker_id, request=request, outcomes=outcomes, want=want, min_queue=min_queue,
+            resources=self._resource_spec, host=self.plane.host))
+        if reply.garbage:
+            self.plane.collect(reply.garbage)
+            for path in reply.garbage:
                 self.cache.discard(os.path.basename(os.fsdecode(path)))
-        why = (f"{self.worker_id} is {reply[1].decode()} in Redis" if reply[0] == b"stop"
+        why = (f"{self.worker_id} is {reply.reason} in Redis" if reply.kind == "stop"
                else f"the task is no longer held by {self.worker_id} (first writer wins)")
-        for outcome, note in zip(outcomes, reply[2]):
-            if note in (b"finished", b"failed"):
+        for outcome, note in zip(outcomes, reply.notes):
+            if note in ("finished", "failed"):
                 self._n_done += 1
-            elif note == b"dropped":
+            elif note == "dropped":
                 logger.warning("result of task %s dropped: %s", outcome[0], why)
         return reply
 
@@ -345,9 +346,9 @@ class RushWorker(NetworkView):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             reply = self._settle_and_pop()
-            if reply[0] == b"tasks":
-                return Task.from_reply(reply[4], self._load_task)
-            if reply[0] == b"stop":
+            if reply.kind == "tasks":
+                return Task.from_reply(reply.tasks[0], self._load_task)
+            if reply.kind == "stop":
                 self._on_stop_reply(reply)
                 return None
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -365,8 +366,8 @@ class RushWorker(NetworkView):
         self._retry(lambda: self.client.blpop(
             [self.keys.wake_worker(self.worker_id), self.keys.wake], timeout=wait))
 
-    def _on_stop_reply(self, reply: list) -> None:
-        reason = reply[1].decode()
+    def _on_stop_reply(self, reply: SettleReply) -> None:
+        reason = reply.reason
         if reason == "terminate":
             self._terminate_requested = True
         else:
@@ -382,11 +383,10 @@ class RushWorker(NetworkView):
         """
         check_xss(xss, extra)
         keys = new_keys(len(xss))
-        args: list[Any] = [self.keys.prefix, self.worker_id, len(xss)]
-        for i, key in enumerate(keys):
-            args += [key, dumps(dict(xss[i]), self.secret),
-                     dumps(dict(extra[i]), self.secret) if extra else b""]
-        self._retry(lambda: self.scripts.push_running(args=args))
+        tasks = [RunningTask(key, dumps(dict(xss[i]), self.secret),
+                             dumps(dict(extra[i]), self.secret) if extra else b"")
+                 for i, key in enumerate(keys)]
+        self._retry(lambda: self.scripts.push_running(self.worker_id, tasks))
         return keys
 
     def finish_tasks(self, keys: Sequence[str], yss: Sequence[dict[str, Any]]) -> list[str]:
@@ -405,8 +405,8 @@ class RushWorker(NetworkView):
         if len(keys) != len(yss):
             raise ValueError(f"got {len(keys)} keys but {len(yss)} results")
         # Every result is checked before any is stored: a refused call writes nothing.
-        outcomes = [(key, "finished", self._check_result(dumps(ys if isinstance(ys, dict) else {"y": ys},
-                                                                self.secret), key), "", b"")
+        outcomes = [Outcome(key, "finished",
+                            self._check_result(dumps(ys if isinstance(ys, dict) else {"y": ys}, self.secret), key))
                     for key, ys in zip(keys, yss)]
         return self._settle(outcomes)
 
@@ -415,13 +415,12 @@ class RushWorker(NetworkView):
         keys = [keys] if isinstance(keys, str) else list(keys)
         if len(keys) != len(errors):
             raise ValueError(f"got {len(keys)} keys but {len(errors)} errors")
-        outcomes = [(key, "error", *describe_error(e, self.secret)) if isinstance(e, BaseException)
-                    else (key, "error", str(e), "", b"") for key, e in zip(keys, errors)]
+        outcomes = [Outcome(key, "error", *describe_error(e, self.secret)) if isinstance(e, BaseException)
+                    else Outcome(key, "error", str(e)) for key, e in zip(keys, errors)]
         return self._settle(outcomes)
 
-    def _settle(self, outcomes: list[tuple]) -> list[str]:
-        reply = self._settle_and_pop(outcomes, want=0)
-        return [note.decode() for note in reply[2]]
+    def _settle(self, outcomes: list[Outcome]) -> list[str]:
+        return self._settle_and_pop(outcomes, want=0).notes
 
     # --------------------------------------------------------------- execution
     def _function(self, fun_id: str | None) -> Callable:
@@ -551,7 +550,7 @@ class RushWorker(NetworkView):
         several of them (at most ``BATCH_MAX``, about ``BATCH_SECONDS`` of work).
         """
         local: collections.deque[Task] = collections.deque()
-        outcomes: list[tuple] = []
+        outcomes: list[Outcome] = []
         courier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rush-courier")
         in_flight: Future | None = None
         try:
@@ -578,7 +577,7 @@ class RushWorker(NetworkView):
                                                PREFETCH_MIN_QUEUE)
                     outcomes = []
                 started = time.perf_counter()
-                outcomes.append((task.key, *self.execute(task)))
+                outcomes.append(Outcome(task.key, *self.execute(task)))
                 elapsed = time.perf_counter() - started
                 self._task_seconds = elapsed if self._task_seconds is None else \
                     0.8 * self._task_seconds + 0.2 * elapsed
@@ -587,12 +586,12 @@ class RushWorker(NetworkView):
         finally:
             courier.shutdown(wait=True)
 
-    def _accept(self, reply: list, local: collections.deque) -> bool:
+    def _accept(self, reply: SettleReply, local: collections.deque) -> bool:
         """Queue the tasks of a reply locally; handle stop orders. True if tasks came."""
-        if reply[0] == b"tasks":
-            local.extend(Task.from_reply(raw, self._load_task) for raw in reply[4:])
+        if reply.kind == "tasks":
+            local.extend(Task.from_reply(raw, self._load_task) for raw in reply.tasks)
             return True
-        if reply[0] == b"stop":
+        if reply.kind == "stop":
             self._on_stop_reply(reply)
         return False
 
@@ -603,7 +602,7 @@ class RushWorker(NetworkView):
         try:
             # Ship what was logged first: whoever sees the final state must also see the logs.
             self._retry(lambda: self.log_handler.ship(self.client))
-            self._retry(lambda: self.scripts.deregister(args=[self.keys.prefix, self.worker_id]))
+            self._retry(lambda: self.scripts.deregister(self.worker_id))
             logger.info("worker %s stopped", self.worker_id)
             self.log_handler.ship(self.client)
         finally:

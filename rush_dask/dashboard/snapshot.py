@@ -144,7 +144,7 @@ class Monitor:
             pipe.pttl(keys.heartbeat(wid))
             pipe.llen(keys.priority_queue(wid))
         for gid in gids:
-            pipe.hmget(f"{keys.prefix}graph:{gid}", "n", "live", "done")
+            pipe.hmget(keys.graph(str(gid)), "n", "live", "done")
         if n_running > RUNNING_SHOWN:
             pipe.srandmember(keys.running, RUNNING_SHOWN)
         else:
