@@ -218,12 +218,12 @@ class NetworkView:
         """Tasks waiting for any worker: the shared queue, the queues of tasks that need
         resources, and graph nodes queued near their inputs (which any idle worker may take).
         Tasks pushed to one worker's own queue are :attr:`n_queued_priority_tasks`."""
-        resource_specs = [s.decode() for s in self.client.smembers(self.keys.prefix + "rqueues")]
+        resource_specs = [s.decode() for s in self.client.smembers(self.keys.resource_queues)]
         near = [w.decode() for w in self.client.smembers(self.keys.local_queues)]
         pipe = self.client.pipeline(transaction=False)
         pipe.zcard(self.keys.queue)
         for spec in resource_specs:
-            pipe.zcard(self.keys.prefix + f"rq:{spec}")
+            pipe.zcard(self.keys.resource_queue(spec))
         for wid in near:
             pipe.zcard(self.keys.local_queue(wid))
         return sum(pipe.execute())

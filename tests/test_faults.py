@@ -127,7 +127,7 @@ def test_kill_reaches_a_worker_through_redis(rush):
     (wid,) = rush.start_workers(funcs.sleep_then, n_workers=1, **FAST)
     keys = rush.push_tasks([{"x": 1, "duration": 60}])
     wait_until(lambda: rush.n_running_tasks == 1)
-    rush.scripts.mark_workers(args=[rush.keys.prefix, "killed", "worker killed by the user", "0", wid])
+    rush.scripts.mark_workers([wid], state="killed", reason="worker killed by the user")
     assert rush.local_workers[wid].process.wait(10) == EXIT_KILLED
     assert "worker killed" in rush.fetch_failed_tasks()["error"].iloc[0]
     assert keys == rush.fetch_failed_tasks()["keys"].tolist()

@@ -16,6 +16,7 @@ import pytest
 from conftest import wait_until
 
 from rush_dask import PayloadSignatureError, Rush, RushWorker
+from rush_dask.scripts import NewTask
 from rush_dask.serialize import dumps, loads, mac, sign
 
 SECRET = "correct horse battery staple"
@@ -73,8 +74,7 @@ def test_forged_task_never_runs(signed, tmp_path):
     # An attacker with write access to Redis pushes a task of its own (a plain pickle),
     # with the same script a controller uses.
     forged_key = "forged-" + uuid.uuid4().hex[:8]
-    signed.scripts.push(args=[signed.keys.prefix, 1, "", 0, "", "", 0, 3,
-                              forged_key, forged(marker), b"", ""])
+    signed.scripts.push([NewTask(forged_key, forged(marker))], max_lost=3)
     signed.wait_for_tasks([*good, forged_key], timeout=60)
     assert not marker.exists()
     failed = signed.fetch_failed_tasks()
