@@ -59,7 +59,7 @@ from .heartbeat import EXIT_LOST, EXIT_REDIS_GONE, Heartbeat, rss_bytes
 from .logs import RedisLogHandler
 from .network import HOSTNAME, NetworkView
 from .scripts import Scripts
-from .serialize import dumps, loads, resolve_secret, sign
+from .serialize import content_id, dumps, loads, place, resolve_secret, sign, verify
 from .shared import resolve
 from .tasks import check_xss, new_keys
 
@@ -86,15 +86,16 @@ class Task:
     graph: str | None = None  # set for nodes of a Dask graph
     # Graph inputs: task key -> (value sent inline or None, holder's worker id, host, path)
     inputs: dict[str, tuple] = field(default_factory=dict)
-    load: Callable[[bytes], Any] = field(default=loads, repr=False)  # verifies, then unpickles
+    # load(payload, key): verifies (for the place of this task's inputs), then unpickles
+    load: Callable[[bytes, str], Any] = field(default=lambda payload, key: loads(payload), repr=False)
 
     @cached_property
     def xs(self) -> Any:
         """The inputs (a dict; for a graph node, the node and its input keys)."""
-        return self.load(self.payload)
+        return self.load(self.payload, self.key)
 
     @classmethod
-    def from_reply(cls, reply: list, load: Callable[[bytes], Any] = loads) -> "Task":
+    def from_reply(cls, reply: list, load: Callable[[bytes, str], Any] | None = None) -> "Task":
         key, xs, fun, timeout, seed, seq, attempts, graph, inputs = reply
         return cls(
             key=key.decode(),
@@ -107,7 +108,7 @@ class Task:
             graph=graph.decode() if graph else None,
             inputs={inputs[i].decode(): (inputs[i + 1] or None, *(v.decode() for v in inputs[i + 2:i + 5]))
                     for i in range(0, len(inputs), 5)},
-            load=load,
+            **({"load": load} if load is not None else {}),
         )
 
 
@@ -144,8 +145,13 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def describe_error(exc: BaseException, secret: bytes | None = None) -> tuple[str, str, bytes]:
-    """(``"Type: message"``, traceback text, pickled exception (signed with ``secret``) or b"")."""
+def describe_error(exc: BaseException, secret: bytes | None = None,
+                   where: bytes = b"") -> tuple[str, str, bytes]:
+    """(``"Type: message"``, traceback text, pickled exception (signed with ``secret`` for ``where``) or b"").
+
+    >>> describe_error(ValueError("bad"))[0]
+    'ValueError: bad'
+    """
     text = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
@@ -153,7 +159,28 @@ def describe_error(exc: BaseException, secret: bytes | None = None) -> tuple[str
         pickle.loads(blob)
     except Exception:
         blob = b""
-    return text, tb, sign(blob, secret) if blob else blob
+    return text, tb, sign(blob, secret, where) if blob else blob
+
+
+def load_function(blob: bytes, fun_id: str, secret: bytes | None, where: bytes = b"") -> Callable:
+    """The stored function ``fun:<fun_id>``: its signature checked, and its content against its id.
+
+    A function id is the content id of its payload, so a signed function
+    copied over another id of the same network is refused too.
+
+    >>> from rush_dask.serialize import dumps_function
+    >>> blob = dumps_function(len, b"k", b"fun")
+    >>> load_function(blob, content_id(blob), b"k", b"fun") is len
+    True
+    """
+    if secret is None:
+        return loads(blob)
+    body = verify(blob, secret, where)
+    if content_id(blob) != fun_id:
+        raise PayloadSignatureError(
+            f"payload signature invalid for function {fun_id}: it is the signed payload of another "
+            "function of this network, moved here; refused, not unpickled")
+    return pickle.loads(body)
 
 
 class RushWorker(NetworkView):
@@ -384,8 +411,8 @@ class RushWorker(NetworkView):
         keys = new_keys(len(xss))
         args: list[Any] = [self.keys.prefix, self.worker_id, len(xss)]
         for i, key in enumerate(keys):
-            args += [key, dumps(dict(xss[i]), self.secret),
-                     dumps(dict(extra[i]), self.secret) if extra else b""]
+            args += [key, dumps(dict(xss[i]), self.secret, self._where(key, "xs")),
+                     dumps(dict(extra[i]), self.secret, self._where(key, "extra")) if extra else b""]
         self._retry(lambda: self.scripts.push_running(args=args))
         return keys
 
@@ -406,7 +433,7 @@ class RushWorker(NetworkView):
             raise ValueError(f"got {len(keys)} keys but {len(yss)} results")
         # Every result is checked before any is stored: a refused call writes nothing.
         outcomes = [(key, "finished", self._check_result(dumps(ys if isinstance(ys, dict) else {"y": ys},
-                                                                self.secret), key), "", b"")
+                                                                self.secret, self._where(key, "ys")), key), "", b"")
                     for key, ys in zip(keys, yss)]
         return self._settle(outcomes)
 
@@ -415,7 +442,8 @@ class RushWorker(NetworkView):
         keys = [keys] if isinstance(keys, str) else list(keys)
         if len(keys) != len(errors):
             raise ValueError(f"got {len(keys)} keys but {len(errors)} errors")
-        outcomes = [(key, "error", *describe_error(e, self.secret)) if isinstance(e, BaseException)
+        outcomes = [(key, "error", *describe_error(e, self.secret, self._where(key, "exception")))
+                    if isinstance(e, BaseException)
                     else (key, "error", str(e), "", b"") for key, e in zip(keys, errors)]
         return self._settle(outcomes)
 
@@ -436,7 +464,7 @@ class RushWorker(NetworkView):
             blob = self._retry(lambda: self.client.get(self.keys.function(fun_id)))
             if blob is None:
                 raise RuntimeError(f"function {fun_id} is missing from Redis (network was reset?)")
-            fun = self._functions[fun_id] = loads(blob, self.secret)
+            fun = self._functions[fun_id] = load_function(blob, fun_id, self.secret, self._where("", "fun"))
         return fun
 
     def _graph_inputs(self, task: Task, deps: dict) -> dict:
@@ -448,7 +476,7 @@ class RushWorker(NetworkView):
                 continue
             inline, holder, host, path = task.inputs.get(task_key) or (None, "", "", "")
             if inline is not None:
-                values[dask_key] = loads(inline, self.secret)
+                values[dask_key] = loads(inline, self.secret, self._where(task_key, "ys"))
                 self.cache.put(task_key, values[dask_key], len(inline))
             elif path:
                 values[dask_key] = self.plane.read_held(task_key, holder, host, path)
@@ -462,7 +490,7 @@ class RushWorker(NetworkView):
             for (dask_key, task_key), blob in zip(missing, blobs):
                 if blob is None:
                     raise RuntimeError(f"the result of input {dask_key!r} is no longer in Redis")
-                values[dask_key] = loads(blob, self.secret)
+                values[dask_key] = loads(blob, self.secret, self._where(task_key, "ys"))
                 self.cache.put(task_key, values[dask_key], len(blob))
         return values
 
@@ -486,9 +514,9 @@ class RushWorker(NetworkView):
                     self._retry(lambda: taskwarnings.ship(self.client, self.keys.prefix, task.graph,
                                                           task.key, caught, self.secret))
 
-    def _load_task(self, payload: bytes) -> Any:
-        """A task's inputs: signature checked, shared large values put back in."""
-        xs = loads(payload, self.secret)
+    def _load_task(self, payload: bytes, key: str) -> Any:
+        """Task ``key``'s inputs: signature checked, shared large values put back in."""
+        xs = loads(payload, self.secret, self._where(key, "xs"))
         if isinstance(xs, dict):
             resolve([xs], self._shared_inputs)
         return xs
@@ -525,9 +553,9 @@ class RushWorker(NetworkView):
             bad = [name for name in ys if not isinstance(name, str)]
             if bad:
                 raise TypeError(f"output names must be strings, got {bad!r}")
-            return "finished", self._check_result(dumps(ys, self.secret)), "", b""
+            return "finished", self._check_result(dumps(ys, self.secret, self._where(task.key, "ys"))), "", b""
         except Exception as exc:
-            text, tb, blob = describe_error(exc, self.secret)
+            text, tb, blob = describe_error(exc, self.secret, self._where(task.key, "exception"))
             if isinstance(exc, PayloadSignatureError):
                 logger.error("task %s refused, its payload was not unpickled: %s", task.key, exc)
             else:
@@ -638,9 +666,13 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
         raise SystemExit(f"rush worker: function {fun_id} of configuration {start_id!r} is missing "
                          f"from network {network_id!r} (was it reset?)")
     try:
-        fun = loads(fun_blob, secret) if fun_blob is not None else None
-        loop = loads(config["loop"], secret) if config.get("loop") else None
-        constants = loads(config["constants"], secret) if config.get("constants") else {}
+        def where(key: str, field: str) -> bytes:
+            return place(keys.prefix, key, field) if secret is not None else b""
+
+        fun = load_function(fun_blob, fun_id, secret, where("", "fun")) if fun_blob is not None else None
+        loop = loads(config["loop"], secret, where(start_id, "loop")) if config.get("loop") else None
+        constants = (loads(config["constants"], secret, where(start_id, "constants"))
+                     if config.get("constants") else {})
     except PayloadSignatureError as exc:
         raise SystemExit(f"rush worker: refusing worker configuration {start_id!r} of network "
                          f"{network_id!r}: {exc}") from None
