@@ -120,6 +120,13 @@ class SimWorker:
                                     timeout=self.s.idle_block)
 
 
+_T0 = time.monotonic()
+
+
+def _phase(text: str) -> None:
+    print(f"  [{time.monotonic() - _T0:7.1f} s] {text}", file=sys.stderr, flush=True)
+
+
 def redis_counters(client: redis.Redis) -> tuple[int, float]:
     """(commands processed, CPU seconds) of the server so far."""
     stats, cpu = client.info("stats"), client.info("cpu")
@@ -139,6 +146,7 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
         for w in workers:
             w.start()
         await asyncio.sleep(min(2.0, settings.heartbeat_period))  # every loop blocked, every beat started
+        _phase(f"{n} workers registered and started")
 
         # Idle.
         c0, cpu0, t0 = *redis_counters(sync), time.monotonic()
@@ -157,6 +165,7 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
                 break
             await asyncio.sleep(0.05)
         detection = time.monotonic() - killed_at
+        _phase(f"idle measured; lost worker detected after {detection:.1f} s")
 
         # Busy: no-op tasks through every worker.
         n_tasks = max(2_000, 20 * n)
