@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import redis
 
 from . import constants as C
-from . import taskwarnings
+from . import sweeps, taskwarnings
 from .cache import ResultCache
 from .connections import URL_ENV, connect, hide_secrets, redact, resolve_url
 from .dataplane import DataPlane
@@ -239,6 +239,7 @@ class RushWorker(NetworkView):
         self._n_done = 0  # tasks settled (finished or failed) here, reported with the heartbeat
         self._task_seconds: float | None = None  # moving average of task run time
         self._last_sweep = time.monotonic()
+        self._next_sweep_turn = sweeps.next_attempt(self.heartbeat_period, self._last_sweep)
         self._reported: dict[str, int] = {}
 
         self.log_handler = RedisLogHandler(self.keys.log(self.worker_id), level=log_level)
@@ -384,9 +385,13 @@ class RushWorker(NetworkView):
 
     def _wait_for_work(self, limit: float | None) -> None:
         """Block until a wake token arrives (or about a second passes), sweeping now and then."""
-        if time.monotonic() - self._last_sweep > self.heartbeat_expire:
-            self._last_sweep = time.monotonic()
-            self._retry(lambda: self._sweep_lost_workers(self._dead_local_workers()))
+        now = time.monotonic()
+        if now >= self._next_sweep_turn:  # lost workers: one sweep per network per turn
+            self._next_sweep_turn = sweeps.next_attempt(self.heartbeat_period, now)
+            if self._retry(lambda: sweeps.take_turn(self.client, self.keys, self.worker_id)):
+                self._retry(lambda: self._sweep_lost_workers(self._dead_local_workers()))
+        if now - self._last_sweep > self.heartbeat_expire:  # this host's result files
+            self._last_sweep = now
             self._retry(self.plane.sweep)
         wait = 1.0 if limit is None else max(min(limit, 1.0), 0.001)
         self._retry(lambda: self.client.blpop(
