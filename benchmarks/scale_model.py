@@ -9,6 +9,12 @@ SETTLE_AND_POP per task, and when the queues are empty a BLPOP on its wake
 lists, sweeping for lost workers now and then (MARK_WORKERS) as an idle
 worker does. Tasks are no-ops, so what is measured is Redis, not Python.
 
+Two sweep policies (``--sweep``): ``turn`` is what workers do now (an idle
+worker asks for the network's sweep turn every ``heartbeat_period`` ± 50 %
+with one SET NX PX, see :mod:`rush_dask.sweeps`; one sweep per network per
+second); ``every-worker`` is what they did before (every idle worker swept
+every ``heartbeat_expire``: N sweeps of O(N) each per period).
+
 For each N it measures, on a network of its own:
 
 * **idle**: Redis commands and Redis CPU per worker per second, all workers
@@ -19,6 +25,9 @@ For each N it measures, on a network of its own:
 * **busy**: the ceiling of plain no-op tasks per second through the network
   (pushed in batches, popped and settled by all N workers), and Redis' CPU
   share meanwhile (1.0: one Redis core saturated).
+
+"Commands" are what Redis counts (the commands inside a script too);
+"round trips" are the calls a worker makes.
 
 Runs on one machine, so at N = 1,000 the client side (1,000 coroutines in
 one Python process) may be what saturates first; the report says which.
@@ -39,6 +48,7 @@ import redis
 import redis.asyncio as aredis
 
 from rush_dask import constants as C
+from rush_dask import sweeps
 from rush_dask.scripts import Scripts
 from rush_dask.serialize import dumps
 from rush_dask.server import RedisServer
@@ -49,7 +59,7 @@ class Settings:
     heartbeat_period: float = C.DEFAULT_HEARTBEAT_PERIOD
     heartbeat_expire: float = C.DEFAULT_HEARTBEAT_EXPIRE
     idle_block: float = 1.0  # the real worker's BLPOP timeout while idle
-    sweep_every: float | None = None  # idle sweep period; default: heartbeat_expire, as the real worker
+    sweep: str = "turn"  # "turn" (rush_dask.sweeps) or "every-worker" (before: each idle worker)
 
 
 class SimWorker:
@@ -61,6 +71,8 @@ class SimWorker:
         self.worker_id = uuid.uuid4().hex[:12]
         self.request = 0
         self.done = 0
+        self.sweeps = 0
+        self.calls = 0  # round trips to Redis (a script call is one, whatever it does inside)
         self.tasks: list[asyncio.Task] = []
         self.closing = False
 
@@ -88,20 +100,34 @@ class SimWorker:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.s.heartbeat_period)
+            self.calls += 1
             await self.scripts.heartbeat(args=[self.keys.prefix, self.worker_id,
                                                int(self.s.heartbeat_expire * 1000), C.REAP_BATCH, "scale-model"])
 
     async def _settle_and_pop(self, outcomes: list) -> list:
         self.request += 1
+        self.calls += 1
         args = [self.keys.prefix, self.worker_id, self.request, "", 1, 0, len(outcomes), "scale-model"]
         for outcome in outcomes:
             args.extend(outcome)
         return await self.scripts.settle_and_pop(args=args)
 
+    async def _sweep(self) -> None:
+        """MARK_WORKERS with a scan, and the pid check's reads (HGETALL, one HMGET per worker)."""
+        self.sweeps += 1
+        self.calls += 3
+        await self.scripts.mark_workers(args=[self.keys.prefix, C.LOST, "scale model", "1"])
+        states = await self.client.hgetall(self.keys.worker_states)
+        pipe = self.client.pipeline(transaction=False)
+        for wid, state in states.items():
+            if state == b"running":
+                pipe.hmget(self.keys.worker(wid.decode()), "hostname", "pid")
+        await pipe.execute()
+
     async def _loop(self) -> None:
         outcomes: list = []
         last_sweep = time.monotonic()
-        sweep_every = self.s.sweep_every or self.s.heartbeat_expire
+        next_turn = sweeps.next_attempt(self.s.heartbeat_period, last_sweep)
         result = dumps({"y": 1})
         while True:
             reply = await self._settle_and_pop(outcomes)
@@ -113,11 +139,25 @@ class SimWorker:
                 continue
             if reply[0] == b"stop":
                 return
-            if time.monotonic() - last_sweep > sweep_every:
-                last_sweep = time.monotonic()
-                await self.scripts.mark_workers(args=[self.keys.prefix, C.LOST, "scale model", "1"])
+            now = time.monotonic()
+            if self.s.sweep == "every-worker" and now - last_sweep > self.s.heartbeat_expire:
+                last_sweep = now
+                await self._sweep()
+            elif self.s.sweep == "turn" and now >= next_turn:
+                next_turn = sweeps.next_attempt(self.s.heartbeat_period, now)
+                self.calls += 1
+                if await self.client.set(self.keys.sweep_turn, self.worker_id, nx=True, px=sweeps.SWEEP_TURN_MS):
+                    await self._sweep()
+            self.calls += 1
             await self.client.blpop([self.keys.wake_worker(self.worker_id), self.keys.wake],
                                     timeout=self.s.idle_block)
+
+
+_T0 = time.monotonic()
+
+
+def _phase(text: str) -> None:
+    print(f"  [{time.monotonic() - _T0:7.1f} s] {text}", file=sys.stderr, flush=True)
 
 
 def redis_counters(client: redis.Redis) -> tuple[int, float]:
@@ -139,30 +179,41 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
         for w in workers:
             w.start()
         await asyncio.sleep(min(2.0, settings.heartbeat_period))  # every loop blocked, every beat started
+        _phase(f"{n} workers registered and started")
 
         # Idle.
-        c0, cpu0, t0 = *redis_counters(sync), time.monotonic()
+        c0, cpu0, t0, s0 = *redis_counters(sync), time.monotonic(), sum(w.sweeps for w in workers)
+        r0 = sum(w.calls for w in workers)
         await asyncio.sleep(seconds)
-        c1, cpu1, t1 = *redis_counters(sync), time.monotonic()
-        idle = {"commands_per_worker_s": (c1 - c0) / n / (t1 - t0),
+        c1, cpu1, t1, s1 = *redis_counters(sync), time.monotonic(), sum(w.sweeps for w in workers)
+        idle = {"round_trips_per_worker_s": (sum(w.calls for w in workers) - r0) / n / (t1 - t0),
+                "commands_per_worker_s": (c1 - c0) / n / (t1 - t0),
                 "redis_cpu_per_worker_s": (cpu1 - cpu0) / n / (t1 - t0),
-                "redis_cpu_share": (cpu1 - cpu0) / (t1 - t0)}
+                "redis_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+                "sweeps_per_s": (s1 - s0) / (t1 - t0)}
 
         # Detection: one worker stops at once; the others' sweeps must declare it lost.
         victim = workers[-1]
         victim.kill()
         killed_at = time.monotonic()
+        expired_at = None  # when its heartbeat key expired: from then on, the sweeps' lag
         while sync.hget(keys.worker_states, victim.worker_id) != b"lost":
+            if expired_at is None and not sync.exists(keys.heartbeat(victim.worker_id)):
+                expired_at = time.monotonic()
             if time.monotonic() - killed_at > 4 * settings.heartbeat_expire + 30:
                 break
             await asyncio.sleep(0.05)
         detection = time.monotonic() - killed_at
+        after_expiry = time.monotonic() - (expired_at or killed_at)
+        _phase(f"idle measured; lost worker detected after {detection:.1f} s "
+               f"({after_expiry:.1f} s after its heartbeat expired)")
 
         # Busy: no-op tasks through every worker.
         n_tasks = max(2_000, 20 * n)
         scripts = Scripts(sync, keys)
         blob = dumps({"x": 1})
         c0, cpu0, t0 = *redis_counters(sync), time.monotonic()
+        own0 = time.process_time()
         done0 = sum(w.done for w in workers)
         for start in range(0, n_tasks, 500):
             batch = min(500, n_tasks - start)
@@ -174,31 +225,52 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
         while sum(w.done for w in workers) - done0 < n_tasks:
             if time.monotonic() - t0 > 600:
                 break
+            if int(time.monotonic() - t0) % 30 == 29:
+                _phase(f"busy: {sum(w.done for w in workers) - done0} of {n_tasks} tasks popped; "
+                       f"{sum(1 for w in workers for t in w.tasks if t.done())} coroutines ended")
+                await asyncio.sleep(1)
             await asyncio.sleep(0.01)
         c1, cpu1, t1 = *redis_counters(sync), time.monotonic()
         busy = {"tasks_per_s": n_tasks / (t1 - t0), "redis_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+                "model_cpu_share": (time.process_time() - own0) / (t1 - t0),
                 "commands_per_task": (c1 - c0) / n_tasks}
-        return {"workers": n, "idle": idle, "detection_s": detection,
+        _phase(f"busy: {busy['tasks_per_s']:,.0f} tasks/s")
+        return {"workers": n, "sweep": settings.sweep, "idle": idle, "detection_s": detection,
+                "detection_after_expiry_s": after_expiry,
                 "heartbeat_expire": settings.heartbeat_expire, "busy": busy}
     finally:
         for w in workers:
             w.kill()
-        await asyncio.gather(*(t for w in workers for t in w.tasks), return_exceptions=True)
-        await client.aclose()
-        await pool.aclose()
+        # A redis.asyncio BLPOP cancelled mid-read may never finish (seen at N = 300 and 1,000:
+        # the run hung here): wait a bounded time, then drop the connections under it.
+        tasks = [t for w in workers for t in w.tasks]
+        done, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
+        errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+        if errors or pending:
+            _phase(f"teardown: {len(errors)} coroutines failed (e.g. {errors[:1]!r}), {len(pending)} still blocked")
+        try:
+            await asyncio.wait_for(pool.disconnect(inuse_connections=True), 10)
+        except asyncio.TimeoutError:
+            _phase("teardown: connections not closed in 10 s")
         for key in sync.scan_iter(match=keys.pattern, count=1000):
             sync.unlink(key)
 
 
 def report(rows: list[dict]) -> str:
-    lines = ["| workers | idle: commands / worker / s | idle: Redis CPU / worker / s | idle: Redis CPU share "
-             "| lost worker detected after (s) | busy: tasks / s | busy: Redis CPU share | commands / task |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| sweep | workers | idle: round trips / worker / s | idle: commands / worker / s | idle: Redis CPU / worker / s "
+             "| idle: Redis CPU share | idle: sweeps / s | lost worker detected after (s) "
+             "| of which after its heartbeat expired (s) | busy: tasks / s | busy: Redis CPU share "
+             "| busy: model CPU share | commands / task |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['workers']:,} | {r['idle']['commands_per_worker_s']:.2f} | "
+        lines.append(f"| {r['sweep']} | {r['workers']:,} | {r['idle']['round_trips_per_worker_s']:.2f} | "
+                     f"{r['idle']['commands_per_worker_s']:.2f} | "
                      f"{r['idle']['redis_cpu_per_worker_s'] * 1e6:.0f} µs | {r['idle']['redis_cpu_share']:.3f} | "
-                     f"{r['detection_s']:.1f} (expire {r['heartbeat_expire']:g}) | {r['busy']['tasks_per_s']:,.0f} | "
-                     f"{r['busy']['redis_cpu_share']:.2f} | {r['busy']['commands_per_task']:.2f} |")
+                     f"{r['idle']['sweeps_per_s']:.2f} | "
+                     f"{r['detection_s']:.1f} (expire {r['heartbeat_expire']:g}) | "
+                     f"{r['detection_after_expiry_s']:.1f} | {r['busy']['tasks_per_s']:,.0f} | "
+                     f"{r['busy']['redis_cpu_share']:.2f} | {r['busy']['model_cpu_share']:.2f} | "
+                     f"{r['busy']['commands_per_task']:.2f} |")
     return "\n".join(lines)
 
 
@@ -208,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the idle measurement")
     parser.add_argument("--heartbeat-period", type=float, default=C.DEFAULT_HEARTBEAT_PERIOD)
     parser.add_argument("--heartbeat-expire", type=float, default=C.DEFAULT_HEARTBEAT_EXPIRE)
+    parser.add_argument("--sweep", default="turn", help="comma-separated sweep policies: turn, every-worker")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
     args = parser.parse_args(argv)
-    settings = Settings(heartbeat_period=args.heartbeat_period, heartbeat_expire=args.heartbeat_expire)
     server = RedisServer(tcp=True).start()
     try:
         try:  # 1,000 workers need 1,000 connections and more
@@ -218,9 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         except redis.ResponseError as exc:
             print(f"maxclients not raised ({exc}); large N may be refused", file=sys.stderr)
         rows = []
-        for n in (int(x) for x in args.workers.split(",")):
-            print(f"{n} simulated workers ...", file=sys.stderr, flush=True)
-            rows.append(asyncio.run(measure(server.url, n, args.seconds, settings)))
+        for policy in args.sweep.split(","):
+            settings = Settings(heartbeat_period=args.heartbeat_period, heartbeat_expire=args.heartbeat_expire,
+                                sweep=policy)
+            for n in (int(x) for x in args.workers.split(",")):
+                print(f"{n} simulated workers, sweep {policy} ...", file=sys.stderr, flush=True)
+                rows.append(asyncio.run(measure(server.url, n, args.seconds, settings)))
     except Exception:
         print(server.read_log()[-2000:], file=sys.stderr)
         raise

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .serialize import dumps, loads
+from .serialize import dumps, loads, place
 
 logger = logging.getLogger("rush_dask.asha")
 
@@ -140,6 +140,7 @@ class Rungs:
         base = f"{prefix}asha:{run_id}:"
         self.client = client
         self.secret = secret
+        self.prefix, self.run_id = prefix, run_id
         self.spent = base + "spent"
         self.keys = [self.spent, base + "promoted", base + "configs",
                      *[f"{base}rung:{k}" for k in range(n_rungs)]]
@@ -157,12 +158,17 @@ class Rungs:
         if done is not None:
             config_id, rung, score, config = done
             args[3:7] = [config_id, rung, repr(float(score)),
-                         dumps(config, self.secret) if config is not None else ""]
+                         dumps(config, self.secret, self._where(config_id)) if config is not None else ""]
         args.append("1" if take else "0")
         reply = self._decide(keys=self.keys, args=args)
         if int(reply[0]) <= 0:
             return None, None, int(reply[0])
-        return reply[1].decode(), loads(reply[2], self.secret), int(reply[0])
+        config_id = reply[1].decode()
+        return config_id, loads(reply[2], self.secret, self._where(config_id)), int(reply[0])
+
+    def _where(self, config_id: str) -> bytes:
+        """The place a configuration is signed for: this run, its id (see serialize.place)."""
+        return place(self.prefix, f"asha:{self.run_id}:{config_id}", "config") if self.secret else b""
 
     def n_spent(self) -> int:
         return int(self.client.get(self.spent) or 0)

@@ -167,6 +167,10 @@ class Keys:
     def wake_worker(self, worker_id: str) -> str:
         return f"{self.prefix}wake:{worker_id}"
 
+    @property
+    def sweep_turn(self) -> str:  # string with a TTL: who sweeps for lost workers now (see sweeps)
+        return self.prefix + "sweep"
+
     # The data plane (graph results held on their producer's host)
     def local_queue(self, worker_id: str) -> str:  # sorted set: ready nodes whose inputs it holds
         return f"{self.prefix}lq:{worker_id}"

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 
 from .constants import INLINE_LIMIT, Keys
 from .errors import ResultLostError
-from .serialize import dumps, loads
+from .serialize import dumps, loads, place
 from .store import LocalStore, dumps_frames, frames_size, loads_frames, map_file
 from .transfer import TIMEOUT as TRANSFER_TIMEOUT
 from .transfer import DataServer, Fetcher, TlsIdentity, TransferError
@@ -150,23 +150,27 @@ class DataPlane:
         if self.server is None or sizeof(value) < OFFLOAD_MIN // 2:
             # Most results are small: one plain pickle, as before (sizeof is a cheap estimate;
             # a result it underestimates is pickled again below).
-            payload = dumps(value, self.secret)
+            payload = dumps(value, self.secret, self._where(key))
             if len(payload) < OFFLOAD_MIN or self.server is None:
                 return "finished", payload, len(payload)
         header, buffers = dumps_frames(value)
         size = frames_size(header, buffers)
         if size < OFFLOAD_MIN:
-            payload = dumps(value, self.secret)
+            payload = dumps(value, self.secret, self._where(key))
             return "finished", payload, len(payload)
         try:
             path, size = self.store.put_frames(key, header, buffers, secret=self.secret)
         except OSError as exc:  # shared memory and the spill directory both full or unwritable
             logger.warning("result %s (%s bytes) cannot be written to this host's store (%s); "
                            "it goes to Redis instead", key, f"{size:,}", exc)
-            payload = dumps(value, self.secret)
+            payload = dumps(value, self.secret, self._where(key))
             return "finished", payload, len(payload)
         self.bytes_held += size
         return "held", path, size
+
+    def _where(self, key: str) -> bytes:
+        """The place a node's result in Redis is signed for: this network, the node, ``ys``."""
+        return place(self.keys.prefix, key, "ys") if self.secret is not None else b""
 
     def hold(self, key: str, value: Any) -> str | None:
         """Write data that a client embedded in a graph (a large ``DataNode``) to this host's
@@ -222,7 +226,7 @@ class DataPlane:
         """The value of node ``key`` from its :data:`RESULT_FIELDS` as read from Redis."""
         ys, at, host, path = fields
         if ys:
-            return loads(ys, self.secret)
+            return loads(ys, self.secret, self._where(key))
         if not path:
             raise ResultLostError(f"the result of {key} is no longer in Redis (released or reset?)")
         return self.read_held(key, at.decode() if at else "", host.decode() if host else "", path.decode())

@@ -102,7 +102,7 @@ def raise_node_error(rush: "Rush", task_key: str, dask_key: Any) -> None:
     exc: BaseException | None = None
     if blob:
         try:
-            exc = loads(blob, rush.secret)
+            exc = loads(blob, rush.secret, rush._where(task_key, "exception"))
         except Exception:  # unpicklable here, or not signed with the network's secret
             exc = None
     if exc is None:
@@ -268,7 +268,8 @@ class GraphRun:
                 self.born_finished.add(task_keys[key])
                 payload = b""
             else:
-                payload = dumps((with_config(node, self.config), deps), self.rush.secret)
+                payload = dumps((with_config(node, self.config), deps), self.rush.secret,
+                                self.rush._where(task_keys[key], "xs"))
             if len(payload) > self.rush.max_payload_bytes:
                 self.cancel()  # the batches already sent
                 raise PayloadTooLargeError(

@@ -196,7 +196,8 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
             cid = content_id(blob) if len(blob) > INLINE_LIMIT else None
             if cid is not None and cid not in self._stored:
                 self._check_size(blob)
-                self.rush.client.set(self.rush.keys.shared(cid), sign(blob, self.rush.secret), nx=True)
+                self.rush.client.set(self.rush.keys.shared(cid), sign(blob, self.rush.secret, self.rush._where(cid, "shared")),
+                                     nx=True)
                 self._stored.add(cid)
         self._shared_ids[id(value)] = (value, cid)  # holding the value keeps its id unique
         return cid
@@ -268,13 +269,14 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
             future = self._pending.pop(key, None)
             if future is None:
                 continue
-            future.result = loads(rows[int(index)][2], rush.secret)["y"]  # row: key, xs, ys, ...
+            row = rows[int(index)]  # key, xs, ys, ...
+            future.result = loads(row[2], rush.secret, rush._where(key, "ys"))["y"]
             self._done(future)
         for key, (error, exception) in zip(bad, replies[len(ok):]):
             future = self._pending.pop(key, None)
             if future is None:
                 continue
-            future.error = _exception(error, exception, rush.secret)
+            future.error = _exception(error, exception, rush.secret, rush._where(key, "exception"))
             self._done(future)
 
     @staticmethod
@@ -284,11 +286,12 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
             future.callback(future)
 
 
-def _exception(error: bytes | None, exception: bytes | None, secret: bytes | None) -> BaseException:
+def _exception(error: bytes | None, exception: bytes | None, secret: bytes | None,
+               where: bytes = b"") -> BaseException:
     """The exception a call raised on the worker (or a RuntimeError with its text)."""
     if exception:
         try:
-            exc = loads(exception, secret)
+            exc = loads(exception, secret, where)
             if isinstance(exc, BaseException):
                 return exc
         except Exception:  # noqa: BLE001 - fall back to the text

@@ -20,7 +20,7 @@ from msgpack import unpackb
 from . import constants as C
 from .errors import PayloadSignatureError
 from .frames import META_COLUMNS, GrowingFrame, frame_of, gc_paused, task_columns
-from .serialize import loads
+from .serialize import loads, place
 from .shared import check_shared, resolve
 from .waiting import Patience
 
@@ -82,6 +82,15 @@ class NetworkView:
     @property
     def network_id(self) -> str:
         return self.keys.network_id
+
+    def _where(self, key: str | bytes, field: str) -> bytes:
+        """The place a payload of this network is signed for (b"" without a secret: nothing signed).
+
+        >>> view._where("3f2a...", "xs")   # doctest: +SKIP
+        """
+        if self.secret is None:
+            return b""
+        return place(self.keys.prefix, key.decode() if isinstance(key, bytes) else str(key), field)
 
     # ------------------------------------------------------------------ workers
     def _worker_states(self) -> dict[str, str]:
@@ -291,7 +300,8 @@ class NetworkView:
             xs, extra, state, wid, qat, sat, fat, attempts, error, index = columns
             # The outputs of finished tasks are in their archive rows.
             rows = self._archive_rows_at([int(i) for i in index if i is not None])
-            ys = [self._verified(rows[int(i)][2], k) if i is not None else None for i, k in zip(index, keys)]
+            ys = [self._verified(rows[int(i)][2], k, "ys") if i is not None else None
+                  for i, k in zip(index, keys)]
             return self._frame(keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error)
 
     def _archive_rows_at(self, indexes: Sequence[int]) -> dict[int, list]:
@@ -333,7 +343,7 @@ class NetworkView:
                 rows = self._archive_range(start, stop)
             key, xs, ys, extra, wid, qat, sat, fat, attempts = zip(*rows) if rows else ([] for _ in range(9))
             n = len(rows)
-            return self._columns(key, xs, self._verified_all(ys, key), extra,
+            return self._columns(key, xs, self._verified_all(ys, key, "ys"), extra,
                                  [b"finished"] * n, wid, qat, sat, fat, attempts, [None] * n)
 
     def _frame(self, *fields: Any) -> "pd.DataFrame":
@@ -342,28 +352,28 @@ class NetworkView:
 
     def _columns(self, keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error) -> dict[str, Any]:
         """Columns of tasks from their raw fields: payloads checked and unpickled, pids looked up."""
-        inputs = self._verified_all(xs, keys)
+        inputs = self._verified_all(xs, keys, "xs")
         if self._has_shared_inputs(xs):
             resolve(inputs, self._shared_inputs)
-        return task_columns(keys, inputs, [y or {} for y in ys], self._verified_all(extra, keys),
+        return task_columns(keys, inputs, [y or {} for y in ys], self._verified_all(extra, keys, "extra"),
                             state, wid, self._pids_of(wid), qat, sat, fat, attempts, error)
 
-    def _verified_all(self, blobs: Sequence[bytes | None], keys: Sequence[Any]) -> list[dict]:
+    def _verified_all(self, blobs: Sequence[bytes | None], keys: Sequence[Any], field: str) -> list[dict]:
         """:meth:`_verified` for many payloads; plain pickles without a secret in one quick pass."""
         if self.secret is None:
             try:  # the common case: nothing is signed, nothing to check
                 return [pickle.loads(b) if b else {} for b in blobs]
             except Exception:
                 pass  # a signed or damaged payload among them: check one by one
-        return [self._verified(b, k) for b, k in zip(blobs, keys)]
+        return [self._verified(b, k, field) for b, k in zip(blobs, keys)]
 
     @staticmethod
     def _has_shared_inputs(blobs: Sequence[bytes | None]) -> bool:
         """Whether any pickled inputs may hold a SharedInput (its class name is in the pickle)."""
         return any(b and b"SharedInput" in b for b in blobs)
 
-    def _verified(self, blob: bytes | None, key: Any) -> dict:
-        """A stored dict (inputs, outputs, extra), or {} if its signature is refused.
+    def _verified(self, blob: bytes | None, key: Any, field: str) -> dict:
+        """A stored dict (``field``: xs, ys or extra of task ``key``), or {} if its signature is refused.
 
         A table must stay readable when someone forged one task: the refused
         payload is left out (and logged), never unpickled.
@@ -371,7 +381,7 @@ class NetworkView:
         if not blob:
             return {}
         try:
-            return loads(blob, self.secret)
+            return loads(blob, self.secret, self._where(key, field))
         except PayloadSignatureError as exc:
             if isinstance(key, bytes):
                 key = key.decode()
@@ -381,7 +391,7 @@ class NetworkView:
     def _shared_inputs(self, ids: list[str]) -> dict[str, bytes]:
         """Verified pickles of shared input values (see :mod:`rush_dask.shared`)."""
         payloads = self.client.mget([self.keys.shared(i) for i in ids])
-        return {i: check_shared(i, p, self.secret) for i, p in zip(ids, payloads)}
+        return {i: check_shared(i, p, self.secret, self._where(i, "shared")) for i, p in zip(ids, payloads)}
 
     def _pids_of(self, worker_ids: Sequence[bytes | str | None]) -> list[int | None]:
         """The pid of each worker id (raw bytes as read from Redis, or str), cached per view."""

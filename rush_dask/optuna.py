@@ -389,8 +389,8 @@ class Reconciler:
         for key in keys:
             pipe.hmget(view.keys.task(key.decode()), "extra", "error")
         failed = 0
-        for extra_blob, error in pipe.execute():
-            extra = loads(extra_blob, view.secret) if extra_blob else {}
+        for key, (extra_blob, error) in zip(keys, pipe.execute()):
+            extra = loads(extra_blob, view.secret, view._where(key, "extra")) if extra_blob else {}
             if extra.get("optuna_run") != self.run.run_id:
                 continue
             trial_id = int(extra["optuna_trial_id"])
@@ -435,7 +435,7 @@ def _objective_error(rush: Any, task_key: str) -> BaseException:
     error, exception = rush.client.hmget(rush.keys.task(task_key), "error", "exception")
     if exception:
         try:
-            exc = loads(exception, rush.secret)
+            exc = loads(exception, rush.secret, rush._where(task_key, "exception"))
             if isinstance(exc, BaseException):
                 return exc
         except Exception:  # noqa: BLE001 - fall back to the text

@@ -270,17 +270,17 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             raise TypeError(f"resources must be a dict of name -> amount, got {resources!r}")
         if not isinstance(redis_retry_timeout, (int, float)) or redis_retry_timeout < 0:
             raise ValueError(f"redis_retry_timeout must be >= 0 seconds, got {redis_retry_timeout!r}")
-        fun_blob = dumps_function(fun, self.secret) if fun is not None else None
+        fun_blob = dumps_function(fun, self.secret, self._where("", "fun")) if fun is not None else None
+        start_id = uuid.uuid4().hex[:16]
         config: dict[str, Any] = {
             "heartbeat_period": period, "heartbeat_expire": expire,
             "resources": json.dumps(resources or {}),
             "redis_retry_timeout": redis_retry_timeout, "log_level": int(log_level),
-            "constants": dumps(constants, self.secret),
+            "constants": dumps(constants, self.secret, self._where(start_id, "constants")),
             "max_payload_bytes": self.max_payload_bytes,
         }
         if worker_loop is not None:
-            config["loop"] = dumps_function(worker_loop, self.secret)
-        start_id = uuid.uuid4().hex[:16]
+            config["loop"] = dumps_function(worker_loop, self.secret, self._where(start_id, "loop"))
         pipe = self.client.pipeline(transaction=True)
         if fun_blob is not None:
             config["fun"] = self._fun_id(fun_blob, pipe)
@@ -407,11 +407,14 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         if seed is not None:
             _check_int("seed", seed, minimum=0)
         # Serialize everything first: a bad task must leave the network untouched.
-        blobs, shared = pack_inputs(xss, self.secret, max_bytes=self.max_payload_bytes)
-        extras = [dumps(dict(e), self.secret) if e else b"" for e in extra] if extra else [b""] * len(xss)
-        fun_blob = dumps_function(fun, self.secret) if fun is not None else None
-        self._check_sizes(blobs, extras, fun_blob)
+        # Signatures are bound to the task keys (see serialize.place).
         keys = new_keys(len(xss))
+        blobs, shared = pack_inputs(xss, self.secret, max_bytes=self.max_payload_bytes,
+                                    where=self._where, keys=keys)
+        extras = ([dumps(dict(e), self.secret, self._where(k, "extra")) if e else b""
+                   for e, k in zip(extra, keys)] if extra else [b""] * len(xss))
+        fun_blob = dumps_function(fun, self.secret, self._where("", "fun")) if fun is not None else None
+        self._check_sizes(blobs, extras, fun_blob)
         # Each batch is one atomic script; no MULTI around them, so workers start on the
         # first batch while the rest is sent, and Redis serves other clients in between.
         fun_id = content_id(fun_blob) if fun_blob is not None else ""

@@ -8,10 +8,15 @@ a notebook).
 
 Signed payloads: with a shared secret (``Rush(..., secret=...)`` or the
 ``RUSH_SECRET`` environment variable) every pickle is written as
-``MAGIC + HMAC-SHA256(secret, pickle) + pickle`` and :func:`loads` checks
-the HMAC (constant-time) before it unpickles anything: a payload written by
-someone without the secret is refused with :class:`PayloadSignatureError`
-and never unpickled. Without a secret, payloads are plain pickles as before.
+``MAGIC + HMAC-SHA256(secret, where + pickle) + pickle`` and :func:`loads`
+checks the HMAC (constant-time) before it unpickles anything: a payload
+written by someone without the secret is refused with
+:class:`PayloadSignatureError` and never unpickled. ``where`` (see
+:func:`place`) names where the payload is stored: the network, the task key
+and the field. It is not stored in the payload; the reader supplies the
+place it read from, so a signed payload copied to another task, field or
+network no longer verifies. Without a secret, payloads are plain pickles as
+before.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from .errors import PayloadSignatureError
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 SECRET_ENV = "RUSH_SECRET"
 # A pickle of protocol >= 2 starts with 0x80, so this prefix never starts a plain pickle.
-MAGIC = b"RSIG1"
+# RSIG1 (up to 0.x): HMAC over the pickle only; RSIG2: HMAC over the place and the pickle.
+MAGIC = b"RSIG2"
+_OLD_MAGIC = b"RSIG1"
 _HEADER = len(MAGIC) + hashlib.sha256().digest_size
 
 
@@ -57,35 +64,59 @@ def _keyed(secret: bytes) -> hmac.HMAC:
     return hmac.new(secret, digestmod=hashlib.sha256)
 
 
-def mac(secret: bytes, data: bytes | memoryview) -> bytes:
-    """HMAC-SHA256 of ``data`` under ``secret``; equal to ``hmac.digest(secret, data, "sha256")``.
+def place(prefix: str, key: str, field: str) -> bytes:
+    """Where a payload is stored, as signed: the network's key prefix, a key, a field name.
+
+    Each part is length-prefixed, so no two places have the same bytes.
+
+    >>> place("rush:{net}:", "k1", "xs") == place("rush:{net}:", "k", "1xs")
+    False
+    """
+    out = bytearray()
+    for part in (prefix, key, field):
+        data = part.encode()
+        out += len(data).to_bytes(4, "big") + data
+    return bytes(out)
+
+
+def mac(secret: bytes, data: bytes | memoryview, where: bytes = b"") -> bytes:
+    """HMAC-SHA256 of ``where`` (length-prefixed) and ``data`` under ``secret``.
+
+    With an empty ``where`` it is the HMAC of ``data`` alone:
 
     >>> mac(b"k", b"abc") == hmac.digest(b"k", b"abc", "sha256")
     True
+    >>> mac(b"k", b"abc", b"x") == hmac.digest(b"k", b"\\x00\\x00\\x00\\x01xabc", "sha256")
+    True
     """
     state = _keyed(secret).copy()
+    if where:
+        state.update(len(where).to_bytes(4, "big") + where)
     state.update(data)
     return state.digest()
 
 
-def sign(data: bytes, secret: bytes | None) -> bytes:
-    """``data`` with its HMAC in front (unchanged without a secret).
+def sign(data: bytes, secret: bytes | None, where: bytes = b"") -> bytes:
+    """``data`` with its HMAC (bound to the place ``where``) in front; unchanged without a secret.
 
-    >>> loads(sign(pickle.dumps(1), b"k"), b"k")
+    >>> loads(sign(pickle.dumps(1), b"k", b"here"), b"k", b"here")
     1
     """
     if secret is None:
         return data
-    return MAGIC + mac(secret, data) + data
+    return MAGIC + mac(secret, data, where) + data
 
 
-def verify(data: bytes, secret: bytes | None) -> bytes | memoryview:
-    """The pickle inside a payload, after checking its signature; raises PayloadSignatureError.
+def verify(data: bytes, secret: bytes | None, where: bytes = b"") -> bytes | memoryview:
+    """The pickle inside a payload read from ``where``, after checking its signature.
 
-    >>> verify(sign(b"abc", b"k"), b"k").tobytes()
+    Raises PayloadSignatureError for a payload without a valid signature,
+    signed with another secret, or signed for another place.
+
+    >>> verify(sign(b"abc", b"k", b"here"), b"k", b"here").tobytes()
     b'abc'
     """
-    signed = data[:len(MAGIC)] == MAGIC
+    signed = data[:len(MAGIC)] in (MAGIC, _OLD_MAGIC)
     if secret is None:
         if signed:
             raise PayloadSignatureError(
@@ -96,20 +127,27 @@ def verify(data: bytes, secret: bytes | None) -> bytes | memoryview:
         raise PayloadSignatureError(
             "payload signature missing: written by someone without the network's secret "
             "(or by a client or worker that runs without a secret); refused, not unpickled")
-    body = memoryview(data)[_HEADER:]
-    if not hmac.compare_digest(mac(secret, body), data[len(MAGIC):_HEADER]):
+    if data[:len(MAGIC)] == _OLD_MAGIC:
         raise PayloadSignatureError(
-            "payload signature invalid: written by someone without the network's secret "
-            "(or signed with another secret); refused, not unpickled")
+            "payload signature invalid: signed by an older rush_dask whose signatures are not "
+            "bound to their task (RSIG1); push it again; refused, not unpickled")
+    body = memoryview(data)[_HEADER:]
+    if not hmac.compare_digest(mac(secret, body, where), data[len(MAGIC):_HEADER]):
+        raise PayloadSignatureError(
+            "payload signature invalid: written by someone without the network's secret, "
+            "signed with another secret, or moved here from another task, field or network; "
+            "refused, not unpickled")
     return body
 
 
-def dumps(obj: Any, secret: bytes | None = None) -> bytes:
-    """Serialize ``obj`` (signed with ``secret`` if given); raise TypeError naming the object if it cannot be.
+def dumps(obj: Any, secret: bytes | None = None, where: bytes = b"") -> bytes:
+    """Serialize ``obj`` (signed with ``secret`` for the place ``where``, if given).
+
+    Raises TypeError naming the object if it cannot be serialized.
 
     >>> loads(dumps({"x": 1}))
     {'x': 1}
-    >>> loads(dumps({"x": 1}, b"key"), b"key")
+    >>> loads(dumps({"x": 1}, b"key", b"here"), b"key", b"here")
     {'x': 1}
     """
     try:
@@ -117,11 +155,11 @@ def dumps(obj: Any, secret: bytes | None = None) -> bytes:
         # pickle stores functions and classes by name; those of __main__ (a script, a
         # notebook) do not exist under that name on a worker: ship them by value.
         if b"__main__" not in data:
-            return data if secret is None else sign(data, secret)
+            return data if secret is None else sign(data, secret, where)
     except Exception:
         pass
     try:
-        return sign(cloudpickle.dumps(obj, protocol=PROTOCOL), secret)
+        return sign(cloudpickle.dumps(obj, protocol=PROTOCOL), secret, where)
     except Exception as exc:
         raise TypeError(
             f"cannot serialize {_describe(obj)}: {type(exc).__name__}: {exc}. "
@@ -130,12 +168,16 @@ def dumps(obj: Any, secret: bytes | None = None) -> bytes:
         ) from exc
 
 
-def dumps_function(fun: Any, secret: bytes | None = None) -> bytes:
-    """Serialize a function by value where needed (cloudpickle), raising a clear TypeError."""
+def dumps_function(fun: Any, secret: bytes | None = None, where: bytes = b"") -> bytes:
+    """Serialize a function by value where needed (cloudpickle), raising a clear TypeError.
+
+    >>> loads(dumps_function(len, b"k", b"fun"), b"k", b"fun") is len
+    True
+    """
     if not callable(fun):
         raise TypeError(f"expected a function, got {_describe(fun)}")
     try:
-        return sign(cloudpickle.dumps(fun, protocol=PROTOCOL), secret)
+        return sign(cloudpickle.dumps(fun, protocol=PROTOCOL), secret, where)
     except Exception as exc:
         raise TypeError(
             f"cannot serialize function {_describe(fun)}: {type(exc).__name__}: {exc}. "
@@ -144,14 +186,17 @@ def dumps_function(fun: Any, secret: bytes | None = None) -> bytes:
         ) from exc
 
 
-def loads(data: bytes, secret: bytes | None = None) -> Any:
-    """Inverse of :func:`dumps`: check the signature (see :func:`verify`), then unpickle.
+def loads(data: bytes, secret: bytes | None = None, where: bytes = b"") -> Any:
+    """Inverse of :func:`dumps`: check the signature for the place ``where`` (see :func:`verify`), then unpickle.
 
     Every payload read back from Redis goes through here.
+
+    >>> loads(dumps([1, 2]))
+    [1, 2]
     """
     if secret is None and data[:1] == b"\x80":  # the fast path: a plain pickle, no secret
         return pickle.loads(data)
-    return pickle.loads(verify(data, secret))
+    return pickle.loads(verify(data, secret, where))
 
 
 def content_id(data: bytes) -> str:

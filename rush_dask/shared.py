@@ -48,10 +48,14 @@ class SharedInput:
 
 
 def pack_inputs(xss: Sequence[dict[str, Any]], secret: bytes | None, limit: int = INLINE_LIMIT,
-                max_bytes: int | None = None) -> tuple[list[bytes], dict[str, bytes]]:
+                max_bytes: int | None = None, where: Callable[[str, str], bytes] | None = None,
+                keys: Sequence[str] | None = None) -> tuple[list[bytes], dict[str, bytes]]:
     """(one payload per task, shared payloads by content id), large values moved out.
 
-    Raises PayloadTooLargeError for a value over ``max_bytes``, naming it.
+    With a secret, task ``i``'s inputs are signed for ``where(keys[i], "xs")``
+    and a shared value for ``where(content_id, "shared")`` (see
+    :func:`rush_dask.serialize.place`). Raises PayloadTooLargeError for a
+    value over ``max_bytes``, naming it.
 
     >>> blobs, shared = pack_inputs([{"x": 1}], None)
     >>> len(blobs), shared
@@ -84,20 +88,20 @@ def pack_inputs(xss: Sequence[dict[str, Any]], secret: bytes | None, limit: int 
                         "file or object store path) or raise Rush(max_payload_bytes=...)")
                 cid = content_id(data)
                 if cid not in shared:
-                    shared[cid] = sign(data, secret)
+                    shared[cid] = sign(data, secret, where(cid, "shared") if where else b"")
                 refs[id(value)] = xs[name] = SharedInput(cid)
                 moved = True
             if moved:
                 blob = dumps(xs)
-        blobs.append(sign(blob, secret))
+        blobs.append(sign(blob, secret, where(keys[index], "xs") if where and keys else b""))
     return blobs, shared
 
 
-def check_shared(cid: str, payload: bytes, secret: bytes | None) -> bytes:
-    """The verified pickle of a shared value; raises PayloadSignatureError if it was altered."""
+def check_shared(cid: str, payload: bytes, secret: bytes | None, where: bytes = b"") -> bytes:
+    """The verified pickle of a shared value read from ``where``; raises PayloadSignatureError if it was altered."""
     if payload is None:
         raise RuntimeError(f"shared input {cid} is missing from Redis (network was reset?)")
-    body = bytes(verify(payload, secret))
+    body = bytes(verify(payload, secret, where))
     if content_id(body) != cid:
         raise PayloadSignatureError(f"shared input {cid} does not match its content id: altered in Redis")
     return body

@@ -22,7 +22,7 @@ import pickle
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator
 
-from .serialize import dumps, loads
+from .serialize import dumps, loads, place
 
 if TYPE_CHECKING:
     from .rush import Rush
@@ -55,7 +55,8 @@ def _portable(message: Warning) -> Warning:
 
 def ship(client: Any, prefix: str, graph_id: str, task_key: str, caught: list, secret: bytes | None) -> None:
     """Push the recorded warnings of one node to its graph's list (worker side)."""
-    items = [dumps((task_key, _portable(w.message), w.filename, w.lineno), secret)
+    where = place(prefix, graph_id, "warnings") if secret else b""
+    items = [dumps((task_key, _portable(w.message), w.filename, w.lineno), secret, where)
              for w in caught[:MAX_PER_NODE]]
     if not items:
         return
@@ -83,7 +84,7 @@ def reemit(rush: "Rush", graph_id: str, dask_key_of: Callable[[str], Hashable]) 
     blobs, _ = pipe.execute()
     for blob in blobs:
         try:
-            task_key, message, filename, lineno = loads(blob, rush.secret)
+            task_key, message, filename, lineno = loads(blob, rush.secret, rush._where(graph_id, "warnings"))
         except Exception:  # not signed with our secret, or unpicklable here: skip it
             continue
         message = _with_key(message, dask_key_of(task_key))

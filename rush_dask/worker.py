@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import redis
 
 from . import constants as C
-from . import taskwarnings
+from . import sweeps, taskwarnings
 from .cache import ResultCache
 from .connections import URL_ENV, connect, hide_secrets, redact, resolve_url
 from .dataplane import DataPlane
@@ -59,7 +59,7 @@ from .heartbeat import EXIT_LOST, EXIT_REDIS_GONE, Heartbeat, rss_bytes
 from .logs import RedisLogHandler
 from .network import HOSTNAME, NetworkView
 from .scripts import Outcome, PoppedTask, RunningTask, Scripts, SettleReply
-from .serialize import dumps, loads, resolve_secret, sign
+from .serialize import content_id, dumps, loads, place, resolve_secret, sign, verify
 from .shared import resolve
 from .tasks import check_xss, new_keys
 
@@ -86,15 +86,16 @@ class Task:
     graph: str | None = None  # set for nodes of a Dask graph
     # Graph inputs: task key -> (value sent inline or None, holder's worker id, host, path)
     inputs: dict[str, tuple] = field(default_factory=dict)
-    load: Callable[[bytes], Any] = field(default=loads, repr=False)  # verifies, then unpickles
+    # load(payload, key): verifies (for the place of this task's inputs), then unpickles
+    load: Callable[[bytes, str], Any] = field(default=lambda payload, key: loads(payload), repr=False)
 
     @cached_property
     def xs(self) -> Any:
         """The inputs (a dict; for a graph node, the node and its input keys)."""
-        return self.load(self.payload)
+        return self.load(self.payload, self.key)
 
     @classmethod
-    def from_reply(cls, reply: PoppedTask, load: Callable[[bytes], Any] = loads) -> "Task":
+    def from_reply(cls, reply: PoppedTask, load: Callable[[bytes, str], Any] | None = None) -> "Task":
         key, xs, fun, timeout, seed, seq, attempts, graph, inputs = reply
         return cls(
             key=key.decode(),
@@ -107,7 +108,7 @@ class Task:
             graph=graph.decode() if graph else None,
             inputs={inputs[i].decode(): (inputs[i + 1] or None, *(v.decode() for v in inputs[i + 2:i + 5]))
                     for i in range(0, len(inputs), 5)},
-            load=load,
+            **({"load": load} if load is not None else {}),
         )
 
 
@@ -144,8 +145,13 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def describe_error(exc: BaseException, secret: bytes | None = None) -> tuple[str, str, bytes]:
-    """(``"Type: message"``, traceback text, pickled exception (signed with ``secret``) or b"")."""
+def describe_error(exc: BaseException, secret: bytes | None = None,
+                   where: bytes = b"") -> tuple[str, str, bytes]:
+    """(``"Type: message"``, traceback text, pickled exception (signed with ``secret`` for ``where``) or b"").
+
+    >>> describe_error(ValueError("bad"))[0]
+    'ValueError: bad'
+    """
     text = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
@@ -153,7 +159,28 @@ def describe_error(exc: BaseException, secret: bytes | None = None) -> tuple[str
         pickle.loads(blob)
     except Exception:
         blob = b""
-    return text, tb, sign(blob, secret) if blob else blob
+    return text, tb, sign(blob, secret, where) if blob else blob
+
+
+def load_function(blob: bytes, fun_id: str, secret: bytes | None, where: bytes = b"") -> Callable:
+    """The stored function ``fun:<fun_id>``: its signature checked, and its content against its id.
+
+    A function id is the content id of its payload, so a signed function
+    copied over another id of the same network is refused too.
+
+    >>> from rush_dask.serialize import dumps_function
+    >>> blob = dumps_function(len, b"k", b"fun")
+    >>> load_function(blob, content_id(blob), b"k", b"fun") is len
+    True
+    """
+    if secret is None:
+        return loads(blob)
+    body = verify(blob, secret, where)
+    if content_id(blob) != fun_id:
+        raise PayloadSignatureError(
+            f"payload signature invalid for function {fun_id}: it is the signed payload of another "
+            "function of this network, moved here; refused, not unpickled")
+    return pickle.loads(body)
 
 
 class RushWorker(NetworkView):
@@ -212,6 +239,7 @@ class RushWorker(NetworkView):
         self._n_done = 0  # tasks settled (finished or failed) here, reported with the heartbeat
         self._task_seconds: float | None = None  # moving average of task run time
         self._last_sweep = time.monotonic()
+        self._next_sweep_turn = sweeps.next_attempt(self.heartbeat_period, self._last_sweep)
         self._reported: dict[str, int] = {}
 
         self.log_handler = RedisLogHandler(self.keys.log(self.worker_id), level=log_level)
@@ -358,9 +386,13 @@ class RushWorker(NetworkView):
 
     def _wait_for_work(self, limit: float | None) -> None:
         """Block until a wake token arrives (or about a second passes), sweeping now and then."""
-        if time.monotonic() - self._last_sweep > self.heartbeat_expire:
-            self._last_sweep = time.monotonic()
-            self._retry(lambda: self._sweep_lost_workers(self._dead_local_workers()))
+        now = time.monotonic()
+        if now >= self._next_sweep_turn:  # lost workers: one sweep per network per turn
+            self._next_sweep_turn = sweeps.next_attempt(self.heartbeat_period, now)
+            if self._retry(lambda: sweeps.take_turn(self.client, self.keys, self.worker_id)):
+                self._retry(lambda: self._sweep_lost_workers(self._dead_local_workers()))
+        if now - self._last_sweep > self.heartbeat_expire:  # this host's result files
+            self._last_sweep = now
             self._retry(self.plane.sweep)
         wait = 1.0 if limit is None else max(min(limit, 1.0), 0.001)
         self._retry(lambda: self.client.blpop(
@@ -383,8 +415,8 @@ class RushWorker(NetworkView):
         """
         check_xss(xss, extra)
         keys = new_keys(len(xss))
-        tasks = [RunningTask(key, dumps(dict(xss[i]), self.secret),
-                             dumps(dict(extra[i]), self.secret) if extra else b"")
+        tasks = [RunningTask(key, dumps(dict(xss[i]), self.secret, self._where(key, "xs")),
+                             dumps(dict(extra[i]), self.secret, self._where(key, "extra")) if extra else b"")
                  for i, key in enumerate(keys)]
         self._retry(lambda: self.scripts.push_running(self.worker_id, tasks))
         return keys
@@ -405,8 +437,8 @@ class RushWorker(NetworkView):
         if len(keys) != len(yss):
             raise ValueError(f"got {len(keys)} keys but {len(yss)} results")
         # Every result is checked before any is stored: a refused call writes nothing.
-        outcomes = [Outcome(key, "finished",
-                            self._check_result(dumps(ys if isinstance(ys, dict) else {"y": ys}, self.secret), key))
+        outcomes = [Outcome(key, "finished", self._check_result(
+                        dumps(ys if isinstance(ys, dict) else {"y": ys}, self.secret, self._where(key, "ys")), key))
                     for key, ys in zip(keys, yss)]
         return self._settle(outcomes)
 
@@ -415,7 +447,8 @@ class RushWorker(NetworkView):
         keys = [keys] if isinstance(keys, str) else list(keys)
         if len(keys) != len(errors):
             raise ValueError(f"got {len(keys)} keys but {len(errors)} errors")
-        outcomes = [Outcome(key, "error", *describe_error(e, self.secret)) if isinstance(e, BaseException)
+        outcomes = [Outcome(key, "error", *describe_error(e, self.secret, self._where(key, "exception")))
+                    if isinstance(e, BaseException)
                     else Outcome(key, "error", str(e)) for key, e in zip(keys, errors)]
         return self._settle(outcomes)
 
@@ -435,7 +468,7 @@ class RushWorker(NetworkView):
             blob = self._retry(lambda: self.client.get(self.keys.function(fun_id)))
             if blob is None:
                 raise RuntimeError(f"function {fun_id} is missing from Redis (network was reset?)")
-            fun = self._functions[fun_id] = loads(blob, self.secret)
+            fun = self._functions[fun_id] = load_function(blob, fun_id, self.secret, self._where("", "fun"))
         return fun
 
     def _graph_inputs(self, task: Task, deps: dict) -> dict:
@@ -447,7 +480,7 @@ class RushWorker(NetworkView):
                 continue
             inline, holder, host, path = task.inputs.get(task_key) or (None, "", "", "")
             if inline is not None:
-                values[dask_key] = loads(inline, self.secret)
+                values[dask_key] = loads(inline, self.secret, self._where(task_key, "ys"))
                 self.cache.put(task_key, values[dask_key], len(inline))
             elif path:
                 values[dask_key] = self.plane.read_held(task_key, holder, host, path)
@@ -461,7 +494,7 @@ class RushWorker(NetworkView):
             for (dask_key, task_key), blob in zip(missing, blobs):
                 if blob is None:
                     raise RuntimeError(f"the result of input {dask_key!r} is no longer in Redis")
-                values[dask_key] = loads(blob, self.secret)
+                values[dask_key] = loads(blob, self.secret, self._where(task_key, "ys"))
                 self.cache.put(task_key, values[dask_key], len(blob))
         return values
 
@@ -485,9 +518,9 @@ class RushWorker(NetworkView):
                     self._retry(lambda: taskwarnings.ship(self.client, self.keys.prefix, task.graph,
                                                           task.key, caught, self.secret))
 
-    def _load_task(self, payload: bytes) -> Any:
-        """A task's inputs: signature checked, shared large values put back in."""
-        xs = loads(payload, self.secret)
+    def _load_task(self, payload: bytes, key: str) -> Any:
+        """Task ``key``'s inputs: signature checked, shared large values put back in."""
+        xs = loads(payload, self.secret, self._where(key, "xs"))
         if isinstance(xs, dict):
             resolve([xs], self._shared_inputs)
         return xs
@@ -524,9 +557,9 @@ class RushWorker(NetworkView):
             bad = [name for name in ys if not isinstance(name, str)]
             if bad:
                 raise TypeError(f"output names must be strings, got {bad!r}")
-            return "finished", self._check_result(dumps(ys, self.secret)), "", b""
+            return "finished", self._check_result(dumps(ys, self.secret, self._where(task.key, "ys"))), "", b""
         except Exception as exc:
-            text, tb, blob = describe_error(exc, self.secret)
+            text, tb, blob = describe_error(exc, self.secret, self._where(task.key, "exception"))
             if isinstance(exc, PayloadSignatureError):
                 logger.error("task %s refused, its payload was not unpickled: %s", task.key, exc)
             else:
@@ -637,9 +670,13 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
         raise SystemExit(f"rush worker: function {fun_id} of configuration {start_id!r} is missing "
                          f"from network {network_id!r} (was it reset?)")
     try:
-        fun = loads(fun_blob, secret) if fun_blob is not None else None
-        loop = loads(config["loop"], secret) if config.get("loop") else None
-        constants = loads(config["constants"], secret) if config.get("constants") else {}
+        def where(key: str, field: str) -> bytes:
+            return place(keys.prefix, key, field) if secret is not None else b""
+
+        fun = load_function(fun_blob, fun_id, secret, where("", "fun")) if fun_blob is not None else None
+        loop = loads(config["loop"], secret, where(start_id, "loop")) if config.get("loop") else None
+        constants = (loads(config["constants"], secret, where(start_id, "constants"))
+                     if config.get("constants") else {})
     except PayloadSignatureError as exc:
         raise SystemExit(f"rush worker: refusing worker configuration {start_id!r} of network "
                          f"{network_id!r}: {exc}") from None

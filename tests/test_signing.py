@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import math
 import os
 import pickle
 import subprocess
@@ -12,12 +13,14 @@ import uuid
 import conftest
 import dask
 import funcs
+import msgpack
 import pytest
 from conftest import wait_until
 
 from rush_dask import PayloadSignatureError, Rush, RushWorker
+from rush_dask import constants as C
 from rush_dask.scripts import NewTask
-from rush_dask.serialize import dumps, loads, mac, sign
+from rush_dask.serialize import dumps, loads, mac, place, sign
 
 SECRET = "correct horse battery staple"
 
@@ -173,3 +176,89 @@ def test_bad_secret_is_a_clear_error(redis_url):
         Rush(url=redis_url, secret=b"")
     with pytest.raises(ValueError, match="secret must be a non-empty"):
         Rush(url=redis_url, secret=42)
+
+
+# ------------------------------------------------- signatures bound to their place
+def test_signature_is_bound_to_its_place():
+    key = b"k"
+    here, there = place("rush:{a}:", "t1", "xs"), place("rush:{a}:", "t2", "xs")
+    blob = dumps({"x": 1}, key, here)
+    assert loads(blob, key, here) == {"x": 1}
+    for elsewhere in (there, place("rush:{a}:", "t1", "extra"), place("rush:{b}:", "t1", "xs"), b""):
+        with pytest.raises(PayloadSignatureError, match="moved here from another task, field or network"):
+            loads(blob, key, elsewhere)
+
+
+def test_payload_of_the_old_format_is_refused():
+    old = b"RSIG1" + mac(b"k", b"\x80") + pickle.dumps(1)
+    with pytest.raises(PayloadSignatureError, match="older rush_dask"):
+        loads(old, b"k")
+
+
+def _marked_task(rush, marker):
+    """A legitimately signed task whose inputs leave ``marker`` when unpickled; failed before it runs."""
+    (key,) = rush.push_tasks([{"m": funcs.MarkerPayload(marker)}])
+    assert not marker.exists()  # pushing pickles the payload, it does not unpickle it
+    rush.empty_queue()  # failed while queued: no worker ever unpickles it legitimately
+    return rush.client.hget(rush.keys.task(key), "xs")
+
+
+def test_inputs_copied_to_another_task_are_refused(signed, tmp_path):
+    marker = tmp_path / "pwned"
+    signed_xs = _marked_task(signed, marker)
+    (victim,) = signed.push_tasks([{"x1": 1, "x2": 2}])
+    signed.client.hset(signed.keys.task(victim), "xs", signed_xs)  # a Redis writer replays it
+    signed.start_workers(funcs.add, n_workers=1)
+    signed.wait_for_tasks([victim], timeout=60)
+    assert not marker.exists()
+    # Read without the tables: they would rightly unpickle the marked task's own inputs.
+    error = signed.client.hget(signed.keys.task(victim), "error").decode()
+    assert "PayloadSignatureError" in error and "moved here from another task" in error
+    wait_until(lambda: any(victim in m and "refused" in m for m in signed.read_log().message),
+               30, "refusal in the worker log")
+
+
+def test_inputs_signed_for_another_network_are_refused(signed, tmp_path):
+    marker = tmp_path / "pwned"
+    (victim,) = signed.push_tasks([{"x1": 1, "x2": 2}])
+    # What another network with the same secret stores for a task of the same key: only the
+    # network differs.
+    other = C.Keys(f"other-{uuid.uuid4().hex[:8]}")
+    payload = dumps({"m": funcs.MarkerPayload(marker)}, SECRET.encode(), place(other.prefix, victim, "xs"))
+    assert loads(payload, SECRET.encode(), place(other.prefix, victim, "xs")) and marker.exists()
+    marker.unlink()  # the payload is genuine for the other network: unpickling it leaves the marker
+    signed.client.hset(signed.keys.task(victim), "xs", payload)
+    signed.start_workers(funcs.add, n_workers=1)
+    signed.wait_for_tasks([victim], timeout=60)
+    error = signed.fetch_failed_tasks().set_index("keys").error[victim]
+    assert "moved here from another task, field or network" in error
+    assert not marker.exists()
+
+
+def test_a_result_copied_to_another_task_is_refused_by_the_client(signed):
+    signed.start_workers(n_workers=1)
+    three, seven = signed.submit(sum, [1, 2]), signed.submit(sum, [3, 4])
+    assert three.result(timeout=60) == 3 and seven.result(timeout=60) == 7
+    ys = signed.client.hget(signed.keys.task(three.task_key), "ys")
+    signed.client.hset(signed.keys.task(seven.task_key), "ys", ys)
+    with pytest.raises(PayloadSignatureError, match="moved here from another task"):
+        seven.result(timeout=60)
+    three.release()
+    seven.release()
+
+
+def test_a_rush_result_copied_to_another_row_is_refused(signed, caplog):
+    signed.start_workers(funcs.add, n_workers=1)
+    keys = signed.push_tasks([{"x1": 1, "x2": 1}, {"x1": 5, "x2": 5}])
+    signed.wait_for_tasks(keys, timeout=60)
+    # Rows are packed by Lua's cmsgpack: strings are raw bytes.
+    rows = [msgpack.unpackb(r, raw=True) for r in signed.client.lrange(signed.keys.archive, 0, -1)]
+    first = next(i for i, r in enumerate(rows) if r[0] == keys[0].encode())
+    second = 1 - first
+    rows[second][2] = rows[first][2]  # the row of the second task now holds the first one's output
+    signed.client.lset(signed.keys.archive, second, msgpack.packb(rows[second], use_bin_type=False))
+    reader = Rush(signed.network_id, url=signed.url, secret=SECRET)
+    data = reader.fetch_finished_tasks().set_index("keys")
+    reader.close()
+    assert data.y[keys[0]] == 2 and math.isnan(data.y[keys[1]])
+    assert any(keys[1] in r.message and "moved here" in r.message for r in caplog.records)
