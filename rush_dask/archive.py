@@ -10,7 +10,8 @@ reads only the first partition, to learn the column types.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import constants as C
 from .connections import SecretUrl, connect
@@ -36,7 +37,7 @@ class _ArchiveView(NetworkView):
         self._init_view()
 
 
-def read_partition(network_id: str, url: str, state: str, start: int, stop: int) -> "pd.DataFrame":
+def read_partition(network_id: str, url: str, state: str, start: int, stop: int) -> pd.DataFrame:
     """Rows ``start`` to ``stop - 1`` of the list of tasks in ``state``."""
     view = _ArchiveView(network_id, url)
     try:

@@ -237,14 +237,16 @@ def search(rush: Any, objective: Callable[..., Any], sample: Callable[[np.random
         raise TypeError("objective and sample must be functions")
     unknown = sorted(set(worker_options) - WORKER_OPTIONS)
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for search(); worker options are {sorted(WORKER_OPTIONS)}")
+        raise TypeError(f"unknown option(s) {unknown} for search(); "
+                        f"worker options are {sorted(WORKER_OPTIONS)}")
     from .serialize import dumps_function
 
     for name, fun in (("objective", objective), ("sample", sample)):
         try:
             dumps_function(fun, rush.secret)
         except Exception as exc:
-            raise TypeError(f"{name} cannot be pickled for the workers ({type(exc).__name__}: {exc})") from None
+            raise TypeError(f"{name} cannot be pickled for the workers "
+                            f"({type(exc).__name__}: {exc})") from None
     run_id = uuid.uuid4().hex[:12]
     rungs = Rungs(rush.client, rush.keys.prefix, run_id, len(budgets), rush.secret)
     ids = rush.start_workers(worker_loop=worker_loop, n_workers=n_workers, objective=objective, sample=sample,

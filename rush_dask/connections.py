@@ -230,7 +230,8 @@ def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
     try:
         client = redis.Redis.from_url(url, decode_responses=False, **options)
     except ValueError as exc:
-        raise RedisUnavailableError(f"invalid Redis URL {redact(url)}: {hide_secrets(str(exc), url)}") from None
+        raise RedisUnavailableError(
+            f"invalid Redis URL {redact(url)}: {hide_secrets(str(exc), url)}") from None
     if check:
         try:
             client.ping()

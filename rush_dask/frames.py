@@ -30,9 +30,10 @@ under a second, one new row in about a millisecond), hence three choices:
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,7 +69,7 @@ def gc_paused() -> Iterator[None]:
 ARROW_MIN_ROWS = 256
 
 
-@lru_cache(maxsize=None)
+@cache
 def _arrow() -> Any:
     """The pyarrow module when pandas' default string dtype is stored in Arrow, else None."""
     if getattr(_default_str(), "storage", None) != "pyarrow":
@@ -171,7 +172,7 @@ def task_columns(keys: Raw, xs: Sequence[dict], ys: Sequence[dict], extra: Seque
     return columns
 
 
-def task_frame(*fields: Any) -> "pd.DataFrame":
+def task_frame(*fields: Any) -> pd.DataFrame:
     """One row per task: inputs, outputs and extra columns, then :data:`META_COLUMNS`.
 
     Takes the arguments of :func:`task_columns`, one value per task in
@@ -181,7 +182,7 @@ def task_frame(*fields: Any) -> "pd.DataFrame":
     return frame_of(task_columns(*fields))
 
 
-def frame_of(columns: dict[str, Any]) -> "pd.DataFrame":
+def frame_of(columns: dict[str, Any]) -> pd.DataFrame:
     """A DataFrame over the columns (lists are typed by pandas; arrays are not copied)."""
     import pandas as pd
 
@@ -232,7 +233,7 @@ class GrowingFrame:
             frame = frame_of(self._arrays)
         self._frame = frame
 
-    def _concat(self, columns: dict[str, Any]) -> "pd.DataFrame":
+    def _concat(self, columns: dict[str, Any]) -> pd.DataFrame:
         """The table with rows of other columns or types below it, typed as if read at once.
 
         A column whose type is the same above and below is concatenated; any
@@ -257,7 +258,7 @@ class GrowingFrame:
                  below.tolist() if below is not None else [None] * len(rows))
         return pd.DataFrame(data, index=pd.RangeIndex(len(old) + len(rows)))
 
-    def frame(self) -> "pd.DataFrame":
+    def frame(self) -> pd.DataFrame:
         """The whole table, as a DataFrame the caller may change without touching the table."""
         import pandas as pd
 
@@ -291,7 +292,7 @@ class GrowingFrame:
         return typed
 
 
-def _array_of(column: "pd.Series") -> Any:
+def _array_of(column: pd.Series) -> Any:
     """A column's values: a numpy array for numpy dtypes, else its pandas ExtensionArray."""
     import numpy as np
 
@@ -316,14 +317,14 @@ def _concat(old: Any, new: Any, compact: bool) -> Any:
     return joined
 
 
-@lru_cache(maxsize=None)
+@cache
 def _default_str() -> Any:
     import pandas as pd
 
     return pd.array([], dtype=str).dtype
 
 
-@lru_cache(maxsize=None)
+@cache
 def _copy_on_write() -> bool:
     from importlib.metadata import version
 

@@ -39,7 +39,8 @@ must still spread evenly over the workers.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
 
 from dask._task_spec import GraphNode, Task
 

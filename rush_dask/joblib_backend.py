@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 

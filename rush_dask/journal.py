@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from optuna.storages.journal import BaseJournalBackend
 
 from .connections import connect
-
 
 # KEYS: the list. ARGV: position read so far, then the entries. Returns the entries from that position.
 _APPEND_AND_READ = """

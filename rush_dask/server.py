@@ -28,7 +28,7 @@ import redis
 
 _SERVER_NAMES = ("redis-server", "valkey-server")
 _lock = threading.Lock()
-_embedded: "RedisServer | None" = None
+_embedded: RedisServer | None = None
 # Run at exit before the embedded server stops (controllers stop their workers
 # first, so the workers can still deregister).
 before_embedded_stop: list = []
@@ -117,7 +117,8 @@ class RedisServer:
             raise ValueError("TLS needs both tls_cert= and tls_key= (PEM files); tls_port=, tls_ca= "
                              "and tls_auth_clients= only go with them")
         if tls_auth_clients and not tls_ca:
-            raise ValueError("tls_auth_clients=True needs tls_ca=, the CA that signed the client certificates")
+            raise ValueError("tls_auth_clients=True needs tls_ca=, "
+                             "the CA that signed the client certificates")
         self.tls = bool(tls_cert)
         self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
         self.tls_auth_clients = tls_auth_clients
@@ -184,7 +185,7 @@ class RedisServer:
         escaped = "".join(f"\\x{byte:02x}" for byte in self.password.encode())
         return f'requirepass "{escaped}"\n'.encode()
 
-    def start(self, timeout: float = 20.0) -> "RedisServer":
+    def start(self, timeout: float = 20.0) -> RedisServer:
         """Start the server and wait until it answers PING."""
         self.process = subprocess.Popen(
             self._command(),
@@ -241,7 +242,7 @@ class RedisServer:
         if cleanup if cleanup is not None else self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def restart(self) -> "RedisServer":
+    def restart(self) -> RedisServer:
         """Stop and start again on the same address and directory (keeps the AOF)."""
         self.stop(cleanup=False)
         return self.start()

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .connections import redact
 
@@ -56,7 +57,7 @@ def has_disk_shuffle(graph: Mapping[Any, Any]) -> bool:
     return any(isinstance(getattr(node, "func", None), partd_maker) for node in graph.values())
 
 
-def check_disk_shuffle(rush: "Rush", graph: Mapping[Any, Any]) -> None:
+def check_disk_shuffle(rush: Rush, graph: Mapping[Any, Any]) -> None:
     """Raise before anything is written if a disk shuffle would span several machines."""
     if not has_disk_shuffle(graph):
         return

@@ -38,8 +38,9 @@ import shutil
 import struct
 import tempfile
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import cloudpickle
 

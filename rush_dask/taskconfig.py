@@ -15,7 +15,8 @@ itself (``scheduler``, ``get``, ``pool``, ``callbacks``) stay on the client.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 _LOCAL = {"scheduler", "get", "pool", "callbacks", "shuffle", "distributed"}
 _PLAIN = (str, int, float, bool, type(None))

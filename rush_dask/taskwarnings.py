@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import pickle
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .serialize import dumps, loads
 
@@ -74,7 +75,7 @@ def _with_key(message: Warning, key: Hashable) -> Warning:
         return message
 
 
-def reemit(rush: "Rush", graph_id: str, dask_key_of: Callable[[str], Hashable]) -> None:
+def reemit(rush: Rush, graph_id: str, dask_key_of: Callable[[str], Hashable]) -> None:
     """Re-emit, in this process, the warnings the nodes of a graph raised; then forget them."""
     key = warnings_key(rush.keys.prefix, graph_id)
     pipe = rush.client.pipeline(transaction=True)
@@ -91,7 +92,7 @@ def reemit(rush: "Rush", graph_id: str, dask_key_of: Callable[[str], Hashable]) 
                                registry=_registries.setdefault(filename, {}))
 
 
-def forget(rush: "Rush", graph_id: str) -> None:
+def forget(rush: Rush, graph_id: str) -> None:
     """Drop the warnings of a graph that nobody will re-emit (a future's graph)."""
     rush.client.delete(warnings_key(rush.keys.prefix, graph_id))
 

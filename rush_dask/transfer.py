@@ -104,7 +104,7 @@ def _client_context() -> ssl.SSLContext:
 
 
 class _Handler(socketserver.StreamRequestHandler):
-    server: "DataServer"
+    server: DataServer
 
     def setup(self) -> None:
         if self.server.tls is not None:
@@ -132,7 +132,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             path = self.server.find(key)
             try:
-                f = open(path, "rb") if path else None
+                f = open(path, "rb") if path else None  # noqa: SIM115 (closed by the with below)
             except FileNotFoundError:
                 f = None
             if f is None:
@@ -179,7 +179,7 @@ class DataServer(socketserver.ThreadingTCPServer):
                 return directory / key
         return None
 
-    def start(self) -> "DataServer":
+    def start(self) -> DataServer:
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="rush-data-server", daemon=True)
         self._thread.start()

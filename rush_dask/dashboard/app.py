@@ -30,9 +30,9 @@ from typing import Any
 from aiohttp import web
 
 from .. import constants as C
+from ..cli import list_networks, redact_text
 from ..connections import connect, redact
 from .metrics import Metrics
-from ..cli import list_networks, redact_text
 from .snapshot import Monitor
 
 STATIC = Path(__file__).parent / "static"
@@ -85,7 +85,8 @@ def _monitor_or_404(request: web.Request) -> Monitor:
     try:
         return request.app[_STATE].monitor(request.query.get("network"))
     except KeyError as exc:
-        raise web.HTTPNotFound(text=json.dumps({"error": exc.args[0]}), content_type="application/json")
+        raise web.HTTPNotFound(text=json.dumps({"error": exc.args[0]}),
+                               content_type="application/json") from None
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -156,11 +157,13 @@ async def stop(request: web.Request) -> web.Response:
         monitor = state.monitor(body.get("network"))
         ids = await asyncio.get_running_loop().run_in_executor(None, stop_workers, monitor.net, kind, [wid])
     except (ValueError, KeyError, TypeError) as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}), content_type="application/json")
+        raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}),
+                                 content_type="application/json") from None
     return web.json_response({"stopped": ids, "type": kind})
 
 
-def make_app(url: str, network_id: str, *, allow_control: bool = False, period: float = 0.5) -> web.Application:
+def make_app(url: str, network_id: str, *, allow_control: bool = False,
+             period: float = 0.5) -> web.Application:
     """The aiohttp application of a dashboard of ``network_id`` at ``url``.
 
     >>> web.run_app(make_app(url, "test"), host="127.0.0.1", port=8787)   # doctest: +SKIP
@@ -201,7 +204,7 @@ class DashboardThread:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/?network={self.network_id}"
 
-    def start(self) -> "DashboardThread":
+    def start(self) -> DashboardThread:
         """Start serving; returns once the port listens, or raises OSError (e.g. the port is taken)."""
         self._thread = threading.Thread(target=self._serve, name="rush-dashboard", daemon=True)
         self._thread.start()

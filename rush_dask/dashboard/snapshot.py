@@ -18,7 +18,6 @@ the database (networks and the network's key count) every 30 s.
 from __future__ import annotations
 
 import collections
-import os
 import re
 import threading
 import time
@@ -299,7 +298,7 @@ class Monitor:
         which, so one that vanished is shown as ``ended`` at 100 %.
         """
         present = set()
-        for gid, (n, live, finished) in zip(gids, replies):
+        for gid, (n, _live, finished) in zip(gids, replies):
             if n is None:
                 continue
             present.add(gid)
