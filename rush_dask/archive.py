@@ -20,6 +20,7 @@ from .scripts import Scripts
 from .serialize import resolve_secret
 
 if TYPE_CHECKING:
+    import dask.dataframe as dd
     import pandas as pd
 
 # States whose keys live in an append-only list, so index ranges are stable.
@@ -53,7 +54,7 @@ def read_partition(network_id: str, url: str, state: str, start: int, stop: int)
 
 
 def to_dask_dataframe(network_id: str, url: str, lengths: dict[str, int],
-                      states: Sequence[str], partition_size: int):
+                      states: Sequence[str], partition_size: int) -> dd.DataFrame:
     """A Dask DataFrame over the tasks in ``states`` (see :meth:`Rush.to_dask_dataframe`)."""
     import dask.dataframe as dd
 
@@ -69,4 +70,5 @@ def to_dask_dataframe(network_id: str, url: str, lengths: dict[str, int],
         frame = read_partition(network_id, ref.url, *part)
         return frame.astype(meta.dtypes.to_dict()) if len(frame) else meta
 
-    return dd.from_map(load, ranges, meta=meta, enforce_metadata=False)
+    frame: dd.DataFrame = dd.from_map(load, ranges, meta=meta, enforce_metadata=False)
+    return frame

@@ -145,8 +145,8 @@ class Rungs:
                      *[f"{base}rung:{k}" for k in range(n_rungs)]]
         self._decide = client.register_script(_DECIDE)
 
-    def decide(self, n_evals: int, eta: float, minimize: bool, done: tuple | None = None,
-               take: bool = True) -> tuple[str | None, dict | None, int]:
+    def decide(self, n_evals: int, eta: float, minimize: bool, done: tuple[Any, ...] | None = None,
+               take: bool = True) -> tuple[str | None, dict[str, Any] | None, int]:
         """Record ``done`` = (config id, rung, score, configuration or None), then choose the next job.
 
         Returns (config id, configuration, rung) of a claimed promotion,
@@ -171,7 +171,8 @@ class Rungs:
         self.client.delete(*self.keys)
 
 
-def worker_loop(worker: Any, objective: Callable[..., Any], sample: Callable[[np.random.Generator], dict],
+def worker_loop(worker: Any, objective: Callable[..., Any],
+                sample: Callable[[np.random.Generator], dict[str, Any]],
                 budgets: list[float], eta: float, n_evals: int, run_id: str, score: str = "y",
                 minimize: bool = True, seed: int | None = None, **kwargs: Any) -> None:
     """One ASHA worker: promote or sample, evaluate, record; until ``n_evals`` are spent.
@@ -190,6 +191,7 @@ def worker_loop(worker: Any, objective: Callable[..., Any], sample: Callable[[np
         done = None
         if config_id is None:
             config_id, config = uuid.uuid4().hex[:12], dict(sample(rng))
+        assert config is not None  # decide() returns a configuration with its id
         keys = worker.push_running_tasks([{**config, "budget": budgets[rung]}],
                                          extra=[{"config_id": config_id, "rung": rung, "asha_run": run_id}])
         try:
@@ -213,7 +215,8 @@ def _with_configs(archive: Any, run_id: str) -> Any:
     return archive[archive["asha_run"] == run_id]
 
 
-def search(rush: Any, objective: Callable[..., Any], sample: Callable[[np.random.Generator], dict], *,
+def search(rush: Any, objective: Callable[..., Any],
+           sample: Callable[[np.random.Generator], dict[str, Any]], *,
            min_budget: float, max_budget: float, eta: float = 3, n_evals: int,
            n_workers: int | None = None, score: str = "y", minimize: bool = True,
            seed: int | None = None, timeout: float | None = None, **worker_options: Any) -> Any:

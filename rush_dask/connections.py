@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 import redis
@@ -160,7 +160,7 @@ class SecretUrl:
         if self.redacted != url:
             _known_urls[self.redacted] = url
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         if self.redacted == self.url:
             return SecretUrl, (self.url,)
         return _secret_url_here, (self.redacted,)
@@ -210,7 +210,7 @@ def check_url(url: str) -> None:
 
 
 def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
-            **options) -> redis.Redis:
+            **options: Any) -> redis.Redis:
     """A redis-py client for ``url`` (bytes replies), checked with PING.
 
     Raises :class:`RedisUnavailableError` with a message that never shows the
@@ -225,8 +225,8 @@ def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
     """
     check_url(url)
     options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)  # a value in the URL wins
-    if is_cluster_url(url):
-        return _connect_cluster(url, check=check, retry_timeout=retry_timeout, **options)
+    if is_cluster_url(url):  # a RedisCluster: the same commands, typed as a Redis for the callers
+        return cast(redis.Redis, _connect_cluster(url, check=check, retry_timeout=retry_timeout, **options))
     try:
         client = redis.Redis.from_url(url, decode_responses=False, **options)
     except ValueError as exc:
@@ -253,7 +253,7 @@ def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
             raise RedisUnavailableError(_connection_failure(url, exc)) from None
     if _cluster_enabled(client, must_answer=check):  # any node's plain URL of a cluster works
         client.close()
-        return _connect_cluster(url, check=check, retry_timeout=retry_timeout, **options)
+        return cast(redis.Redis, _connect_cluster(url, check=check, retry_timeout=retry_timeout, **options))
     if retry_timeout:
         # Backoff 0.05, 0.1, ... capped at 1 s: about retry_timeout seconds in all.
         retries = 5 + int(retry_timeout)
@@ -287,7 +287,7 @@ def _cluster_enabled(client: redis.Redis, must_answer: bool = True) -> bool:
         return False  # unchecked connections may be made while Redis restarts
 
 
-def _connect_cluster(url: str, *, check: bool, retry_timeout: float | None = None, **options) -> Any:
+def _connect_cluster(url: str, *, check: bool, retry_timeout: float | None = None, **options: Any) -> Any:
     """A Redis Cluster client from the URL of any of its nodes.
 
     Every key of a network shares one hash tag (``rush:{NET}:``), so each

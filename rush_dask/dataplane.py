@@ -86,7 +86,8 @@ def _address_towards(client: Any) -> str:
         family, _, _, _, address = infos[0]
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.connect(address)  # UDP: no packet is sent, the kernel only picks a route
-            return probe.getsockname()[0]
+            local: str = probe.getsockname()[0]
+            return local
     except OSError:
         return "127.0.0.1"
 

@@ -119,7 +119,7 @@ def counts(values: Raw) -> Any:
     return np.nan_to_num(_floats(values), nan=0.0).astype("int64")
 
 
-def dict_columns(*dict_lists: Sequence[dict]) -> dict[str, list]:
+def dict_columns(*dict_lists: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     """One list per name found in the dicts, None where a row lacks it.
 
     Each argument holds one dict per row (inputs, outputs, extra). Names
@@ -137,14 +137,15 @@ def dict_columns(*dict_lists: Sequence[dict]) -> dict[str, list]:
         order = dict.fromkeys(name for dicts in groups for name in dicts[0])
     else:
         order = dict.fromkeys(name for row in zip(*groups) for d in row for name in d)
-    columns: dict[str, list] = dict.fromkeys(order)  # type: ignore[arg-type]
+    columns: dict[str, list[Any]] = dict.fromkeys(order)  # type: ignore[assignment]
     for dicts, names in zip(groups, group_names):
         for name in names:
             columns[name] = [d.get(name) for d in dicts]
     return columns
 
 
-def task_columns(keys: Raw, xs: Sequence[dict], ys: Sequence[dict], extra: Sequence[dict],
+def task_columns(keys: Raw, xs: Sequence[dict[str, Any]], ys: Sequence[dict[str, Any]],
+                 extra: Sequence[dict[str, Any]],
                  state: Raw, worker_ids: Raw, pids: Sequence[int | None], queued_at: Raw,
                  started_at: Raw, finished_at: Raw, attempts: Raw, error: Raw) -> dict[str, Any]:
     """The columns of :func:`task_frame`: lists for inputs, outputs and extra, typed arrays for the rest."""
@@ -244,6 +245,7 @@ class GrowingFrame:
         import pandas as pd
 
         old, rows = self._frame, frame_of(columns)
+        assert old is not None  # called on a table that has rows
         names = [*old.columns, *(name for name in rows.columns if name not in old.columns)]
         names = [n for n in names if n not in self.tail] + [n for n in self.tail if n in names]
         data: dict[str, Any] = {}

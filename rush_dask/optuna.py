@@ -210,7 +210,8 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
 
 
 def trial_loop(worker: Any, run_id: str, study_name: str, storage: BaseStorage, sampler: Any,
-               pruner: Any, objective: Callable, catch: tuple = (), verbosity: int = optuna.logging.INFO,
+               pruner: Any, objective: Callable[..., Any], catch: tuple[type[BaseException], ...] = (),
+               verbosity: int = optuna.logging.INFO,
                **kwargs: Any) -> None:
     """One worker of :func:`optimize`: take a ticket, ask, evaluate, tell, until the run is done.
 
@@ -246,7 +247,8 @@ def trial_loop(worker: Any, run_id: str, study_name: str, storage: BaseStorage, 
         go = _one_trial(worker, study, objective, catch, run)
 
 
-def _one_trial(worker: Any, study: optuna.Study, objective: Callable, catch: tuple, run: Run) -> int:
+def _one_trial(worker: Any, study: optuna.Study, objective: Callable[..., Any],
+               catch: tuple[type[BaseException], ...], run: Run) -> int:
     """Ask, evaluate, tell one trial and record it as a rush task; then take the next ticket.
 
     Returns what :meth:`Run.take` returned for the next trial (-1: the search must stop).

