@@ -45,8 +45,12 @@ class RedisListJournal(BaseJournalBackend):
     Picklable (it reconnects from the URL), so a storage built on it travels
     to worker processes.
 
-    >>> backend = RedisListJournal("redis://127.0.0.1:6379/0", "rush:{hpo}:optuna")   # doctest: +SKIP
-    >>> backend.append_logs([{"op_code": 0}])                                         # doctest: +SKIP
+    >>> backend = RedisListJournal(redis_url, "rush:{doctest-journal}:optuna")
+    >>> backend.append_logs([{"op_code": 0}])
+    >>> list(backend.read_logs(0))
+    [{'op_code': 0}]
+    >>> connect(redis_url).delete(backend.key)
+    1
     """
 
     def __init__(self, url: str, key: str, max_staleness: float = 0.002):

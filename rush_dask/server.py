@@ -79,10 +79,10 @@ def _free_port() -> int:
 class RedisServer:
     """A Redis server process owned by this Python process.
 
-    >>> server = RedisServer().start()        # doctest: +SKIP
-    >>> redis.Redis.from_url(server.url).ping()  # doctest: +SKIP
+    >>> server = RedisServer().start()
+    >>> redis.Redis.from_url(server.url).ping()
     True
-    >>> server.stop()                           # doctest: +SKIP
+    >>> server.stop()
 
     ``tcp=True`` listens on a free loopback port (``port=`` to choose it);
     otherwise on a unix socket. ``appendonly=True`` keeps an AOF file in

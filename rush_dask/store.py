@@ -184,7 +184,9 @@ class LocalStore:
     >>> path = store.put("k1", [1, 2, 3], secret=None)
     >>> store.get(path, "k1", secret=None)
     [1, 2, 3]
-    >>> store.delete([path]); store.remove_all()
+    >>> store.delete([path])
+    1
+    >>> store.remove_all()
     """
 
     def __init__(self, network_id: str, shm_root: Path | None = None, spill_root: Path | None = None):

@@ -184,8 +184,10 @@ def make_app(url: str, network_id: str, *, allow_control: bool = False,
 class DashboardThread:
     """A dashboard served from a background thread with its own event loop.
 
-    >>> server = DashboardThread(url, "test", port=0).start()   # doctest: +SKIP
-    >>> server.url, server.stop()                               # doctest: +SKIP
+    >>> server = DashboardThread(rush.url, rush.network_id, port=0).start()
+    >>> server.url  # doctest: +ELLIPSIS
+    'http://127.0.0.1:...'
+    >>> server.stop()
     """
 
     def __init__(self, url: str, network_id: str, host: str = "127.0.0.1", port: int = 8787, *,

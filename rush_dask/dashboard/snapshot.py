@@ -10,9 +10,9 @@ Costs per poll: about 6 pipelined round trips, plus two each for newly
 finished or failed tasks when there are any; ``INFO`` every 2 s; a ``SCAN`` of
 the database (networks and the network's key count) every 30 s.
 
->>> monitor = Monitor(client, "redis://127.0.0.1:6379/0", "test")   # doctest: +SKIP
->>> monitor.poll()["counts"]["finished"]                              # doctest: +SKIP
-4
+>>> monitor = Monitor(rush.client, rush.url, rush.network_id)    # rush: a fresh network, no task
+>>> monitor.poll()["counts"]["finished"]
+0
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def count_network_keys(client: Any) -> dict[str, int]:
 def process_gone(pid: int) -> bool:
     """Whether the process ``pid`` of this host is gone or a zombie (dead, not yet reaped by its parent).
 
+    >>> import os
     >>> process_gone(os.getpid())
     False
     """
