@@ -25,12 +25,6 @@ from rush_dask import KilledWorker, Rush
 TIMEOUT = 120
 
 
-@pytest.fixture
-def rush2(rush):
-    rush.start_workers(n_workers=2, heartbeat_period=0.2, heartbeat_expire=1.0)
-    rush.wait_for_workers(2, timeout=TIMEOUT)
-    return rush
-
 
 def graph_keys(rush) -> list[bytes]:
     """Keys that a graph leaves behind (node hashes, graph bookkeeping)."""

@@ -18,12 +18,6 @@ from rush_dask import as_completed, fire_and_forget, wait
 TIMEOUT = 120
 
 
-@pytest.fixture
-def rush2(rush):
-    rush.start_workers(n_workers=2, heartbeat_period=0.2, heartbeat_expire=1.0)
-    rush.wait_for_workers(2, timeout=TIMEOUT)
-    return rush
-
 
 def gate_file(tmp_path):
     return str(tmp_path / "gate")
