@@ -3,12 +3,12 @@
 By default the suite starts its own private Redis server. Set
 ``RUSH_TEST_REDIS_URL`` (for example ``redis://127.0.0.1:6379/0``) to run it
 against an external Redis instead; the suite then deletes only the keys of
-the networks it created, never anything else. The ``redis_url`` fixture is
-in the repository's root ``conftest.py`` (the doctests use it too).
+the networks it created, never anything else.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -16,6 +16,18 @@ import pytest
 import redis
 
 from rush_dask import Rush
+from rush_dask.server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    external = os.environ.get("RUSH_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    server = RedisServer().start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture
