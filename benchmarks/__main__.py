@@ -104,7 +104,8 @@ def rush_section(ctx: Context) -> dict:
     for rep in range(1, ctx.repeats + 1):
         for system in bench_rush.SYSTEMS:
             for w in workloads:
-                record(rep, system, w, bench_rush.run_once(system, ctx.url, w, ctx.log_dir, ctx.quiet).seconds)
+                run = bench_rush.run_once(system, ctx.url, w, ctx.log_dir, ctx.quiet)
+                record(rep, system, w, run.seconds)
         for name in peers.PEERS:
             if name in skipped:
                 continue
@@ -214,7 +215,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="write benchmarks.md, img/ and the JSON here instead of docs/ and "
                              "benchmarks/results/")
     parser.add_argument("--no-peers", action="store_true", help="skip RQ, Celery and distributed client.map")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait while pytest or other benchmarks run")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="do not wait while pytest or other benchmarks run")
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
@@ -239,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet = Quiet(0 if args.no_wait else QUIET_BUDGET)
     started = time.time()
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-                     "repeats": args.repeats, "quick": args.quick, "size": args.size, "sections": args.sections,
-                     "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])}
+                     "repeats": args.repeats, "quick": args.quick, "size": args.size,
+                     "sections": args.sections,
+                     "command": "python -m benchmarks "
+                                + " ".join(argv if argv is not None else sys.argv[1:])}
     server = RedisServer().start()
     try:
         results["machine"] = machine(server.url)

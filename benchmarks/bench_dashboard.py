@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
           f"with it: the dashboard costs {cost_cmd * 100:.3f} % of a core")
     print(f"Redis CPU (user+sys): {base_cpu * 1e3:.2f} ms/s without, {dash_cpu * 1e3:.2f} ms/s with: "
           f"{cost_cpu * 100:.2f} % of a core (coarse: includes network I/O)")
-    print(f"target <= {TARGET * 100:g} % of a core: {'met' if max(cost_cmd, cost_cpu) <= TARGET else 'NOT met'}")
+    met = "met" if max(cost_cmd, cost_cpu) <= TARGET else "NOT met"
+    print(f"target <= {TARGET * 100:g} % of a core: {met}")
     return 0
 
 

@@ -490,7 +490,8 @@ def throughput_table(runs: dict, workloads: list[Workload], nodes: dict) -> list
             continue
         for system in SYSTEMS:
             seconds = runs[system, w.name]
-            lines.append(f"| {w.name} | {system} | {n:,} | {fmt(seconds, 3)} | {fmt([n / s for s in seconds])} |")
+            lines.append(f"| {w.name} | {system} | {n:,} | {fmt(seconds, 3)} "
+                         f"| {fmt([n / s for s in seconds])} |")
         if w.ideal_seconds:
             lines.append(f"| {w.name} | ideal | {n:,} | {w.ideal_seconds:.3f} | {n / w.ideal_seconds:,.0f} |")
     return lines

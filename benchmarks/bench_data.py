@@ -35,9 +35,10 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -223,7 +224,7 @@ class PeakMemory:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, int(self.client.info("memory")["used_memory"]))
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -287,8 +288,9 @@ def data_lines(s: dict) -> list[str]:
                      + f" | {fmt(ratios(r[CLUSTER][name], r[RUSH][name]), 2)}×"
                      + f" | {fmt(ratios(r[THREADS][name], r[RUSH][name]), 2)}× |")
     lines += ["", "Ratios are speed: the peer's time over rush_dask's (above 1: rush_dask is faster).", "",
-              "| graph (rush_dask) | through Redis (MB) | written to shared memory (MB) | mapped by consumers "
-              "(MB) | fetched worker-to-worker (MB) | Redis peak above baseline (MB) |",
+              "| graph (rush_dask) | through Redis (MB) | written to shared memory (MB) "
+              "| mapped by consumers (MB) | fetched worker-to-worker (MB) "
+              "| Redis peak above baseline (MB) |",
               "|---|---:|---:|---:|---:|---:|"]
     for name in names:
         m = s["moved"][name]

@@ -24,7 +24,7 @@ import argparse
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def inc(x: int) -> int:

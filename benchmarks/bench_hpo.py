@@ -169,7 +169,8 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
             n_noop: int = 800, sections: tuple[str, ...] = SECTIONS) -> dict:
     """Every measurement, ``repeats`` times, on the Redis at ``url``; the raw figures as a dict.
 
-    >>> run_hpo(server.url, "/tmp/logs", repeats=1, n_util=32, n_noop=100)["trials_per_second"]   # doctest: +SKIP
+    >>> run_hpo(server.url, "/tmp/logs", repeats=1, n_util=32,
+    ...         n_noop=100)["trials_per_second"]  # doctest: +SKIP
     """
     import warnings
 
@@ -198,8 +199,8 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
                 util["rush"].append(utilization(study))
                 study = run_optuna_processes(optuna_storage("optuna"), sleep_objective, n_util, n_workers)
                 util["optuna"].append(utilization(study))
-                print(f"utilization {rep + 1}/{repeats}: rush {util['rush'][-1]}, optuna {util['optuna'][-1]} "
-                      f"(load {load_avg()})", file=sys.stderr, flush=True)
+                print(f"utilization {rep + 1}/{repeats}: rush {util['rush'][-1]}, "
+                      f"optuna {util['optuna'][-1]} (load {load_avg()})", file=sys.stderr, flush=True)
             results["utilization"] = util
             results["load_after_utilization"] = load_avg()
         if "throughput" in sections:
@@ -214,8 +215,9 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
                     run_optuna_processes(optuna_storage("list"), noop_objective, n_noop, n_workers)))
                 tps["optuna_backend"].append(trials_per_second(
                     run_optuna_processes(optuna_storage("optuna"), noop_objective, n_noop, n_workers)))
-                print(f"trials/s {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in tps.items())
-                      + f" (load {load_avg()})", file=sys.stderr, flush=True)
+                last = ", ".join(f"{k} {v[-1]:.0f}" for k, v in tps.items())
+                print(f"trials/s {rep + 1}/{repeats}: {last} (load {load_avg()})",
+                      file=sys.stderr, flush=True)
             results["trials_per_second"] = tps
             results["load_after_throughput"] = load_avg()
         if "joblib" in sections:
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
         with tempfile.TemporaryDirectory(prefix="bench-hpo-") as log_dir:
             results = {"machine": machine(server.url),
                        **run_hpo(server.url, log_dir, repeats, args.workers,
-                                 n_util=args.workers * (4 if args.quick else 20), n_noop=100 if args.quick else 800,
+                                 n_util=args.workers * (4 if args.quick else 20),
+                                 n_noop=100 if args.quick else 800,
                                  sections=tuple(args.only.split(",")))}
     finally:
         server.stop()
@@ -277,7 +280,8 @@ def report(results: dict) -> str:
 
 def hpo_lines(results: dict) -> list[str]:
     """The report's lines (also the ``hpo`` section of ``python -m benchmarks``)."""
-    loads = ", ".join(f"{k[len('load_after_'):]} {v}" for k, v in results.items() if k.startswith("load_after_"))
+    loads = ", ".join(f"{k.removeprefix('load_after_')} {v}" for k, v in results.items()
+                      if k.startswith("load_after_"))
     lines = [f"Load average (1, 5, 15 min) before: {results['load_before']}; after: {loads}. "
              f"{results['workers']} workers.", "",
              "| measurement | rush_dask | peer | ratio | target |", "|---|---|---|---|---|"]
@@ -293,18 +297,19 @@ def hpo_lines(results: dict) -> list[str]:
     if "trials_per_second" in results:
         t = results["trials_per_second"]
         lines.append(f"| trials/s, no-op objective, {results['n_noop']} trials | list journal: "
-                     f"{fmt(t['rush_list'])} | Optuna processes on JournalRedisBackend: {fmt(t['optuna_backend'])}"
-                     f" | {fmt(ratios(t['rush_list'], t['optuna_backend']), 2)} | >= 3 |")
+                     f"{fmt(t['rush_list'])} | Optuna processes on JournalRedisBackend: "
+                     f"{fmt(t['optuna_backend'])} | {fmt(ratios(t['rush_list'], t['optuna_backend']), 2)}"
+                     " | >= 3 |")
         lines.append(f"| trials/s, both on JournalRedisBackend | {fmt(t['rush_optuna_backend'])} | "
-                     f"{fmt(t['optuna_backend'])} | {fmt(ratios(t['rush_optuna_backend'], t['optuna_backend']), 2)}"
-                     " | |")
-        lines.append(f"| trials/s, both on the list journal | {fmt(t['rush_list'])} | {fmt(t['optuna_list'])} | "
-                     f"{fmt(ratios(t['rush_list'], t['optuna_list']), 2)} | |")
+                     f"{fmt(t['optuna_backend'])} "
+                     f"| {fmt(ratios(t['rush_optuna_backend'], t['optuna_backend']), 2)} | |")
+        lines.append(f"| trials/s, both on the list journal | {fmt(t['rush_list'])} "
+                     f"| {fmt(t['optuna_list'])} | {fmt(ratios(t['rush_list'], t['optuna_list']), 2)} | |")
     if "grid_search_seconds" in results:
         g = results["grid_search_seconds"]
         lines.append(f"| GridSearchCV 48 fits, 2 workers, seconds | {fmt(g['rush'], 2)} | distributed "
-                     f"\"dask\" backend: {fmt(g['dask'], 2)} | speed {fmt(ratios(g['dask'], g['rush']), 2)} | "
-                     ">= 1.0 |")
+                     f"\"dask\" backend: {fmt(g['dask'], 2)} "
+                     f"| speed {fmt(ratios(g['dask'], g['rush']), 2)} | >= 1.0 |")
     return lines
 
 

@@ -329,7 +329,8 @@ def _stop_bare_workers(client: redis.Redis, queue: str, workers: list) -> None:
 _OWN_COMMANDS = {"cmdstat_config|resetstat", "cmdstat_info"}  # sent by this benchmark, not by rush
 
 
-def commands_per_task(stats: list[dict[str, dict]], n_tasks: int) -> list[tuple[str, list[float], list[float]]]:
+def commands_per_task(stats: list[dict[str, dict]],
+                      n_tasks: int) -> list[tuple[str, list[float], list[float]]]:
     """(command, calls per task in each run, µs per call in each run), most calls first."""
     names = sorted({name for run in stats for name in run if name not in _OWN_COMMANDS})
     rows = []

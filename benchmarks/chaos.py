@@ -173,8 +173,8 @@ class Chaos:
         # One controller per thread: the driver (owns the worker processes) and one per workload.
         self.driver = Rush(self.network, url=self.server.url)
         try:
-            self.driver.start_workers(square_task, self.n_workers, log_dir=os.path.join(self.directory, "logs"),
-                                      **self.worker_options)
+            self.driver.start_workers(square_task, self.n_workers,
+                                      log_dir=os.path.join(self.directory, "logs"), **self.worker_options)
             self.driver.wait_for_workers(self.n_workers, timeout=self.hang_timeout)
             threads = [threading.Thread(target=self._guard, args=(target,), name=target.__name__)
                        for target in (self.graph_workload, self.plain_workload)]
@@ -304,7 +304,8 @@ class Chaos:
         states = self.driver._worker_states()
         for wid, (resume_at, proc) in list(self.stopped.items()):
             lost = states.get(wid) == "lost"
-            if resume_at is None and lost or resume_at is not None and (final or time.monotonic() >= resume_at):
+            if (resume_at is None and lost
+                    or resume_at is not None and (final or time.monotonic() >= resume_at)):
                 proc.signal(signal.SIGCONT)
                 del self.stopped[wid]
                 if resume_at is None:
@@ -323,7 +324,7 @@ class Chaos:
         check_result_files(self.driver, self.stats, timeout=30 * self.worker_options["heartbeat_expire"])
 
     def cleanup(self) -> None:
-        for wid, (_, proc) in list(self.stopped.items()):
+        for _, proc in list(self.stopped.values()):
             proc.signal(signal.SIGCONT)
         self.stopped.clear()
         driver = getattr(self, "driver", None)
@@ -432,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120, help="fault budget in seconds (default 120)")
     parser.add_argument("--workers", type=int, default=4, help="workers kept running (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (default 0)")
-    parser.add_argument("--nodes", type=int, default=10_000, help="nodes of the stencil graph (default 10,000)")
+    parser.add_argument("--nodes", type=int, default=10_000,
+                        help="nodes of the stencil graph (default 10,000)")
     parser.add_argument("--tasks", type=int, default=2_000, help="plain tasks per batch (default 2,000)")
     parser.add_argument("--quiet", action="store_true", help="print only the final report")
     args = parser.parse_args(argv)

@@ -77,7 +77,8 @@ def _script(name: str) -> str:
     """The console script ``name`` of this Python's environment."""
     path = Path(sys.executable).parent / name
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: install the benchmark extras (`pip install rush-dask[bench]`)")
+        raise FileNotFoundError(
+            f"{path} not found: install the benchmark extras (`pip install rush-dask[bench]`)")
     return str(path)
 
 

@@ -60,7 +60,8 @@ def rush_lines(s: dict) -> list[str]:
     for name, n in tasks.items():
         rush = _rates(n, s["runs"][RUSH][name])
         lines.append(f"| {name}: rush_dask / system | | "
-                     + " | ".join(_cell(ratios(rush, _rates(n, s["runs"][x][name])), 2) for x in systems) + " |")
+                     + " | ".join(_cell(ratios(rush, _rates(n, s["runs"][x][name])), 2) for x in systems)
+                     + " |")
     for name, ideal in s["ideal"].items():
         n = tasks[name]
         lines.append(f"| {name}: system / ideal ({n / ideal:,.0f} tasks/s) | | "
@@ -73,9 +74,11 @@ def rush_lines(s: dict) -> list[str]:
     text = (f"On trivial tasks (the system's own overhead per task) the fastest is {order[0]} at "
             f"{trivial[order[0]]:,.0f} tasks/s; rush_dask runs {trivial[RUSH]:,.0f} tasks/s.")
     if peers:
+        def trivial_rates(x: str) -> list[float]:
+            return _rates(tasks["trivial"], s["runs"][x]["trivial"])
+
         text += " Against the other task queues, rush_dask is " + ", ".join(
-            f"{_med(ratios(_rates(tasks['trivial'], s['runs'][RUSH]['trivial']), _rates(tasks['trivial'], s['runs'][x]['trivial']))):.1f}× {x}"
-            for x in peers) + "."
+            f"{_med(ratios(trivial_rates(RUSH), trivial_rates(x))):.1f}× {x}" for x in peers) + "."
     if "sleep" in s["ideal"]:
         eff = {x: _med([s["ideal"]["sleep"] / t for t in s["runs"][x]["sleep"]]) for x in systems}
         text += (f" With 10 ms tasks every system should be near the ideal; rush_dask reaches "
@@ -98,7 +101,8 @@ def dask_lines(s: dict) -> list[str]:
     for name, ideal in s["ideal"].items():
         lines.append(f"| {name}: rush_dask / ideal | {_cell([ideal / t for t in s['runs'][RUSH][name]], 3)} |"
                      + " |" * (len(others) - 1))
-    lines += ["", "Workloads: " + "; ".join(f"**{n}** ({w['size']:,}): {w['description']}" for n, w in wl.items())
+    lines += ["", "Workloads: "
+              + "; ".join(f"**{n}** ({w['size']:,}): {w['description']}" for n, w in wl.items())
               + ". Tasks are the nodes of the optimized graph; times are `dask.compute` end to end, so "
               "they include Dask's own client-side work (graph building, optimization, culling), "
               "which every system pays."]
@@ -126,7 +130,8 @@ def scaling_lines(s: dict) -> list[str]:
     for k, seconds in sorted(runs.items()):
         ideal = n * sleep / k
         eff[k] = [ideal / t for t in seconds]
-        lines.append(f"| {k} | {ideal:.2f} | {fmt(seconds, 3)} | {fmt(_rates(n, seconds))} | {fmt(eff[k], 3)} |")
+        lines.append(f"| {k} | {ideal:.2f} | {fmt(seconds, 3)} | {fmt(_rates(n, seconds))} "
+                     f"| {fmt(eff[k], 3)} |")
     worst = min(eff, key=lambda k: _med(eff[k]))
     text = (f"{n:,} tasks of `time.sleep({sleep:g})` on each worker count; efficiency = ideal "
             f"`{n} × {sleep:g} / workers` over the measured time. It stays at or above "
@@ -148,13 +153,16 @@ def cost_lines(s: dict) -> list[str]:
     ]
     if "finished_bytes" in s:
         lines += [
-            f"| Redis memory per finished task, `INFO memory` (bytes; one run) | {s['finished_bytes']:,.0f} |",
-            f"| `MEMORY USAGE` of a finished task's hash (bytes; one run) | {s['finished_hash_bytes']:,.0f} |",
+            "| Redis memory per finished task, `INFO memory` (bytes; one run) "
+            f"| {s['finished_bytes']:,.0f} |",
+            "| `MEMORY USAGE` of a finished task's hash (bytes; one run) "
+            f"| {s['finished_hash_bytes']:,.0f} |",
             f"| archive list per finished task (bytes; one run) | {s['archive_bytes']:,.0f} |",
         ]
     lines += [
         f"| graph of {nodes:,} tasks: `GraphRun()` + `submit()` (s) | {fmt(s['submit_seconds'], 3)} |",
-        f"| graph of {nodes:,} tasks: client peak memory during them (MiB, tracemalloc; one run) | {mib:,.1f} |",
+        f"| graph of {nodes:,} tasks: client peak memory during them (MiB, tracemalloc; one run) "
+        f"| {mib:,.1f} |",
         f"| the graph dict itself (MiB, tracemalloc; one run) | {s['graph_bytes'] / 2**20:,.1f} |",
     ]
     text = (f"A queued task costs about {_med(s['queued_bytes']):,.0f} bytes of Redis memory "
@@ -245,8 +253,9 @@ def plot_scaling(path: Path, s: dict) -> None:
     eff = [[n * sleep / k / t for t in v] for k, v in runs]
     meds = [_med(e) for e in eff]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(ks, meds, yerr=[[m - min(e) for m, e in zip(meds, eff)], [max(e) - m for m, e in zip(meds, eff)]],
-                marker="o", capsize=3, label="rush_dask")
+    below = [m - min(e) for m, e in zip(meds, eff)]
+    above = [max(e) - m for m, e in zip(meds, eff)]
+    ax.errorbar(ks, meds, yerr=[below, above], marker="o", capsize=3, label="rush_dask")
     ax.axhline(1.0, color="grey", linestyle="--", label="ideal")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
@@ -268,7 +277,8 @@ def plots(r: dict, img: Path) -> list[Path]:
         s = r["rush"]
         rates = {x: {w: _rates(n, s["runs"][x][w]) for w, n in s["tasks"].items()} for x in s["systems"]}
         path = img / "bench-rush.png"
-        _bars(path, "rush API: throughput per system (2 workers)", list(s["tasks"]), s["systems"], rates, "tasks/s")
+        _bars(path, "rush API: throughput per system (2 workers)", list(s["tasks"]), s["systems"], rates,
+              "tasks/s")
         written.append(path)
     if "dask" in r:
         s = r["dask"]
@@ -351,7 +361,8 @@ SECTION_TITLES = {
 def write(r: dict, out: Path) -> Path:
     """Write ``out/benchmarks.md`` and ``out/img/bench-*.png``; returns the Markdown path.
 
-    >>> write(json.loads(Path("benchmarks/results/benchmarks-....json").read_text()), Path("docs"))  # doctest: +SKIP
+    >>> results = json.loads(Path("benchmarks/results/benchmarks-....json").read_text())  # doctest: +SKIP
+    >>> write(results, Path("docs"))  # doctest: +SKIP
     """
     out.mkdir(parents=True, exist_ok=True)
     plots(r, out / "img")

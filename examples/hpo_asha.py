@@ -33,7 +33,8 @@ def objective(log_eta0: float, log_alpha: float, budget: int, **kwargs: Any) -> 
 
     X, y = hpo_common._digits()  # cached in the worker process
     X_train, X_valid, y_train, y_valid = train_test_split(X, y, test_size=0.3, random_state=0)
-    model = SGDClassifier(learning_rate="constant", eta0=10 ** log_eta0, alpha=10 ** log_alpha, random_state=0)
+    model = SGDClassifier(learning_rate="constant", eta0=10 ** log_eta0, alpha=10 ** log_alpha,
+                          random_state=0)
     classes = np.unique(y_train)
     for _ in range(int(budget)):
         model.partial_fit(X_train, y_train, classes=classes)

@@ -64,7 +64,10 @@ def perturb_config(config: dict[str, Any], rng: np.random.Generator, scale: floa
 
 
 def grid_configs(n: int) -> list[dict[str, float]]:
-    """About ``n`` configurations on a regular grid over :data:`SPACE` (``k x k`` with ``k*k >= n``, cut to ``n``)."""
+    """About ``n`` configurations on a regular grid over :data:`SPACE`.
+
+    The grid is ``k x k`` with ``k*k >= n``, cut to ``n``.
+    """
     k = max(1, int(np.ceil(np.sqrt(n))))
     axes = [np.linspace(low, high, k) for low, high in SPACE.values()]
     mesh = np.meshgrid(*axes, indexing="ij")
@@ -152,7 +155,8 @@ def command_line(doc: str, evals: int, evals_help: str, out: str, seed: bool = F
     parser.add_argument("--evals", type=int, default=evals, help=f"{evals_help} (default {evals})")
     parser.add_argument("--workers", type=int, default=2, help="number of local workers (default 2)")
     parser.add_argument("--out", default=out, help="PNG plot to write")
-    parser.add_argument("--url", default=None, help="Redis URL (default: $RUSH_REDIS_URL or a private server)")
+    parser.add_argument("--url", default=None,
+                        help="Redis URL (default: $RUSH_REDIS_URL or a private server)")
     if seed:
         parser.add_argument("--seed", type=int, default=None, help="seed of the workers' random streams")
     return parser.parse_args()

@@ -50,5 +50,6 @@ def main(n_evals: int = 64, n_workers: int = 2, url: str | None = None,
 
 
 if __name__ == "__main__":
-    args = hpo_common.command_line(__doc__, evals=64, evals_help="number of grid points", out="hpo_dask_grid.png")
+    args = hpo_common.command_line(__doc__, evals=64, evals_help="number of grid points",
+                                   out="hpo_dask_grid.png")
     main(n_evals=args.evals, n_workers=args.workers, url=args.url, out=args.out)

@@ -100,5 +100,6 @@ def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None,
 
 
 if __name__ == "__main__":
-    args = hpo_common.command_line(__doc__, evals=60, evals_help="shared budget of evaluations", out="hpo_decentralized.png", seed=True)
+    args = hpo_common.command_line(__doc__, evals=60, evals_help="shared budget of evaluations",
+                                   out="hpo_decentralized.png", seed=True)
     main(n_evals=args.evals, n_workers=args.workers, url=args.url, out=args.out, seed=args.seed)

@@ -61,5 +61,6 @@ def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None,
 
 
 if __name__ == "__main__":
-    args = hpo_common.command_line(__doc__, evals=60, evals_help="number of evaluations", out="hpo_random_search.png")
+    args = hpo_common.command_line(__doc__, evals=60, evals_help="number of evaluations",
+                                   out="hpo_random_search.png")
     main(n_evals=args.evals, n_workers=args.workers, url=args.url, out=args.out)

@@ -10,7 +10,8 @@ reads only the first partition, to learn the column types.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import constants as C
 from .connections import SecretUrl, connect
@@ -19,6 +20,7 @@ from .scripts import Scripts
 from .serialize import resolve_secret
 
 if TYPE_CHECKING:
+    import dask.dataframe as dd
     import pandas as pd
 
 # States whose keys live in an append-only list, so index ranges are stable.
@@ -36,7 +38,7 @@ class _ArchiveView(NetworkView):
         self._init_view()
 
 
-def read_partition(network_id: str, url: str, state: str, start: int, stop: int) -> "pd.DataFrame":
+def read_partition(network_id: str, url: str, state: str, start: int, stop: int) -> pd.DataFrame:
     """Rows ``start`` to ``stop - 1`` of the list of tasks in ``state``."""
     view = _ArchiveView(network_id, url)
     try:
@@ -52,7 +54,7 @@ def read_partition(network_id: str, url: str, state: str, start: int, stop: int)
 
 
 def to_dask_dataframe(network_id: str, url: str, lengths: dict[str, int],
-                      states: Sequence[str], partition_size: int):
+                      states: Sequence[str], partition_size: int) -> dd.DataFrame:
     """A Dask DataFrame over the tasks in ``states`` (see :meth:`Rush.to_dask_dataframe`)."""
     import dask.dataframe as dd
 
@@ -68,4 +70,5 @@ def to_dask_dataframe(network_id: str, url: str, lengths: dict[str, int],
         frame = read_partition(network_id, ref.url, *part)
         return frame.astype(meta.dtypes.to_dict()) if len(frame) else meta
 
-    return dd.from_map(load, ranges, meta=meta, enforce_metadata=False)
+    frame: dd.DataFrame = dd.from_map(load, ranges, meta=meta, enforce_metadata=False)
+    return frame

@@ -146,8 +146,8 @@ class Rungs:
                      *[f"{base}rung:{k}" for k in range(n_rungs)]]
         self._decide = client.register_script(_DECIDE)
 
-    def decide(self, n_evals: int, eta: float, minimize: bool, done: tuple | None = None,
-               take: bool = True) -> tuple[str | None, dict | None, int]:
+    def decide(self, n_evals: int, eta: float, minimize: bool, done: tuple[Any, ...] | None = None,
+               take: bool = True) -> tuple[str | None, dict[str, Any] | None, int]:
         """Record ``done`` = (config id, rung, score, configuration or None), then choose the next job.
 
         Returns (config id, configuration, rung) of a claimed promotion,
@@ -177,7 +177,8 @@ class Rungs:
         self.client.delete(*self.keys)
 
 
-def worker_loop(worker: Any, objective: Callable[..., Any], sample: Callable[[np.random.Generator], dict],
+def worker_loop(worker: Any, objective: Callable[..., Any],
+                sample: Callable[[np.random.Generator], dict[str, Any]],
                 budgets: list[float], eta: float, n_evals: int, run_id: str, score: str = "y",
                 minimize: bool = True, seed: int | None = None, **kwargs: Any) -> None:
     """One ASHA worker: promote or sample, evaluate, record; until ``n_evals`` are spent.
@@ -196,6 +197,7 @@ def worker_loop(worker: Any, objective: Callable[..., Any], sample: Callable[[np
         done = None
         if config_id is None:
             config_id, config = uuid.uuid4().hex[:12], dict(sample(rng))
+        assert config is not None  # decide() returns a configuration with its id
         keys = worker.push_running_tasks([{**config, "budget": budgets[rung]}],
                                          extra=[{"config_id": config_id, "rung": rung, "asha_run": run_id}])
         try:
@@ -219,7 +221,8 @@ def _with_configs(archive: Any, run_id: str) -> Any:
     return archive[archive["asha_run"] == run_id]
 
 
-def search(rush: Any, objective: Callable[..., Any], sample: Callable[[np.random.Generator], dict], *,
+def search(rush: Any, objective: Callable[..., Any],
+           sample: Callable[[np.random.Generator], dict[str, Any]], *,
            min_budget: float, max_budget: float, eta: float = 3, n_evals: int,
            n_workers: int | None = None, score: str = "y", minimize: bool = True,
            seed: int | None = None, timeout: float | None = None, **worker_options: Any) -> Any:
@@ -243,14 +246,16 @@ def search(rush: Any, objective: Callable[..., Any], sample: Callable[[np.random
         raise TypeError("objective and sample must be functions")
     unknown = sorted(set(worker_options) - WORKER_OPTIONS)
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for search(); worker options are {sorted(WORKER_OPTIONS)}")
+        raise TypeError(f"unknown option(s) {unknown} for search(); "
+                        f"worker options are {sorted(WORKER_OPTIONS)}")
     from .serialize import dumps_function
 
     for name, fun in (("objective", objective), ("sample", sample)):
         try:
             dumps_function(fun, rush.secret)
         except Exception as exc:
-            raise TypeError(f"{name} cannot be pickled for the workers ({type(exc).__name__}: {exc})") from None
+            raise TypeError(f"{name} cannot be pickled for the workers "
+                            f"({type(exc).__name__}: {exc})") from None
     run_id = uuid.uuid4().hex[:12]
     rungs = Rungs(rush.client, rush.keys.prefix, run_id, len(budgets), rush.secret)
     ids = rush.start_workers(worker_loop=worker_loop, n_workers=n_workers, objective=objective, sample=sample,

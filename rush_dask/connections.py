@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 import redis
@@ -160,7 +160,7 @@ class SecretUrl:
         if self.redacted != url:
             _known_urls[self.redacted] = url
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         if self.redacted == self.url:
             return SecretUrl, (self.url,)
         return _secret_url_here, (self.redacted,)
@@ -188,8 +188,9 @@ def check_url(url: str) -> None:
     TLS options (``ssl_*`` query parameters) need the ``rediss://`` scheme,
     and the certificate and key files they name must exist on this machine.
 
-    >>> check_url("redis://host:6379/0?ssl_ca_certs=/ca.pem")   # doctest: +SKIP
-    RedisUnavailableError: ... TLS options (ssl_ca_certs) but the scheme is redis:// ...
+    >>> check_url("redis://host:6379/0?ssl_ca_certs=/ca.pem")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    rush_dask.errors.RedisUnavailableError: ... has TLS options (ssl_ca_certs) but the scheme is redis://: ...
     """
     parts = urlsplit(url)
     options = parse_qs(parts.query)
@@ -210,7 +211,7 @@ def check_url(url: str) -> None:
 
 
 def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
-            **options) -> redis.Redis:
+            **options: Any) -> redis.Redis:
     """A redis-py client for ``url`` (bytes replies), checked with PING.
 
     Raises :class:`RedisUnavailableError` with a message that never shows the
@@ -222,15 +223,18 @@ def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
 
     >>> connect("redis://:secret@127.0.0.1:6379/0")   # doctest: +SKIP
     Redis<ConnectionPool<Connection<host=127.0.0.1,port=6379,db=0>>>
+    >>> connect(redis_url).ping()  # the test suite's server
+    True
     """
     check_url(url)
     options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)  # a value in the URL wins
-    if is_cluster_url(url):
-        return _connect_cluster(url, check=check, retry_timeout=retry_timeout, **options)
+    if is_cluster_url(url):  # a RedisCluster: the same commands, typed as a Redis for the callers
+        return cast(redis.Redis, _connect_cluster(url, check=check, retry_timeout=retry_timeout, **options))
     try:
         client = redis.Redis.from_url(url, decode_responses=False, **options)
     except ValueError as exc:
-        raise RedisUnavailableError(f"invalid Redis URL {redact(url)}: {hide_secrets(str(exc), url)}") from None
+        raise RedisUnavailableError(
+            f"invalid Redis URL {redact(url)}: {hide_secrets(str(exc), url)}") from None
     if check:
         try:
             client.ping()
@@ -252,7 +256,7 @@ def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
             raise RedisUnavailableError(_connection_failure(url, exc)) from None
     if _cluster_enabled(client, must_answer=check):  # any node's plain URL of a cluster works
         client.close()
-        return _connect_cluster(url, check=check, retry_timeout=retry_timeout, **options)
+        return cast(redis.Redis, _connect_cluster(url, check=check, retry_timeout=retry_timeout, **options))
     if retry_timeout:
         # Backoff 0.05, 0.1, ... capped at 1 s: about retry_timeout seconds in all.
         retries = 5 + int(retry_timeout)
@@ -286,7 +290,7 @@ def _cluster_enabled(client: redis.Redis, must_answer: bool = True) -> bool:
         return False  # unchecked connections may be made while Redis restarts
 
 
-def _connect_cluster(url: str, *, check: bool, retry_timeout: float | None = None, **options) -> Any:
+def _connect_cluster(url: str, *, check: bool, retry_timeout: float | None = None, **options: Any) -> Any:
     """A Redis Cluster client from the URL of any of its nodes.
 
     Every key of a network shares one hash tag (``rush:{NET}:``), so each

@@ -36,9 +36,10 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .constants import INLINE_LIMIT, Keys
 from .errors import ResultLostError
@@ -85,7 +86,8 @@ def _address_towards(client: Any) -> str:
         family, _, _, _, address = infos[0]
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.connect(address)  # UDP: no packet is sent, the kernel only picks a route
-            return probe.getsockname()[0]
+            local: str = probe.getsockname()[0]
+            return local
     except OSError:
         return "127.0.0.1"
 
@@ -300,7 +302,8 @@ class DataPlane:
             address, fingerprint = self.client.hmget(self.keys.worker(worker_id), "data_address", "data_tls")
             if address is None:
                 return None
-            where = self._addresses[worker_id] = (address.decode(), fingerprint.decode() if fingerprint else None)
+            where = (address.decode(), fingerprint.decode() if fingerprint else None)
+            self._addresses[worker_id] = where
         return where
 
     def read_many(self, task_keys: Sequence[str]) -> list[Any]:

@@ -7,13 +7,16 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .rush import Rush
 
 _lock = threading.Lock()
-_default = None
+_default: Rush | None = None
 
 
-def default_rush():
+def default_rush() -> Rush:
     """The ``Rush`` used by ``scheduler="rush"``: created on first use (Redis as ``Rush()`` resolves it)."""
     global _default
     with _lock:

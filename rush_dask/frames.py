@@ -30,9 +30,10 @@ under a second, one new row in about a millisecond), hence three choices:
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,7 +69,7 @@ def gc_paused() -> Iterator[None]:
 ARROW_MIN_ROWS = 256
 
 
-@lru_cache(maxsize=None)
+@cache
 def _arrow() -> Any:
     """The pyarrow module when pandas' default string dtype is stored in Arrow, else None."""
     if getattr(_default_str(), "storage", None) != "pyarrow":
@@ -118,7 +119,7 @@ def counts(values: Raw) -> Any:
     return np.nan_to_num(_floats(values), nan=0.0).astype("int64")
 
 
-def dict_columns(*dict_lists: Sequence[dict]) -> dict[str, list]:
+def dict_columns(*dict_lists: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     """One list per name found in the dicts, None where a row lacks it.
 
     Each argument holds one dict per row (inputs, outputs, extra). Names
@@ -136,14 +137,15 @@ def dict_columns(*dict_lists: Sequence[dict]) -> dict[str, list]:
         order = dict.fromkeys(name for dicts in groups for name in dicts[0])
     else:
         order = dict.fromkeys(name for row in zip(*groups) for d in row for name in d)
-    columns: dict[str, list] = dict.fromkeys(order)  # type: ignore[arg-type]
+    columns: dict[str, list[Any]] = dict.fromkeys(order)  # type: ignore[assignment]
     for dicts, names in zip(groups, group_names):
         for name in names:
             columns[name] = [d.get(name) for d in dicts]
     return columns
 
 
-def task_columns(keys: Raw, xs: Sequence[dict], ys: Sequence[dict], extra: Sequence[dict],
+def task_columns(keys: Raw, xs: Sequence[dict[str, Any]], ys: Sequence[dict[str, Any]],
+                 extra: Sequence[dict[str, Any]],
                  state: Raw, worker_ids: Raw, pids: Sequence[int | None], queued_at: Raw,
                  started_at: Raw, finished_at: Raw, attempts: Raw, error: Raw) -> dict[str, Any]:
     """The columns of :func:`task_frame`: lists for inputs, outputs and extra, typed arrays for the rest."""
@@ -171,7 +173,7 @@ def task_columns(keys: Raw, xs: Sequence[dict], ys: Sequence[dict], extra: Seque
     return columns
 
 
-def task_frame(*fields: Any) -> "pd.DataFrame":
+def task_frame(*fields: Any) -> pd.DataFrame:
     """One row per task: inputs, outputs and extra columns, then :data:`META_COLUMNS`.
 
     Takes the arguments of :func:`task_columns`, one value per task in
@@ -181,7 +183,7 @@ def task_frame(*fields: Any) -> "pd.DataFrame":
     return frame_of(task_columns(*fields))
 
 
-def frame_of(columns: dict[str, Any]) -> "pd.DataFrame":
+def frame_of(columns: dict[str, Any]) -> pd.DataFrame:
     """A DataFrame over the columns (lists are typed by pandas; arrays are not copied)."""
     import pandas as pd
 
@@ -232,7 +234,7 @@ class GrowingFrame:
             frame = frame_of(self._arrays)
         self._frame = frame
 
-    def _concat(self, columns: dict[str, Any]) -> "pd.DataFrame":
+    def _concat(self, columns: dict[str, Any]) -> pd.DataFrame:
         """The table with rows of other columns or types below it, typed as if read at once.
 
         A column whose type is the same above and below is concatenated; any
@@ -243,6 +245,7 @@ class GrowingFrame:
         import pandas as pd
 
         old, rows = self._frame, frame_of(columns)
+        assert old is not None  # called on a table that has rows
         names = [*old.columns, *(name for name in rows.columns if name not in old.columns)]
         names = [n for n in names if n not in self.tail] + [n for n in self.tail if n in names]
         data: dict[str, Any] = {}
@@ -257,7 +260,7 @@ class GrowingFrame:
                  below.tolist() if below is not None else [None] * len(rows))
         return pd.DataFrame(data, index=pd.RangeIndex(len(old) + len(rows)))
 
-    def frame(self) -> "pd.DataFrame":
+    def frame(self) -> pd.DataFrame:
         """The whole table, as a DataFrame the caller may change without touching the table."""
         import pandas as pd
 
@@ -291,7 +294,7 @@ class GrowingFrame:
         return typed
 
 
-def _array_of(column: "pd.Series") -> Any:
+def _array_of(column: pd.Series) -> Any:
     """A column's values: a numpy array for numpy dtypes, else its pandas ExtensionArray."""
     import numpy as np
 
@@ -316,14 +319,14 @@ def _concat(old: Any, new: Any, compact: bool) -> Any:
     return joined
 
 
-@lru_cache(maxsize=None)
+@cache
 def _default_str() -> Any:
     import pandas as pd
 
     return pd.array([], dtype=str).dtype
 
 
-@lru_cache(maxsize=None)
+@cache
 def _copy_on_write() -> bool:
     from importlib.metadata import version
 

@@ -39,7 +39,8 @@ must still spread evenly over the workers.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
 
 from dask._task_spec import GraphNode, Task
 
@@ -66,7 +67,7 @@ def bundle_limit(n_outputs: int, n_workers: int) -> int:
     return max(1, min(MAX_GROUP, n_outputs // (BUNDLES_PER_WORKER * max(n_workers, 1))))
 
 
-def bundle_values(*values: Any) -> tuple:
+def bundle_values(*values: Any) -> tuple[Any, ...]:
     """The function of a bundle task: its members' values, in order."""
     return values
 
@@ -131,12 +132,13 @@ def fuse_subtrees(graph: Mapping[Hashable, GraphNode], keep: Iterable[Hashable],
         if len(keys) == 1:
             fused[root] = graph[root]
         else:
-            fused[root] = GraphNode.fuse(*(graph[k] for k in keys), key=root)
+            fused[root] = GraphNode.fuse(*(graph[k] for k in keys), key=root)  # type: ignore[arg-type]
             groups[root] = keys
     return fused, groups
 
 
-def _topological(graph: Mapping[Hashable, GraphNode], dependents: Mapping[Hashable, list]) -> list:
+def _topological(graph: Mapping[Hashable, GraphNode],
+                dependents: Mapping[Hashable, list[Hashable]]) -> list[Hashable]:
     """Keys with every in-graph dependency before its dependents (Kahn's algorithm)."""
     waiting = {key: sum(dep in graph for dep in node.dependencies) for key, node in graph.items()}
     ready = deque(key for key, n in waiting.items() if n == 0)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 
@@ -44,11 +45,11 @@ class _Placeholder:
     def __init__(self, name: str):
         self.name = name
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return _Placeholder, (self.name,)
 
 
-def run_batch(calls: list, **shared: Any) -> list:
+def run_batch(calls: list[tuple[Callable[..., Any], Any, Any]], **shared: Any) -> list[Any]:
     """Run a batch of joblib calls on a worker; ``shared`` holds the large arguments by name.
 
     >>> run_batch([(max, (1, _Placeholder("s_a")), {})], s_a=5)
@@ -64,7 +65,7 @@ def run_batch(calls: list, **shared: Any) -> list:
 class RushFuture:
     """A joblib batch running as one rush task (what :meth:`RushBackend.submit` returns)."""
 
-    def __init__(self, key: str, callback: Callable | None):
+    def __init__(self, key: str, callback: Callable[[Any], Any] | None):
         self.key = key
         self.callback = callback
         self.done = threading.Event()
@@ -112,7 +113,8 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
         self._closed = False
         self._offsets: list[int] | None = None  # read positions in the finished and failed lists
 
-    def __reduce__(self):  # joblib may pickle the backend for nested calls: keep the network only
+    def __reduce__(self) -> tuple[Any, ...]:
+        # joblib may pickle the backend for nested calls: keep the network only
         return RushBackend, (self.rush,)
 
     # ------------------------------------------------------------- joblib API
@@ -122,7 +124,7 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None or n_jobs < 0:
             running = self.rush.n_running_workers
-            return max(1, running or self.rush._check_n_workers(None))
+            return max(1, int(running or self.rush._check_n_workers(None)))
         return n_jobs
 
     def configure(self, n_jobs: int = 1, parallel: Any = None, **backend_kwargs: Any) -> int:
@@ -134,7 +136,7 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
             self.rush._ensure_workers()
         return self.effective_n_jobs(n_jobs)
 
-    def submit(self, func: Callable, callback: Callable | None = None) -> RushFuture:
+    def submit(self, func: Callable[..., Any], callback: Callable[[Any], Any] | None = None) -> RushFuture:
         """Push one batch of calls as a rush task; ``callback`` runs when it is done."""
         calls, shared = self._split(func)
         (key,) = self.rush.push_tasks([{"calls": calls, **shared}], fun=run_batch)
@@ -162,7 +164,7 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
             self.terminate()
 
     # ---------------------------------------------------------------- helpers
-    def _split(self, batch: Any) -> tuple[list, dict[str, SharedInput]]:
+    def _split(self, batch: Any) -> tuple[list[Any], dict[str, SharedInput]]:
         """(calls with large arguments replaced by placeholders, shared references by name)."""
         items = getattr(batch, "items", None)
         if items is None:  # not a joblib BatchedCalls: one call without arguments

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, cast
 
 from optuna.storages.journal import BaseJournalBackend
 
 from .connections import connect
-
 
 # KEYS: the list. ARGV: position read so far, then the entries. Returns the entries from that position.
 _APPEND_AND_READ = """
@@ -45,8 +45,12 @@ class RedisListJournal(BaseJournalBackend):
     Picklable (it reconnects from the URL), so a storage built on it travels
     to worker processes.
 
-    >>> backend = RedisListJournal("redis://127.0.0.1:6379/0", "rush:{hpo}:optuna")   # doctest: +SKIP
-    >>> backend.append_logs([{"op_code": 0}])                                         # doctest: +SKIP
+    >>> backend = RedisListJournal(redis_url, "rush:{doctest-journal}:optuna")
+    >>> backend.append_logs([{"op_code": 0}])
+    >>> list(backend.read_logs(0))
+    [{'op_code': 0}]
+    >>> connect(redis_url).delete(backend.key)
+    1
     """
 
     def __init__(self, url: str, key: str, max_staleness: float = 0.002):
@@ -63,7 +67,7 @@ class RedisListJournal(BaseJournalBackend):
         return {"_url": self._url, "_key": self._key, "_max_staleness": self._max_staleness}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["_url"], state["_key"], state.get("_max_staleness", 0.002))
+        RedisListJournal.__init__(self, state["_url"], state["_key"], state.get("_max_staleness", 0.002))
 
     def __repr__(self) -> str:
         return f"RedisListJournal(key={self._key!r})"  # no URL: it may hold a password
@@ -78,11 +82,11 @@ class RedisListJournal(BaseJournalBackend):
         fresh, self._fresh = self._fresh, None
         now = time.monotonic()
         if fresh is not None and fresh[0] == log_number_from:
-            raws = fresh[1]
+            raws: list[bytes] = fresh[1]
         elif log_number_from == self._read_to and now - self._synced_at < self._max_staleness:
             raws = []  # synced a moment ago: what others appended since can wait for the next sync
         else:
-            raws = self._client.lrange(self._key, log_number_from, -1)
+            raws = cast("list[bytes]", self._client.lrange(self._key, log_number_from, -1))
             self._synced_at = now
         entries = [json.loads(raw) for raw in raws]
         self._read_to = log_number_from + len(entries)

@@ -49,7 +49,7 @@ _WATCH_PERIOD = 0.2  # seconds between two looks at the distributed worker's sta
 _GOING_AWAY = frozenset({"closing", "closing_gracefully", "closed", "stopping", "stopped", "failed"})
 
 
-class HiddenEnv(dict):
+class HiddenEnv(dict[str, str]):
     """Environment variables for the Rush worker whose repr shows no value.
 
     Distributed may print a task's arguments (dashboard, "Compute Failed"
@@ -64,7 +64,7 @@ class HiddenEnv(dict):
 
     __str__ = __repr__
 
-    def __reduce__(self):  # pickled as a plain dict would lose the class
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled as a plain dict would lose the class
         return (HiddenEnv, (dict(self),))
 
 
@@ -218,7 +218,7 @@ def run_on_cluster(network_id: str, start_id: str, worker_id: str, env: dict[str
     return code, "\n".join(tail)
 
 
-def _echo_stderr(process: subprocess.Popen, tail: collections.deque) -> None:
+def _echo_stderr(process: subprocess.Popen[bytes], tail: collections.deque[str]) -> None:
     assert process.stderr is not None
     for raw in process.stderr:
         line = raw.decode(errors="replace")

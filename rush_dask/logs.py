@@ -12,6 +12,7 @@ import collections
 import json
 import logging
 import threading
+from typing import Any
 
 from .constants import LOG_MAX_RECORDS
 
@@ -44,7 +45,7 @@ class RedisLogHandler(logging.Handler):
     def pending(self) -> bool:
         return bool(self._buffer)
 
-    def ship(self, client) -> None:
+    def ship(self, client: Any) -> None:
         """Write buffered records to Redis in one round trip."""
         with self._flush_lock:
             if not self._buffer:

@@ -124,7 +124,8 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
     ``n_workers`` times in all). The sampler is reseeded in each worker, or
     every worker would propose the same configurations.
 
-    >>> study = optuna.create_study(storage=storage(rush), sampler=optuna.samplers.TPESampler())  # doctest: +SKIP
+    >>> study = optuna.create_study(storage=storage(rush),
+    ...                             sampler=optuna.samplers.TPESampler())  # doctest: +SKIP
     >>> optimize(study, objective, n_trials=100, rush=rush, n_workers=8)     # doctest: +SKIP
     >>> len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE]))    # doctest: +SKIP
     100
@@ -144,7 +145,8 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
         raise TypeError(f"catch must be exception types, got {catch!r}")
     unknown = sorted(set(worker_options) - WORKER_OPTIONS)
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for optimize(); worker options are {sorted(WORKER_OPTIONS)}")
+        raise TypeError(f"unknown option(s) {unknown} for optimize(); "
+                        f"worker options are {sorted(WORKER_OPTIONS)}")
     store = study._storage
     if isinstance(store, InMemoryStorage) or isinstance(getattr(store, "_backend", None), InMemoryStorage):
         raise ValueError("the study is in memory, which worker processes cannot reach: create it with "
@@ -208,7 +210,8 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
 
 
 def trial_loop(worker: Any, run_id: str, study_name: str, storage: BaseStorage, sampler: Any,
-               pruner: Any, objective: Callable, catch: tuple = (), verbosity: int = optuna.logging.INFO,
+               pruner: Any, objective: Callable[..., Any], catch: tuple[type[BaseException], ...] = (),
+               verbosity: int = optuna.logging.INFO,
                **kwargs: Any) -> None:
     """One worker of :func:`optimize`: take a ticket, ask, evaluate, tell, until the run is done.
 
@@ -244,7 +247,8 @@ def trial_loop(worker: Any, run_id: str, study_name: str, storage: BaseStorage, 
         go = _one_trial(worker, study, objective, catch, run)
 
 
-def _one_trial(worker: Any, study: optuna.Study, objective: Callable, catch: tuple, run: "Run") -> int:
+def _one_trial(worker: Any, study: optuna.Study, objective: Callable[..., Any],
+               catch: tuple[type[BaseException], ...], run: Run) -> int:
     """Ask, evaluate, tell one trial and record it as a rush task; then take the next ticket.
 
     Returns what :meth:`Run.take` returned for the next trial (-1: the search must stop).

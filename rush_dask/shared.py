@@ -43,7 +43,7 @@ class SharedInput:
     def __repr__(self) -> str:
         return f"SharedInput({self.id!r})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return SharedInput, (self.id,)
 
 

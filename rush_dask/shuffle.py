@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .connections import redact
 
@@ -81,7 +82,7 @@ def check_p2p(graph: Mapping[Any, Any]) -> None:
             "'array.rechunk.method': 'tasks'}), or create the Client with set_as_default=False")
 
 
-def check_disk_shuffle(rush: "Rush", graph: Mapping[Any, Any]) -> None:
+def check_disk_shuffle(rush: Rush, graph: Mapping[Any, Any]) -> None:
     """Raise before anything is written if a disk shuffle would span several machines."""
     if not has_disk_shuffle(graph):
         return

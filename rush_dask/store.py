@@ -38,8 +38,9 @@ import shutil
 import struct
 import tempfile
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import cloudpickle
 
@@ -156,7 +157,7 @@ def loads_frames(data: memoryview, *, network_id: str, key: str, secret: bytes |
     return pickle.loads(header, buffers=buffers)
 
 
-def map_file(path: str | os.PathLike) -> memoryview:
+def map_file(path: str | os.PathLike[str]) -> memoryview:
     """The file's bytes, mapped copy-on-write: readable and writable, the file never changes."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -183,7 +184,9 @@ class LocalStore:
     >>> path = store.put("k1", [1, 2, 3], secret=None)
     >>> store.get(path, "k1", secret=None)
     [1, 2, 3]
-    >>> store.delete([path]); store.remove_all()
+    >>> store.delete([path])
+    1
+    >>> store.remove_all()
     """
 
     def __init__(self, network_id: str, shm_root: Path | None = None, spill_root: Path | None = None):

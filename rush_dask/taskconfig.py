@@ -15,13 +15,14 @@ itself (``scheduler``, ``get``, ``pool``, ``callbacks``) stay on the client.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 _LOCAL = {"scheduler", "get", "pool", "callbacks", "shuffle", "distributed"}
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in tree.items():
         if not isinstance(name, str):
@@ -79,13 +80,13 @@ class WithConfig:
     def dependencies(self) -> Any:
         return self.node.dependencies
 
-    def __call__(self, values: Mapping) -> Any:
+    def __call__(self, values: Mapping[Any, Any]) -> Any:
         import dask.config
 
         with dask.config.set(self.config):
             return self.node(values)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         from .serialize import dumps
 
         # Unsigned inside: the payload around it is signed as a whole.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 _counter = itertools.count()
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import pickle
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .serialize import dumps, loads, place
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 MAX_PER_NODE = 100  # a node that warns in a loop ships this many
 KEEP_SECONDS = 24 * 3600  # a list nobody reads (its client died) expires
 
-_registries: dict[str, dict] = {}  # per file: the client's "once per location" memory
+_registries: dict[str, dict[Any, Any]] = {}  # per file: the client's "once per location" memory
 
 
 def warnings_key(prefix: str, graph_id: str) -> str:
@@ -38,14 +39,14 @@ def warnings_key(prefix: str, graph_id: str) -> str:
 
 
 @contextlib.contextmanager
-def recorded() -> Iterator[list]:
+def recorded() -> Iterator[list[warnings.WarningMessage]]:
     """Record every warning raised in the block (worker side), whatever the worker's filters."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield caught
 
 
-def _portable(message: Warning) -> Warning:
+def _portable(message: Warning | str) -> Warning | str:
     try:
         pickle.loads(pickle.dumps(message))
         return message
@@ -53,7 +54,8 @@ def _portable(message: Warning) -> Warning:
         return UserWarning(f"{type(message).__name__}: {message}")
 
 
-def ship(client: Any, prefix: str, graph_id: str, task_key: str, caught: list, secret: bytes | None) -> None:
+def ship(client: Any, prefix: str, graph_id: str, task_key: str, caught: list[warnings.WarningMessage],
+         secret: bytes | None) -> None:
     """Push the recorded warnings of one node to its graph's list (worker side)."""
     where = place(prefix, graph_id, "warnings") if secret else b""
     items = [dumps((task_key, _portable(w.message), w.filename, w.lineno), secret, where)
@@ -75,7 +77,7 @@ def _with_key(message: Warning, key: Hashable) -> Warning:
         return message
 
 
-def reemit(rush: "Rush", graph_id: str, dask_key_of: Callable[[str], Hashable]) -> None:
+def reemit(rush: Rush, graph_id: str, dask_key_of: Callable[[str], Hashable]) -> None:
     """Re-emit, in this process, the warnings the nodes of a graph raised; then forget them."""
     key = warnings_key(rush.keys.prefix, graph_id)
     pipe = rush.client.pipeline(transaction=True)
@@ -92,7 +94,7 @@ def reemit(rush: "Rush", graph_id: str, dask_key_of: Callable[[str], Hashable]) 
                                registry=_registries.setdefault(filename, {}))
 
 
-def forget(rush: "Rush", graph_id: str) -> None:
+def forget(rush: Rush, graph_id: str) -> None:
     """Drop the warnings of a graph that nobody will re-emit (a future's graph)."""
     rush.client.delete(warnings_key(rush.keys.prefix, graph_id))
 

@@ -104,7 +104,7 @@ def _client_context() -> ssl.SSLContext:
 
 
 class _Handler(socketserver.StreamRequestHandler):
-    server: "DataServer"
+    server: DataServer
 
     def setup(self) -> None:
         if self.server.tls is not None:
@@ -132,7 +132,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             path = self.server.find(key)
             try:
-                f = open(path, "rb") if path else None
+                f = open(path, "rb") if path else None  # noqa: SIM115 (closed by the with below)
             except FileNotFoundError:
                 f = None
             if f is None:
@@ -171,15 +171,17 @@ class DataServer(socketserver.ThreadingTCPServer):
     @property
     def address(self) -> str:
         host, port = self.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def find(self, key: str) -> Path | None:
         for directory in (self.store.shm_dir, self.store.spill_dir):
-            if directory is not None and (directory / key).exists():
-                return directory / key
+            path: Path | None = None if directory is None else directory / key
+            if path is not None and path.exists():
+                return path
         return None
 
-    def start(self) -> "DataServer":
+    def start(self) -> DataServer:
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="rush-data-server", daemon=True)
         self._thread.start()

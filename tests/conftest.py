@@ -53,6 +53,14 @@ def rush(redis_url, network_id):
     yield from fresh_network(redis_url, network_id)
 
 
+@pytest.fixture
+def rush2(rush):
+    """``rush`` with two running workers that heartbeat fast (lost within about a second)."""
+    rush.start_workers(n_workers=2, heartbeat_period=0.2, heartbeat_expire=1.0)
+    rush.wait_for_workers(2, timeout=120)
+    return rush
+
+
 def wait_until(condition, timeout: float, what: str = "condition") -> None:
     """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

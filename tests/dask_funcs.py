@@ -121,7 +121,7 @@ def slow_inc_killing_once_at(x, target, marker_dir):
 def warn_and_return(x, message="careful"):
     import warnings
 
-    warnings.warn(f"{message} {x}", UserWarning)
+    warnings.warn(f"{message} {x}", UserWarning, stacklevel=1)
     return x
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 
+import hpo_funcs as f
 import pandas as pd
 import pytest
-
-import hpo_funcs as f
 from conftest import network_keys
+
 from rush_dask.asha import promotable, rung_budgets, search
 
 
@@ -72,7 +72,7 @@ def test_two_workers_never_promote_a_configuration_twice(rush):
 @pytest.mark.parametrize("bad, error", [
     (dict(eta=1), ValueError), (dict(n_evals=0), ValueError), (dict(min_budget=0), ValueError),
     (dict(max_budget=0.5), ValueError), (dict(heartbeat_every=1), TypeError),
-    (dict(objective=lambda q, budget, _=threading.Lock(): q), TypeError),
+    (dict(objective=lambda q, budget, _=threading.Lock(): q), TypeError),  # noqa: B008 (unpicklable)
 ])
 def test_bad_input_raises_and_writes_nothing(rush, redis_url, bad, error):
     args = dict(objective=f.known_ranking, sample=f.sample_quality, min_budget=1, max_budget=9,

@@ -49,7 +49,7 @@ def test_bad_xss(rush, redis_url, xss, error, match):
     ({"priority": 10**6}, ValueError, "priority"),
     ({"seed": -3}, ValueError, "seed"),
     ({"fun": 42}, TypeError, "expected a function"),
-    ({"fun": lambda x, _lock=threading.Lock(): x}, TypeError, "cannot serialize function"),
+    ({"fun": lambda x, _lock=threading.Lock(): x}, TypeError, "cannot serialize function"),  # noqa: B008
     ({"extra": [{"a": 1}, {"a": 2}]}, ValueError, "extra has 2 entries"),
     ({"max_lost": -1}, ValueError, "max_lost must be between 0"),
     ({"max_lost": "3"}, TypeError, "max_lost must be an integer"),
@@ -66,7 +66,8 @@ def test_push_is_all_or_nothing_when_one_task_is_bad(rush, redis_url):
 def test_unknown_worker_id(rush, redis_url):
     _unchanged(rush, redis_url, lambda: rush.push_priority_tasks([{"x": 1}], worker_ids=["nobody"]),
                ValueError, "unknown worker id")
-    _unchanged(rush, redis_url, lambda: rush.stop_workers("kill", ["nobody"]), ValueError, "unknown worker id")
+    _unchanged(rush, redis_url, lambda: rush.stop_workers("kill", ["nobody"]), ValueError,
+               "unknown worker id")
     _unchanged(rush, redis_url, lambda: rush.read_log(["nobody"]), ValueError, "unknown worker id")
 
 

@@ -1,4 +1,7 @@
-"""The hpo benchmark's report (made-up figures: the report only renders; the benchmark itself is not run here)."""
+"""The hpo benchmark's report.
+
+Made-up figures: the report only renders; the benchmark itself is not run here.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ def test_hpo_report_gives_each_figure_and_ratio(tmp_path):
                "grid_search_seconds": {"rush": [3.0, 3.0], "dask": [6.0, 4.5]}}
     results = {"started": "2026-01-01 00:00 UTC", "repeats": 2, "quick": False, "size": "full",
                "sections": ["hpo"], "command": "python -m benchmarks --only hpo", "seconds": 100.0,
-               "noisy_runs": 0, "timed_runs": 1, "machine": {"cpu": "Test CPU", "cores": 2, "ram_gb": 8.0, "os": "Linux", "python": "3.11",
+               "noisy_runs": 0, "timed_runs": 1,
+               "machine": {"cpu": "Test CPU", "cores": 2, "ram_gb": 8.0, "os": "Linux", "python": "3.11",
                            "rush_dask": "abc123"}, "hpo": figures}
     text = report.write(results, tmp_path).read_text()
     assert "## Hyperparameter search" in text

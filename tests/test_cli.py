@@ -152,8 +152,8 @@ def test_generic_workers_run_pushed_functions_and_dask_graphs_then_stop(rush, re
         assert "asked 2 workers to terminate" in stopped.stdout
         assert cli.proc.wait(TIMEOUT) == 0
         assert sorted(rush.terminated_worker_ids) == sorted(ids)
-        wait_until(lambda: all(f"worker {wid} exited with code 0 (terminated)\n" in cli.stdout for wid in ids),
-                   TIMEOUT, "exit lines")
+        wait_until(lambda: all(f"worker {wid} exited with code 0 (terminated)\n" in cli.stdout
+                               for wid in ids), TIMEOUT, "exit lines")
         out = run_cli("status", "--network", rush.network_id, url=redis_url)
         assert "workers: 2 terminated" in out.stdout and "2 stopped workers not shown" in out.stdout
         out = run_cli("status", "--network", rush.network_id, "--all", url=redis_url)

@@ -168,7 +168,7 @@ def test_dask_graphs_run_on_networks_spread_over_the_masters(cluster, tmp_path):
     names = networks_on_each_master(cluster, 3)
     assert len({cluster.master_of(f"rush:{{{n}}}:seq").port for n in names}) == 3
     for name in names:
-        rush = Rush(name, url="redis+cluster://127.0.0.1:%d/0" % cluster.nodes[1].port)
+        rush = Rush(name, url=f"redis+cluster://127.0.0.1:{cluster.nodes[1].port}/0")
         try:
             rush.start_workers(n_workers=2, log_dir=tmp_path / name, **FAST)
             x = da.ones((1500, 1500), chunks=500)  # 2 MB chunks: held on the host, not in Redis

@@ -101,7 +101,8 @@ def test_snapshot_shows_workers_memory_tasks_done_logs_and_failures(rush):
     assert sorted(w["worker_id"] for w in snap["workers"]) == sorted(ids)
     assert all(w["state"] == "running" and w["rss"] > 10 * 2**20 and w["heartbeat_age"] < 5
                for w in snap["workers"])
-    assert snap["counts"] == {"queued": 0, "priority": 0, "running": 0, "finished": 4, "failed": 1, "tasks": 5}
+    assert snap["counts"] == {"queued": 0, "priority": 0, "running": 0, "finished": 4, "failed": 1,
+                              "tasks": 5}
     [failure] = snap["failed"]
     assert failure["error"] == "ValueError: negative input -1" and "fail_if_negative" in failure["traceback"]
     assert any("hello from task 2" in line["message"] for line in snap["logs"])
@@ -221,7 +222,8 @@ def test_python_dashboard_of_a_network_with_nothing_yet(rush):
     page = rush.dashboard(port=0)
     snap = json.loads(get(base(page) + "api/snapshot"))
     assert snap["network"] == rush.network_id and snap["workers"] == []
-    assert snap["counts"] == {"queued": 0, "priority": 0, "running": 0, "finished": 0, "failed": 0, "tasks": 0}
+    assert snap["counts"] == {"queued": 0, "priority": 0, "running": 0, "finished": 0, "failed": 0,
+                              "tasks": 0}
 
 
 def test_redis_going_away_shows_as_a_failure_event_without_the_password():

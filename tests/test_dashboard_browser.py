@@ -27,7 +27,8 @@ from rush_dask import Rush
 pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
 
 pytest.importorskip("aiohttp", reason="the dashboard extra: pip install 'rush-dask[dashboard]'")
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra has it)")
+playwright = pytest.importorskip("playwright.sync_api",
+                                 reason="pip install playwright (the test extra has it)")
 
 REACTION_BOUND = 5.0  # seconds: generous; the target is 1 s (see the printed figures)
 
@@ -87,7 +88,8 @@ def test_page_shows_workers_counts_while_tasks_run_and_a_lost_worker(rush, page)
     assert page.locator("#workers button").count() == 0
 
     keys = rush.push_tasks([{"x": i, "duration": 0.25} for i in range(16)])
-    page.wait_for_function("+document.getElementById('count-running').textContent > 0", timeout=TIMEOUT * 1000)
+    page.wait_for_function("+document.getElementById('count-running').textContent > 0",
+                           timeout=TIMEOUT * 1000)
     seen = {count(page, "finished")}
     while count(page, "finished") < 16:  # the count climbs while tasks run, without reloads
         seen.add(count(page, "finished"))
@@ -180,7 +182,8 @@ def test_log_filter_and_stop_button_with_confirmation(rush, redis_url, page, bro
     page.goto(rush.dashboard(port=0, allow_control=True))
     page.wait_for_selector("#log div:has-text('hello from task 2')", timeout=TIMEOUT * 1000)
     page.select_option("#log-worker", first)
-    assert "hello from task 1" in page.inner_text("#log") and "hello from task 2" not in page.inner_text("#log")
+    log = page.inner_text("#log")
+    assert "hello from task 1" in log and "hello from task 2" not in log
     page.select_option("#log-level", "ERROR")
     assert "hello from task 1" not in page.inner_text("#log")  # WARNING lines are filtered out
 

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 
 import dask
 import dask.array as da
@@ -16,19 +17,13 @@ import dask_funcs as f
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import wait_until
 
 import rush_dask
-from conftest import wait_until
 from rush_dask import KilledWorker, Rush
 
 TIMEOUT = 120
 
-
-@pytest.fixture
-def rush2(rush):
-    rush.start_workers(n_workers=2, heartbeat_period=0.2, heartbeat_expire=1.0)
-    rush.wait_for_workers(2, timeout=TIMEOUT)
-    return rush
 
 
 def graph_keys(rush) -> list[bytes]:
@@ -162,13 +157,13 @@ def test_priority_order_with_one_worker(rush, tmp_path):
     with dask.annotate(priority=10):
         high = [dask.delayed(f.record_order)(10 + i, path, dask_key_name=f"high-{i}") for i in range(3)]
     dask.compute(low + high, scheduler=rush, optimize_graph=False)
-    ran = [int(x) for x in open(path).read().split()]
+    ran = [int(x) for x in Path(path).read_text().split()]
     assert sorted(ran[:3]) == [10, 11, 12]  # every high-priority node before any other
 
-    open(path, "w").close()
+    Path(path).write_text("")
     items = [dask.delayed(f.record_order)(i, path, dask_key_name=f"kw-{i}") for i in range(3)]
     dask.compute(items, scheduler=rush, priority=5)  # keyword form: all the same priority
-    assert sorted(int(x) for x in open(path).read().split()) == [0, 1, 2]
+    assert sorted(int(x) for x in Path(path).read_text().split()) == [0, 1, 2]
 
 
 def test_resources_send_nodes_to_workers_that_have_them(rush):
@@ -406,8 +401,8 @@ def test_to_dask_dataframe_matches_fetch_finished_tasks(rush2):
                 got[column] = got[column].astype("string")
             else:
                 assert got[column].dtype == expected[column].dtype, column
-        pd.testing.assert_frame_equal(
-            got, expected.astype({c: "string" for c in expected if pd.api.types.is_string_dtype(expected[c])}))
+        strings = {c: "string" for c in expected if pd.api.types.is_string_dtype(expected[c])}
+        pd.testing.assert_frame_equal(got, expected.astype(strings))
     assert ddf.y.sum().compute(scheduler=rush2) == sum(i * i for i in range(3000))
     assert pd.api.types.is_integer_dtype(ddf.y.dtype) and pd.api.types.is_integer_dtype(ddf.pid.dtype)
     assert pd.api.types.is_datetime64_any_dtype(ddf.finished_at.dtype)

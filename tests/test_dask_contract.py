@@ -9,9 +9,8 @@ import warnings
 import dask
 import dask_funcs as f
 import pytest
-from dask.utils_test import GetFunctionTestMixin, inc
-
 from conftest import fresh_network
+from dask.utils_test import GetFunctionTestMixin, inc
 
 TIMEOUT = 120
 

@@ -19,7 +19,6 @@ import dask_funcs as f
 import numpy as np
 import pytest
 
-from rush_dask import Rush
 from rush_dask.dataplane import OFFLOAD_MIN
 from rush_dask.errors import PayloadSignatureError
 
@@ -65,7 +64,8 @@ def test_a_large_result_stays_in_a_file_on_its_host_and_redis_keeps_where(two_wo
     future.release()
     # The release put the file on the host's garbage list; a worker's next beat deletes it.
     wait_until(lambda: not path.exists(), what="file deleted after release")
-    wait_until(lambda: not rush.client.exists(rush.keys.garbage(rush.plane.host)), what="garbage list emptied")
+    wait_until(lambda: not rush.client.exists(rush.keys.garbage(rush.plane.host)),
+               what="garbage list emptied")
 
 
 def test_a_small_result_still_travels_through_redis(two_workers):
@@ -97,7 +97,8 @@ def test_an_arrays_chunks_are_joined_on_the_client_not_copied_again_by_a_worker(
     assert value.shape == (1024, 1024) and value[-1, -1] == 2.0
 
     def written_by_workers() -> int:
-        return sum(int(rush.client.hget(rush.keys.worker(w), "bytes_held") or 0) for w in rush.running_worker_ids)
+        return sum(int(rush.client.hget(rush.keys.worker(w), "bytes_held") or 0)
+                   for w in rush.running_worker_ids)
 
     wait_until(lambda: written_by_workers() >= chunks, what="the workers report the chunks they wrote")
     time.sleep(3 * FAST["heartbeat_period"])  # a late report of a joined copy would come by now

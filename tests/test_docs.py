@@ -64,7 +64,8 @@ def test_docs_build_fails_on_a_docstring_warning(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "__init__.py").write_text(
-        'def f(x: int) -> int:\n    """Double x.\n\n    :param y: no such parameter\n    """\n    return 2 * x\n')
+        'def f(x: int) -> int:\n    """Double x.\n\n    :param y: no such parameter\n    """\n'
+        '    return 2 * x\n')
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "index.md").write_text("# API\n\n::: pkg.f\n")

@@ -314,7 +314,8 @@ def test_a_repeated_push_call_applies_once(rush):
     from rush_dask.serialize import dumps
 
     (wid,) = rush.start_workers(funcs.sleep_then, n_workers=1)
-    args = [rush.keys.prefix, 1, "", 0, "", "", 0, 3, "repeated-key", dumps({"x": 1, "duration": 60}), b"", ""]
+    args = [rush.keys.prefix, 1, "", 0, "", "", 0, 3, "repeated-key", dumps({"x": 1, "duration": 60}),
+            b"", ""]
     rush.scripts.push(args=args)
     wait_until(lambda: rush.n_running_tasks == 1)
     rush.scripts.push(args=args)  # the same call again, while the task runs

@@ -5,14 +5,13 @@ last ones check, on a real network, that a table grown by many incremental
 fetches is the table a cold reader gets.
 """
 
+import funcs
 import numpy as np
 import pandas as pd
 import pytest
 
 from rush_dask import frames
 from rush_dask.frames import ARROW_MIN_ROWS, GrowingFrame, dict_columns, task_frame
-
-import funcs
 
 STR = pd.array([], dtype=str).dtype
 TIMEOUT = 60

@@ -18,12 +18,6 @@ from rush_dask import as_completed, fire_and_forget, wait
 TIMEOUT = 120
 
 
-@pytest.fixture
-def rush2(rush):
-    rush.start_workers(n_workers=2, heartbeat_period=0.2, heartbeat_expire=1.0)
-    rush.wait_for_workers(2, timeout=TIMEOUT)
-    return rush
-
 
 def gate_file(tmp_path):
     return str(tmp_path / "gate")
@@ -119,7 +113,8 @@ def test_as_completed_adds_while_iterating(rush2):
 
 
 def test_as_completed_with_a_worker_sigkilled(rush2, tmp_path):
-    futures = rush2.map(f.slow_inc, range(30), duration=0.02) + [rush2.submit(f.sigkill_once, 7, str(tmp_path))]
+    futures = rush2.map(f.slow_inc, range(30), duration=0.02)
+    futures.append(rush2.submit(f.sigkill_once, 7, str(tmp_path)))
     results = sorted(r for _, r in as_completed(futures, with_results=True, timeout=TIMEOUT))
     assert results == sorted([i + 1 for i in range(30)] + [107])
     assert rush2.n_lost_workers == 1

@@ -151,8 +151,8 @@ def _build(hosts: Hosts) -> None:
         ip("addr", "add", f"{prefix}.{10 + i}/24", "dev", ns_link, netns=name)
         ip("link", "set", ns_link, "up", netns=name)
         ip("link", "set", "lo", "up", netns=name)
-        ip("neigh", "replace", hosts.bridge_ip, "lladdr", hosts.bridge_mac, "dev", ns_link, "nud", "permanent",
-           netns=name)
+        ip("neigh", "replace", hosts.bridge_ip, "lladdr", hosts.bridge_mac, "dev", ns_link,
+           "nud", "permanent", netns=name)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,10 @@ def start_worker(hosts: Hosts, i: int, rush: Rush, start_id: str, url: str, log_
 
 def start_workers(hosts: Hosts, rush: Rush, url: str, log_dir: Path, n: int, *, first: int = 0,
                   **options) -> dict:
-    """One worker on each of hosts ``first`` .. ``first + n - 1``; returns {worker_id: (process, log path)}."""
+    """One worker on each of hosts ``first`` .. ``first + n - 1``.
+
+    Returns {worker_id: (process, log path)}.
+    """
     command = rush.worker_script(funcs.double_on_host, **HEARTBEAT, **options, duration=DURATION)
     argv = shlex.split(command)
     start_id = argv[argv.index("--start-id") + 1]
@@ -237,7 +240,8 @@ def wait_registered(rush: Rush, workers: dict) -> None:
     def ready() -> bool:
         for wid, (process, log) in workers.items():
             if process.poll() is not None:
-                raise AssertionError(f"worker {wid} exited with {process.returncode}: {log.read_text()[-2000:]}")
+                raise AssertionError(
+                    f"worker {wid} exited with {process.returncode}: {log.read_text()[-2000:]}")
         states = rush._worker_states()
         return all(states.get(wid) == "running" for wid in workers)
 
@@ -355,7 +359,8 @@ def test_host_cut_off_past_redis_retry_timeout_exits_on_its_own(hosts, server, t
         kill_all(hosts, rush)
 
 
-def test_results_move_between_hosts_and_a_link_cut_mid_transfer_loses_nothing(hosts, server, tmp_path, caplog):
+def test_results_move_between_hosts_and_a_link_cut_mid_transfer_loses_nothing(hosts, server, tmp_path,
+                                                                              caplog):
     """A 24 MB result held on host 0 is fetched by host 1 over a link slowed to 40 Mbit/s;
     host 0 is cut off (silently, at the switch) while the transfer runs. The consumer's
     fetch stalls, gives up, and the compute runs again from its lineage on the other hosts."""

@@ -11,10 +11,11 @@ import pytest
 joblib = pytest.importorskip("joblib")
 pytest.importorskip("sklearn")
 
-import rush_dask  # noqa: E402,F401 - registers the backend
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import GridSearchCV  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
+
+import rush_dask  # noqa: E402,F401 - registers the backend
 
 GRID = {"C": [0.1, 10.0], "gamma": [1e-3, 1e-2]}
 
@@ -63,9 +64,8 @@ def test_large_arguments_are_stored_once_per_network(workers):
 
 
 def test_an_error_in_a_call_is_raised_with_its_type(workers):
-    with joblib.parallel_backend("rush", rush=workers):
-        with pytest.raises(ValueError, match="invalid literal"):
-            joblib.Parallel(n_jobs=-1)(joblib.delayed(int)(s) for s in ["1", "x", "3"])
+    with joblib.parallel_backend("rush", rush=workers), pytest.raises(ValueError, match="invalid literal"):
+        joblib.Parallel(n_jobs=-1)(joblib.delayed(int)(s) for s in ["1", "x", "3"])
 
 
 def test_effective_n_jobs_counts_the_running_workers(workers):

@@ -106,7 +106,8 @@ def test_hidden_env_shows_no_values():
     assert dict(env)["RUSH_SECRET"] == "s3cr3t"
 
 
-def test_workers_run_on_the_cluster_spread_over_its_workers_and_stop_with_the_controller(tcp_rush, cluster_client):
+def test_workers_run_on_the_cluster_spread_over_its_workers_and_stop_with_the_controller(
+        tcp_rush, cluster_client):
     ids = tcp_rush.start_workers(funcs.sleep_then, n_workers=3, client=cluster_client, **FAST)
     tcp_rush.wait_for_workers(timeout=TIMEOUT)  # counts the cluster workers it started
     keys = tcp_rush.push_tasks([{"x": i, "duration": 0.05} for i in range(12)])

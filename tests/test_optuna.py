@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import pytest
 
@@ -77,7 +76,8 @@ def test_each_trial_is_in_the_network_log_at_optunas_info_level(rush):
     wait_until(lambda: (rush.read_log()["logger"] == "rush_dask.optuna").sum() == 3, TIMEOUT,
                "three 'trial ... complete' records")
     log = rush.read_log()
-    assert log[log["logger"] == "rush_dask.optuna"]["message"].str.match(r"trial \d complete with value").all()
+    messages = log[log["logger"] == "rush_dask.optuna"]["message"]
+    assert messages.str.match(r"trial \d complete with value").all()
 
 
 def test_pruned_trials_do_not_count_and_are_replaced(rush):
@@ -236,7 +236,7 @@ def test_caught_errors_fail_the_trial_and_the_search_goes_on(rush):
     (dict(n_trials=0), ValueError, "n_trials must be a positive integer"),
     (dict(n_trials=-3), ValueError, "n_trials must be a positive integer"),
     (dict(timeout=0), ValueError, "timeout must be a positive number"),
-    (dict(objective=lambda t, lock=threading.Lock(): 0.0), TypeError, "objective cannot be pickled"),
+    (dict(objective=lambda t, lock=threading.Lock(): 0.0), TypeError, "objective cannot be pickled"),  # noqa: B008
     (dict(heartbeat_every=3), TypeError, "unknown option"),
 ])
 def test_bad_input_raises_and_writes_nothing(rush, redis_url, bad, error, match):

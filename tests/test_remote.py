@@ -77,13 +77,15 @@ def _make_certificates(directory: Path, prefix: str) -> dict[str, str]:
           .sign(ca_key, hashes.SHA256()))
     save("ca", ca_key, ca)
     authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
-    for label, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+    for label, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
+                         ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = builder(label, key.public_key()).add_extension(
             x509.ExtendedKeyUsage([usage]), critical=False).add_extension(authority, critical=False)
         if label == "server":
             cert = cert.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
         save(label, key, cert.sign(ca_key, hashes.SHA256()))
     return paths
 
@@ -277,7 +279,8 @@ def test_worker_refuses_a_password_on_its_command_line(password_server):
     result = subprocess.run(
         [sys.executable, "-m", "rush_dask.worker", "--network", "n", "--start-id", "s",
          "--url", password_server.url],
-        check=False, capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": os.getcwd()},
+        check=False, capture_output=True, text=True, timeout=TIMEOUT,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     assert result.returncode == 2
     assert URL_ENV in result.stderr

@@ -7,8 +7,8 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import network_keys
+
 from rush_dask import RushWorker
 
 TIMEOUT = 120

@@ -118,13 +118,15 @@ def test_worker_with_the_wrong_secret_refuses_tasks(signed, redis_url, tmp_path)
     start_id = signed.worker_script(funcs.add).split("--start-id ")[1]
     env = dict(os.environ, RUSH_REDIS_URL=redis_url, RUSH_SECRET="wrong")
     proc = subprocess.run([sys.executable, "-m", "rush_dask.worker", "--network", signed.network_id,
-                           "--start-id", start_id], env=env, capture_output=True, text=True, timeout=60, check=False)
+                           "--start-id", start_id],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert "signature invalid" in proc.stderr and "Traceback" not in proc.stderr
     # A worker without any secret says what to set.
     env.pop("RUSH_SECRET")
     proc = subprocess.run([sys.executable, "-m", "rush_dask.worker", "--network", signed.network_id,
-                           "--start-id", start_id], env=env, capture_output=True, text=True, timeout=60, check=False)
+                           "--start-id", start_id],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0 and "RUSH_SECRET" in proc.stderr
     assert signed.n_queued_tasks == 1
     # A worker that takes part directly with the wrong secret fails the task without unpickling it.

@@ -30,13 +30,13 @@ from typing import Any
 from aiohttp import web
 
 from .. import constants as C
+from ..cli import list_networks, redact_text
 from ..connections import connect, redact
 from .metrics import Metrics
-from ..cli import list_networks, redact_text
 from .snapshot import Monitor
 
 STATIC = Path(__file__).parent / "static"
-_STATE = web.AppKey("state", "Dashboard")
+_STATE: web.AppKey[Dashboard] = web.AppKey("state")
 
 
 class Dashboard:
@@ -83,9 +83,11 @@ class Dashboard:
 
 def _monitor_or_404(request: web.Request) -> Monitor:
     try:
-        return request.app[_STATE].monitor(request.query.get("network"))
+        monitor: Monitor = request.app[_STATE].monitor(request.query.get("network"))
+        return monitor
     except KeyError as exc:
-        raise web.HTTPNotFound(text=json.dumps({"error": exc.args[0]}), content_type="application/json")
+        raise web.HTTPNotFound(text=json.dumps({"error": exc.args[0]}),
+                               content_type="application/json") from None
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -156,11 +158,13 @@ async def stop(request: web.Request) -> web.Response:
         monitor = state.monitor(body.get("network"))
         ids = await asyncio.get_running_loop().run_in_executor(None, stop_workers, monitor.net, kind, [wid])
     except (ValueError, KeyError, TypeError) as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}), content_type="application/json")
+        raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}),
+                                 content_type="application/json") from None
     return web.json_response({"stopped": ids, "type": kind})
 
 
-def make_app(url: str, network_id: str, *, allow_control: bool = False, period: float = 0.5) -> web.Application:
+def make_app(url: str, network_id: str, *, allow_control: bool = False,
+             period: float = 0.5) -> web.Application:
     """The aiohttp application of a dashboard of ``network_id`` at ``url``.
 
     >>> web.run_app(make_app(url, "test"), host="127.0.0.1", port=8787)   # doctest: +SKIP
@@ -180,8 +184,10 @@ def make_app(url: str, network_id: str, *, allow_control: bool = False, period: 
 class DashboardThread:
     """A dashboard served from a background thread with its own event loop.
 
-    >>> server = DashboardThread(url, "test", port=0).start()   # doctest: +SKIP
-    >>> server.url, server.stop()                               # doctest: +SKIP
+    >>> server = DashboardThread(rush.url, rush.network_id, port=0).start()
+    >>> server.url  # doctest: +ELLIPSIS
+    'http://127.0.0.1:...'
+    >>> server.stop()
     """
 
     def __init__(self, url: str, network_id: str, host: str = "127.0.0.1", port: int = 8787, *,
@@ -201,7 +207,7 @@ class DashboardThread:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/?network={self.network_id}"
 
-    def start(self) -> "DashboardThread":
+    def start(self) -> DashboardThread:
         """Start serving; returns once the port listens, or raises OSError (e.g. the port is taken)."""
         self._thread = threading.Thread(target=self._serve, name="rush-dashboard", daemon=True)
         self._thread.start()
@@ -218,6 +224,7 @@ class DashboardThread:
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, self.port, reuse_address=False)
             loop.run_until_complete(site.start())
+            assert isinstance(site._server, asyncio.Server)
             self.port = site._server.sockets[0].getsockname()[1]  # the real port when port=0
         except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
             self._error = exc

@@ -32,7 +32,7 @@ class NetworkCollector:
         self.max_age = max_age
         self.after_poll = after_poll
 
-    def describe(self) -> list:
+    def describe(self) -> list[Any]:
         return []  # the metrics are read from Redis: nothing to collect at registration
 
     def collect(self) -> Iterable[Any]:
@@ -83,7 +83,7 @@ class Metrics:
     def __init__(self, monitors: Callable[[], Iterable[Monitor]], max_age: float):
         self.registry = CollectorRegistry()
         # Registered first, so collected first: the histogram then holds what that poll saw.
-        self.registry.register(NetworkCollector(monitors, max_age, self.observe))  # type: ignore[arg-type]
+        self.registry.register(NetworkCollector(monitors, max_age, self.observe))
         self.durations = Histogram("rush_task_duration_seconds", "Run time of the tasks that finished "
                                    "while the dashboard watched (graph nodes: to the poll period)",
                                    ["network"], buckets=DURATION_BUCKETS, registry=self.registry)

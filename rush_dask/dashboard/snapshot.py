@@ -10,15 +10,14 @@ Costs per poll: about 6 pipelined round trips, plus two each for newly
 finished or failed tasks when there are any; ``INFO`` every 2 s; a ``SCAN`` of
 the database (networks and the network's key count) every 30 s.
 
->>> monitor = Monitor(client, "redis://127.0.0.1:6379/0", "test")   # doctest: +SKIP
->>> monitor.poll()["counts"]["finished"]                              # doctest: +SKIP
-4
+>>> monitor = Monitor(rush.client, rush.url, rush.network_id)    # rush: a fresh network, no task
+>>> monitor.poll()["counts"]["finished"]
+0
 """
 
 from __future__ import annotations
 
 import collections
-import os
 import re
 import threading
 import time
@@ -61,6 +60,7 @@ def count_network_keys(client: Any) -> dict[str, int]:
 def process_gone(pid: int) -> bool:
     """Whether the process ``pid`` of this host is gone or a zombie (dead, not yet reaped by its parent).
 
+    >>> import os
     >>> process_gone(os.getpid())
     False
     """
@@ -75,6 +75,15 @@ def process_gone(pid: int) -> bool:
 
 def _text(value: Any) -> str | None:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _str(value: bytes | str) -> str:
+    """A key, id or field name (never None) as text."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
 
 
 def _float(value: Any) -> float | None:
@@ -93,16 +102,16 @@ class Monitor:
         self.keys = self.net.keys
         self.url = redact(url)
         self.lock = threading.Lock()  # one poll at a time (executor threads)
-        self.history: collections.deque = collections.deque(maxlen=HISTORY)
-        self.stream: collections.deque = collections.deque(maxlen=STREAM)
-        self.logs: collections.deque = collections.deque(maxlen=LOG_LINES)
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
+        self.stream: collections.deque[dict[str, Any]] = collections.deque(maxlen=STREAM)
+        self.logs: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_LINES)
         self.durations: list[float] = []  # run times of tasks that finished since the metrics last read
-        self.computes: dict[str, dict] = {}
+        self.computes: dict[str, dict[str, Any]] = {}
         self._log_reader = LogReader(self.net)
         self._finished_offset: int | None = None
-        self._running: dict[str, dict] = {}  # running task key -> stream entry (open)
+        self._running: dict[str, dict[str, Any]] = {}  # running task key -> stream entry (open)
         self._failed_len = -1
-        self._failed: list[dict] = []
+        self._failed: list[dict[str, Any]] = []
         self._info: dict[str, Any] = {}
         self._info_at = 0.0
         self._scan_at = 0.0
@@ -134,9 +143,9 @@ class Monitor:
         pipe.time()
         states_raw, queued, n_running, finished, failed, n_tasks, leases, server_time = pipe.execute()
         now = server_time[0] + server_time[1] / 1e6
-        states = {_text(k): _text(v) for k, v in states_raw.items()}
+        states = {_str(k): _str(v) for k, v in states_raw.items()}
         wids = sorted(states)
-        gids = [_text(g) for g in leases]
+        gids = [_str(g) for g in leases]
 
         pipe = client.pipeline(transaction=False)
         for wid in wids:
@@ -150,7 +159,7 @@ class Monitor:
         else:
             pipe.smembers(keys.running)
         replies = pipe.execute()
-        running_keys = sorted(_text(k) for k in replies[-1])
+        running_keys = sorted(_str(k) for k in replies[-1])
         pipe = client.pipeline(transaction=False)
         for key in running_keys:
             pipe.hmget(keys.task(key), "worker_id", "started_at", "graph")
@@ -189,21 +198,22 @@ class Monitor:
             "networks": self.networks,
         }
 
-    def _workers(self, wids: list[str], states: dict[str, str], replies: list, running_keys: list[str],
-                 running_fields: list) -> tuple[list[dict], int]:
+    def _workers(self, wids: list[str], states: dict[str, str], replies: list[Any], running_keys: list[str],
+                 running_fields: list[Any]) -> tuple[list[dict[str, Any]], int]:
         current: dict[str, list[str]] = {}
         for key, (wid, _, _) in zip(running_keys, running_fields):
             if wid is not None:
-                current.setdefault(_text(wid), []).append(key)
-        workers, priority = [], 0
+                current.setdefault(_str(wid), []).append(key)
+        workers: list[dict[str, Any]] = []
+        priority = 0
         for i, wid in enumerate(wids):
-            raw = {_text(k): _text(v) for k, v in replies[3 * i].items()}
+            raw = {_str(k): _text(v) for k, v in replies[3 * i].items()}
             ttl, queue_len = replies[3 * i + 1], replies[3 * i + 2]
             priority += queue_len
             state = states[wid]
             expire = _float(raw.get("heartbeat_expire"))
             age = expire - ttl / 1000 if ttl and ttl > 0 and expire else None
-            pid = int(raw["pid"]) if raw.get("pid") else None
+            pid = _int(raw.get("pid"))
             shown, note = state, ""
             if state == C.RUNNING and (ttl is None or ttl < 0):  # -2: the heartbeat key expired
                 shown, note = C.LOST, "heartbeat expired (not yet marked lost in Redis)"
@@ -212,10 +222,10 @@ class Monitor:
             workers.append({
                 "worker_id": wid, "state": shown, "redis_state": state, "note": note,
                 "hostname": raw.get("hostname"), "pid": pid, "heartbeat_age": age,
-                "n_done": int(raw["n_done"]) if raw.get("n_done") else 0,
-                "rss": int(raw["rss"]) if raw.get("rss") else None,
+                "n_done": _int(raw.get("n_done")) or 0,
+                "rss": _int(raw.get("rss")),
                 # Dask results kept on its host (the data plane's counter, with the heartbeat)
-                "bytes_held": int(raw["bytes_held"]) if raw.get("bytes_held") else None,
+                "bytes_held": _int(raw.get("bytes_held")),
                 "current": current.get(wid, []) if state == C.RUNNING else [],
                 "priority_queue": queue_len, "started_at": _float(raw.get("started_at")),
                 "stopped_at": _float(raw.get("stopped_at")), "resources": raw.get("resources") or "{}",
@@ -223,7 +233,7 @@ class Monitor:
         workers.sort(key=lambda w: (w["state"] != C.RUNNING, w["started_at"] or 0.0, w["worker_id"]))
         return workers, priority
 
-    def _track_running(self, now: float, running_keys: list[str], running_fields: list) -> None:
+    def _track_running(self, now: float, running_keys: list[str], running_fields: list[Any]) -> None:
         """Open a stream entry for each task seen running; close it when it is gone (to ``now``).
 
         Rush tasks get their exact times from their hash once in ``finished``;
@@ -233,8 +243,8 @@ class Monitor:
         for key, (wid, started, graph) in zip(running_keys, running_fields):
             seen.add(key)
             if key not in self._running and wid is not None:
-                entry = {"key": key, "worker_id": _text(wid), "start": _float(started) or now, "end": None,
-                         "graph": _text(graph)}
+                entry: dict[str, Any] = {"key": key, "worker_id": _text(wid), "start": _float(started) or now,
+                                         "end": None, "graph": _text(graph)}
                 self._running[key] = entry
                 self.stream.append(entry)
         for key in [k for k in self._running if k not in seen]:
@@ -254,7 +264,7 @@ class Monitor:
         if n_finished <= self._finished_offset:
             return
         start = max(self._finished_offset, n_finished - FINISHED_STEP)
-        keys = [_text(k) for k in self.client.lrange(self.keys.finished, start, n_finished - 1)]
+        keys = [_str(k) for k in self.client.lrange(self.keys.finished, start, n_finished - 1)]
         self._finished_offset = n_finished
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
@@ -275,7 +285,7 @@ class Monitor:
         if n_failed == self._failed_len:
             return
         self._failed_len = n_failed
-        keys = [_text(k) for k in self.client.lrange(self.keys.failed, -FAILED_SHOWN, -1)]
+        keys = [_str(k) for k in self.client.lrange(self.keys.failed, -FAILED_SHOWN, -1)]
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(self.keys.task(key), "worker_id", "error", "traceback", "finished_at")
@@ -285,12 +295,12 @@ class Monitor:
                            "traceback": redact_text(_text(tb) or ""), "time": _float(at)})
         self._failed = failed[::-1]  # newest first
 
-    def _log_lines(self) -> list[dict]:
+    def _log_lines(self) -> list[dict[str, Any]]:
         records = self._log_reader.read()[-LOG_LINES:]
         return [{"time": r["time"], "worker_id": r["worker_id"], "level": r["level"], "logger": r["logger"],
                  "message": redact_text(str(r["message"]))} for r in records]
 
-    def _track_computes(self, now: float, gids: list[str], replies: list) -> None:
+    def _track_computes(self, now: float, gids: list[str], replies: list[Any]) -> None:
         """Progress of the computes holding a lease: nodes done of ``n``.
 
         The graph's hash counts its finished nodes (``done``, one HINCRBY in
@@ -299,7 +309,7 @@ class Monitor:
         which, so one that vanished is shown as ``ended`` at 100 %.
         """
         present = set()
-        for gid, (n, live, finished) in zip(gids, replies):
+        for gid, (n, _live, finished) in zip(gids, replies):
             if n is None:
                 continue
             present.add(gid)
