@@ -299,7 +299,7 @@ class Systems:
                 return dask.compute(*collections, scheduler=self.client)
         raise ValueError(system)
 
-    def build(self, system: str, w: "Workload") -> list:
+    def build(self, system: str, w: Workload) -> list:
         """The workload's collections as a user of ``system`` would build them."""
         if system == CLUSTER:
             with self.client.as_current():  # Dask picks P2P where it would for a distributed user

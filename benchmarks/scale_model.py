@@ -257,7 +257,8 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
 
 
 def report(rows: list[dict]) -> str:
-    lines = ["| sweep | workers | idle: round trips / worker / s | idle: commands / worker / s | idle: Redis CPU / worker / s "
+    lines = ["| sweep | workers | idle: round trips / worker / s | idle: commands / worker / s "
+             "| idle: Redis CPU / worker / s "
              "| idle: Redis CPU share | idle: sweeps / s | lost worker detected after (s) "
              "| of which after its heartbeat expired (s) | busy: tasks / s | busy: Redis CPU share "
              "| busy: model CPU share | commands / task |",

@@ -260,8 +260,9 @@ def soak(url: str, minutes: float, n_workers: int, lease: float, memory_toleranc
             if left:
                 client.unlink(*left)
         final = keys_of(client, rush)
-        stats.check(final == baseline_keys, f"key count {len(final)} != baseline {len(baseline_keys)}: "
-                                            f"+{sorted(final - baseline_keys)[:5]} -{sorted(baseline_keys - final)[:5]}")
+        added, removed = sorted(final - baseline_keys)[:5], sorted(baseline_keys - final)[:5]
+        stats.check(final == baseline_keys,
+                    f"key count {len(final)} != baseline {len(baseline_keys)}: +{added} -{removed}")
         plain.reset()  # the archive of plain tasks is kept until a reset, by design
         stats.check(not keys_of(client, plain), "the plain network's reset left keys")
         del plain_baseline

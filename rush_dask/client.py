@@ -14,13 +14,14 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import uuid
-from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
 
 from . import taskwarnings
-from .futures import RushFuture, _deadline, _flat
-from .graph import flat_keys, raise_node_error
 from .connections import is_cluster_client
 from .dataplane import RESULT_FIELDS
+from .futures import RushFuture, _deadline, _flat
+from .graph import flat_keys, raise_node_error
 from .shuffle import task_shuffle
 
 logger = logging.getLogger("rush_dask")
@@ -239,7 +240,7 @@ class FuturesClient:
             futures.append(self._submit_graph(expr, [key], **options)[key])
         return futures[0] if single else futures
 
-    def get_executor(self, **submit_options: Any) -> "concurrent.futures.Executor":
+    def get_executor(self, **submit_options: Any) -> concurrent.futures.Executor:
         """A ``concurrent.futures.Executor`` whose calls run on this network's workers.
 
         ``submit_options`` (``retries``, ``priority``, ``resources``, ``pure``)

@@ -8,8 +8,9 @@ list (BLMPOP) and wakes whoever waits — ``result()``, ``wait``,
 loops over Redis while futures run.
 
 While futures are pending the thread also detects lost workers once a
-second, so the nodes of a worker that died are requeued. A pop whose reply is lost (Redis restarted meanwhile) and the dependents of
-a failed node learn nothing from the list; for them the thread reads the
+second, so the nodes of a worker that died are requeued. A pop whose reply
+is lost (Redis restarted meanwhile) and the dependents of a failed node
+learn nothing from the list; for them the thread reads the
 states of the futures still pending when the list stays quiet, less often
 the longer it stays so (1 s, then up to 10 s).
 
@@ -24,7 +25,8 @@ import threading
 import time
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .rush import Rush
@@ -37,7 +39,7 @@ _BLOCK = 1.0  # seconds per blocking pop; the thread notices close() within this
 class Completions:
     """The done states of one client's futures, kept current by a listener thread."""
 
-    def __init__(self, rush: "Rush"):
+    def __init__(self, rush: Rush):
         self._rush = weakref.proxy(rush)
         self.client_id = uuid.uuid4().hex[:16]
         self.list_key = rush.keys.futures_done(self.client_id)

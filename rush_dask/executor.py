@@ -10,7 +10,8 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .futures import RushFuture, _deadline
 
@@ -38,7 +39,7 @@ class RushExecutor(concurrent.futures.Executor):
     1024
     """
 
-    def __init__(self, rush: "Rush", **options: Any):
+    def __init__(self, rush: Rush, **options: Any):
         unknown = set(options) - {"retries", "priority", "resources", "pure"}
         if unknown:
             raise TypeError(f"unknown option(s) {sorted(unknown)} for get_executor()")

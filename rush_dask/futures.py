@@ -21,7 +21,8 @@ import concurrent.futures
 import queue
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dask._task_spec import TaskRef
 
@@ -56,7 +57,7 @@ class RushFuture(TaskRef):
     1024
     """
 
-    def __init__(self, key: Any, task_key: str, rush: "Rush"):
+    def __init__(self, key: Any, task_key: str, rush: Rush):
         super().__init__(key)
         self.task_key = task_key
         self._rush = rush
@@ -151,7 +152,7 @@ class RushFuture(TaskRef):
         """Whether :meth:`cancel` stopped this future."""
         return self._cancelled
 
-    def add_done_callback(self, fn: Callable[["RushFuture"], Any]) -> None:
+    def add_done_callback(self, fn: Callable[[RushFuture], Any]) -> None:
         """Call ``fn(future)`` once the future is done (at once if it is), in a background thread.
 
         >>> rush.submit(pow, 2, 10).add_done_callback(lambda f: print(f.result()))   # doctest: +SKIP

@@ -47,16 +47,17 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from dask._task_spec import DataNode, GraphNode, convert_legacy_graph
 from dask.core import flatten
 from dask.order import order
 
 from . import constants as C
+from .dataplane import OFFLOAD_MIN, RESULT_FIELDS
 from .errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, TaskFailedError
 from .fusion import MAX_GROUP, TASKS_PER_WORKER, bundle_limit, bundle_outputs, fuse_subtrees, group_limit
-from .dataplane import OFFLOAD_MIN, RESULT_FIELDS
 from .scripts import NewNode
 from .serialize import dumps, loads
 from .taskconfig import with_config
@@ -94,7 +95,7 @@ def _resource_spec(resources: Mapping[str, float] | None) -> str:
     return ",".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
 
 
-def raise_node_error(rush: "Rush", task_key: str, dask_key: Any) -> None:
+def raise_node_error(rush: Rush, task_key: str, dask_key: Any) -> None:
     """Re-raise the exception a node failed with, its remote traceback attached."""
     error, tb, blob = rush.client.hmget(rush.keys.task(task_key), "error", "traceback", "exception")
     text = error.decode() if error else "unknown error"
@@ -117,7 +118,7 @@ def raise_node_error(rush: "Rush", task_key: str, dask_key: Any) -> None:
 class GraphRun:
     """One graph pushed to Redis: submit it, follow it, cancel it."""
 
-    def __init__(self, rush: "Rush", dsk: Any, outputs: list, *, notify: bool,
+    def __init__(self, rush: Rush, dsk: Any, outputs: list, *, notify: bool,
                  priority: int = 0, retries: int = 0, resources: Mapping[str, float] | None = None,
                  max_lost: int = C.DEFAULT_MAX_LOST, fuse: bool | int = True,
                  lease: float = C.DEFAULT_GRAPH_LEASE, config: Mapping[str, Any] | None = None,
@@ -422,7 +423,7 @@ class GraphRun:
         for start in range(0, max(len(keys), 1), 10_000):
             self.rush.scripts.cancel_graph(self.graph_id, keys[start:start + 10_000])
 
-    def futures(self) -> dict[Hashable, "RushFuture"]:
+    def futures(self) -> dict[Hashable, RushFuture]:
         """One future per output (for persist and submit)."""
         from .futures import RushFuture
 

@@ -198,8 +198,8 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
             cid = content_id(blob) if len(blob) > INLINE_LIMIT else None
             if cid is not None and cid not in self._stored:
                 self._check_size(blob)
-                self.rush.client.set(self.rush.keys.shared(cid), sign(blob, self.rush.secret, self.rush._where(cid, "shared")),
-                                     nx=True)
+                signed = sign(blob, self.rush.secret, self.rush._where(cid, "shared"))
+                self.rush.client.set(self.rush.keys.shared(cid), signed, nx=True)
                 self._stored.add(cid)
         self._shared_ids[id(value)] = (value, cid)  # holding the value keeps its id unique
         return cid

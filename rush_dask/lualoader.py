@@ -21,9 +21,9 @@ an error already when the script is loaded.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Mapping
 
 from .constants import Keys
 

@@ -13,7 +13,8 @@ import logging
 import os
 import pickle
 import socket
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from msgpack import unpackb
 
@@ -172,7 +173,7 @@ class NetworkView:
         return sorted(rows, key=lambda row: row["started_at"] if row["started_at"] is not None else float("inf"))
 
     @property
-    def worker_info(self) -> "pd.DataFrame":
+    def worker_info(self) -> pd.DataFrame:
         """One row per worker: worker_id, pid, hostname, state, heartbeat, resources, times.
 
         ``heartbeat_age``: seconds since the last beat (empty once it expired);
@@ -291,7 +292,7 @@ class NetworkView:
             records.extend(self.scripts.fetch_tasks(keys[start:start + _BATCH], _TASK_FIELDS))
         return records
 
-    def _task_rows(self, keys: Sequence[str]) -> "pd.DataFrame":
+    def _task_rows(self, keys: Sequence[str]) -> pd.DataFrame:
         """One row per task (any state): inputs, outputs and extra columns, then the meta columns."""
         keys = list(keys)
         records = self._read_task_fields(keys)
@@ -330,7 +331,7 @@ class NetworkView:
                 break
         return rows
 
-    def _archive_frame(self, start: int, stop: int | None = None) -> "pd.DataFrame":
+    def _archive_frame(self, start: int, stop: int | None = None) -> pd.DataFrame:
         """Finished tasks ``start`` to ``stop - 1`` (finish order) as a DataFrame, from the archive."""
         return frame_of(self._archive_columns(start, stop))
 
@@ -346,7 +347,7 @@ class NetworkView:
             return self._columns(key, xs, self._verified_all(ys, key, "ys"), extra,
                                  [b"finished"] * n, wid, qat, sat, fat, attempts, [None] * n)
 
-    def _frame(self, *fields: Any) -> "pd.DataFrame":
+    def _frame(self, *fields: Any) -> pd.DataFrame:
         """A DataFrame of tasks from their raw fields (see :meth:`_columns`)."""
         return frame_of(self._columns(*fields))
 
@@ -409,7 +410,7 @@ class NetworkView:
         raw = self.client.zrange(key, 0, -1) if sorted_set else self.client.lrange(key, 0, -1)
         return [k.decode() for k in raw]
 
-    def fetch_tasks(self) -> "pd.DataFrame":
+    def fetch_tasks(self) -> pd.DataFrame:
         """Every task of the network, in push order, with inputs, outputs and state.
 
         >>> rush.fetch_tasks()[["x1", "x2", "y", "state"]]   # doctest: +SKIP
@@ -417,31 +418,31 @@ class NetworkView:
         return self._task_rows(self._keys_of(self.keys.all_tasks))
 
     @property
-    def data(self) -> "pd.DataFrame":
+    def data(self) -> pd.DataFrame:
         """All tasks as a DataFrame (same as :meth:`fetch_tasks`)."""
         return self.fetch_tasks()
 
-    def fetch_queued_tasks(self) -> "pd.DataFrame":
+    def fetch_queued_tasks(self) -> pd.DataFrame:
         """Tasks waiting in the shared queue, in the order they will be popped."""
         return self._task_rows(self._keys_of(self.keys.queue, sorted_set=True))
 
-    def fetch_priority_tasks(self) -> "pd.DataFrame":
+    def fetch_priority_tasks(self) -> pd.DataFrame:
         """Tasks waiting in the workers' own queues (column ``worker_id`` is empty until popped)."""
         keys: list[str] = []
         for wid in self.worker_ids:
             keys.extend(self._keys_of(self.keys.priority_queue(wid)))
         return self._task_rows(keys)
 
-    def fetch_running_tasks(self) -> "pd.DataFrame":
+    def fetch_running_tasks(self) -> pd.DataFrame:
         """Tasks that a worker is running now."""
         keys = sorted(k.decode() for k in self.client.smembers(self.keys.running))
         return self._task_rows(keys)
 
-    def fetch_failed_tasks(self) -> "pd.DataFrame":
+    def fetch_failed_tasks(self) -> pd.DataFrame:
         """Tasks that failed for good, with the ``error`` column set."""
         return self._task_rows(self._keys_of(self.keys.failed))
 
-    def fetch_finished_tasks(self) -> "pd.DataFrame":
+    def fetch_finished_tasks(self) -> pd.DataFrame:
         """Finished tasks, in finish order. Incremental: each call reads only the new ones.
 
         >>> rush.fetch_finished_tasks()["y"].max()   # doctest: +SKIP
@@ -452,7 +453,7 @@ class NetworkView:
             self._finished_offset += len(rows)
         return self._finished.frame()
 
-    def fetch_new_tasks(self, timeout: float = 0) -> "pd.DataFrame":
+    def fetch_new_tasks(self, timeout: float = 0) -> pd.DataFrame:
         """Tasks finished since the previous call; waits up to ``timeout`` s for at least one.
 
         >>> for _ in range(10):
@@ -492,7 +493,7 @@ class NetworkView:
         return to_dask_dataframe(self.network_id, self.url, lengths, states, partition_size)
 
     # --------------------------------------------------------------------- logs
-    def read_log(self, worker_ids: Iterable[str] | None = None) -> "pd.DataFrame":
+    def read_log(self, worker_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Log records that workers (and code in tasks) wrote with ``logging``.
 
         Returns columns time, worker_id, level, logger, message, oldest first.

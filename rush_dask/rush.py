@@ -9,20 +9,21 @@ import math
 import os
 import uuid
 import weakref
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import constants as C
+from .client import FuturesClient
 from .connections import connect, current_plan, is_cluster_client, redact, resolve_url
 from .control import stop_workers
 from .errors import PayloadTooLargeError, RedisUnavailableError, WorkerStartError
 from .network import NetworkView, known_secrets
 from .processes import LocalWorkers
-from .client import FuturesClient
 from .scheduler import DaskScheduler
 from .scripts import NewTask, Scripts
 from .serialize import content_id, dumps, dumps_function, resolve_secret
@@ -36,7 +37,7 @@ logger = logging.getLogger("rush_dask")
 
 _PUSH_BATCH = 1_000  # tasks per script call; calls are pipelined
 _PUSH_BYTES = 16 * 2**20  # about this much payload per script call, at most
-_live_controllers: "weakref.WeakSet[Rush]" = weakref.WeakSet()
+_live_controllers: weakref.WeakSet[Rush] = weakref.WeakSet()
 _all_controllers: weakref.WeakSet = weakref.WeakSet()  # closed ones too
 
 
@@ -166,7 +167,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             return False
         return True
 
-    def __enter__(self) -> "Rush":
+    def __enter__(self) -> Rush:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -323,8 +324,9 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
                 done = len(running) >= n
             if done:
                 return
-            patience.check(lambda: f"{len(running)} of {n if n is not None else len(worker_ids)} "
-                                   "workers running")
+            # check() calls the message at once, if at all: this round's value is the one meant.
+            patience.check(lambda: f"{len(running)} of "  # noqa: B023
+                           f"{n if n is not None else len(worker_ids)} workers running")
             patience.sleep()
 
     def stop_workers(self, type: str = "terminate", worker_ids: Iterable[str] | None = None) -> list[str]:
@@ -519,7 +521,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
                 if pending is None and replies[2] == 0 and replies[3] == 0 and self.n_queued_priority_tasks == 0:
                     return
                 left = len(pending) if pending is not None else replies[2] + replies[3]
-                patience.check(lambda: f"{left} tasks not done")
+                patience.check(lambda: f"{left} tasks not done")  # noqa: B023 - called at once, if at all
                 patience.sleep()
         finally:
             bar.close()

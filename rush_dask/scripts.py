@@ -39,7 +39,8 @@ on whose local queue the node was put, near its largest inputs.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence, TypeVar, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar, cast
 
 from .constants import INLINE_LIMIT, LOCALITY_MIN, Keys
 from .lualoader import LuaScript, load_all
@@ -139,7 +140,7 @@ def _text(value: bytes | str | None) -> str:
 
 
 # --------------------------------------------------------------------- layer
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sources() -> dict[str, LuaScript]:
     """Every script, read from its file once per process (see :mod:`rush_dask.lualoader`)."""
     return load_all(_CONSTANTS)

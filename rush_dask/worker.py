@@ -35,11 +35,12 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import redis
 
@@ -95,7 +96,7 @@ class Task:
         return self.load(self.payload, self.key)
 
     @classmethod
-    def from_reply(cls, reply: PoppedTask, load: Callable[[bytes, str], Any] | None = None) -> "Task":
+    def from_reply(cls, reply: PoppedTask, load: Callable[[bytes, str], Any] | None = None) -> Task:
         key, xs, fun, timeout, seed, seq, attempts, graph, inputs = reply
         return cls(
             key=key.decode(),

@@ -10,8 +10,16 @@ import redis
 
 from rush_dask.constants import Keys
 from rush_dask.lualoader import build, load_script, parse_header, script_names
-from rush_dask.scripts import (NewNode, HeartbeatReply, NewTask, Outcome, PoppedTask, Scripts,
-                               SettleReply, sources)
+from rush_dask.scripts import (
+    HeartbeatReply,
+    NewNode,
+    NewTask,
+    Outcome,
+    PoppedTask,
+    Scripts,
+    SettleReply,
+    sources,
+)
 from rush_dask.serialize import dumps
 
 SCRIPTS = script_names()
