@@ -45,7 +45,9 @@ class FuturesClient:
         the node after its function and arguments, so the same call while its
         future lives returns that future; ``key=`` names it yourself;
         ``retries``, ``priority`` (higher first) and ``resources`` apply to it.
-        ``lease=`` is accepted and not enforced yet (futures have no lease).
+        ``lease`` (seconds, default 60): if this client stops renewing its lease
+        for that long (it died, or hangs), its futures are released; one lease,
+        the shortest asked for, covers everything a client holds.
 
         >>> a = rush.submit(pow, 2, 10)          # doctest: +SKIP
         >>> b = rush.submit(sum, [a, a])         # doctest: +SKIP
@@ -80,8 +82,6 @@ class FuturesClient:
             raise TypeError(f"priority must be an integer, got {priority!r}")
         if resources is not None and not isinstance(resources, Mapping):
             raise TypeError(f"resources must be a dict like {{'GPU': 1}}, got {resources!r}")
-        if lease is not None:
-            logger.debug("rush futures: lease=%r accepted, not enforced for futures yet", lease)
         columns = [list(it) for it in iterables]
         n = len(columns[0]) if columns else 0
         if any(len(c) != n for c in columns):
@@ -100,8 +100,9 @@ class FuturesClient:
                 keys = [f"{prefix}-{uuid.uuid4().hex}" for _ in range(n)]
         else:
             raise TypeError(f"key must be a string prefix or a list of keys, got {key!r}")
+        options = {"lease": lease} if lease is not None else {}
         return self._submit_calls(fn, [(tuple(c[i] for c in columns), kwargs) for i in range(n)], keys,
-                                  priority=priority, retries=retries or 0, resources=resources)
+                                  priority=priority, retries=retries or 0, resources=resources, **options)
 
     def _submit_calls(self, fn: Callable, calls: Sequence[tuple[tuple, dict]], keys: Sequence[Hashable],
                       **options: Any) -> list[RushFuture]:

@@ -79,7 +79,7 @@ class Completions:
         self.forget(task_key)
         thread = self._thread
         if thread is None or not thread.is_alive():
-            self._rush.scripts.release([task_key])
+            self.release_now([task_key])
             return
         self._to_release.append(task_key)
         if not self._wake_sent:
@@ -92,7 +92,12 @@ class Completions:
         while self._to_release:
             keys.append(self._to_release.popleft())
         for start in range(0, len(keys), 10_000):
-            self._rush.scripts.release(keys[start:start + 10_000])
+            self.release_now(keys[start:start + 10_000])
+
+    def release_now(self, task_keys: list[str]) -> None:
+        """Drop this client's references, recorded under its lease; one request id per call,
+        so that a call repeated after a lost reply (a Redis restart) releases nothing twice."""
+        self._rush.scripts.release(task_keys, client_id=self.client_id, request=uuid.uuid4().hex)
 
     def is_done(self, task_key: str) -> bool:
         return task_key in self.failed

@@ -43,12 +43,16 @@ _plan = Plan()
 def plan(n_workers: int | None = None, url: str | None = None) -> Plan:
     """Set process-wide defaults for every ``Rush`` created afterwards.
 
+    ``n_workers`` is how many local workers a compute (or a future) starts when
+    its network has no running worker; ``0``: start none, wait for workers
+    started elsewhere (a controller on a login node, say).
+
     >>> import rush_dask
     >>> rush_dask.plan(n_workers=2)          # doctest: +SKIP
     Plan(n_workers=2, url=None)
     """
-    if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
-        raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0):
+        raise ValueError(f"n_workers must be an integer >= 0, got {n_workers!r}")
     _plan.n_workers = n_workers
     _plan.url = url
     return _plan

@@ -63,10 +63,10 @@ class Keys:
 
     # The keys a network has one of (the Lua scripts receive them as KEYS) ...
     FIXED = ("tasks", "queue", "running", "finished", "archive", "failed", "seq", "leases",
-             "worker_states", "wake", "lqs", "rqueues")
+             "worker_states", "wake", "lqs", "rqueues", "clients")
     # ... and the families the scripts build from the prefix (``task:<key>`` ...).
     FAMILIES = ("task", "worker", "hb", "held", "pq", "lq", "rq", "wake", "graph", "gdone",
-                "fdone", "gc")
+                "fdone", "gc", "crefs", "creq")
 
     def __init__(self, network_id: str):
         self.network_id = check_network_id(network_id)
@@ -116,6 +116,16 @@ class Keys:
     @property
     def leases(self) -> str:  # sorted set: graph id -> lease expiry (server time) of a compute
         return self.prefix + "leases"
+
+    @property
+    def clients(self) -> str:  # sorted set: controller id -> lease expiry of what it holds
+        return self.prefix + "clients"
+
+    def client_refs(self, client_id: str) -> str:  # hash: task key -> references the client holds
+        return f"{self.prefix}crefs:{client_id}"
+
+    def client_requests(self, client_id: str) -> str:  # sorted set: its writes applied, by time
+        return f"{self.prefix}creq:{client_id}"
 
     @property
     def resource_queues(self) -> str:  # set of resource specs ('GPU=1') that have a queue

@@ -19,7 +19,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import queue
+import sys
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -165,10 +167,42 @@ class RushFuture(TaskRef):
         release of a garbage-collected future is batched and follows within a moment)."""
         if self._finalizer.detach():
             self._rush._completions.forget(self.task_key)
-            self._rush.scripts.release([self.task_key])
+            self._rush._completions.release_now([self.task_key])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled, a future is its network and keys. Unpickled where a controller of that
+        # network is open, that controller holds it anew (see adopt_future); elsewhere (a
+        # worker reading a graph node that names it) it is Dask's plain TaskRef, as before.
+        return adopt_future, (self._rush.network_id, self.key, self.task_key)
 
     def __repr__(self) -> str:
         return f"<RushFuture {self.key!r} {self.status}>"
+
+
+def adopt_future(network_id: str, key: Any, task_key: str) -> RushFuture | TaskRef:
+    """A future received from another client (pickled), held by an open controller of its
+    network in this process: the result stays in Redis while either client holds it. With
+    no such controller here (a worker), Dask's plain reference to the key.
+
+    >>> other = pickle.loads(pickle.dumps(future))   # in another process with a Rush of the network
+    ...                                              # doctest: +SKIP
+    """
+    from .rush import live_controller
+
+    rush = live_controller(network_id) if "rush_dask.rush" in sys.modules else None
+    if rush is None:
+        return TaskRef(key)
+    existing: RushFuture | None = rush._futures_by_key.get(key)
+    if existing is not None and existing.task_key == task_key and existing._finalizer.alive:
+        return existing
+    lease = rush.client_lease.hold()
+    gone = rush.scripts.hold([task_key], client_id=rush._completions.client_id,
+                             request=uuid.uuid4().hex, lease=lease)
+    if gone:
+        raise KeyError(f"the result of {key!r} was released by every client that held it")
+    future = RushFuture(key, task_key, rush)
+    rush._completions.watch([task_key])
+    return future
 
 
 class DoneAndNotDoneFutures(NamedTuple):

@@ -127,8 +127,11 @@ class GraphRun:
             raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
         self.rush = rush
         # A compute's client renews this lease while it follows the run; if it stops
-        # (dies, hangs), workers cancel the graph. Futures (persist, submit) have none.
+        # (dies, hangs), workers cancel the graph. Futures (persist, submit) are held under
+        # the client's own lease instead (see rush_dask.lease): their graph has none.
         self.lease = float(lease) if notify else 0.0
+        self.owner = "" if notify else rush._completions.client_id
+        self.owner_lease = 0.0 if notify else rush.client_lease.hold(lease)
         self.dask_graph, futures, self.annotations = to_task_graph(dsk)
         self.notify = notify
         self.done_list = done_list  # futures: the client's list fdone:<id> (see completions)
@@ -256,7 +259,7 @@ class GraphRun:
 
         def push(batch: list[NewNode]) -> None:
             self.rush.scripts.push_graph(self.graph_id, batch, n_nodes=len(graph), notify=notify,
-                                         lease=self.lease)
+                                         lease=self.lease, owner=self.owner, owner_lease=self.owner_lease)
 
         batch: list[NewNode] = []
         # Inputs before the nodes that use them (dask.order is topological), in batches
@@ -284,6 +287,7 @@ class GraphRun:
                 score=-int(priority_of(key)) * 1e12 + base + ranks[key],
                 resources=_resource_spec(resources_of(key)),
                 max_retries=int(retries_of(key) or 0), max_lost=self.max_lost, held=held or "",
+                mine=bool(self.owner) and key in outputs,
             ))
             if len(batch) == _BATCH:
                 push(batch)

@@ -41,6 +41,11 @@ _live_controllers: weakref.WeakSet[Rush] = weakref.WeakSet()
 _all_controllers: weakref.WeakSet = weakref.WeakSet()  # closed ones too
 
 
+def live_controller(network_id: str) -> Rush | None:
+    """An open controller of ``network_id`` in this process, if there is one."""
+    return next((rush for rush in list(_live_controllers) if rush.network_id == network_id), None)
+
+
 def _stop_all_at_exit() -> None:
     for rush in list(_live_controllers):
         rush.close()
@@ -254,7 +259,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
 
     def _check_n_workers(self, n_workers: int | None) -> int:
         n = n_workers if n_workers is not None else current_plan().n_workers
-        if n is None:
+        if n is None or n == 0 and n_workers is None:  # plan(n_workers=0) is for computes alone
             n = os.cpu_count() or 1
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
@@ -546,6 +551,8 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             if running:
                 self.stop_workers("kill", running)
             self.local_workers.kill()
+        self._completions.close()  # its releases in flight must not write after the scan below
+        self.client_lease.forget()  # everything it held goes with the keys
         keys = list(self.client.scan_iter(match=self.keys.pattern, count=1000))
         for start in range(0, len(keys), 1000):
             self.client.unlink(*keys[start:start + 1000])
@@ -571,6 +578,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             server.stop()
         self._dashboards.clear()
         self._completions.close()
+        self.client_lease.close()  # what it still holds goes now, not after its lease
         self.local_workers.stop(self._ask_to_terminate)
         self.local_workers.close()
         self.plane.close()

@@ -20,10 +20,12 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import taskwarnings
+from .connections import current_plan
 from .constants import Keys
 from .dataplane import DataPlane
 from .errors import ResultLostError
 from .graph import GraphRun, flat_keys, pack_results
+from .lease import ClientLease
 from .shuffle import check_disk_shuffle, check_p2p, task_shuffle
 from .taskconfig import config_snapshot
 
@@ -71,8 +73,13 @@ class DaskScheduler:
         # Reads graph results where they are: in Redis, or on the host that made them.
         self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url)
         self._completions = Completions(self)
+        # What this client holds (persisted results, futures) goes if it stops renewing this.
+        self.client_lease = ClientLease(self, self._completions.client_id)
 
     def _ensure_workers(self) -> None:
+        """Start local workers if the network has none running (unless ``plan(n_workers=0)``)."""
+        if current_plan().n_workers == 0:
+            return
         if self.n_running_workers == 0 and not self.local_workers.any_alive():
             ids = self.start_workers()
             logger.info("no running worker in network %r: started %d local workers",

@@ -94,6 +94,7 @@ class NewNode(NamedTuple):
     max_retries: int = 0
     max_lost: int = 0
     held: str = ""  # born finished: 'holder<TAB>host<TAB>path<TAB>nbytes'
+    mine: bool = False  # refs counts one reference of the graph's owner (recorded under its lease)
 
 
 # -------------------------------------------------------------------- replies
@@ -291,21 +292,50 @@ class Scripts:
     # ------------------------------------------------------------ graphs
     @_raw_args_accepted
     def push_graph(self, graph_id: str, nodes: Sequence[NewNode], *, n_nodes: int, notify: str,
-                   lease: float) -> int:
+                   lease: float, owner: str = "", owner_lease: float = 0.0) -> int:
         """Create one batch of a graph's nodes; returns how many were queued (0: a repeated batch).
 
-        ``notify`` is '1' (a compute reads ``gdone``), '0' (nobody) or the id of a futures client.
+        ``notify`` is '1' (a compute reads ``gdone``), '0' (nobody) or the id of a futures client;
+        ``lease`` is a compute's (0: none); ``owner`` the client that holds the nodes marked
+        ``mine`` under its lease of ``owner_lease`` seconds (persisted results, futures).
         """
-        args: list[Any] = [self.prefix, graph_id, n_nodes, notify, repr(lease)]
+        args: list[Any] = [self.prefix, graph_id, n_nodes, notify, repr(lease), owner, repr(owner_lease)]
         for node in nodes:
             args += [node.key, node.xs, node.refs, " ".join(node.deps), " ".join(node.dependents),
-                     repr(node.score), node.resources, node.max_retries, node.max_lost, node.held]
+                     repr(node.score), node.resources, node.max_retries, node.max_lost, node.held,
+                     "1" if node.mine else "0"]
         return int(self.call("push_graph", args))
 
     @_raw_args_accepted
-    def release(self, task_keys: Iterable[str]) -> int:
-        """Drop one reference from each node; returns how many keys were given."""
-        return int(self.call("release", [self.prefix, *task_keys]))
+    def release(self, task_keys: Iterable[str], *, client_id: str = "", request: str = "") -> int:
+        """Drop one reference from each node; returns how many (0: request ``request`` of
+        ``client_id`` was applied before). With ``client_id``, the references were held under
+        that client's lease. A node nothing needs any more is deleted, or cancelled if not done.
+
+        >>> scripts.release(["g1.0"], client_id="c0ffee", request="r1")   # doctest: +SKIP
+        1
+        """
+        return int(self.call("release", [self.prefix, client_id, request, *task_keys]))
+
+    def hold(self, task_keys: Iterable[str], *, client_id: str, request: str, lease: float) -> list[str]:
+        """Take one reference on each node for ``client_id``, under its lease; returns the keys
+        that are gone (nothing held on them). Applies once per ``request``.
+
+        >>> scripts.hold(["g1.0"], client_id="c0ffee", request="r2", lease=60.0)   # doctest: +SKIP
+        []
+        """
+        reply = self.call("hold", [self.prefix, client_id, request, repr(lease), *task_keys])
+        return [key.decode() for key in reply]
+
+    def renew_client(self, client_id: str, *, lease: float, reap_batch: int) -> int:
+        """Renew a client's lease; also reap part of an expired client and of an abandoned
+        compute. Returns 1 (renewed), 0 (it had expired: what it held is gone) or -1 (it had
+        no lease: new, or reaped by someone else).
+
+        >>> scripts.renew_client("c0ffee", lease=60.0, reap_batch=1000)   # doctest: +SKIP
+        1
+        """
+        return int(self.call("renew_client", [self.prefix, client_id, repr(lease), reap_batch]))
 
     @_raw_args_accepted
     def cancel_graph(self, graph_id: str, task_keys: Iterable[str]) -> None:

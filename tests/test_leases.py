@@ -93,9 +93,11 @@ def test_a_client_paused_past_its_lease_gets_a_clear_error(rush2):
     assert graph_keys(rush2) == [] and leases(rush2) == []
 
 
-def test_persisted_results_have_no_lease(rush2):
+def test_persisted_results_are_held_under_the_clients_lease_not_a_graphs(rush2):
     persisted = dask.persist(*[dask.delayed(f.inc)(i) for i in range(3)], scheduler=rush2)
-    assert leases(rush2) == []
+    assert leases(rush2) == []  # no compute lease: they outlive the call
+    assert rush2.client.zscore(rush2.keys.clients, rush2.client_lease.client_id) is not None
+    assert rush2.client.hlen(rush2.keys.client_refs(rush2.client_lease.client_id)) == 3
     assert dask.compute(*persisted, scheduler=rush2) == (1, 2, 3)
     del persisted
 

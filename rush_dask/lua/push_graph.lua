@@ -11,27 +11,35 @@
 -- renews; the heartbeats of workers reap it once it expires.
 -- A node whose data the client already wrote to a file of its host (a large
 -- DataNode) is created finished, held there: nothing runs it.
+-- Persisted results and futures are held by their client under its lease
+-- (owner): the references it takes are recorded in crefs:<owner>, so that
+-- they go if it dies (see clients.lua).
 --
--- KEYS: leases queue rqueues lqs worker_states failed wake
--- Families: task worker pq lq rq wake graph gdone fdone gc
+-- KEYS: clients leases queue rqueues lqs running worker_states failed wake
+-- Families: task worker held pq lq rq wake graph gdone fdone gc crefs creq
 -- ARGV: prefix, graph_id, n_nodes_in_graph, notify ('1': a client reads gdone;
 --       '0': nobody; else the id of the futures client's list fdone:<id>),
---       lease seconds, then per node: key, xs, refs, deps, dependents, score,
---       res, max_retries, max_lost, held ('' or 'holder<TAB>host<TAB>path<TAB>nbytes')
+--       lease seconds (of a compute; 0 for none), owner ('' or the client that
+--       holds the outputs under its lease), the owner's lease seconds,
+--       then per node: key, xs, refs, deps, dependents, score, res,
+--       max_retries, max_lost, held ('' or 'holder<TAB>host<TAB>path<TAB>nbytes'),
+--       mine ('1' if refs counts one reference of the owner)
 -- Reply: the number of nodes queued (0 for a repeated batch).
---@include "nodes"
+--@include "clients"
 
-local gid, notify, lease = ARGV[2], ARGV[4], tonumber(ARGV[5])
-if ARGV[6] and redis.call('HSETNX', p .. 'graph:' .. gid, 'batch:' .. ARGV[6], 1) == 0 then return 0 end
+local gid, notify, lease, owner = ARGV[2], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+if ARGV[8] and redis.call('HSETNX', p .. 'graph:' .. gid, 'batch:' .. ARGV[8], 1) == 0 then return 0 end
 local t = now()
+if owner ~= '' then ensure_client(owner, t, tonumber(ARGV[7])) end
 if redis.call('HSETNX', p .. 'graph:' .. gid, 'live', ARGV[3]) == 1 then  -- first batch
   redis.call('HSET', p .. 'graph:' .. gid, 'n', ARGV[3])
 end
 if lease > 0 then redis.call('ZADD', K.leases, tonumber(t) + lease, gid) end
 local queued = 0
-for j = 6, #ARGV, 10 do
+for j = 8, #ARGV, 11 do
   local key = ARGV[j]
   local tk = p .. 'task:' .. key
+  if owner ~= '' and ARGV[j + 10] == '1' then count_ref(owner, key, 1) end
   if ARGV[j + 9] ~= '' then
     -- Data the client embedded in the graph, already written to a file of its host: the
     -- node is born finished, held there (at, host, path, nbytes, tab-separated).
