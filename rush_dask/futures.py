@@ -172,8 +172,8 @@ class RushFuture(TaskRef):
 
 
 class DoneAndNotDoneFutures(NamedTuple):
-    done: set
-    not_done: set
+    done: set[RushFuture]
+    not_done: set[RushFuture]
 
 
 def _flat(futures: Any) -> list[RushFuture]:
@@ -209,7 +209,7 @@ def wait(futures: Any, timeout: float | None = None, return_when: str = ALL_COMP
     for future in flat:
         by_rush[id(future._rush)].append(future)
 
-    def done_now() -> set:
+    def done_now() -> set[RushFuture]:
         return {f for f in flat if f._cancelled or f._rush._completions.is_done(f.task_key)}
 
     while True:
@@ -246,9 +246,9 @@ class as_completed:
         self.timeout = timeout
         self.with_results = with_results
         self.raise_errors = raise_errors
-        self._ready: queue.SimpleQueue = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[RushFuture] = queue.SimpleQueue()
         self._left = 0
-        self._pending_batch: collections.deque = collections.deque()
+        self._pending_batch: collections.deque[Any] = collections.deque()
         self.update(futures)
 
     def add(self, future: RushFuture) -> None:
