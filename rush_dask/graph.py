@@ -48,7 +48,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dask._task_spec import DataNode, GraphNode, convert_legacy_graph
 from dask.core import flatten
@@ -64,6 +64,8 @@ from .taskconfig import with_config
 from .waiting import Patience
 
 if TYPE_CHECKING:
+    from dask.typing import Key
+
     from .futures import RushFuture
     from .rush import Rush
 
@@ -72,11 +74,11 @@ logger = logging.getLogger("rush_dask")
 _BATCH = 250  # nodes per push call: workers start on the first batch while the rest is built
 
 
-def to_task_graph(dsk: Any) -> tuple[dict[Hashable, GraphNode], dict[Hashable, Any], dict[str, dict]]:
+def to_task_graph(dsk: Any) -> tuple[dict[Hashable, GraphNode], dict[Hashable, Any], dict[str, dict[Any, Any]]]:
     """(graph nodes, futures standing for keys, annotations) of an expression or a dict graph."""
     from .futures import RushFuture
 
-    annotations: dict[str, dict] = {}
+    annotations: dict[str, dict[Any, Any]] = {}
     if hasattr(dsk, "__dask_graph__"):
         get_annotations = getattr(dsk, "__dask_annotations__", None)
         annotations = dict(get_annotations() or {}) if get_annotations else {}
@@ -118,7 +120,7 @@ def raise_node_error(rush: Rush, task_key: str, dask_key: Any) -> None:
 class GraphRun:
     """One graph pushed to Redis: submit it, follow it, cancel it."""
 
-    def __init__(self, rush: Rush, dsk: Any, outputs: list, *, notify: bool,
+    def __init__(self, rush: Rush, dsk: Any, outputs: list[Hashable], *, notify: bool,
                  priority: int = 0, retries: int = 0, resources: Mapping[str, float] | None = None,
                  max_lost: int = C.DEFAULT_MAX_LOST, fuse: bool | int = True,
                  lease: float = C.DEFAULT_GRAPH_LEASE, config: Mapping[str, Any] | None = None,
@@ -151,7 +153,8 @@ class GraphRun:
         self.task_keys = {key: f"{self.graph_id}.{i}" for i, key in enumerate(self.graph)}
         self.born_finished: set[str] = set()  # large DataNodes the client holds (see submit)
 
-    def _fuse(self, fuse: bool | int, bundle: bool) -> tuple[dict, dict, dict]:
+    def _fuse(self, fuse: bool | int, bundle: bool) -> tuple[dict[Hashable, GraphNode], dict[Hashable, list[Hashable]],
+                                                               dict[Hashable, list[Hashable]]]:
         """(Redis-task graph, Dask keys of each fused task, outputs of each bundle)."""
         if isinstance(fuse, bool) or fuse is None:
             cap = None if fuse else 1
@@ -245,7 +248,9 @@ class GraphRun:
                 if dep in graph:
                     dependents[dep].append(task_keys[key])
         if any(dependents.values()):
-            ranks = {key: getattr(rank, "priority", rank) for key, rank in order(graph).items()}
+            # dask.order types its keys as dask.typing.Key; ours are the same keys, typed Hashable
+            ranks: dict[Hashable, Any] = {key: getattr(rank, "priority", rank)
+                                          for key, rank in order(cast("Mapping[Key, GraphNode]", graph)).items()}
         else:  # no edges: any order is dask.order's order, and computing it is costly
             ranks = {key: i for i, key in enumerate(graph)}
         outputs = {*self.outputs, *self.bundles}  # the client holds one reference on each
@@ -291,13 +296,13 @@ class GraphRun:
         if batch:
             push(batch)
         # Outputs that are futures of earlier graphs: the client holds one more reference.
-        held = [self.external[k].task_key for k in self._external_outputs()]
-        if held:
+        held_keys = [self.external[k].task_key for k in self._external_outputs()]
+        if held_keys:
             pipe = self.rush.client.pipeline(transaction=False)
-            for task_key in held:
+            for task_key in held_keys:
                 pipe.hincrby(self.rush.keys.task(task_key), "refs", 1)
             if graph:  # for the workers, should they have to cancel this compute
-                pipe.hset(self.rush.keys.graph(self.graph_id), "held", " ".join(held))
+                pipe.hset(self.rush.keys.graph(self.graph_id), "held", " ".join(held_keys))
             pipe.execute()
 
     def _check_external_inputs(self) -> None:
@@ -444,5 +449,5 @@ def pack_results(keys: Any, results: Mapping[Hashable, Any]) -> Any:
     return results[keys]
 
 
-def flat_keys(keys: Any) -> list:
+def flat_keys(keys: Any) -> list[Any]:
     return list(flatten(keys)) if isinstance(keys, list) else [keys]
