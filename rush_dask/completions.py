@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .rush import Rush
+    from .protocols import Controller
 
 logger = logging.getLogger("rush_dask")
 
@@ -39,7 +39,7 @@ _BLOCK = 1.0  # seconds per blocking pop; the thread notices close() within this
 class Completions:
     """The done states of one client's futures, kept current by a listener thread."""
 
-    def __init__(self, rush: Rush):
+    def __init__(self, rush: Controller):
         self._rush = weakref.proxy(rush)
         self.client_id = uuid.uuid4().hex[:16]
         self.list_key = rush.keys.futures_done(self.client_id)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .futures import RushFuture, _deadline
 
 if TYPE_CHECKING:
-    from .rush import Rush
+    from .protocols import Controller
 
 _READ_BATCH = 10_000  # results read per round trip, at most
 
@@ -39,7 +39,7 @@ class RushExecutor(concurrent.futures.Executor):
     1024
     """
 
-    def __init__(self, rush: Rush, **options: Any):
+    def __init__(self, rush: Controller, **options: Any):
         unknown = set(options) - {"retries", "priority", "resources", "pure"}
         if unknown:
             raise TypeError(f"unknown option(s) {sorted(unknown)} for get_executor()")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from dask._task_spec import TaskRef
 
 if TYPE_CHECKING:
-    from .rush import Rush
+    from .protocols import Controller
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
@@ -57,7 +57,7 @@ class RushFuture(TaskRef):
     1024
     """
 
-    def __init__(self, key: Any, task_key: str, rush: Rush):
+    def __init__(self, key: Any, task_key: str, rush: Controller):
         super().__init__(key)
         self.task_key = task_key
         self._rush = rush

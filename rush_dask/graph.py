@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from dask.typing import Key
 
     from .futures import RushFuture
-    from .rush import Rush
+    from .protocols import Controller
 
 logger = logging.getLogger("rush_dask")
 
@@ -97,7 +97,7 @@ def _resource_spec(resources: Mapping[str, float] | None) -> str:
     return ",".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
 
 
-def raise_node_error(rush: Rush, task_key: str, dask_key: Any) -> None:
+def raise_node_error(rush: Controller, task_key: str, dask_key: Any) -> None:
     """Re-raise the exception a node failed with, its remote traceback attached."""
     error, tb, blob = rush.client.hmget(rush.keys.task(task_key), "error", "traceback", "exception")
     text = error.decode() if error else "unknown error"
@@ -120,7 +120,7 @@ def raise_node_error(rush: Rush, task_key: str, dask_key: Any) -> None:
 class GraphRun:
     """One graph pushed to Redis: submit it, follow it, cancel it."""
 
-    def __init__(self, rush: Rush, dsk: Any, outputs: list[Hashable], *, notify: bool,
+    def __init__(self, rush: Controller, dsk: Any, outputs: list[Hashable], *, notify: bool,
                  priority: int = 0, retries: int = 0, resources: Mapping[str, float] | None = None,
                  max_lost: int = C.DEFAULT_MAX_LOST, fuse: bool | int = True,
                  lease: float = C.DEFAULT_GRAPH_LEASE, config: Mapping[str, Any] | None = None,

@@ -135,11 +135,30 @@ class NetworkView:
         """Ids of the workers that crashed or became unreachable."""
         return self._ids_in_state(C.LOST)
 
-    n_workers = property(lambda self: len(self.worker_ids), doc="Number of workers ever registered.")
-    n_running_workers = property(lambda self: len(self.running_worker_ids), doc="Running workers.")
-    n_terminated_workers = property(lambda self: len(self.terminated_worker_ids), doc="Terminated workers.")
-    n_killed_workers = property(lambda self: len(self.killed_worker_ids), doc="Killed workers.")
-    n_lost_workers = property(lambda self: len(self.lost_worker_ids), doc="Lost workers.")
+    @property
+    def n_workers(self) -> int:
+        """Number of workers ever registered."""
+        return len(self.worker_ids)
+
+    @property
+    def n_running_workers(self) -> int:
+        """Running workers."""
+        return len(self.running_worker_ids)
+
+    @property
+    def n_terminated_workers(self) -> int:
+        """Terminated workers."""
+        return len(self.terminated_worker_ids)
+
+    @property
+    def n_killed_workers(self) -> int:
+        """Killed workers."""
+        return len(self.killed_worker_ids)
+
+    @property
+    def n_lost_workers(self) -> int:
+        """Lost workers."""
+        return len(self.lost_worker_ids)
 
     def _worker_records(self, worker_ids: Sequence[str]) -> list[dict[str, Any]]:
         pipe = self.client.pipeline(transaction=False)
