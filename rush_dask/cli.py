@@ -316,7 +316,7 @@ def _supervise(rush: Rush, ids: list[str], received: list[int]) -> int:
             except redis.RedisError:
                 state = "unknown (Redis unreachable)"
             click.echo(f"worker {proc.worker_id} exited with code {proc.process.returncode} ({state})")
-            if state not in (C.TERMINATED, C.KILLED):
+            if state not in (C.WorkerState.TERMINATED, C.WorkerState.KILLED):
                 failed = True
                 click.echo(f"last lines of {proc.stderr_path}:\n{redact_text(proc.stderr_tail())}", err=True)
         time.sleep(0.1)
@@ -363,11 +363,11 @@ def status_text(view: NetworkView, show_all: bool = False) -> str:
         by_state[row["state"]] = by_state.get(row["state"], 0) + 1
     by_state = dict(sorted(by_state.items(), key=lambda item: -item[1]))  # most common first
     lines.append("workers: " + (", ".join(f"{n} {state}" for state, n in by_state.items()) or "none"))
-    shown = rows if show_all else [row for row in rows if row["state"] == C.RUNNING]
+    shown = rows if show_all else [row for row in rows if row["state"] == C.WorkerState.RUNNING]
     if shown:
         table = [("WORKER", "STATE", "HOST", "PID", "HEARTBEAT", "RESOURCES")]
         for row in shown:
-            if row["state"] != C.RUNNING:
+            if row["state"] != C.WorkerState.RUNNING:
                 beat = "-"
             elif row["heartbeat_age"] is None:
                 beat = "expired"

@@ -118,22 +118,22 @@ class NetworkView:
     @property
     def running_worker_ids(self) -> list[str]:
         """Ids of the workers in state ``running``."""
-        return self._ids_in_state(C.RUNNING)
+        return self._ids_in_state(C.WorkerState.RUNNING)
 
     @property
     def terminated_worker_ids(self) -> list[str]:
         """Ids of the workers that stopped gracefully."""
-        return self._ids_in_state(C.TERMINATED)
+        return self._ids_in_state(C.WorkerState.TERMINATED)
 
     @property
     def killed_worker_ids(self) -> list[str]:
         """Ids of the workers killed by ``stop_workers(type="kill")``."""
-        return self._ids_in_state(C.KILLED)
+        return self._ids_in_state(C.WorkerState.KILLED)
 
     @property
     def lost_worker_ids(self) -> list[str]:
         """Ids of the workers that crashed or became unreachable."""
-        return self._ids_in_state(C.LOST)
+        return self._ids_in_state(C.WorkerState.LOST)
 
     @property
     def n_workers(self) -> int:
@@ -248,7 +248,7 @@ class NetworkView:
 
     def _sweep_lost_workers(self, dead: Sequence[str] = ()) -> list[str]:
         reason = "worker lost (heartbeat expired or process gone); the task was lost too often"
-        return self.scripts.mark_workers(dead, state=C.LOST, reason=reason, scan_heartbeats=True)
+        return self.scripts.mark_workers(dead, state=C.WorkerState.LOST, reason=reason, scan_heartbeats=True)
 
     # -------------------------------------------------------------------- tasks
     @property
@@ -306,7 +306,7 @@ class NetworkView:
         pipe.llen(self.keys.failed)
         replies = pipe.execute()
         return {
-            "running_workers": sum(1 for s in states.values() if s == C.RUNNING),
+            "running_workers": sum(1 for s in states.values() if s == C.WorkerState.RUNNING),
             "queued": replies[0],
             "priority": sum(replies[1:-3]),
             "running": replies[-3],

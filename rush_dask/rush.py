@@ -319,10 +319,10 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         while True:
             self._check_started_processes()
             states = self._worker_states()
-            running = [w for w, s in states.items() if s == C.RUNNING]
+            running = [w for w, s in states.items() if s == C.WorkerState.RUNNING]
             if worker_ids is not None:
-                done = all(states.get(w) == C.RUNNING for w in worker_ids)
-                gone = [w for w in worker_ids if states.get(w) not in (None, C.RUNNING)]
+                done = all(states.get(w) == C.WorkerState.RUNNING for w in worker_ids)
+                gone = [w for w in worker_ids if states.get(w) not in (None, C.WorkerState.RUNNING)]
                 if gone:
                     raise WorkerStartError(f"workers {gone} stopped ({[states[w] for w in gone]})")
             else:

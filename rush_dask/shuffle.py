@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .connections import redact
+from .constants import WorkerState
 
 if TYPE_CHECKING:
     from .protocols import Controller
@@ -86,7 +87,7 @@ def check_disk_shuffle(rush: Controller, graph: Mapping[Any, Any]) -> None:
     """Raise before anything is written if a disk shuffle would span several machines."""
     if not has_disk_shuffle(graph):
         return
-    running = [w for w, state in rush._worker_states().items() if state == "running"]
+    running = [w for w, state in rush._worker_states().items() if state == WorkerState.RUNNING]
     if not running:
         return
     pipe = rush.client.pipeline(transaction=False)

@@ -325,7 +325,7 @@ class RushWorker(NetworkView):
         with self._heartbeat_client.pipeline(transaction=True) as pipe:
             try:  # only while registered: a reset() that deleted the network must not bring keys back
                 pipe.watch(self.keys.worker_states)
-                if pipe.hget(self.keys.worker_states, self.worker_id) != b"running":
+                if pipe.hget(self.keys.worker_states, self.worker_id) != C.WorkerState.RUNNING.encode():
                     return
                 pipe.multi()
                 pipe.hset(worker_key, mapping={"rss": rss_bytes(), "n_done": self._n_done})
@@ -363,7 +363,7 @@ class RushWorker(NetworkView):
         why = (f"{self.worker_id} is {reply.reason} in Redis" if reply.kind == "stop"
                else f"the task is no longer held by {self.worker_id} (first writer wins)")
         for outcome, note in zip(outcomes, reply.notes):
-            if note in ("finished", "failed"):
+            if note in (C.TaskState.FINISHED, C.TaskState.FAILED):
                 self._n_done += 1
             elif note == "dropped":
                 logger.warning("result of task %s dropped: %s", outcome[0], why)
