@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # States whose keys live in an append-only list, so index ranges are stable.
-_LISTS = {C.FINISHED: "finished", C.FAILED: "failed", "all": "all_tasks"}
+_LISTS = {C.TaskState.FINISHED.value: "finished", C.TaskState.FAILED.value: "failed", "all": "all_tasks"}
 
 
 class _ArchiveView(NetworkView):
@@ -42,7 +42,7 @@ def read_partition(network_id: str, url: str, state: str, start: int, stop: int)
     """Rows ``start`` to ``stop - 1`` of the list of tasks in ``state``."""
     view = _ArchiveView(network_id, url)
     try:
-        if state == C.FINISHED:  # packed rows: one LRANGE
+        if state == C.TaskState.FINISHED:  # packed rows: one LRANGE
             frame = view._archive_frame(start, stop)
         else:
             list_key = getattr(view.keys, _LISTS[state])

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .constants import WorkerState
 from .serialize import dumps, loads, place
 
 logger = logging.getLogger("rush_dask.asha")
@@ -267,14 +268,15 @@ def search(rush: Any, objective: Callable[..., Any],
             rush._check_started_processes()
             rush.detect_lost_workers()
             states = rush._worker_states()
-            if not any(states.get(w, "running") == "running" for w in ids):  # not registered yet: running
+            # (a worker not registered yet counts as running)
+            if not any(states.get(w, WorkerState.RUNNING) == WorkerState.RUNNING for w in ids):
                 break  # every worker spent its last evaluation (or died)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"ASHA: {rungs.n_spent()} of {n_evals} evaluations after {timeout} s")
             time.sleep(0.1)
         spent = rungs.n_spent()
     finally:
-        running = [w for w in ids if rush._worker_states().get(w) == "running"]
+        running = [w for w in ids if rush._worker_states().get(w) == WorkerState.RUNNING]
         if running:
             rush.stop_workers("terminate", running)
         rungs.delete()

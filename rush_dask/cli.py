@@ -89,7 +89,7 @@ def parse_resources(text: str | None) -> dict[str, float] | None:
     return resources
 
 
-def import_function(spec: str) -> Callable:
+def import_function(spec: str) -> Callable[..., Any]:
     """The function named by ``"module:function"`` (the current directory is importable).
 
     >>> import_function("os.path:join")("a", "b")
@@ -105,7 +105,7 @@ def import_function(spec: str) -> Callable:
     except ImportError as exc:
         raise BadInput(f"--fun {spec!r}: cannot import {module_name!r} ({exc}); run from the directory "
                        "that holds it or add it to PYTHONPATH") from None
-    fun = module
+    fun: object = module
     for part in name.split("."):
         fun = getattr(fun, part, None)
     if not callable(fun):
@@ -113,7 +113,7 @@ def import_function(spec: str) -> Callable:
     return fun
 
 
-def _errors(command: Callable) -> Callable:
+def _errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the errors a person can fix into one line (no traceback) and a non-zero exit."""
 
     @functools.wraps(command)
@@ -139,19 +139,19 @@ def _errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _url_option(command: Callable) -> Callable:
+def _url_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--url", envvar=URL_ENV, default=None, metavar="URL", show_envvar=True,
         help="Redis URL, e.g. redis://:PASSWORD@host:6379/0 (prefer the environment variable: "
              "a password on the command line shows in ps)")(command)
 
 
-def _network_option(command: Callable) -> Callable:
+def _network_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--network", required=True, help="Network id.")(command)
 
 
-def _check_target(network: str, url: str | None) -> None:
-    """Refuse a missing URL or a bad network id, in one line that says what to do."""
+def _check_target(network: str, url: str | None) -> str:
+    """Refuse a missing URL or a bad network id, in one line that says what to do; returns the URL."""
     if not url:
         raise BadInput(f"no Redis URL: pass --url redis://HOST:PORT/0 or set ${URL_ENV} "
                        "(rush-dask server starts one)")
@@ -159,11 +159,12 @@ def _check_target(network: str, url: str | None) -> None:
         C.check_network_id(network)
     except ValueError as exc:
         raise BadInput(f"bad --network: {exc}") from None
+    return url
 
 
 def _rush(network: str, url: str | None) -> Rush:
     """A controller attached to ``network`` at ``url``, with the errors a person can fix."""
-    _check_target(network, url)
+    url = _check_target(network, url)
     from .rush import Rush
 
     return Rush(network, url)
@@ -172,7 +173,7 @@ def _rush(network: str, url: str | None) -> Rush:
 def _existing_network(network: str, url: str | None, worker_ids: Sequence[str] = ()) -> Network:
     """A light handle (no dask, no pandas) on ``network``, which must already hold workers or
     tasks (and ``worker_ids``); one line that says what to do otherwise."""
-    _check_target(network, url)
+    url = _check_target(network, url)
     from .control import Network
 
     net = Network(network, url)
@@ -184,10 +185,10 @@ def _existing_network(network: str, url: str | None, worker_ids: Sequence[str] =
                                        f"{network!r}; rush-dask status --all lists them")
         return net
     found = list_networks(net.client)
-    known = f"networks there: {', '.join(found[:10])}{', ...' if len(found) > 10 else ''}" if found \
+    listing = f"networks there: {', '.join(found[:10])}{', ...' if len(found) > 10 else ''}" if found \
         else "it holds no network yet"
     net.close()
-    raise click.ClickException(f"unknown network {network!r} at {redact(net.url)} ({known}); "
+    raise click.ClickException(f"unknown network {network!r} at {redact(net.url)} ({listing}); "
                                "check --network and --url")
 
 
@@ -315,7 +316,7 @@ def _supervise(rush: Rush, ids: list[str], received: list[int]) -> int:
             except redis.RedisError:
                 state = "unknown (Redis unreachable)"
             click.echo(f"worker {proc.worker_id} exited with code {proc.process.returncode} ({state})")
-            if state not in (C.TERMINATED, C.KILLED):
+            if state not in (C.WorkerState.TERMINATED, C.WorkerState.KILLED):
                 failed = True
                 click.echo(f"last lines of {proc.stderr_path}:\n{redact_text(proc.stderr_tail())}", err=True)
         time.sleep(0.1)
@@ -362,11 +363,11 @@ def status_text(view: NetworkView, show_all: bool = False) -> str:
         by_state[row["state"]] = by_state.get(row["state"], 0) + 1
     by_state = dict(sorted(by_state.items(), key=lambda item: -item[1]))  # most common first
     lines.append("workers: " + (", ".join(f"{n} {state}" for state, n in by_state.items()) or "none"))
-    shown = rows if show_all else [row for row in rows if row["state"] == C.RUNNING]
+    shown = rows if show_all else [row for row in rows if row["state"] == C.WorkerState.RUNNING]
     if shown:
         table = [("WORKER", "STATE", "HOST", "PID", "HEARTBEAT", "RESOURCES")]
         for row in shown:
-            if row["state"] != C.RUNNING:
+            if row["state"] != C.WorkerState.RUNNING:
                 beat = "-"
             elif row["heartbeat_age"] is None:
                 beat = "expired"
@@ -469,7 +470,7 @@ class LogReader:
 
     def _after(self, key: str, last: bytes) -> int:
         """Index just after ``last`` in a log that was trimmed since (0 if it is gone)."""
-        length = self.rush.client.llen(key)
+        length: int = self.rush.client.llen(key)
         stop = length
         while stop > 0:
             start = max(0, stop - _LOG_SEARCH_CHUNK)
@@ -543,12 +544,12 @@ def dashboard(network: str, url: str | None, host: str, port: int, allow_control
     net.close()
     with _caught_signals() as received:
         try:
-            server = DashboardThread(url, network, host, port, allow_control=allow_control,
+            server = DashboardThread(net.url, network, host, port, allow_control=allow_control,
                                      period=period).start()
         except OSError as exc:
             raise click.ClickException(f"cannot serve on {host}:{port} ({exc.strerror or exc}): "
                                        "choose another --port or --host") from None
-        click.echo(f"dashboard of network {network!r} at {redact(url)}: {server.url}"
+        click.echo(f"dashboard of network {network!r} at {redact(net.url)}: {server.url}"
                    f"{' (control on)' if allow_control else ''}; metrics at "
                    f"{server.url.split('?')[0]}metrics; Ctrl-C stops it")
         try:
@@ -622,7 +623,7 @@ def server(host: str, port: int, password: str | None, directory: str | None) ->
             while not received and redis_server.running:
                 time.sleep(0.1)
             if not received:
-                code = redis_server.process.returncode
+                code = redis_server.process.returncode if redis_server.process else None
                 last = redis_server.read_log().strip().splitlines()[-1:] or ["no log"]
                 raise click.ClickException(f"the Redis server exited with code {code}: {last[0]}")
         finally:

@@ -15,27 +15,31 @@ import concurrent.futures
 import logging
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import taskwarnings
 from .connections import is_cluster_client
+from .constants import TaskState
 from .dataplane import RESULT_FIELDS
 from .futures import RushFuture, _deadline, _flat
 from .graph import flat_keys, raise_node_error
 from .shuffle import task_shuffle
 
+if TYPE_CHECKING:
+    from .protocols import Controller
+
 logger = logging.getLogger("rush_dask")
 _FETCHED = ("state", *RESULT_FIELDS)  # what reading a future's result needs
 
 
-def _apply(fn: Callable, args: tuple, kwargs: dict) -> Any:
+def _apply(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return fn(*args, **kwargs)
 
 
 class FuturesClient:
     """Mixin of :class:`~rush_dask.Rush`: submit, map, gather, scatter, compute, get_executor."""
 
-    def submit(self, fn: Callable, *args: Any, key: Hashable | None = None, pure: bool = True,
+    def submit(self: Controller, fn: Callable[..., Any], *args: Any, key: Hashable | None = None, pure: bool = True,
                retries: int | None = None, priority: int = 0, resources: Mapping[str, float] | None = None,
                lease: float | None = None, **kwargs: Any) -> RushFuture:
         """Run ``fn(*args, **kwargs)`` on a worker; returns a :class:`RushFuture` at once.
@@ -59,9 +63,9 @@ class FuturesClient:
         return self.map(fn, *([arg] for arg in args), key=[key] if key is not None else None, pure=pure,
                         retries=retries, priority=priority, resources=resources, lease=lease, **kwargs)[0]
 
-    def map(self, fn: Callable, *iterables: Iterable[Any], key: str | Sequence[Hashable] | None = None,
-            pure: bool = True, retries: int | None = None, priority: int = 0,
-            resources: Mapping[str, float] | None = None, lease: float | None = None,
+    def map(self: Controller, fn: Callable[..., Any], *iterables: Iterable[Any],
+            key: str | Sequence[Hashable] | None = None, pure: bool = True, retries: int | None = None,
+            priority: int = 0, resources: Mapping[str, float] | None = None, lease: float | None = None,
             **kwargs: Any) -> list[RushFuture]:
         """``submit`` for each element of the iterables (zipped), in one graph; returns futures.
 
@@ -104,24 +108,26 @@ class FuturesClient:
         return self._submit_calls(fn, [(tuple(c[i] for c in columns), kwargs) for i in range(n)], keys,
                                   priority=priority, retries=retries or 0, resources=resources, **options)
 
-    def _submit_calls(self, fn: Callable, calls: Sequence[tuple[tuple, dict]], keys: Sequence[Hashable],
+    def _submit_calls(self: Controller, fn: Callable[..., Any], calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+                      keys: Sequence[Hashable],
                       **options: Any) -> list[RushFuture]:
         """One graph with one node ``fn(*args, **kwargs)`` per call; a key whose future
         lives (a pure call made before) is not run again."""
         from dask._task_spec import Task, parse_input
 
-        existing = {k: self._futures_by_key.get(k) for k in keys}
+        existing: dict[Hashable, Any] = {k: self._futures_by_key.get(k) for k in keys}  # a RushFuture or None
         todo = [i for i, k in enumerate(keys) if existing[k] is None or not existing[k]._finalizer.alive]
         new: dict[Hashable, RushFuture] = {}
         if todo:
             # parse_input finds futures nested in lists, dicts and tuples of the arguments.
+            # (ignore: parse_input returns object, which mypy matches against Task's _data_producer: bool)
             graph = {keys[i]: Task(keys[i], fn, *[parse_input(a) for a in calls[i][0]],
-                                   **{k: parse_input(v) for k, v in calls[i][1].items()})
+                                   **{k: parse_input(v) for k, v in calls[i][1].items()})  # type: ignore[arg-type]
                      for i in todo}
             new = self._submit_graph(graph, list(graph), **options)
         return [new[k] if k in new else existing[k] for k in keys]
 
-    def _read_futures(self, futures: Sequence[RushFuture], raise_errors: bool = True) -> dict[str, Any]:
+    def _read_futures(self: Controller, futures: Sequence[RushFuture], raise_errors: bool = True) -> dict[str, Any]:
         """Results of done futures by task key, in one round trip; raises the first failure
         (or, with ``raise_errors=False``, returns the exception as its value)."""
         unique = list({f.task_key: f for f in futures}.values())
@@ -145,25 +151,26 @@ class FuturesClient:
             self._reemit_warnings(warned)
         rows = [row for chunk in (chunks if direct else replies[:n_reads]) for row in chunk]
         results: dict[str, Any] = {}
-        for future, (state, *where) in zip(unique, rows):
+        for future, (raw_state, *where) in zip(unique, rows):
+            state = raw_state.decode() if raw_state is not None else None
             try:
                 if future._cancelled:
                     raise concurrent.futures.CancelledError(f"future {future.key!r} was cancelled")
-                if state == b"finished":
+                if state == TaskState.FINISHED:
                     results[future.task_key] = self.plane.read(future.task_key, where)
-                elif state == b"failed":
+                elif state == TaskState.FAILED:
                     raise_node_error(self, future.task_key, future.key)
                 elif state is None:
                     raise KeyError(f"the result of {future.key!r} was released")
                 else:
-                    raise RuntimeError(f"future {future.key!r} is {state.decode()}, not done")
+                    raise RuntimeError(f"future {future.key!r} is {state}, not done")
             except BaseException as exc:
                 if raise_errors:
                     raise
                 results[future.task_key] = exc
         return results
 
-    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
+    def gather(self: Controller, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
         """Wait for futures (a future, or lists, tuples, dicts of them) and return their results.
 
         ``errors="skip"`` leaves failed futures out (of lists) instead of raising.
@@ -184,12 +191,12 @@ class FuturesClient:
         results = self._read_futures(flat, raise_errors=errors == "raise")
         return _pack(futures, results, skip=errors == "skip")
 
-    def _reemit_warnings(self, graph_ids: list[str]) -> None:
+    def _reemit_warnings(self: Controller, graph_ids: list[str]) -> None:
         keys = {f.task_key: f.key for f in list(self._futures_by_key.values())}
         for graph_id in graph_ids:
             taskwarnings.reemit(self, graph_id, lambda task_key: keys.get(task_key, task_key))
 
-    def scatter(self, data: Any, hash: bool = True) -> Any:
+    def scatter(self: Controller, data: Any, hash: bool = True) -> Any:
         """Store values in Redis for later submits; returns futures shaped like ``data``.
 
         A list (or tuple) gives a list of futures, a dict a dict, anything else one future.
@@ -215,7 +222,7 @@ class FuturesClient:
             return [futures[name] for name in names]
         return futures[names[0]]
 
-    def compute(self, collections: Any, optimize_graph: bool = True, **kwargs: Any) -> Any:
+    def compute(self: Controller, collections: Any, optimize_graph: bool = True, **kwargs: Any) -> Any:
         """Start computing a Dask collection (or a list of them); returns a future of its value.
 
         DataFrame shuffles are task-based unless you chose a method (see :mod:`rush_dask.shuffle`).
@@ -241,7 +248,7 @@ class FuturesClient:
             futures.append(self._submit_graph(expr, [key], **options)[key])
         return futures[0] if single else futures
 
-    def get_executor(self, **submit_options: Any) -> concurrent.futures.Executor:
+    def get_executor(self: Controller, **submit_options: Any) -> concurrent.futures.Executor:
         """A ``concurrent.futures.Executor`` whose calls run on this network's workers.
 
         ``submit_options`` (``retries``, ``priority``, ``resources``, ``pure``)

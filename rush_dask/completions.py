@@ -28,8 +28,10 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .constants import TaskState
+
 if TYPE_CHECKING:
-    from .rush import Rush
+    from .protocols import Controller
 
 logger = logging.getLogger("rush_dask")
 
@@ -39,7 +41,7 @@ _BLOCK = 1.0  # seconds per blocking pop; the thread notices close() within this
 class Completions:
     """The done states of one client's futures, kept current by a listener thread."""
 
-    def __init__(self, rush: Rush):
+    def __init__(self, rush: Controller):
         self._rush = weakref.proxy(rush)
         self.client_id = uuid.uuid4().hex[:16]
         self.list_key = rush.keys.futures_done(self.client_id)
@@ -198,6 +200,7 @@ class Completions:
         pipe = self._rush.client.pipeline(transaction=False)
         for task_key in keys:
             pipe.hget(self._rush.keys.task(task_key), "state")
-        states = pipe.execute()
-        return [(k, state in (b"failed", None)) for k, state in zip(keys, states)
-                if state in (b"finished", b"failed", None)]
+        states = [raw.decode() if raw is not None else None for raw in pipe.execute()]
+        # A node already deleted was used up; its future learns why when it reads it.
+        return [(k, state in (TaskState.FAILED, None)) for k, state in zip(keys, states)
+                if state in (TaskState.FINISHED, TaskState.FAILED, None)]

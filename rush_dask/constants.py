@@ -9,19 +9,53 @@ networks side by side.
 from __future__ import annotations
 
 import re
+import sys
+from enum import Enum
 
-# Task states.
-QUEUED = "queued"
-RUNNING = "running"
-FINISHED = "finished"
-FAILED = "failed"
-TASK_STATES = (QUEUED, RUNNING, FINISHED, FAILED)
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # requires-python >= 3.10: the same behaviour, for the states below
 
-# Worker states.
-TERMINATED = "terminated"
-KILLED = "killed"
-LOST = "lost"
-WORKER_STATES = (RUNNING, TERMINATED, KILLED, LOST)
+    class StrEnum(str, Enum):
+        """``enum.StrEnum`` of Python 3.11: members are strings, shown and formatted as their value."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
+        def __format__(self, format_spec: str) -> str:
+            return format(str(self.value), format_spec)
+
+
+class TaskState(StrEnum):
+    """The state of a task (the Lua scripts write the same strings to Redis).
+
+    A member equals its string, so ``rush.data["state"] == "finished"`` and
+    ``state == TaskState.FINISHED`` both hold; Redis replies are bytes:
+    decode them before comparing.
+
+    >>> TaskState.FINISHED == "finished", f"{TaskState.FAILED}"
+    (True, 'failed')
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    WAITING = "waiting"  # graph nodes only: some inputs are not done yet
+
+
+class WorkerState(StrEnum):
+    """The state of a worker: ``running``, ``terminated`` (stopped), ``killed`` (by the user),
+    ``lost`` (crashed or unreachable).
+
+    >>> sorted(WorkerState) == sorted(["running", "terminated", "killed", "lost"])
+    True
+    """
+
+    RUNNING = "running"
+    TERMINATED = "terminated"
+    KILLED = "killed"
+    LOST = "lost"
 
 DEFAULT_HEARTBEAT_PERIOD = 5.0
 DEFAULT_HEARTBEAT_EXPIRE = 30.0

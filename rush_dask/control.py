@@ -79,7 +79,7 @@ def stop_workers(view: NetworkView, type: str = "terminate", worker_ids: Iterabl
         return []
     keys = view.keys
     if type == "kill":
-        view.scripts.mark_workers(ids, state=C.KILLED, reason="worker killed by the user")
+        view.scripts.mark_workers(ids, state=C.WorkerState.KILLED, reason="worker killed by the user")
         signal_local(view, ids, signal.SIGKILL, processes or {})
     else:
         pipe = view.client.pipeline(transaction=True)

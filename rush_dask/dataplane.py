@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .constants import INLINE_LIMIT, Keys
+from .constants import INLINE_LIMIT, Keys, WorkerState
 from .errors import ResultLostError
 from .serialize import dumps, loads, place
 from .store import LocalStore, dumps_frames, frames_size, loads_frames, map_file
@@ -197,7 +197,7 @@ class DataPlane:
         now = time.monotonic()
         if now - self._local_workers_checked > 5.0:
             states = self.client.hgetall(self.keys.worker_states)
-            running = [w for w, state in states.items() if state == b"running"]
+            running = [w for w, state in states.items() if state.decode() == WorkerState.RUNNING]
             pipe = self.client.pipeline(transaction=False)
             for wid in running:
                 pipe.hget(self.keys.worker(wid.decode()), "host")

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from .futures import RushFuture, _deadline
 
 if TYPE_CHECKING:
-    from .rush import Rush
+    from .protocols import Controller
 
 _READ_BATCH = 10_000  # results read per round trip, at most
 
 
-def _run_chunk(fn: Callable, chunk: list[tuple]) -> list:
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
     return [fn(*args) for args in chunk]
 
 
@@ -39,7 +39,7 @@ class RushExecutor(concurrent.futures.Executor):
     1024
     """
 
-    def __init__(self, rush: Rush, **options: Any):
+    def __init__(self, rush: Controller, **options: Any):
         unknown = set(options) - {"retries", "priority", "resources", "pure"}
         if unknown:
             raise TypeError(f"unknown option(s) {sorted(unknown)} for get_executor()")
@@ -48,10 +48,10 @@ class RushExecutor(concurrent.futures.Executor):
                          "resources": options.get("resources")}
         self._lock = threading.Lock()
         self._outstanding: set[RushFuture] = set()
-        self._submitted: set[concurrent.futures.Future] = set()  # of submit(), not resolved yet
+        self._submitted: set[concurrent.futures.Future[Any]] = set()  # of submit(), not resolved yet
         self._shutdown = False
 
-    def _calls(self, fn: Callable, calls: list[tuple[tuple, dict]]) -> list[RushFuture]:
+    def _calls(self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[RushFuture]:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new calls after shutdown")
@@ -68,7 +68,7 @@ class RushExecutor(concurrent.futures.Executor):
         with self._lock:
             self._outstanding.discard(future)
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` on a worker; returns a ``concurrent.futures.Future``.
 
         >>> pool.submit(sum, [1, 2, 3]).result()      # doctest: +SKIP
@@ -77,7 +77,7 @@ class RushExecutor(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"expected a function, got {fn!r}")
         (rush_future,) = self._calls(fn, [(args, kwargs)])
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
 
         def transfer(done: RushFuture) -> None:
@@ -96,7 +96,7 @@ class RushExecutor(concurrent.futures.Executor):
         rush_future.add_done_callback(transfer)
         return future
 
-    def map(self, fn: Callable, *iterables: Iterable[Any], timeout: float | None = None,
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
         """``fn`` over the zipped iterables on the workers; yields results in order.
 

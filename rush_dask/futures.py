@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from dask._task_spec import TaskRef
 
 if TYPE_CHECKING:
-    from .rush import Rush
+    from .protocols import Controller
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
@@ -59,7 +59,7 @@ class RushFuture(TaskRef):
     1024
     """
 
-    def __init__(self, key: Any, task_key: str, rush: Rush):
+    def __init__(self, key: Any, task_key: str, rush: Controller):
         super().__init__(key)
         self.task_key = task_key
         self._rush = rush
@@ -206,8 +206,8 @@ def adopt_future(network_id: str, key: Any, task_key: str) -> RushFuture | TaskR
 
 
 class DoneAndNotDoneFutures(NamedTuple):
-    done: set
-    not_done: set
+    done: set[RushFuture]
+    not_done: set[RushFuture]
 
 
 def _flat(futures: Any) -> list[RushFuture]:
@@ -243,7 +243,7 @@ def wait(futures: Any, timeout: float | None = None, return_when: str = ALL_COMP
     for future in flat:
         by_rush[id(future._rush)].append(future)
 
-    def done_now() -> set:
+    def done_now() -> set[RushFuture]:
         return {f for f in flat if f._cancelled or f._rush._completions.is_done(f.task_key)}
 
     while True:
@@ -280,9 +280,9 @@ class as_completed:
         self.timeout = timeout
         self.with_results = with_results
         self.raise_errors = raise_errors
-        self._ready: queue.SimpleQueue = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[RushFuture] = queue.SimpleQueue()
         self._left = 0
-        self._pending_batch: collections.deque = collections.deque()
+        self._pending_batch: collections.deque[Any] = collections.deque()
         self.update(futures)
 
     def add(self, future: RushFuture) -> None:
@@ -359,10 +359,19 @@ class as_completed:
 def fire_and_forget(futures: Any) -> None:
     """Let futures run to the end even when nothing holds them any more.
 
-    A rush node is never stopped because its future was released (only
-    :meth:`RushFuture.cancel` stops it), so this only checks its argument;
-    it exists so that distributed scripts run unchanged.
+    A node whose last future is released (or whose client died) is
+    cancelled if it has not run yet; these run to the end, and their
+    result is then deleted.
 
     >>> fire_and_forget(rush.submit(send_report))    # doctest: +SKIP
     """
-    _flat(futures)
+    flat = _flat(futures)
+    by_client: dict[int, list[RushFuture]] = {}
+    for future in flat:
+        by_client.setdefault(id(future._rush), []).append(future)
+    for group in by_client.values():
+        rush = group[0]._rush
+        pipe = rush.client.pipeline(transaction=False)
+        for future in group:
+            pipe.hset(rush.keys.task(future.task_key), "keep", "1")
+        pipe.execute()

@@ -48,13 +48,14 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dask._task_spec import DataNode, GraphNode, convert_legacy_graph
 from dask.core import flatten
 from dask.order import order
 
 from . import constants as C
+from .constants import TaskState
 from .dataplane import OFFLOAD_MIN, RESULT_FIELDS
 from .errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, TaskFailedError
 from .fusion import MAX_GROUP, TASKS_PER_WORKER, bundle_limit, bundle_outputs, fuse_subtrees, group_limit
@@ -64,19 +65,21 @@ from .taskconfig import with_config
 from .waiting import Patience
 
 if TYPE_CHECKING:
+    from dask.typing import Key
+
     from .futures import RushFuture
-    from .rush import Rush
+    from .protocols import Controller
 
 logger = logging.getLogger("rush_dask")
 
 _BATCH = 250  # nodes per push call: workers start on the first batch while the rest is built
 
 
-def to_task_graph(dsk: Any) -> tuple[dict[Hashable, GraphNode], dict[Hashable, Any], dict[str, dict]]:
+def to_task_graph(dsk: Any) -> tuple[dict[Hashable, GraphNode], dict[Hashable, Any], dict[str, dict[Any, Any]]]:
     """(graph nodes, futures standing for keys, annotations) of an expression or a dict graph."""
     from .futures import RushFuture
 
-    annotations: dict[str, dict] = {}
+    annotations: dict[str, dict[Any, Any]] = {}
     if hasattr(dsk, "__dask_graph__"):
         get_annotations = getattr(dsk, "__dask_annotations__", None)
         annotations = dict(get_annotations() or {}) if get_annotations else {}
@@ -95,7 +98,7 @@ def _resource_spec(resources: Mapping[str, float] | None) -> str:
     return ",".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
 
 
-def raise_node_error(rush: Rush, task_key: str, dask_key: Any) -> None:
+def raise_node_error(rush: Controller, task_key: str, dask_key: Any) -> None:
     """Re-raise the exception a node failed with, its remote traceback attached."""
     error, tb, blob = rush.client.hmget(rush.keys.task(task_key), "error", "traceback", "exception")
     text = error.decode() if error else "unknown error"
@@ -118,7 +121,7 @@ def raise_node_error(rush: Rush, task_key: str, dask_key: Any) -> None:
 class GraphRun:
     """One graph pushed to Redis: submit it, follow it, cancel it."""
 
-    def __init__(self, rush: Rush, dsk: Any, outputs: list, *, notify: bool,
+    def __init__(self, rush: Controller, dsk: Any, outputs: list[Hashable], *, notify: bool,
                  priority: int = 0, retries: int = 0, resources: Mapping[str, float] | None = None,
                  max_lost: int = C.DEFAULT_MAX_LOST, fuse: bool | int = True,
                  lease: float = C.DEFAULT_GRAPH_LEASE, config: Mapping[str, Any] | None = None,
@@ -154,7 +157,8 @@ class GraphRun:
         self.task_keys = {key: f"{self.graph_id}.{i}" for i, key in enumerate(self.graph)}
         self.born_finished: set[str] = set()  # large DataNodes the client holds (see submit)
 
-    def _fuse(self, fuse: bool | int, bundle: bool) -> tuple[dict, dict, dict]:
+    def _fuse(self, fuse: bool | int, bundle: bool) -> tuple[dict[Hashable, GraphNode], dict[Hashable, list[Hashable]],
+                                                               dict[Hashable, list[Hashable]]]:
         """(Redis-task graph, Dask keys of each fused task, outputs of each bundle)."""
         if isinstance(fuse, bool) or fuse is None:
             cap = None if fuse else 1
@@ -248,7 +252,9 @@ class GraphRun:
                 if dep in graph:
                     dependents[dep].append(task_keys[key])
         if any(dependents.values()):
-            ranks = {key: getattr(rank, "priority", rank) for key, rank in order(graph).items()}
+            # dask.order types its keys as dask.typing.Key; ours are the same keys, typed Hashable
+            ranks: dict[Hashable, Any] = {key: getattr(rank, "priority", rank)
+                                          for key, rank in order(cast("Mapping[Key, GraphNode]", graph)).items()}
         else:  # no edges: any order is dask.order's order, and computing it is costly
             ranks = {key: i for i, key in enumerate(graph)}
         outputs = {*self.outputs, *self.bundles}  # the client holds one reference on each
@@ -295,13 +301,13 @@ class GraphRun:
         if batch:
             push(batch)
         # Outputs that are futures of earlier graphs: the client holds one more reference.
-        held = [self.external[k].task_key for k in self._external_outputs()]
-        if held:
+        held_keys = [self.external[k].task_key for k in self._external_outputs()]
+        if held_keys:
             pipe = self.rush.client.pipeline(transaction=False)
-            for task_key in held:
+            for task_key in held_keys:
                 pipe.hincrby(self.rush.keys.task(task_key), "refs", 1)
             if graph:  # for the workers, should they have to cancel this compute
-                pipe.hset(self.rush.keys.graph(self.graph_id), "held", " ".join(held))
+                pipe.hset(self.rush.keys.graph(self.graph_id), "held", " ".join(held_keys))
             pipe.execute()
 
     def _check_external_inputs(self) -> None:
@@ -314,7 +320,7 @@ class GraphRun:
         for (key, future), state in zip(futures, pipe.execute()):
             if state is None:
                 raise KeyError(f"the result of {key!r} was released; persist or submit it again")
-            if state == b"failed":
+            if state.decode() == TaskState.FAILED:
                 raise_node_error(self.rush, future.task_key, key)
 
     def wait(self, *, on_done: Callable[[Hashable], None] = lambda key: None,
@@ -406,9 +412,9 @@ class GraphRun:
         pipe = self.rush.client.pipeline(transaction=False)
         for task_key in keys:
             pipe.hget(self.rush.keys.task(task_key), "state")
-        states = pipe.execute()
-        failed = ["!" + k for k, state in zip(keys, states) if state == b"failed"]
-        return failed + [k for k, state in zip(keys, states) if state in (b"finished", None)]
+        states = [raw.decode() if raw is not None else None for raw in pipe.execute()]
+        failed = ["!" + k for k, state in zip(keys, states) if state == TaskState.FAILED]
+        return failed + [k for k, state in zip(keys, states) if state in (TaskState.FINISHED, None)]
 
     def _read(self, task_keys: list[str]) -> list[Any]:
         """Values of finished nodes: from Redis, or from the host that holds them (see dataplane)."""
@@ -448,5 +454,5 @@ def pack_results(keys: Any, results: Mapping[Hashable, Any]) -> Any:
     return results[keys]
 
 
-def flat_keys(keys: Any) -> list:
+def flat_keys(keys: Any) -> list[Any]:
     return list(flatten(keys)) if isinstance(keys, list) else [keys]

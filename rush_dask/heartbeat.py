@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import redis
 
+from .constants import WorkerState
+
 logger = logging.getLogger("rush_dask.worker")
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -60,10 +62,10 @@ class Heartbeat(threading.Thread):
                           f"({exc}); exiting", file=sys.stderr, flush=True)
                     os._exit(EXIT_REDIS_GONE)
                 continue
-            if state in ("killed", "lost", "unknown"):
+            if state in (WorkerState.KILLED, WorkerState.LOST, "unknown"):
                 print(f"rush worker: state is {state!r} in Redis; exiting now", file=sys.stderr, flush=True)
-                os._exit(EXIT_KILLED if state == "killed" else EXIT_LOST)
-            if state != "running":  # terminated: the main loop is on its way out
+                os._exit(EXIT_KILLED if state == WorkerState.KILLED else EXIT_LOST)
+            if state != WorkerState.RUNNING:  # terminated: the main loop is on its way out
                 return
             if terminate:
                 self.on_terminate()

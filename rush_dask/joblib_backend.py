@@ -29,7 +29,7 @@ from typing import Any
 
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 
-from .constants import INLINE_LIMIT
+from .constants import INLINE_LIMIT, TaskState
 from .serialize import content_id, dumps, loads, sign
 from .shared import SharedInput
 
@@ -253,9 +253,9 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
         pipe = self.rush.client.pipeline(transaction=False)
         for key in keys:
             pipe.hget(self.rush.keys.task(key), "state")
-        states = pipe.execute()
-        self._settle([k for k, s in zip(keys, states) if s == b"finished"],
-                     [k for k, s in zip(keys, states) if s == b"failed"])
+        states = [s.decode() if s is not None else None for s in pipe.execute()]
+        self._settle([k for k, s in zip(keys, states) if s == TaskState.FINISHED],
+                     [k for k, s in zip(keys, states) if s == TaskState.FAILED])
 
     def _settle(self, ok: list[str], bad: list[str]) -> None:
         rush = self.rush

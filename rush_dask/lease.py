@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from . import constants as C
 
 if TYPE_CHECKING:
-    from .rush import Rush
+    from .protocols import Controller
 
 logger = logging.getLogger("rush_dask")
 
@@ -41,7 +41,7 @@ RENEW_EVERY_MAX = 5.0  # seconds: a dead client's holdings go within its lease a
 class ClientLease:
     """One controller's lease on what it holds; renewed by a thread once it holds something."""
 
-    def __init__(self, rush: Rush, client_id: str):
+    def __init__(self, rush: Controller, client_id: str):
         self._rush: Any = weakref.proxy(rush)
         self.client_id = client_id
         self.seconds = C.DEFAULT_GRAPH_LEASE

@@ -14,19 +14,22 @@ import os
 import pickle
 import socket
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from msgpack import unpackb
 
 from . import constants as C
 from .errors import PayloadSignatureError
-from .frames import META_COLUMNS, GrowingFrame, frame_of, gc_paused, task_columns
+from .frames import META_COLUMNS, GrowingFrame, Raw, frame_of, gc_paused, task_columns
 from .serialize import loads, place
 from .shared import check_shared, resolve
 from .waiting import Patience
 
 if TYPE_CHECKING:  # pandas is imported lazily: workers that never fetch don't pay for it
+    import dask.dataframe as dd
     import pandas as pd
+
+    from .scripts import Scripts
 
 HOSTNAME = socket.gethostname()
 logger = logging.getLogger("rush_dask")
@@ -40,12 +43,17 @@ _BATCH = 2_000  # tasks read per script call (a few ms of Redis time each)
 _ARCHIVE_BATCH = 10_000  # archive rows per LRANGE
 
 
-def unpack_row(raw: bytes) -> list:
+def unpack_row(raw: bytes) -> list[Any]:
     """An archive row: [key, xs, ys, extra, worker_id, queued_at, started_at, finished_at, attempts]."""
-    return unpackb(raw, raw=True)
+    row: list[Any] = unpackb(raw, raw=True)
+    return row
 
 
 
+@overload
+def _text(value: bytes | str) -> str: ...
+@overload
+def _text(value: None) -> None: ...
 def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -71,7 +79,8 @@ class NetworkView:
 
     client: Any
     keys: C.Keys
-    scripts: Any
+    scripts: Scripts
+    url: str  # the Redis URL (set by the classes that connect; see to_dask_dataframe)
     secret: bytes | None = None  # payloads are signed and verified with it (see serialize)
 
     def _init_view(self) -> None:
@@ -109,28 +118,47 @@ class NetworkView:
     @property
     def running_worker_ids(self) -> list[str]:
         """Ids of the workers in state ``running``."""
-        return self._ids_in_state(C.RUNNING)
+        return self._ids_in_state(C.WorkerState.RUNNING)
 
     @property
     def terminated_worker_ids(self) -> list[str]:
         """Ids of the workers that stopped gracefully."""
-        return self._ids_in_state(C.TERMINATED)
+        return self._ids_in_state(C.WorkerState.TERMINATED)
 
     @property
     def killed_worker_ids(self) -> list[str]:
         """Ids of the workers killed by ``stop_workers(type="kill")``."""
-        return self._ids_in_state(C.KILLED)
+        return self._ids_in_state(C.WorkerState.KILLED)
 
     @property
     def lost_worker_ids(self) -> list[str]:
         """Ids of the workers that crashed or became unreachable."""
-        return self._ids_in_state(C.LOST)
+        return self._ids_in_state(C.WorkerState.LOST)
 
-    n_workers = property(lambda self: len(self.worker_ids), doc="Number of workers ever registered.")
-    n_running_workers = property(lambda self: len(self.running_worker_ids), doc="Running workers.")
-    n_terminated_workers = property(lambda self: len(self.terminated_worker_ids), doc="Terminated workers.")
-    n_killed_workers = property(lambda self: len(self.killed_worker_ids), doc="Killed workers.")
-    n_lost_workers = property(lambda self: len(self.lost_worker_ids), doc="Lost workers.")
+    @property
+    def n_workers(self) -> int:
+        """Number of workers ever registered."""
+        return len(self.worker_ids)
+
+    @property
+    def n_running_workers(self) -> int:
+        """Running workers."""
+        return len(self.running_worker_ids)
+
+    @property
+    def n_terminated_workers(self) -> int:
+        """Terminated workers."""
+        return len(self.terminated_worker_ids)
+
+    @property
+    def n_killed_workers(self) -> int:
+        """Killed workers."""
+        return len(self.killed_worker_ids)
+
+    @property
+    def n_lost_workers(self) -> int:
+        """Lost workers."""
+        return len(self.lost_worker_ids)
 
     def _worker_records(self, worker_ids: Sequence[str]) -> list[dict[str, Any]]:
         pipe = self.client.pipeline(transaction=False)
@@ -220,7 +248,7 @@ class NetworkView:
 
     def _sweep_lost_workers(self, dead: Sequence[str] = ()) -> list[str]:
         reason = "worker lost (heartbeat expired or process gone); the task was lost too often"
-        return self.scripts.mark_workers(dead, state=C.LOST, reason=reason, scan_heartbeats=True)
+        return self.scripts.mark_workers(dead, state=C.WorkerState.LOST, reason=reason, scan_heartbeats=True)
 
     # -------------------------------------------------------------------- tasks
     @property
@@ -250,22 +278,22 @@ class NetworkView:
     @property
     def n_running_tasks(self) -> int:
         """Tasks that a worker is running now."""
-        return self.client.scard(self.keys.running)
+        return int(self.client.scard(self.keys.running))
 
     @property
     def n_finished_tasks(self) -> int:
         """Tasks that finished."""
-        return self.client.llen(self.keys.finished)
+        return int(self.client.llen(self.keys.finished))
 
     @property
     def n_failed_tasks(self) -> int:
         """Tasks that failed for good."""
-        return self.client.llen(self.keys.failed)
+        return int(self.client.llen(self.keys.failed))
 
     @property
     def n_tasks(self) -> int:
         """Every task ever pushed to the network."""
-        return self.client.llen(self.keys.all_tasks)
+        return int(self.client.llen(self.keys.all_tasks))
 
     def _counts(self) -> dict[str, int]:
         states = self._worker_states()
@@ -278,7 +306,7 @@ class NetworkView:
         pipe.llen(self.keys.failed)
         replies = pipe.execute()
         return {
-            "running_workers": sum(1 for s in states.values() if s == C.RUNNING),
+            "running_workers": sum(1 for s in states.values() if s == C.WorkerState.RUNNING),
             "queued": replies[0],
             "priority": sum(replies[1:-3]),
             "running": replies[-3],
@@ -305,7 +333,7 @@ class NetworkView:
                   for i, k in zip(index, keys)]
             return self._frame(keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error)
 
-    def _archive_rows_at(self, indexes: Sequence[int]) -> dict[int, list]:
+    def _archive_rows_at(self, indexes: Sequence[int]) -> dict[int, list[Any]]:
         """Archive rows by position: a few with LINDEX, many with ranged LRANGE reads."""
         if not indexes:
             return {}
@@ -318,9 +346,9 @@ class NetworkView:
         rows = dict(zip(range(lo, hi), self._archive_range(lo, hi)))
         return {i: rows[i] for i in indexes}
 
-    def _archive_range(self, start: int, stop: int | None = None) -> list[list]:
+    def _archive_range(self, start: int, stop: int | None = None) -> list[list[Any]]:
         """Unpacked archive rows ``start`` to ``stop - 1`` (to the end with ``stop=None``)."""
-        rows: list[list] = []
+        rows: list[list[Any]] = []
         lo = start
         while stop is None or lo < stop:
             want = _ARCHIVE_BATCH if stop is None else min(_ARCHIVE_BATCH, stop - lo)
@@ -336,7 +364,7 @@ class NetworkView:
         return frame_of(self._archive_columns(start, stop))
 
     def _archive_columns(self, start: int, stop: int | None = None,
-                         rows: list[list] | None = None) -> dict[str, Any]:
+                         rows: list[list[Any]] | None = None) -> dict[str, Any]:
         """:meth:`_archive_frame` as columns (see :func:`rush_dask.frames.task_columns`);
         ``rows``: archive rows already read from ``start`` on."""
         with gc_paused():
@@ -351,7 +379,9 @@ class NetworkView:
         """A DataFrame of tasks from their raw fields (see :meth:`_columns`)."""
         return frame_of(self._columns(*fields))
 
-    def _columns(self, keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error) -> dict[str, Any]:
+    def _columns(self, keys: Raw, xs: Sequence[bytes | None], ys: Sequence[dict[str, Any] | None],
+                 extra: Sequence[bytes | None], state: Raw, wid: Raw, qat: Raw, sat: Raw, fat: Raw,
+                 attempts: Raw, error: Raw) -> dict[str, Any]:
         """Columns of tasks from their raw fields: payloads checked and unpickled, pids looked up."""
         inputs = self._verified_all(xs, keys, "xs")
         if self._has_shared_inputs(xs):
@@ -359,7 +389,7 @@ class NetworkView:
         return task_columns(keys, inputs, [y or {} for y in ys], self._verified_all(extra, keys, "extra"),
                             state, wid, self._pids_of(wid), qat, sat, fat, attempts, error)
 
-    def _verified_all(self, blobs: Sequence[bytes | None], keys: Sequence[Any], field: str) -> list[dict]:
+    def _verified_all(self, blobs: Sequence[bytes | None], keys: Sequence[Any], field: str) -> list[dict[str, Any]]:
         """:meth:`_verified` for many payloads; plain pickles without a secret in one quick pass."""
         if self.secret is None:
             try:  # the common case: nothing is signed, nothing to check
@@ -373,7 +403,7 @@ class NetworkView:
         """Whether any pickled inputs may hold a SharedInput (its class name is in the pickle)."""
         return any(b and b"SharedInput" in b for b in blobs)
 
-    def _verified(self, blob: bytes | None, key: Any, field: str) -> dict:
+    def _verified(self, blob: bytes | None, key: Any, field: str) -> dict[str, Any]:
         """A stored dict (``field``: xs, ys or extra of task ``key``), or {} if its signature is refused.
 
         A table must stay readable when someone forged one task: the refused
@@ -382,7 +412,8 @@ class NetworkView:
         if not blob:
             return {}
         try:
-            return loads(blob, self.secret, self._where(key, field))
+            value: dict[str, Any] = loads(blob, self.secret, self._where(key, field))
+            return value
         except PayloadSignatureError as exc:
             if isinstance(key, bytes):
                 key = key.decode()
@@ -470,7 +501,7 @@ class NetworkView:
         return frame_of(columns)
 
     def to_dask_dataframe(self, states: Sequence[str] | str = ("finished",),
-                          partition_size: int = 10_000):
+                          partition_size: int = 10_000) -> dd.DataFrame:
         """The tasks in ``states`` as a lazy Dask DataFrame that reads Redis partition by partition.
 
         ``states`` may contain ``"finished"``, ``"failed"`` or ``"all"``

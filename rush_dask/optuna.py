@@ -44,6 +44,7 @@ from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.storages.journal import JournalRedisBackend, JournalStorage
 from optuna.trial import TrialState
 
+from .constants import WorkerState
 from .journal import RedisListJournal
 from .serialize import dumps, dumps_function, loads
 
@@ -186,7 +187,7 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
             rush.detect_lost_workers()
             watcher.sweep()
             states = rush._worker_states()
-            lost = [w for w in ours if states.get(w) in ("lost", "killed")]
+            lost = [w for w in ours if states.get(w) in (WorkerState.LOST, WorkerState.KILLED)]
             for wid in lost:
                 ours.discard(wid)
                 if replacements > 0:
@@ -194,7 +195,7 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
                     logger.warning("worker %s lost; starting a replacement", wid)
                     ours.update(rush.start_workers(worker_loop=trial_loop, n_workers=1, **worker_options,
                                                    **constants))
-            if not any(states.get(w, "running") == "running" for w in ours):
+            if not any(states.get(w, WorkerState.RUNNING) == WorkerState.RUNNING for w in ours):
                 watcher.sweep()
                 if run.done() or run.past_deadline():
                     break
@@ -422,13 +423,13 @@ def _rush_or_default(rush: Any) -> Any:
 
 def _stop(rush: Any, worker_ids: set[str], grace: float = 30.0) -> None:
     """Ask the run's workers to stop (a running trial finishes) and wait until they did."""
-    running = [w for w, s in rush._worker_states().items() if w in worker_ids and s == "running"]
+    running = [w for w, s in rush._worker_states().items() if w in worker_ids and s == WorkerState.RUNNING]
     if running:
         rush.stop_workers("terminate", running)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         states = rush._worker_states()
-        if not any(states.get(w) == "running" for w in worker_ids):
+        if not any(states.get(w) == WorkerState.RUNNING for w in worker_ids):
             return
         rush.detect_lost_workers()
         time.sleep(0.05)

@@ -11,7 +11,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -33,12 +33,15 @@ from .tasks import check_xss, new_keys
 from .waiting import Patience
 from .worker import check_heartbeat
 
+if TYPE_CHECKING:
+    from .dashboard.app import DashboardThread
+
 logger = logging.getLogger("rush_dask")
 
 _PUSH_BATCH = 1_000  # tasks per script call; calls are pipelined
 _PUSH_BYTES = 16 * 2**20  # about this much payload per script call, at most
 _live_controllers: weakref.WeakSet[Rush] = weakref.WeakSet()
-_all_controllers: weakref.WeakSet = weakref.WeakSet()  # closed ones too
+_all_controllers: weakref.WeakSet[Rush] = weakref.WeakSet()  # closed ones too
 
 
 def live_controller(network_id: str) -> Rush | None:
@@ -102,7 +105,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         self._init_view()
         self._init_scheduler()
         self.local_workers = LocalWorkers(self.network_id, self.url, secret=self.secret)
-        self._dashboards: list = []  # dashboard.DashboardThread: served by dashboard()
+        self._dashboards: list[DashboardThread] = []  # served by dashboard()
         _live_controllers.add(self)
         _all_controllers.add(self)
 
@@ -181,10 +184,10 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
     # ------------------------------------------------------------------ workers
     def start_workers(
         self,
-        fun: Callable | None = None,
+        fun: Callable[..., Any] | None = None,
         n_workers: int | None = None,
         *,
-        worker_loop: Callable | None = None,
+        worker_loop: Callable[..., Any] | None = None,
         heartbeat_period: float = C.DEFAULT_HEARTBEAT_PERIOD,
         heartbeat_expire: float | None = None,
         resources: dict[str, float] | None = None,
@@ -237,7 +240,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         logger.info("started %d workers (logs in %s)", n, self.local_workers.log_dir(log_dir))
         return ids
 
-    def worker_script(self, fun: Callable | None = None, *, worker_loop: Callable | None = None,
+    def worker_script(self, fun: Callable[..., Any] | None = None, *, worker_loop: Callable[..., Any] | None = None,
                       heartbeat_period: float = C.DEFAULT_HEARTBEAT_PERIOD,
                       heartbeat_expire: float | None = None, resources: dict[str, float] | None = None,
                       redis_retry_timeout: float = C.DEFAULT_REDIS_RETRY_TIMEOUT,
@@ -265,8 +268,10 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
         return n
 
-    def _store_start_config(self, fun, worker_loop, heartbeat_period, heartbeat_expire, resources,
-                            redis_retry_timeout, log_level, constants) -> str:
+    def _store_start_config(self, fun: Callable[..., Any] | None, worker_loop: Callable[..., Any] | None,
+                            heartbeat_period: float, heartbeat_expire: float | None,
+                            resources: dict[str, float] | None, redis_retry_timeout: float, log_level: int,
+                            constants: dict[str, Any]) -> str:
         # Everything is checked and serialized before the first write.
         period, expire = check_heartbeat(heartbeat_period, heartbeat_expire)
         if worker_loop is not None and not callable(worker_loop):
@@ -319,19 +324,19 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         while True:
             self._check_started_processes()
             states = self._worker_states()
-            running = [w for w, s in states.items() if s == C.RUNNING]
+            running = [w for w, s in states.items() if s == C.WorkerState.RUNNING]
             if worker_ids is not None:
-                done = all(states.get(w) == C.RUNNING for w in worker_ids)
-                gone = [w for w in worker_ids if states.get(w) not in (None, C.RUNNING)]
+                done = all(states.get(w) == C.WorkerState.RUNNING for w in worker_ids)
+                gone = [w for w in worker_ids if states.get(w) not in (None, C.WorkerState.RUNNING)]
                 if gone:
                     raise WorkerStartError(f"workers {gone} stopped ({[states[w] for w in gone]})")
             else:
-                done = len(running) >= n
+                done = n is not None and len(running) >= n  # n is set when worker_ids is None
             if done:
                 return
             # check() calls the message at once, if at all: this round's value is the one meant.
             patience.check(lambda: f"{len(running)} of "  # noqa: B023
-                           f"{n if n is not None else len(worker_ids)} workers running")
+                           f"{n if n is not None else len(worker_ids or ())} workers running")
             patience.sleep()
 
     def stop_workers(self, type: str = "terminate", worker_ids: Iterable[str] | None = None) -> list[str]:
@@ -367,7 +372,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
 
     # -------------------------------------------------------------------- tasks
     def push_tasks(self, xss: Sequence[dict[str, Any]], extra: Sequence[dict[str, Any]] | None = None, *,
-                   fun: Callable | None = None, max_retries: int = 0, timeout: float | None = None,
+                   fun: Callable[..., Any] | None = None, max_retries: int = 0, timeout: float | None = None,
                    seed: int | None = None, priority: int = 0, max_lost: int = C.DEFAULT_MAX_LOST) -> list[str]:
         """Queue one task per dict of inputs; returns their keys.
 
@@ -401,8 +406,9 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         self._check_worker_ids(set(targets))
         return self._push(xss, extra, targets, **options)
 
-    def _push(self, xss, extra, targets, *, fun=None, max_retries=0, timeout=None, seed=None,
-              priority=0, max_lost=C.DEFAULT_MAX_LOST) -> list[str]:
+    def _push(self, xss: Sequence[dict[str, Any]], extra: Sequence[dict[str, Any]] | None, targets: Sequence[str],
+              *, fun: Callable[..., Any] | None = None, max_retries: int = 0, timeout: float | None = None,
+              seed: int | None = None, priority: int = 0, max_lost: int = C.DEFAULT_MAX_LOST) -> list[str]:
         """Validate options, serialize, then write (``xss`` was checked by the caller)."""
         _check_int("max_retries", max_retries, minimum=0)
         _check_int("max_lost", max_lost, minimum=0)

@@ -30,7 +30,10 @@ from .shuffle import check_disk_shuffle, check_p2p, task_shuffle
 from .taskconfig import config_snapshot
 
 if TYPE_CHECKING:
+    from .completions import Completions
+    from .futures import RushFuture
     from .processes import LocalWorkers
+    from .protocols import Controller
 
 logger = logging.getLogger("rush_dask")
 
@@ -65,18 +68,25 @@ class DaskScheduler:
     url: str
     secret: bytes | None
     local_workers: LocalWorkers  # started by _ensure_workers when the network has none
+    # Set by _init_scheduler:
+    plane: DataPlane
+    _completions: Completions
+    _futures_by_key: weakref.WeakValueDictionary[Hashable, RushFuture]  # the live futures of this client
+    client_lease: ClientLease  # what this client holds, under one lease
+    # What it needs of the rest of the controller (NetworkView, Rush, the futures client) is
+    # declared in rush_dask.protocols.Controller: the methods below that use it take self: Controller.
 
-    def _init_scheduler(self) -> None:
+    def _init_scheduler(self: Controller) -> None:
         from .completions import Completions
 
-        self._futures_by_key: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._futures_by_key = weakref.WeakValueDictionary()
         # Reads graph results where they are: in Redis, or on the host that made them.
         self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url)
         self._completions = Completions(self)
         # What this client holds (persisted results, futures) goes if it stops renewing this.
         self.client_lease = ClientLease(self, self._completions.client_id)
 
-    def _ensure_workers(self) -> None:
+    def _ensure_workers(self: Controller) -> None:
         """Start local workers if the network has none running (unless ``plan(n_workers=0)``)."""
         if current_plan().n_workers == 0:
             return
@@ -85,15 +95,16 @@ class DaskScheduler:
             logger.info("no running worker in network %r: started %d local workers",
                         self.network_id, len(ids))
 
-    def _graph_options(self, kwargs: dict) -> dict:
-        options = {k: kwargs.pop(k) for k in ("priority", "retries", "resources", "max_lost", "fuse", "lease")
-                   if k in kwargs}
+    def _graph_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        options: dict[str, Any] = {k: kwargs.pop(k) for k in ("priority", "retries", "resources", "max_lost",
+                                                              "fuse", "lease") if k in kwargs}
         unknown = set(kwargs) - _LOCAL_ONLY - {"callbacks"}
         if unknown:  # Dask forwards every compute() keyword to the scheduler, as for local ones
             logger.debug("rush scheduler: ignoring compute keyword(s) %s", sorted(unknown))
         return options
 
-    def _submit_graph(self, dsk: Any, outputs: list, **options: Any) -> dict[Hashable, Any]:
+    def _submit_graph(self: Controller, dsk: Any, outputs: list[Hashable],
+                      **options: Any) -> dict[Hashable, RushFuture]:
         """Submit a graph whose outputs become futures of this client; returns them by key."""
         run = GraphRun(self, dsk, outputs, notify=False, config=config_snapshot(),
                        done_list=self._completions.client_id, **options)
@@ -103,10 +114,10 @@ class DaskScheduler:
         run.submit()
         return futures
 
-    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    def __call__(self: Controller, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         return self.get(dsk, keys, **kwargs)
 
-    def get(self, dsk: Any, keys: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
+    def get(self: Controller, dsk: Any, keys: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
         """Compute ``keys`` of a Dask graph (an expression or a dict) on the workers.
 
         Keywords: ``priority``, ``retries``, ``resources`` (also taken from
@@ -135,7 +146,7 @@ class DaskScheduler:
         with local_callbacks(callbacks) as active:
             start, start_state, pretask, posttask, finish = unpack_callbacks(active)
             graph = run.dask_graph
-            state = {"ready": [], "waiting": set(graph), "running": set(),
+            state: dict[str, Any] = {"ready": [], "waiting": set(graph), "running": set(),
                      "finished": set(), "cache": {}, "released": set()}
             for f in start:
                 f(graph)
@@ -164,8 +175,8 @@ class DaskScheduler:
                     f(graph, state, errored)
         return pack_results(keys, results)
 
-    def _run_with_lineage(self, run: GraphRun, dsk: Any, outputs: list, options: dict,
-                          on_done: Callable[[Hashable], None], timeout: float | None) -> dict:
+    def _run_with_lineage(self: Controller, run: GraphRun, dsk: Any, outputs: list[Hashable], options: dict[str, Any],
+                          on_done: Callable[[Hashable], None], timeout: float | None) -> dict[Hashable, Any]:
         """Submit and follow ``run``; if a result held on another host was lost with its
         worker, compute the graph again from its lineage (a few times at most)."""
         for attempt in range(1, MAX_LINEAGE_RUNS + 1):
@@ -179,7 +190,8 @@ class DaskScheduler:
                 run = GraphRun(self, dsk, outputs, notify=True, config=run.config, **options)
         raise AssertionError("unreachable")
 
-    def _follow(self, run: GraphRun, on_done: Callable[[Hashable], None], timeout: float | None) -> dict:
+    def _follow(self: Controller, run: GraphRun, on_done: Callable[[Hashable], None],
+                timeout: float | None) -> dict[Hashable, Any]:
         """Wait for ``run``; the warnings its tasks raised are shown here, even when it fails."""
         by_task_key = {task_key: key for key, task_key in run.task_keys.items()}
 
@@ -196,7 +208,7 @@ class DaskScheduler:
         taskwarnings.reemit(self, run.graph_id, dask_key)
         return results
 
-    def persist(self, collections: Sequence[Any], optimize_graph: bool = True, **kwargs: Any) -> list[Any]:
+    def persist(self: Controller, collections: Sequence[Any], optimize_graph: bool = True, **kwargs: Any) -> list[Any]:
         """Start computing collections and return them at once, backed by futures in Redis.
 
         Called by ``dask.persist(x, scheduler=rush)``; later computes reuse the results.

@@ -28,9 +28,10 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .connections import redact
+from .constants import WorkerState
 
 if TYPE_CHECKING:
-    from .rush import Rush
+    from .protocols import Controller
 
 
 @contextlib.contextmanager
@@ -82,11 +83,11 @@ def check_p2p(graph: Mapping[Any, Any]) -> None:
             "'array.rechunk.method': 'tasks'}), or create the Client with set_as_default=False")
 
 
-def check_disk_shuffle(rush: Rush, graph: Mapping[Any, Any]) -> None:
+def check_disk_shuffle(rush: Controller, graph: Mapping[Any, Any]) -> None:
     """Raise before anything is written if a disk shuffle would span several machines."""
     if not has_disk_shuffle(graph):
         return
-    running = [w for w, state in rush._worker_states().items() if state == "running"]
+    running = [w for w, state in rush._worker_states().items() if state == WorkerState.RUNNING]
     if not running:
         return
     pipe = rush.client.pipeline(transaction=False)

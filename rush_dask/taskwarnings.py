@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .serialize import dumps, loads, place
 
 if TYPE_CHECKING:
-    from .rush import Rush
+    from .protocols import Controller
 
 MAX_PER_NODE = 100  # a node that warns in a loop ships this many
 KEEP_SECONDS = 24 * 3600  # a list nobody reads (its client died) expires
@@ -77,7 +77,7 @@ def _with_key(message: Warning, key: Hashable) -> Warning:
         return message
 
 
-def reemit(rush: Rush, graph_id: str, dask_key_of: Callable[[str], Hashable]) -> None:
+def reemit(rush: Controller, graph_id: str, dask_key_of: Callable[[str], Hashable]) -> None:
     """Re-emit, in this process, the warnings the nodes of a graph raised; then forget them."""
     key = warnings_key(rush.keys.prefix, graph_id)
     pipe = rush.client.pipeline(transaction=True)
@@ -94,7 +94,7 @@ def reemit(rush: Rush, graph_id: str, dask_key_of: Callable[[str], Hashable]) ->
                                registry=_registries.setdefault(filename, {}))
 
 
-def forget(rush: Rush, graph_id: str) -> None:
+def forget(rush: Controller, graph_id: str) -> None:
     """Drop the warnings of a graph that nobody will re-emit (a future's graph)."""
     rush.client.delete(warnings_key(rush.keys.prefix, graph_id))
 

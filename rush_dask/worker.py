@@ -40,7 +40,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn, TypeVar, cast
 
 import redis
 
@@ -65,6 +66,7 @@ from .shared import resolve
 from .tasks import check_xss, new_keys
 
 logger = logging.getLogger("rush_dask.worker")
+T = TypeVar("T")
 
 BATCH_MAX = 32  # tasks per round trip, at most
 BATCH_SECONDS = 0.002  # aim for about this much work per round trip
@@ -86,7 +88,7 @@ class Task:
     attempts: int = 1
     graph: str | None = None  # set for nodes of a Dask graph
     # Graph inputs: task key -> (value sent inline or None, holder's worker id, host, path)
-    inputs: dict[str, tuple] = field(default_factory=dict)
+    inputs: dict[str, tuple[bytes | None, str, str, str]] = field(default_factory=dict)
     # load(payload, key): verifies (for the place of this task's inputs), then unpickles
     load: Callable[[bytes, str], Any] = field(default=lambda payload, key: loads(payload), repr=False)
 
@@ -107,7 +109,8 @@ class Task:
             seq=int(seq) if seq else 0,
             attempts=int(attempts) if attempts else 1,
             graph=graph.decode() if graph else None,
-            inputs={inputs[i].decode(): (inputs[i + 1] or None, *(v.decode() for v in inputs[i + 2:i + 5]))
+            inputs={inputs[i].decode(): (inputs[i + 1] or None, inputs[i + 2].decode(), inputs[i + 3].decode(),
+                                         inputs[i + 4].decode())
                     for i in range(0, len(inputs), 5)},
             **({"load": load} if load is not None else {}),
         )
@@ -134,7 +137,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         yield
         return
 
-    def alarm(signum, frame):
+    def alarm(signum: int, frame: FrameType | None) -> NoReturn:
         raise TaskTimeoutError(f"task exceeded its timeout of {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, alarm)
@@ -163,7 +166,7 @@ def describe_error(exc: BaseException, secret: bytes | None = None,
     return text, tb, sign(blob, secret, where) if blob else blob
 
 
-def load_function(blob: bytes, fun_id: str, secret: bytes | None, where: bytes = b"") -> Callable:
+def load_function(blob: bytes, fun_id: str, secret: bytes | None, where: bytes = b"") -> Callable[..., Any]:
     """The stored function ``fun:<fun_id>``: its signature checked, and its content against its id.
 
     A function id is the content id of its payload, so a signed function
@@ -174,14 +177,17 @@ def load_function(blob: bytes, fun_id: str, secret: bytes | None, where: bytes =
     >>> load_function(blob, content_id(blob), b"k", b"fun") is len
     True
     """
+    fun: Callable[..., Any]
     if secret is None:
-        return loads(blob)
+        fun = loads(blob)
+        return fun
     body = verify(blob, secret, where)
     if content_id(blob) != fun_id:
         raise PayloadSignatureError(
             f"payload signature invalid for function {fun_id}: it is the signed payload of another "
             "function of this network, moved here; refused, not unpickled")
-    return pickle.loads(body)
+    fun = pickle.loads(body)
+    return fun
 
 
 class RushWorker(NetworkView):
@@ -208,7 +214,7 @@ class RushWorker(NetworkView):
         heartbeat_expire: float | None = None,
         resources: dict[str, float] | None = None,
         redis_retry_timeout: float = C.DEFAULT_REDIS_RETRY_TIMEOUT,
-        fun: Callable | None = None,
+        fun: Callable[..., Any] | None = None,
         constants: dict[str, Any] | None = None,
         log_level: int = logging.INFO,
         start_id: str | None = None,
@@ -234,7 +240,7 @@ class RushWorker(NetworkView):
                                transfer_timeout=max(5.0, self.heartbeat_expire))
         data_server = self.plane.serve()
         self._init_view()
-        self._functions: dict[str, Callable] = {}
+        self._functions: dict[str, Callable[..., Any]] = {}
         self._terminate_requested = False
         self._requests = 0  # request ids make a repeated settle_and_pop idempotent
         self._n_done = 0  # tasks settled (finished or failed) here, reported with the heartbeat
@@ -280,7 +286,7 @@ class RushWorker(NetworkView):
         return f"<RushWorker {self.worker_id} network={self.network_id!r} url={redact(self.url)}>"
 
     # ------------------------------------------------------------ Redis access
-    def _retry(self, call: Callable[[], Any]) -> Any:
+    def _retry(self, call: Callable[[], T]) -> T:
         """Run ``call``, retrying with backoff while Redis is unreachable.
 
         Every script that a retry may repeat is idempotent, so a call whose
@@ -307,7 +313,8 @@ class RushWorker(NetworkView):
         self.plane.collect(beat.garbage)
         counters = self.plane.counters()
         if counters != self._reported:  # for benchmarks and the dashboard: bytes moved so far
-            self._heartbeat_client.hset(self.keys.worker(self.worker_id), mapping=counters)
+            # redis-py types the mapping's keys as a union, invariantly: a dict[str, int] is refused
+            self._heartbeat_client.hset(self.keys.worker(self.worker_id), mapping=counters)  # type: ignore[arg-type]
             self._reported = counters
         return beat.state, beat.terminate
 
@@ -318,7 +325,7 @@ class RushWorker(NetworkView):
         with self._heartbeat_client.pipeline(transaction=True) as pipe:
             try:  # only while registered: a reset() that deleted the network must not bring keys back
                 pipe.watch(self.keys.worker_states)
-                if pipe.hget(self.keys.worker_states, self.worker_id) != b"running":
+                if pipe.hget(self.keys.worker_states, self.worker_id) != C.WorkerState.RUNNING.encode():
                     return
                 pipe.multi()
                 pipe.hset(worker_key, mapping={"rss": rss_bytes(), "n_done": self._n_done})
@@ -356,7 +363,7 @@ class RushWorker(NetworkView):
         why = (f"{self.worker_id} is {reply.reason} in Redis" if reply.kind == "stop"
                else f"the task is no longer held by {self.worker_id} (first writer wins)")
         for outcome, note in zip(outcomes, reply.notes):
-            if note in ("finished", "failed"):
+            if note in (C.TaskState.FINISHED, C.TaskState.FAILED):
                 self._n_done += 1
             elif note == "dropped":
                 logger.warning("result of task %s dropped: %s", outcome[0], why)
@@ -457,7 +464,7 @@ class RushWorker(NetworkView):
         return self._settle_and_pop(outcomes, want=0).notes
 
     # --------------------------------------------------------------- execution
-    def _function(self, fun_id: str | None) -> Callable:
+    def _function(self, fun_id: str | None) -> Callable[..., Any]:
         if fun_id is None:
             if self.fun is None:
                 raise RuntimeError(
@@ -472,7 +479,7 @@ class RushWorker(NetworkView):
             fun = self._functions[fun_id] = load_function(blob, fun_id, self.secret, self._where("", "fun"))
         return fun
 
-    def _graph_inputs(self, task: Task, deps: dict) -> dict:
+    def _graph_inputs(self, task: Task, deps: dict[Any, str]) -> dict[Any, Any]:
         """Values of a graph node's inputs: cached here, sent inline, held on a host, or in Redis."""
         values, missing = {}, []
         for dask_key, task_key in deps.items():
@@ -509,14 +516,14 @@ class RushWorker(NetworkView):
         self.cache.put(task.key, result, size)
         return outcome, payload, str(size) if outcome == "held" else "", b""
 
-    def _run_graph_node_shipping_warnings(self, task: Task) -> tuple[str, bytes | str, str, bytes]:
+    def _run_graph_node_shipping_warnings(self, task: Task, graph_id: str) -> tuple[str, bytes | str, str, bytes]:
         """``_run_graph_node``, the warnings it raises pushed for the client (see taskwarnings)."""
         with taskwarnings.recorded() as caught:
             try:
                 return self._run_graph_node(task)
             finally:
                 if caught:
-                    self._retry(lambda: taskwarnings.ship(self.client, self.keys.prefix, task.graph,
+                    self._retry(lambda: taskwarnings.ship(self.client, self.keys.prefix, graph_id,
                                                           task.key, caught, self.secret))
 
     def _load_task(self, payload: bytes, key: str) -> Any:
@@ -548,7 +555,7 @@ class RushWorker(NetworkView):
         """Run one task here; returns (outcome, payload, traceback, pickled exception)."""
         try:
             if task.graph is not None:
-                return self._run_graph_node_shipping_warnings(task)
+                return self._run_graph_node_shipping_warnings(task, task.graph)
             fun = self._function(task.fun_id)
             if task.seed is not None:
                 seed_task(task.seed, task.seq)
@@ -586,7 +593,7 @@ class RushWorker(NetworkView):
         local: collections.deque[Task] = collections.deque()
         outcomes: list[Outcome] = []
         courier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rush-courier")
-        in_flight: Future | None = None
+        in_flight: Future[SettleReply] | None = None
         try:
             while True:
                 if in_flight is not None and (not local or in_flight.done()):
@@ -620,7 +627,7 @@ class RushWorker(NetworkView):
         finally:
             courier.shutdown(wait=True)
 
-    def _accept(self, reply: SettleReply, local: collections.deque) -> bool:
+    def _accept(self, reply: SettleReply, local: collections.deque[Task]) -> bool:
         """Queue the tasks of a reply locally; handle stop orders. True if tasks came."""
         if reply.kind == "tasks":
             local.extend(Task.from_reply(raw, self._load_task) for raw in reply.tasks)
@@ -660,13 +667,14 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
     """Start a worker from the configuration ``start_id`` stored in Redis and run it to the end."""
     client = connect(resolve_url(url))
     keys = C.Keys(network_id)
-    raw = client.hgetall(keys.start_config(start_id))
+    # connect() makes clients with bytes replies (no decode_responses)
+    raw = cast("dict[bytes, bytes]", client.hgetall(keys.start_config(start_id)))
     if not raw:
         raise SystemExit(f"no worker configuration {start_id!r} in network {network_id!r}")
-    config = {k.decode(): v for k, v in raw.items()}
+    config: dict[str, bytes] = {k.decode(): v for k, v in raw.items()}
     fun_id = config.get("fun", b"").decode()
     secret = resolve_secret(None)
-    fun_blob = client.get(keys.function(fun_id)) if fun_id else None
+    fun_blob = cast("bytes | None", client.get(keys.function(fun_id))) if fun_id else None
     if fun_id and fun_blob is None:
         raise SystemExit(f"rush worker: function {fun_id} of configuration {start_id!r} is missing "
                          f"from network {network_id!r} (was it reset?)")

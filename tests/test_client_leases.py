@@ -149,3 +149,22 @@ def test_closing_a_controller_drops_what_it_held(rush, redis_url):
         del futures
     finally:
         rush_dask.plan()
+
+
+def test_a_released_future_that_has_not_run_is_cancelled_unless_fired_and_forgotten(rush):
+    import rush_dask
+
+    rush_dask.plan(n_workers=0)  # nothing runs them meanwhile
+    try:
+        dropped, kept = rush.submit(f.inc, 1), rush.submit(f.inc, 2)
+        rush_dask.fire_and_forget(kept)
+        task_keys = dropped.task_key, kept.task_key
+        dropped.release()
+        kept.release()
+        assert not rush.client.exists(rush.keys.task(task_keys[0]))  # nobody would read it: gone
+        assert rush.n_queued_tasks == 1  # the forgotten one waits for a worker, and will run
+        rush.start_workers(n_workers=1, **FAST)
+        wait_until(lambda: not rush.client.exists(rush.keys.task(task_keys[1])), what="it ran, then went")
+        assert rush.n_queued_tasks == 0
+    finally:
+        rush_dask.plan()

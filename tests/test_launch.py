@@ -114,7 +114,7 @@ def test_workers_run_on_the_cluster_spread_over_its_workers_and_stop_with_the_co
     tcp_rush.wait_for_tasks(keys, timeout=TIMEOUT)
 
     info = info_of(tcp_rush, ids)
-    assert states_of(tcp_rush, ids) == {C.RUNNING}
+    assert states_of(tcp_rush, ids) == {C.WorkerState.RUNNING}
     assert {row["hostname"] for row in info.values()} == {socket.gethostname()}
     pids = {int(row["pid"]) for row in info.values()}
     assert len(pids) == 3 and os.getpid() not in pids
@@ -131,7 +131,7 @@ def test_workers_run_on_the_cluster_spread_over_its_workers_and_stop_with_the_co
     futures = [w.future for w in tcp_rush.local_workers.on_cluster]
     tcp_rush.close()
     assert [f.result(timeout=TIMEOUT)[0] for f in futures] == [0, 0, 0]
-    assert states_of(tcp_rush, ids) == {C.TERMINATED}
+    assert states_of(tcp_rush, ids) == {C.WorkerState.TERMINATED}
 
 
 def test_stop_workers_terminate_reaches_cluster_workers_through_redis(tcp_rush, cluster_client, remote_view):
@@ -145,8 +145,8 @@ def test_stop_workers_terminate_reaches_cluster_workers_through_redis(tcp_rush, 
     tcp_rush.stop_workers("terminate")
     # The distributed tasks end when the Rush workers end, with exit code 0.
     assert [code for code, _ in finished_by_cluster_worker(tcp_rush, ids)] == [0, 0]
-    assert tcp_rush.fetch_tasks().set_index("keys").loc[key, "state"] == C.FINISHED  # finished first
-    assert states_of(tcp_rush, ids) == {C.TERMINATED}
+    assert tcp_rush.fetch_tasks().set_index("keys").loc[key, "state"] == C.TaskState.FINISHED  # finished first
+    assert states_of(tcp_rush, ids) == {C.WorkerState.TERMINATED}
     assert not any(pid_alive(pid) for pid in pids)
     assert all(not tasks for tasks in cluster_client.processing().values())
 
@@ -163,7 +163,7 @@ def test_stop_workers_kill_reaches_cluster_workers_at_their_next_heartbeat(tcp_r
     # Exit code 137 from the heartbeat thread (a SIGKILL from here would read -9).
     assert [code for code, _ in results] == [137, 137]
     assert all("'killed' in Redis" in tail for _, tail in results)
-    assert states_of(tcp_rush, ids) == {C.KILLED}
+    assert states_of(tcp_rush, ids) == {C.WorkerState.KILLED}
     failed = tcp_rush.fetch_failed_tasks().set_index("keys")
     assert "worker killed" in failed.loc[key, "error"]
 
@@ -205,7 +205,7 @@ def test_crashed_or_closed_cluster_makes_its_workers_lost_and_their_tasks_finish
 
     local = tcp_rush.start_workers(hold_on_cluster, n_workers=2, **FAST)
     tcp_rush.wait_for_tasks(keys, timeout=TIMEOUT)  # detects the lost workers on the way
-    assert states_of(tcp_rush, ids) == {C.LOST}
+    assert states_of(tcp_rush, ids) == {C.WorkerState.LOST}
     finished = [k.decode() for k in redis.Redis.from_url(tcp_rush.url).lrange(tcp_rush.keys.finished, 0, -1)]
     assert sorted(finished) == sorted(keys)  # each task finished exactly once
     data = tcp_rush.fetch_finished_tasks()

@@ -178,7 +178,7 @@ class Monitor:
         self._scan()
         point = {"t": now, **{k: counts[k] for k in ("queued", "priority", "running", "finished", "failed")}}
         self.history.append(point)
-        by_state: dict[str, int] = {state: 0 for state in C.WORKER_STATES}
+        by_state: dict[str, int] = {state.value: 0 for state in C.WorkerState}
         for w in workers:
             by_state[w["state"]] = by_state.get(w["state"], 0) + 1
         return {
@@ -215,10 +215,10 @@ class Monitor:
             age = expire - ttl / 1000 if ttl and ttl > 0 and expire else None
             pid = _int(raw.get("pid"))
             shown, note = state, ""
-            if state == C.RUNNING and (ttl is None or ttl < 0):  # -2: the heartbeat key expired
-                shown, note = C.LOST, "heartbeat expired (not yet marked lost in Redis)"
-            elif state == C.RUNNING and raw.get("hostname") == HOSTNAME and pid and process_gone(pid):
-                shown, note = C.LOST, "process gone (not yet marked lost in Redis)"
+            if state == C.WorkerState.RUNNING and (ttl is None or ttl < 0):  # -2: the heartbeat key expired
+                shown, note = C.WorkerState.LOST, "heartbeat expired (not yet marked lost in Redis)"
+            elif state == C.WorkerState.RUNNING and raw.get("hostname") == HOSTNAME and pid and process_gone(pid):
+                shown, note = C.WorkerState.LOST, "process gone (not yet marked lost in Redis)"
             workers.append({
                 "worker_id": wid, "state": shown, "redis_state": state, "note": note,
                 "hostname": raw.get("hostname"), "pid": pid, "heartbeat_age": age,
@@ -226,11 +226,11 @@ class Monitor:
                 "rss": _int(raw.get("rss")),
                 # Dask results kept on its host (the data plane's counter, with the heartbeat)
                 "bytes_held": _int(raw.get("bytes_held")),
-                "current": current.get(wid, []) if state == C.RUNNING else [],
+                "current": current.get(wid, []) if state == C.WorkerState.RUNNING else [],
                 "priority_queue": queue_len, "started_at": _float(raw.get("started_at")),
                 "stopped_at": _float(raw.get("stopped_at")), "resources": raw.get("resources") or "{}",
             })
-        workers.sort(key=lambda w: (w["state"] != C.RUNNING, w["started_at"] or 0.0, w["worker_id"]))
+        workers.sort(key=lambda w: (w["state"] != C.WorkerState.RUNNING, w["started_at"] or 0.0, w["worker_id"]))
         return workers, priority
 
     def _track_running(self, now: float, running_keys: list[str], running_fields: list[Any]) -> None:

@@ -9,15 +9,17 @@
 
 -- Drop one reference on a node. A node that nobody needs any more goes: a
 -- finished or failed one is deleted; an unfinished one is cancelled (nothing
--- would ever read it), which drops its own references on its inputs in turn.
+-- would ever read it), which drops its own references on its inputs in turn,
+-- unless it was fired and forgotten (field keep): it runs, then goes.
 local function release_node(key)
   local stack = {key}
   while #stack > 0 do
     local k = table.remove(stack)
     local tk = p .. 'task:' .. k
-    local f = redis.call('HMGET', tk, 'state', 'graph', 'worker_id', 'deps')
+    local f = redis.call('HMGET', tk, 'state', 'graph', 'worker_id', 'deps', 'keep')
     if f[1] and redis.call('HINCRBY', tk, 'refs', -1) <= 0 then
-      if f[1] ~= 'finished' and f[1] ~= 'failed' then
+      local done = f[1] == 'finished' or f[1] == 'failed'
+      if not done and not f[5] then
         if f[1] == 'queued' then dequeue(k) end
         if f[1] == 'running' then
           redis.call('SREM', K.running, k)
@@ -25,7 +27,7 @@ local function release_node(key)
         end
         for _, dep in ipairs(split(f[4])) do stack[#stack + 1] = dep end
       end
-      drop_node(k, f[2])
+      if done or not f[5] then drop_node(k, f[2]) end
     end
   end
 end
