@@ -22,24 +22,33 @@ violation. ``tests/test_chaos.py`` runs the same code with a small budget.
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
+import gc
 import os
+import pickle
 import random
+import select
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import dask
+import dask.array as da
+import numpy as np
 import redis
 from dask.delayed import Delayed
 from msgpack import unpackb
 
-from rush_dask import Rush
+from rush_dask import Rush, plan
+from rush_dask.connections import current_plan
 from rush_dask.heartbeat import EXIT_LOST, EXIT_REDIS_GONE
 from rush_dask.server import RedisServer
 
@@ -62,6 +71,11 @@ def square_task(x: int, duration: float = 0.0, **kwargs) -> dict:
     if duration:
         time.sleep(duration)
     return {"y": x * x + 1}
+
+
+def inc_square(x: int, salt: int) -> int:
+    """A future of the holdings workload."""
+    return x * x + salt
 
 
 # --------------------------------------------------------------------- graphs
@@ -104,16 +118,12 @@ def stencil_graph(width: int, depth: int, salt: int) -> tuple[Delayed, int]:
 
 def array_sum(n: int, chunks: int):
     """A dask.array reduction and its exact value."""
-    import dask.array as da
-
     return da.arange(n, chunks=chunks, dtype="int64").sum(), n * (n - 1) // 2
 
 
 def large_chunk_matmul(n: int, chunk: int, scale: int):
     """``(x @ x.T).sum()`` of an integer matrix of 0.7 MB chunks (held on their workers'
     host, not in Redis) and its exact value."""
-    import dask.array as da
-
     x = da.full((n, n), scale, chunks=chunk, dtype="int64")
     return (x @ x.T).sum(), scale * scale * n ** 3
 
@@ -137,7 +147,7 @@ class Chaos:
     def __init__(self, *, seconds: float = 120, workers: int = 4, seed: int = 0, nodes: int = 10_000,
                  tasks: int = 2_000, heartbeat_period: float = 0.25, heartbeat_expire: float = 2.0,
                  hang_timeout: float = 600, directory: str | None = None, verbose: bool = True,
-                 matmul_size: int = 1200):
+                 matmul_size: int = 1200, holder_lease: float = 30.0, receiver_lease: float = 8.0):
         self.seconds, self.n_workers, self.nodes, self.n_tasks = seconds, workers, nodes, tasks
         self.matmul_size = matmul_size  # large chunks: results held on the host, not in Redis
         self.random = random.Random(seed)  # the driver's faults
@@ -153,6 +163,10 @@ class Chaos:
         self.done = threading.Event()  # the fault budget is spent: workloads finish their round
         self.stopped: dict[str, tuple[float | None, object]] = {}  # wid -> (resume at, process)
         self.plain_expected: dict[str, int] = {}
+        # The holdings workload: the lease of its first client (which the driver's load must not
+        # starve) and of the second one, a process of its own that is SIGKILLed now and then.
+        self.holder_lease, self.receiver_lease = holder_lease, receiver_lease
+        self.holdings_random = random.Random(seed + 2)
 
     def log(self, text: str) -> None:
         if self.verbose:
@@ -167,6 +181,17 @@ class Chaos:
         []
         """
         self.t0 = time.monotonic()
+        # Workers are the driver's alone: a controller that finds none running (all declared
+        # lost during a Redis outage) waits for the replacements instead of starting its own.
+        previous = current_plan()
+        restore = (previous.n_workers, previous.url)
+        plan(n_workers=0, url=previous.url)
+        try:
+            return self._run()
+        finally:
+            plan(*restore)
+
+    def _run(self) -> Stats:
         self.server = RedisServer(os.path.join(self.directory, "redis"), appendonly=True)
         os.makedirs(self.server.directory, exist_ok=True)
         self.server.start()
@@ -177,7 +202,7 @@ class Chaos:
                                       log_dir=os.path.join(self.directory, "logs"), **self.worker_options)
             self.driver.wait_for_workers(self.n_workers, timeout=self.hang_timeout)
             threads = [threading.Thread(target=self._guard, args=(target,), name=target.__name__)
-                       for target in (self.graph_workload, self.plain_workload)]
+                       for target in (self.graph_workload, self.plain_workload, self.holdings_workload)]
             for thread in threads:
                 thread.start()
             self.drive(threads)
@@ -235,6 +260,69 @@ class Chaos:
             rush.wait_for_tasks(keys, timeout=self.hang_timeout, progress=False)
             self.stats.work["plain tasks"] += len(keys)
             self.log(f"plain batch of {len(keys)} done")
+
+    def holdings_workload(self) -> None:
+        """Hold results under client leases and let go of them, round after round.
+
+        A first client persists an array, maps futures and submits one that sums them; it
+        computes on what it holds (the persisted chunks as inputs, and as outputs), persists
+        the persisted array again, then passes the sum's future by pickle to a second client
+        (a process of its own, see :func:`receiver_main`) and releases its own. Between the
+        two, :func:`check_refs` compares every node's ``refs`` with what really holds it.
+        The second client reads the sum and releases it, or is SIGKILLed while it holds it
+        (its lease then expires and a sweep drops what it held). The first client releases
+        everything; its record in Redis must then be empty.
+        """
+        rush = Rush(self.network, url=self.server.url)
+        receiver = Receiver(self)
+        round_ = 0
+        try:
+            while not self.done.is_set():
+                round_ += 1
+                salt = round_
+                x = da.arange(2_000, chunks=100, dtype="int64") * salt
+                (kept,) = dask.persist(x, scheduler=rush, lease=self.holder_lease, max_lost=MAX_LOST)
+                # (Futures take no max_lost: 3 losses of one instant call are not to be expected.)
+                futures = rush.map(inc_square, range(20), salt=salt, lease=self.holder_lease)
+                summed = rush.submit(total, *futures, lease=self.holder_lease)
+                expected_sum = sum(i * i + salt for i in range(20))
+                got_sum, got_chunks = dask.compute(kept.sum(), kept, scheduler=rush, max_lost=MAX_LOST,
+                                                   timeout=self.hang_timeout)
+                if got_sum != salt * 1_999_000 or not np.array_equal(got_chunks, np.arange(2_000) * salt):
+                    self.stats.violation(f"holdings round {round_}: computes on the persisted array "
+                                         f"got {got_sum} and {got_chunks[:5]}...")
+                (again,) = dask.persist(kept, scheduler=rush)  # what is held already: nothing more
+                receiver.ask(f"hold {base64.b64encode(pickle.dumps((summed, expected_sum))).decode()}",
+                             expect="held")
+                summed.release()  # from now on, only the second client holds the sum
+                for problem in check_refs(rush):
+                    self.stats.violation(f"holdings round {round_}: {problem}")
+                receiver.ask("check", expect="ok")
+                if round_ == 1 or self.holdings_random.random() < 0.3:
+                    receiver.kill()  # while it holds the sum: its lease must take it away
+                    self.stats.faults["holder_sigkill"] += 1
+                    self.log(f"holder_sigkill: second client {receiver.client_id} killed holding a future")
+                    receiver = Receiver(self)
+                else:
+                    receiver.ask("release", expect="released")
+                for future in futures:
+                    future.release()
+                del kept, again, x, got_chunks
+                gc.collect()  # the persisted chunks' futures go: released by the client's listener
+                self.stats.work["holding rounds"] += 1
+                self.log(f"holdings round {round_} exact")
+            # Everything was released: nothing is recorded under the first client's lease.
+            client_refs = rush.keys.client_refs(rush._completions.client_id)
+            deadline = time.monotonic() + self.hang_timeout
+            while rush.client.exists(client_refs) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            left = rush.client.hgetall(client_refs)
+            if left:
+                self.stats.violation(f"the first holder released everything but still holds {len(left)} "
+                                     f"nodes, e.g. {sorted(left.items())[:3]}")
+        finally:
+            receiver.close()
+            rush.close()
 
     # ------------------------------------------------------------ faults
     def _victims(self) -> list[str]:
@@ -320,8 +408,26 @@ class Chaos:
 
     # ------------------------------------------------------------ checks
     def check_end_state(self) -> None:
+        # A SIGKILLed holder's lease must expire and a sweep (a worker's heartbeat) drop what it held.
+        self.wait_for_dead_holders(self.receiver_lease + 10)
+        for problem in check_refs(self.driver):
+            self.stats.violation(f"at the end: {problem}")
         check_network(self.driver, self.plain_expected, self.stats)
         check_result_files(self.driver, self.stats, timeout=30 * self.worker_options["heartbeat_expire"])
+
+    def wait_for_dead_holders(self, seconds: float) -> None:
+        """Wait (at most ``seconds``) until no client holds anything: every holder closed, or
+        died and was reaped. What is left then is reported by ``check_network``."""
+        k, client = self.driver.keys, self.driver.client
+        deadline = time.monotonic() + seconds
+
+        def holding() -> bool:
+            return bool(client.zcard(k.clients)) or any(
+                next(client.scan_iter(match=f"{k.prefix}{family}:*", count=1000), None) is not None
+                for family in ("crefs", "creq"))
+
+        while holding() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def cleanup(self) -> None:
         for _, proc in list(self.stopped.values()):
@@ -398,6 +504,136 @@ def check_network(rush: Rush, expected: dict[str, int], stats: Stats) -> None:
 
     worker_states = Counter(s.decode() for s in client.hvals(k.worker_states))
     stats.recovered["workers declared lost"] = worker_states.get("lost", 0)
+
+
+# What holds a graph node, read in one atomic step: the client holds recorded under the
+# clients' leases (crefs:<client>), the dependents that still have to run (their deps), and
+# the holds of computes on outputs that were futures (field held of their graph). Nodes of
+# computes (notify '1') are left out: their client's own references are recorded nowhere.
+_REFS_CHECK = """
+local p = ARGV[1]
+local held, need, nodes, out = {}, {}, {}, {}
+for _, ck in ipairs(redis.call('KEYS', p .. 'crefs:*')) do
+  local kv = redis.call('HGETALL', ck)
+  for i = 1, #kv, 2 do held[kv[i]] = (held[kv[i]] or 0) + tonumber(kv[i + 1]) end
+end
+for _, tk in ipairs(redis.call('KEYS', p .. 'task:*')) do
+  local f = redis.call('HMGET', tk, 'graph', 'state', 'deps', 'refs', 'notify')
+  if f[1] then
+    if f[2] ~= 'finished' and f[2] ~= 'failed' then
+      for dep in string.gmatch(f[3] or '', '%S+') do need[dep] = (need[dep] or 0) + 1 end
+    end
+    if f[5] ~= '1' then nodes[#nodes + 1] = {string.sub(tk, #p + 6), tonumber(f[4] or '0')} end
+  end
+end
+for _, gk in ipairs(redis.call('KEYS', p .. 'graph:*')) do
+  if redis.call('TYPE', gk)['ok'] == 'hash' then
+    for key in string.gmatch(redis.call('HGET', gk, 'held') or '', '%S+') do need[key] = (need[key] or 0) + 1 end
+  end
+end
+for _, n in ipairs(nodes) do
+  local h, d = held[n[1]] or 0, need[n[1]] or 0
+  if n[2] ~= h + d then
+    out[#out + 1] = n[1] .. ': refs ' .. n[2] .. ', held by clients ' .. h .. ', needed by dependents ' .. d
+  end
+end
+for key, n in pairs(held) do
+  if redis.call('EXISTS', p .. 'task:' .. key) == 0 then
+    out[#out + 1] = key .. ': held ' .. n .. ' times by clients, but the node is gone'
+  end
+end
+return out
+"""
+
+
+def check_refs(rush: Rush) -> list[str]:
+    """Nodes whose ``refs`` is not what really holds them: their dependents still to run plus
+    the client holds recorded under leases; and holds recorded on nodes that are gone.
+    One atomic read (a script), so that it can run while workers and clients write.
+
+    >>> check_refs(rush)   # doctest: +SKIP
+    []
+    """
+    found = rush.client.eval(_REFS_CHECK, 0, rush.keys.prefix)
+    return [line.decode() for line in found]
+
+
+class Receiver:
+    """The second client of the holdings workload: a process of its own (``receiver_main``),
+    driven line by line; a reply it did not give or a wrong one is a violation."""
+
+    def __init__(self, chaos: Chaos):
+        self.chaos = chaos
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (f"import sys; sys.path.insert(0, {root!r}); from benchmarks.chaos import receiver_main; "
+                f"receiver_main({chaos.network!r}, {chaos.server.url!r}, {chaos.receiver_lease!r}, "
+                f"{chaos.hang_timeout!r})")
+        self.process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.client_id = self._read() or "?"
+
+    def _read(self) -> str | None:
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], self.chaos.hang_timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            self.chaos.stats.violation(f"second client {getattr(self, 'client_id', '?')} did not answer "
+                                       f"(exit code {self.process.poll()})")
+            return None
+        return line.strip()
+
+    def ask(self, line: str, expect: str) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+        except OSError as exc:
+            self.chaos.stats.violation(f"second client {self.client_id} is gone: {exc}")
+            return
+        reply = self._read()
+        if reply is not None and reply != expect:
+            self.chaos.stats.violation(f"second client {self.client_id}, asked {line.split()[0]!r}: {reply}")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.ask("exit", expect="closed")
+            self.process.wait(timeout=60)
+
+
+def receiver_main(network: str, url: str, lease: float, timeout: float) -> None:
+    """The second client: it receives futures by pickle (held anew by its own controller, see
+    ``rush_dask.futures.adopt_future``), reads them, releases them; one command per line."""
+    rush = Rush(network, url=url)
+    rush.client_lease.hold(lease)  # this client's lease: short, so that its death is noticed soon
+    print(rush._completions.client_id, flush=True)
+    held: Any = None
+    expected: Any = None
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        if command == "exit":
+            break
+        try:
+            if command == "hold":
+                held, expected = pickle.loads(base64.b64decode(arg))
+                reply = "held"
+            elif command == "check":
+                value = held.result(timeout=timeout)
+                reply = "ok" if value == expected else f"got {value!r}, expected {expected!r}"
+            elif command == "release":
+                held.release()
+                held = None
+                reply = "released"
+            else:
+                reply = f"unknown command {command!r}"
+        except Exception as exc:  # noqa: BLE001 - any error is reported to the driver
+            reply = f"{type(exc).__name__}: {exc}"
+        print(reply, flush=True)
+    rush.close()
+    print("closed", flush=True)
 
 
 def check_result_files(rush: Rush, stats: Stats, timeout: float) -> None:

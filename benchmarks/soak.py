@@ -20,12 +20,11 @@ Checks, at the end (exit status 1 on any violation):
 * every result was right;
 * the key count of the network is back to its baseline (taken after a
   warm-up round) and Redis ``used_memory`` within ``--memory-tolerance``
-  of it, once the leases of the dead clients expired. Computes have a lease
-  (here ``--lease`` s), so a dead computing client must leave nothing: that
-  is the strict check. ``persist``, ``submit`` and ``map`` take no lease yet
-  (issue 17, item 1), so a dead persisting client's results and a dead
-  client's futures stay: their keys are counted apart (the known gap),
-  deleted, and only then is memory compared;
+  of it, once the leases of the dead clients expired. Every dying client
+  works under a lease of ``--lease`` s: a compute's own lease, or the lease
+  under which a client holds its persisted results and futures. So a dead
+  client must leave nothing, whatever it was doing: its keys must be gone
+  within the lease and a sweep (the wait is bounded by ``--lease`` + 30 s);
 * no worker's resident memory grows without bound: the median of the last
   third of the samples is at most ``1.5 ×`` the first third's + 50 MB.
 
@@ -92,8 +91,7 @@ class Stats:
     futures: int = 0
     dead_clients: dict = field(default_factory=lambda: {"compute": 0, "persist": 0, "futures": 0})
     violations: list = field(default_factory=list)
-    gap_keys: dict = field(default_factory=lambda: {"persist": 0, "futures": 0})
-    gap_bytes: int = 0
+    settled_in: float = 0.0  # seconds from the end of the last round until the dead clients' keys were gone
     rss: dict = field(default_factory=dict)  # worker id -> [rss samples]
 
     def check(self, ok: bool, what: str) -> None:
@@ -114,11 +112,11 @@ if mode == "compute":
     print("started", flush=True)
     dask.compute(*nodes, scheduler=rush, lease={lease!r})
 elif mode == "persist":
-    kept = dask.persist(*nodes, scheduler=rush)
+    kept = dask.persist(*nodes, scheduler=rush, lease={lease!r})
     print("started", flush=True)
     time.sleep(60)
 else:
-    futures = rush.map(slow_inc, range(40))
+    futures = rush.map(slow_inc, range(40), lease={lease!r})
     print("started", flush=True)
     time.sleep(60)
 """
@@ -228,7 +226,6 @@ def soak(url: str, minutes: float, n_workers: int, lease: float, memory_toleranc
         baseline_keys = keys_of(client, rush)
         baseline_memory = used_memory(client)
         plain_baseline = keys_of(client, plain)
-        gap_candidates: dict[str, set[bytes]] = {"persist": set(), "futures": set()}
         deadline = time.monotonic() + minutes * 60
         while time.monotonic() < deadline:
             stats.rounds += 1
@@ -236,29 +233,16 @@ def soak(url: str, minutes: float, n_workers: int, lease: float, memory_toleranc
             plain_round(plain, 100, salt * 1000, stats)
             dask_round(rush, salt, stats)
             mode = modes[(salt - 1) % len(modes)]
-            before = keys_of(client, rush)
             dying_client(url, network, mode, lease)
             stats.dead_clients[mode] += 1
-            if mode != "compute":  # no lease: what it created stays (counted at the end)
-                quiet_by = time.monotonic() + 60  # its nodes finish (their completions list appears)
-                while (rush.n_queued_tasks or rush.n_running_tasks) and time.monotonic() < quiet_by:
-                    time.sleep(0.2)
-                time.sleep(0.5)
-                gap_candidates[mode] |= keys_of(client, rush) - before
             sample_rss(rush, stats)
-        # Let every lease of a dead compute expire and its graph be reaped by the heartbeats.
-        extra = wait_settled(client, rush, baseline_keys | gap_candidates["persist"] | gap_candidates["futures"],
-                             lease + 30)
-        stats.check(not extra, f"{len(extra)} keys left beyond the baseline and the known gap, "
-                               f"e.g. {sorted(extra)[:5]}")
-        final = keys_of(client, rush)
-        for mode, candidates in gap_candidates.items():
-            left = candidates & final
-            stats.gap_keys[mode] = len(left)
-            for key in left:
-                stats.gap_bytes += int(client.memory_usage(key, samples=0) or 0)
-            if left:
-                client.unlink(*left)
+        # Let the lease of every dead client expire and a sweep (a worker's heartbeat) drop
+        # what it held: its compute's graph, its persisted results, its futures.
+        settling = time.monotonic()
+        extra = wait_settled(client, rush, baseline_keys, lease + 30)
+        stats.settled_in = time.monotonic() - settling
+        stats.check(not extra, f"{len(extra)} keys of dead clients left {lease + 30:g} s after the last "
+                               f"round, e.g. {sorted(extra)[:5]}")
         final = keys_of(client, rush)
         added, removed = sorted(final - baseline_keys)[:5], sorted(baseline_keys - final)[:5]
         stats.check(final == baseline_keys,
@@ -286,12 +270,15 @@ def soak(url: str, minutes: float, n_workers: int, lease: float, memory_toleranc
 
 def report(stats: Stats, minutes: float) -> str:
     baseline, memory = getattr(stats, "memory", (0, 0))
+    left = any("of dead clients left" in v for v in stats.violations)
+    dead = ("dead clients' keys: some left (see the violations)" if left else
+            f"dead clients' keys (computes, persists, futures alike): all gone {stats.settled_in:.1f} s "
+            "after the last round")
     lines = [f"soak of {minutes:g} min: {stats.rounds} rounds, {stats.plain_tasks} plain tasks, "
              f"{stats.computes} computes, {stats.persists} persists, {stats.futures} futures, "
              f"dead clients {stats.dead_clients}",
              f"Redis used_memory: baseline {baseline:,} B, end {memory:,} B ({memory - baseline:+,} B)",
-             f"known gap (no lease on persist/futures yet): {stats.gap_keys} keys, {stats.gap_bytes:,} B, deleted "
-             "before the memory check"]
+             dead]
     for wid, samples in sorted(stats.rss.items()):
         first, last = rss_growth(samples)
         lines.append(f"worker {wid}: RSS {first:.0f} MB (first third) -> {last:.0f} MB (last third), "
@@ -304,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--lease", type=float, default=5.0, help="lease of the dying clients' computes (s)")
+    parser.add_argument("--lease", type=float, default=5.0,
+                        help="lease of the dying clients (their computes, persists and futures), in s")
     parser.add_argument("--memory-tolerance", type=int, default=1 << 20, help="bytes (default 1 MB)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

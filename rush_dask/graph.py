@@ -300,15 +300,19 @@ class GraphRun:
                 batch = []
         if batch:
             push(batch)
-        # Outputs that are futures of earlier graphs: the client holds one more reference.
-        held_keys = [self.external[k].task_key for k in self._external_outputs()]
-        if held_keys:
-            pipe = self.rush.client.pipeline(transaction=False)
-            for task_key in held_keys:
-                pipe.hincrby(self.rush.keys.task(task_key), "refs", 1)
-            if graph:  # for the workers, should they have to cancel this compute
-                pipe.hset(self.rush.keys.graph(self.graph_id), "held", " ".join(held_keys))
-            pipe.execute()
+        # Outputs that are futures of earlier graphs: a compute holds one more reference on
+        # each until it has read them, recorded under the client's lease (it goes if the
+        # client dies) and taken once (a repeat after a lost reply takes nothing twice). A
+        # persist returns those very futures, which hold their references already.
+        held_keys = list(dict.fromkeys(self.external[k].task_key for k in self._external_outputs()))
+        if held_keys and self.notify:
+            rush = self.rush
+            gone = rush.scripts.hold(held_keys, client_id=rush._completions.client_id,
+                                     request=uuid.uuid4().hex, lease=rush.client_lease.hold())
+            if gone:  # released since _check_external_inputs: nothing of this compute may stay
+                self.cancel()
+                rush._completions.release_now([k for k in held_keys if k not in gone])
+                raise KeyError(f"the result of {gone[0]!r} was released; persist or submit it again")
 
     def _check_external_inputs(self) -> None:
         if not self.external:
@@ -400,10 +404,16 @@ class GraphRun:
         return results
 
     def _release(self, keys: list[Hashable]) -> None:
-        """Drop the client's reference on these outputs (results nobody else needs are deleted)."""
-        if keys:  # the outputs in one bundle share one reference
-            task_keys = dict.fromkeys(self.task_key(k) for k in keys)
-            self.rush.scripts.release(task_keys)
+        """Drop the client's reference on these outputs (results nobody else needs are deleted).
+        Those on futures of earlier graphs were taken under the client's lease (see submit)."""
+        external = set(self._external_outputs())
+        # The outputs in one bundle share one reference.
+        own = list(dict.fromkeys(self.task_key(k) for k in keys if k not in external))
+        held = list(dict.fromkeys(self.task_key(k) for k in keys if k in external))
+        if own:
+            self.rush.scripts.release(own)
+        if held:
+            self.rush._completions.release_now(held)
 
     def _done_by_state(self, task_keys: set[str]) -> list[str]:
         """Nodes among ``task_keys`` that are done, as ``wait`` reads them from ``gdone``:

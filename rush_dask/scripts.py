@@ -308,9 +308,11 @@ class Scripts:
 
     @_raw_args_accepted
     def release(self, task_keys: Iterable[str], *, client_id: str = "", request: str = "") -> int:
-        """Drop one reference from each node; returns how many (0: request ``request`` of
-        ``client_id`` was applied before). With ``client_id``, the references were held under
-        that client's lease. A node nothing needs any more is deleted, or cancelled if not done.
+        """Drop one reference from each node; returns how many were dropped (0: request
+        ``request`` of ``client_id`` was applied before). With ``client_id``, the references
+        were held under that client's lease, and only those it still holds there are dropped
+        (none once it was reaped). A node nothing needs any more is deleted, or cancelled if
+        not done.
 
         >>> scripts.release(["g1.0"], client_id="c0ffee", request="r1")   # doctest: +SKIP
         1

@@ -1,8 +1,9 @@
 """The chaos suite, short: the driver of ``python -m benchmarks.chaos`` with a small budget.
 
 Real worker processes get SIGKILL and SIGSTOP/SIGCONT, Redis (AOF on) is
-restarted, while a Dask graph and plain tasks run; every invariant of the
-long run is asserted here too. No timing threshold: the budget only bounds
+restarted, while a Dask graph, plain tasks and persist/futures/release cycles
+(with a second client process, SIGKILLed while it holds a future) run; every
+invariant of the long run is asserted here too, reference counts included. No timing threshold: the budget only bounds
 how long faults are injected.
 """
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is a package at the repository root
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.chaos import Chaos, Stats, check_network, stencil_graph, stencil_shape
+from benchmarks.chaos import Chaos, Stats, check_network, check_refs, stencil_graph, stencil_shape
 
 pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
 
@@ -32,6 +33,8 @@ def test_short_chaos_run_keeps_every_invariant(tmp_path):
     assert stats.violations == []
     assert all(stats.faults[kind] >= 1 for kind in KINDS), stats.faults
     assert stats.work["graph computes"] >= 1 and stats.work["plain tasks"] >= 300
+    # Results were held, passed to a second client, released; a second client died holding one.
+    assert stats.work["holding rounds"] >= 1 and stats.faults["holder_sigkill"] >= 1
     # The faults were seen and repaired, not missed: killed and stopped workers were declared lost.
     assert stats.recovered["workers declared lost"] >= stats.faults["sigstop_until_lost"] >= 1
     assert stats.recovered["workers declared lost while stopped"] == stats.faults["sigstop_until_lost"]
@@ -56,6 +59,18 @@ def test_the_checks_catch_a_duplicate_a_lost_task_and_a_leftover_key(rush):
     assert "recorded twice in 'finished'" in text
     assert "'tasks' misses 1 tasks" in text
     assert "unexpected keys left in Redis" in text and "graph:abc" in text
+
+
+def test_the_refs_check_catches_a_count_off_and_a_hold_on_a_gone_node(rush):
+    rush.start_workers(funcs.square, n_workers=1)
+    future = rush.submit(funcs.square, 3)
+    future.result(timeout=60)
+    assert check_refs(rush) == []
+    rush.client.hincrby(rush.keys.task(future.task_key), "refs", 1)   # a reference nobody holds
+    rush.client.hset(rush.keys.client_refs("ghost"), "gone.0", 1)      # a hold on nothing
+    found = "\n".join(check_refs(rush))
+    assert f"{future.task_key}: refs 2, held by clients 1, needed by dependents 0" in found
+    assert "gone.0: held 1 times by clients, but the node is gone" in found
 
 
 def test_stencil_graph_value_is_computed_exactly():

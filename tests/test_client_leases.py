@@ -168,3 +168,54 @@ def test_a_released_future_that_has_not_run_is_cancelled_unless_fired_and_forgot
         assert rush.n_queued_tasks == 0
     finally:
         rush_dask.plan()
+
+
+def test_a_client_reaped_while_paused_drops_nothing_twice(rush):
+    # A client whose lease ran out (paused) had its holds dropped for it; when it resumes and
+    # releases what it believes it holds, another client's hold on the same node must stay.
+    rush.start_workers(n_workers=1, **FAST)
+    future = rush.submit(f.inc, 1)
+    assert future.result(timeout=TIMEOUT) == 2
+    key, paused = future.task_key, "paused-client"
+
+    def refs() -> int:
+        return int(rush.client.hget(rush.keys.task(key), "refs"))
+
+    assert rush.scripts.hold([key], client_id=paused, request="h1", lease=0.05) == []
+    assert refs() == 2
+    wait_until(lambda: refs() == 1, what="the paused client's hold reaped by a heartbeat")
+    assert rush.scripts.release([key], client_id=paused, request="r1") == 0  # it has no lease now
+    assert rush.scripts.renew_client(paused, lease=60, reap_batch=1000) == -1  # it comes back
+    assert rush.scripts.release([key], client_id=paused, request="r2") == 0  # it holds nothing
+    assert refs() == 1 and future.result() == 2
+
+
+def test_a_compute_or_persist_of_held_results_holds_them_exactly_as_long_as_it_needs(rush):
+    import dask
+    import dask.array as da
+    import numpy as np
+
+    rush.start_workers(n_workers=1, **FAST)
+    (kept,) = dask.persist(da.arange(10, chunks=5), scheduler=rush)
+    refs_key = rush.keys.client_refs(rush._completions.client_id)
+
+    def holds() -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in rush.client.hgetall(refs_key).items()}
+
+    def refs() -> dict[str, int]:
+        return {k: int(rush.client.hget(rush.keys.task(k), "refs")) for k in chunks}
+
+    chunks = holds()
+    assert len(chunks) == 2 and set(chunks.values()) == {1}
+    # The chunks are outputs of this compute (their concatenation runs here): it holds them
+    # while it reads them, under the client's lease, then gives them back.
+    assert np.array_equal(dask.compute(kept, scheduler=rush)[0], np.arange(10))
+    assert refs() == chunks and holds() == chunks
+    assert dask.compute(kept.sum(), scheduler=rush)[0] == 45  # inputs of a compute
+    assert refs() == chunks and holds() == chunks
+    (again,) = dask.persist(kept, scheduler=rush)  # the same futures: nothing more is held
+    assert refs() == chunks and holds() == chunks
+    del kept, again
+    gc.collect()
+    wait_until(lambda: not any(rush.client.exists(rush.keys.task(k)) for k in chunks), what="chunks released")
+    assert holds() == {}

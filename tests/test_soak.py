@@ -2,9 +2,9 @@
 
 Real worker processes, real controllers in subprocesses SIGKILLed mid-work.
 Every result must be right, the network's keys must be back to their
-baseline once the dead computes' leases expired (persist/futures of dead
-clients are the known gap: counted, not failed), Redis memory within 1 MB of
-its baseline, and no worker's memory growing without bound. No timing
+baseline once the dead clients' leases expired (whether they computed,
+persisted or held futures), Redis memory within 1 MB of its baseline, and no
+worker's memory growing without bound. No timing
 threshold: the duration only bounds how many rounds run.
 """
 

@@ -43,9 +43,12 @@ local function first_time(cid, rid, t)
 end
 
 -- Record (n = 1) or forget (n = -1) one reference of client `cid` on `key`.
+-- Returns the count left: below 0 if there was none to forget.
 local function count_ref(cid, key, n)
   local ck = p .. 'crefs:' .. cid
-  if redis.call('HINCRBY', ck, key, n) <= 0 then redis.call('HDEL', ck, key) end
+  local left = redis.call('HINCRBY', ck, key, n)
+  if left <= 0 then redis.call('HDEL', ck, key) end
+  return left
 end
 
 -- A client holds something from now on: give it a lease if it has none yet
