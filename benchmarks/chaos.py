@@ -49,6 +49,7 @@ from msgpack import unpackb
 
 from rush_dask import Rush, plan
 from rush_dask.connections import current_plan
+from rush_dask.errors import RedisUnavailableError
 from rush_dask.heartbeat import EXIT_LOST, EXIT_REDIS_GONE
 from rush_dask.server import RedisServer
 
@@ -227,39 +228,45 @@ class Chaos:
     def graph_workload(self) -> None:
         """Compute the stencil graph and an array sum again and again; each value must be exact."""
         rush = Rush(self.network, url=self.server.url)
-        width, depth = stencil_shape(self.nodes)
-        round_ = 0
-        while not self.done.is_set():
-            round_ += 1
-            graph, expected = stencil_graph(width, depth, salt=round_)
-            array, array_expected = array_sum(100_000 + round_, chunks=1_000)
-            matmul, matmul_expected = large_chunk_matmul(self.matmul_size, 300, scale=round_)
-            while rush.n_running_workers == 0:  # else compute would start default workers itself
-                time.sleep(0.05)
-            got = dask.compute(graph, array, matmul, scheduler=rush, max_lost=MAX_LOST,
-                               timeout=self.hang_timeout)
-            if got != (expected, array_expected, matmul_expected):
-                self.stats.violation(f"graph round {round_}: got {got}, expected "
-                                     f"{(expected, array_expected, matmul_expected)}")
-            self.stats.work["graph computes"] += 1
-            self.stats.work["graph nodes"] += len(graph.dask) + len(array.dask) + len(matmul.dask)
-            self.log(f"graph round {round_} exact ({len(graph.dask) + len(array.dask)} nodes and a "
-                     f"{self.matmul_size}² matmul of 0.7 MB chunks)")
+        try:
+            width, depth = stencil_shape(self.nodes)
+            round_ = 0
+            while not self.done.is_set():
+                round_ += 1
+                graph, expected = stencil_graph(width, depth, salt=round_)
+                array, array_expected = array_sum(100_000 + round_, chunks=1_000)
+                matmul, matmul_expected = large_chunk_matmul(self.matmul_size, 300, scale=round_)
+                while rush.n_running_workers == 0:  # else compute would start default workers itself
+                    time.sleep(0.05)
+                got = dask.compute(graph, array, matmul, scheduler=rush, max_lost=MAX_LOST,
+                                   timeout=self.hang_timeout)
+                if got != (expected, array_expected, matmul_expected):
+                    self.stats.violation(f"graph round {round_}: got {got}, expected "
+                                         f"{(expected, array_expected, matmul_expected)}")
+                self.stats.work["graph computes"] += 1
+                self.stats.work["graph nodes"] += len(graph.dask) + len(array.dask) + len(matmul.dask)
+                self.log(f"graph round {round_} exact ({len(graph.dask) + len(array.dask)} nodes and a "
+                         f"{self.matmul_size}² matmul of 0.7 MB chunks)")
+        finally:
+            rush.close()  # what it may still hold goes with it
 
     def plain_workload(self) -> None:
         """Push batches of plain tasks and wait for them; the results are checked at the end."""
         rush = Rush(self.network, url=self.server.url)
-        start = 0
-        while not self.done.is_set():
-            xs = range(start, start + self.n_tasks)
-            start += self.n_tasks
-            durations = [self.durations.choice((0.0, 0.0, 0.001, 0.01)) for _ in xs]
-            keys = rush.push_tasks([{"x": x, "duration": d} for x, d in zip(xs, durations)],
-                                   max_lost=MAX_LOST)
-            self.plain_expected.update({k: x * x + 1 for k, x in zip(keys, xs)})
-            rush.wait_for_tasks(keys, timeout=self.hang_timeout, progress=False)
-            self.stats.work["plain tasks"] += len(keys)
-            self.log(f"plain batch of {len(keys)} done")
+        try:
+            start = 0
+            while not self.done.is_set():
+                xs = range(start, start + self.n_tasks)
+                start += self.n_tasks
+                durations = [self.durations.choice((0.0, 0.0, 0.001, 0.01)) for _ in xs]
+                keys = rush.push_tasks([{"x": x, "duration": d} for x, d in zip(xs, durations)],
+                                       max_lost=MAX_LOST)
+                self.plain_expected.update({k: x * x + 1 for k, x in zip(keys, xs)})
+                rush.wait_for_tasks(keys, timeout=self.hang_timeout, progress=False)
+                self.stats.work["plain tasks"] += len(keys)
+                self.log(f"plain batch of {len(keys)} done")
+        finally:
+            rush.close()  # what it may still hold goes with it
 
     def holdings_workload(self) -> None:
         """Hold results under client leases and let go of them, round after round.
@@ -275,6 +282,7 @@ class Chaos:
         """
         rush = Rush(self.network, url=self.server.url)
         receiver = Receiver(self)
+        self.log(f"holdings: first client {rush._completions.client_id}, second {receiver.client_id}")
         round_ = 0
         try:
             while not self.done.is_set():
@@ -303,6 +311,7 @@ class Chaos:
                     self.stats.faults["holder_sigkill"] += 1
                     self.log(f"holder_sigkill: second client {receiver.client_id} killed holding a future")
                     receiver = Receiver(self)
+                    self.log(f"holdings: new second client {receiver.client_id}")
                 else:
                     receiver.ask("release", expect="released")
                 for future in futures:
@@ -327,7 +336,7 @@ class Chaos:
     # ------------------------------------------------------------ faults
     def _victims(self) -> list[str]:
         running = set(self.driver.running_worker_ids)
-        return [wid for wid, proc in self.driver._processes.items()
+        return [wid for wid, proc in self.driver.local_workers.processes.items()
                 if proc.alive and wid in running and wid not in self.stopped]
 
     def drive(self, threads: list[threading.Thread]) -> None:
@@ -352,14 +361,14 @@ class Chaos:
                 continue
             if kind == "sigkill":
                 wid = self.random.choice(victims)
-                self.driver._processes[wid].signal(signal.SIGKILL)
+                self.driver.local_workers.processes[wid].signal(signal.SIGKILL)
             elif kind.startswith("sigstop"):
                 wid = self.random.choice(victims)
                 expire = self.worker_options["heartbeat_expire"]
                 resume_at = time.monotonic() + self.random.uniform(0.1, 0.8 * expire) \
                     if kind == "sigstop_resume" else None
-                self.driver._processes[wid].signal(signal.SIGSTOP)
-                self.stopped[wid] = (resume_at, self.driver._processes[wid])
+                self.driver.local_workers.processes[wid].signal(signal.SIGSTOP)
+                self.stopped[wid] = (resume_at, self.driver.local_workers.processes[wid])
             elif kind.startswith("redis"):
                 started = time.monotonic()
                 if kind == "redis_restart":  # SIGTERM: Redis finishes its AOF and exits
@@ -399,7 +408,7 @@ class Chaos:
                 if resume_at is None:
                     self.stats.recovered["workers declared lost while stopped"] += 1
         active = [wid for wid in self._victims()]
-        starting = [p for wid, p in self.driver._processes.items() if p.alive and wid not in states]
+        starting = [p for wid, p in self.driver.local_workers.processes.items() if p.alive and wid not in states]
         missing = self.n_workers - len(active) - len(starting)
         if missing > 0:
             self.driver.start_workers(square_task, missing, log_dir=os.path.join(self.directory, "logs"),
@@ -428,6 +437,12 @@ class Chaos:
 
         while holding() and time.monotonic() < deadline:
             time.sleep(0.2)
+        if holding():  # reported by check_network as unexpected keys; here, what they are
+            now = float(client.time()[0])
+            leases = {cid.decode(): round(score - now, 1)
+                      for cid, score in client.zrange(k.clients, 0, -1, withscores=True)}
+            self.log(f"still holding after {seconds:g} s: clients (s left of their lease) {leases}, "
+                     f"crefs/creq {sorted(client.scan_iter(match=k.prefix + 'c*:*'))}")
 
     def cleanup(self) -> None:
         for _, proc in list(self.stopped.values()):
@@ -436,7 +451,7 @@ class Chaos:
         driver = getattr(self, "driver", None)
         if driver is not None:
             try:
-                codes = Counter(p.process.poll() for p in driver._processes.values())
+                codes = Counter(p.process.poll() for p in driver.local_workers.processes.values())
                 self.stats.recovered["workers that came back and exited as lost"] = codes.get(EXIT_LOST, 0)
                 if codes.get(EXIT_REDIS_GONE):
                     self.stats.violation(f"{codes[EXIT_REDIS_GONE]} workers gave up on Redis")
@@ -495,7 +510,7 @@ def check_network(rush: Rush, expected: dict[str, int], stats: Stats) -> None:
     # Only the expected kinds of keys are left: nothing of any graph, nothing queued or running.
     plain = {k.task(key).encode() for key in expected}
     allowed = ("tasks", "finished", "archive", "seq", "worker_states", "worker:", "start:", "fun:",
-               "log:", "hb:", "wake", "gc:", "lqs")
+               "log:", "hb:", "wake", "gc:", "lqs", "sweep")
     left = [key for key in client.scan_iter(match=k.pattern, count=1000) if key not in plain]
     odd = [key.decode() for key in left
            if not key.decode()[len(k.prefix):].startswith(allowed)]
@@ -607,7 +622,15 @@ class Receiver:
 def receiver_main(network: str, url: str, lease: float, timeout: float) -> None:
     """The second client: it receives futures by pickle (held anew by its own controller, see
     ``rush_dask.futures.adopt_future``), reads them, releases them; one command per line."""
-    rush = Rush(network, url=url)
+    deadline = time.monotonic() + timeout
+    while True:  # it may start while Redis restarts: Rush() does not wait for a server
+        try:
+            rush = Rush(network, url=url)
+            break
+        except RedisUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     rush.client_lease.hold(lease)  # this client's lease: short, so that its death is noticed soon
     print(rush._completions.client_id, flush=True)
     held: Any = None

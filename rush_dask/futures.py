@@ -169,6 +169,11 @@ class RushFuture(TaskRef):
             self._rush._completions.forget(self.task_key)
             self._rush._completions.release_now([self.task_key])
 
+    def __dask_tokenize__(self) -> tuple[str, str, str]:
+        # Dask tokenizes the arguments of a pure submit: by the node, not by a pickle round
+        # trip, whose unpickling would make a controller of this process hold the node anew.
+        return ("RushFuture", self._rush.network_id, self.task_key)
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled, a future is its network and keys. Unpickled where a controller of that
         # network is open, that controller holds it anew (see adopt_future); elsewhere (a

@@ -219,3 +219,26 @@ def test_a_compute_or_persist_of_held_results_holds_them_exactly_as_long_as_it_n
     gc.collect()
     wait_until(lambda: not any(rush.client.exists(rush.keys.task(k)) for k in chunks), what="chunks released")
     assert holds() == {}
+
+
+def test_tokenizing_a_future_holds_nothing(rush, redis_url):
+    # A pure submit tokenizes its arguments. Tokenized by a pickle round trip, a future was
+    # adopted by whichever controller of the network this process has open: a hold, a lease
+    # thread, and a lease that stayed in Redis as long as that controller lived.
+    from dask.base import tokenize
+
+    from rush_dask import Rush
+
+    others = [Rush(rush.network_id, url=redis_url) for _ in range(3)]
+    try:
+        rush.start_workers(n_workers=1, **FAST)
+        a = rush.submit(f.inc, 1)
+        b = rush.submit(f.inc, a)  # pure: the key is a token of (inc, a)
+        assert b.result(timeout=TIMEOUT) == 3
+        assert tokenize(a) == tokenize(a) != tokenize(b)
+        assert int(rush.client.hget(rush.keys.task(a.task_key), "refs")) == 1  # this client's alone
+        for other in others:
+            assert rush.client.zscore(rush.keys.clients, other._completions.client_id) is None
+    finally:
+        for other in others:
+            other.close()
