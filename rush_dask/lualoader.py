@@ -109,9 +109,9 @@ def _prologue(name: str, keys: tuple[str, ...]) -> str:
 def load_script(name: str, constants: Mapping[str, object] | None = None) -> LuaScript:
     """Read, check and assemble ``lua/<name>.lua``; ``@NAME@`` placeholders take ``constants``.
 
-    >>> script = load_script("renew_lease")
+    >>> script = load_script("register")
     >>> script.keys, script.families
-    (('leases',), ('graph',))
+    (('worker_states',), ('worker', 'hb'))
     """
     return build(name, _read(f"{name}.lua"), constants)
 
