@@ -18,8 +18,10 @@ from pathlib import Path
 
 import conftest
 import dask_funcs as f
+import pytest
 
-from rush_dask.scripts import NewTask  # noqa: F401 - the typed layer is what these tests drive
+import rush_dask
+from rush_dask.connections import current_plan
 
 TIMEOUT = 60
 LEASE = 2.0
@@ -45,6 +47,16 @@ HOLDER = textwrap.dedent("""
     print(rush._completions.client_id, base64.b64encode(pickle.dumps(answer)).decode(), flush=True)
     time.sleep(600)
 """)
+
+
+@pytest.fixture
+def no_local_workers():
+    """plan(n_workers=0) for one test: no controller of this process starts workers by itself."""
+    previous = current_plan()
+    n_workers, url = previous.n_workers, previous.url
+    rush_dask.plan(n_workers=0, url=url)
+    yield
+    rush_dask.plan(n_workers=n_workers, url=url)
 
 
 def start_holder(rush, *, wait_answer: bool, n_workers: int | None = None) -> tuple[subprocess.Popen, str, bytes]:
@@ -84,21 +96,15 @@ def test_a_sigkilled_client_leaves_nothing_behind_with_running_workers(rush):
     wait_until(lambda: rush.n_running_tasks == 0 and rush.n_queued_tasks == 0, what="workers idle")
 
 
-def test_a_sigkilled_client_leaves_nothing_behind_without_workers(rush):
+def test_a_sigkilled_client_leaves_nothing_behind_without_workers(rush, no_local_workers):
     # No worker runs: the sweeping falls to the other controllers that hold something.
-    import rush_dask
-
-    rush_dask.plan(n_workers=0)  # no local workers started for our future either
-    try:
-        mine = rush.submit(f.inc, 1)
-        baseline = conftest.network_keys(rush.url, rush)
-        client, client_id, _ = start_holder(rush, wait_answer=False, n_workers=0)
-        assert rush.n_running_workers == 0 and rush.n_queued_tasks == 1 + 100 + 50 + 1
-        kill(client)
-        wait_until(lambda: leftovers(rush, baseline) == [], what="a dead client's keys gone")
-        assert rush.n_queued_tasks == 1 and mine.status == "queued"  # ours is untouched
-    finally:
-        rush_dask.plan()
+    mine = rush.submit(f.inc, 1)
+    baseline = conftest.network_keys(rush.url, rush)
+    client, client_id, _ = start_holder(rush, wait_answer=False, n_workers=0)
+    assert rush.n_running_workers == 0 and rush.n_queued_tasks == 1 + 100 + 50 + 1
+    kill(client)
+    wait_until(lambda: leftovers(rush, baseline) == [], what="a dead client's keys gone")
+    assert rush.n_queued_tasks == 1 and mine.status == "queued"  # ours is untouched
 
 
 def test_a_future_passed_to_another_client_lives_while_either_holds_it(rush):
@@ -135,39 +141,26 @@ def test_holds_and_releases_apply_once_per_request(rush):
     assert rush.scripts.hold(["no-such-node"], client_id=cid, request="h2", lease=60) == ["no-such-node"]
 
 
-def test_closing_a_controller_drops_what_it_held(rush, redis_url):
-    import rush_dask
-    from rush_dask import Rush
-
-    rush_dask.plan(n_workers=0)
-    try:
-        other = Rush(rush.network_id, url=redis_url)
-        futures = other.map(f.inc, range(5))  # no worker: they stay queued
-        assert rush.n_queued_tasks == 5
-        other.close()
-        assert rush.n_queued_tasks == 0 and rush.client.zcard(rush.keys.clients) == 0
-        del futures
-    finally:
-        rush_dask.plan()
+def test_closing_a_controller_drops_what_it_held(rush, redis_url, no_local_workers):
+    other = rush_dask.Rush(rush.network_id, url=redis_url)
+    futures = other.map(f.inc, range(5))  # no worker: they stay queued
+    assert rush.n_queued_tasks == 5
+    other.close()
+    assert rush.n_queued_tasks == 0 and rush.client.zcard(rush.keys.clients) == 0
+    del futures
 
 
-def test_a_released_future_that_has_not_run_is_cancelled_unless_fired_and_forgotten(rush):
-    import rush_dask
-
-    rush_dask.plan(n_workers=0)  # nothing runs them meanwhile
-    try:
-        dropped, kept = rush.submit(f.inc, 1), rush.submit(f.inc, 2)
-        rush_dask.fire_and_forget(kept)
-        task_keys = dropped.task_key, kept.task_key
-        dropped.release()
-        kept.release()
-        assert not rush.client.exists(rush.keys.task(task_keys[0]))  # nobody would read it: gone
-        assert rush.n_queued_tasks == 1  # the forgotten one waits for a worker, and will run
-        rush.start_workers(n_workers=1, **FAST)
-        wait_until(lambda: not rush.client.exists(rush.keys.task(task_keys[1])), what="it ran, then went")
-        assert rush.n_queued_tasks == 0
-    finally:
-        rush_dask.plan()
+def test_a_released_future_that_has_not_run_is_cancelled_unless_fired_and_forgotten(rush, no_local_workers):
+    dropped, kept = rush.submit(f.inc, 1), rush.submit(f.inc, 2)
+    rush_dask.fire_and_forget(kept)
+    task_keys = dropped.task_key, kept.task_key
+    dropped.release()
+    kept.release()
+    assert not rush.client.exists(rush.keys.task(task_keys[0]))  # nobody would read it: gone
+    assert rush.n_queued_tasks == 1  # the forgotten one waits for a worker, and will run
+    rush.start_workers(n_workers=1, **FAST)
+    wait_until(lambda: not rush.client.exists(rush.keys.task(task_keys[1])), what="it ran, then went")
+    assert rush.n_queued_tasks == 0
 
 
 def test_a_client_reaped_while_paused_drops_nothing_twice(rush):
