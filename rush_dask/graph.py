@@ -55,6 +55,7 @@ from dask.core import flatten
 from dask.order import order
 
 from . import constants as C
+from .clientnodes import ClientNodes, client_keys, client_spec
 from .constants import TaskState
 from .dataplane import OFFLOAD_MIN, RESULT_FIELDS
 from .errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, TaskFailedError
@@ -147,6 +148,9 @@ class GraphRun:
         self.external: dict[Hashable, RushFuture] = dict(futures)
         self._find_external_inputs()
         self.defaults = {"priority": priority, "retries": retries, "resources": resources}
+        # Nodes that must run in this process (see rush_dask.clientnodes): by the graph's
+        # contents here, and those that cannot be pickled once submit serializes them.
+        self.client_keys = client_keys(self.dask_graph)
         self.max_lost = max_lost
         self.config = config  # the client's dask.config, applied around each node (taskconfig)
         # The Redis tasks: the Dask graph with small subtrees fused and, when the client
@@ -156,6 +160,7 @@ class GraphRun:
                           for i, key in enumerate(members)}
         self.task_keys = {key: f"{self.graph_id}.{i}" for i, key in enumerate(self.graph)}
         self.born_finished: set[str] = set()  # large DataNodes the client holds (see submit)
+        self.client_nodes: ClientNodes | None = None  # set by submit when the graph has client nodes
 
     def _fuse(self, fuse: bool | int, bundle: bool) -> tuple[dict[Hashable, GraphNode], dict[Hashable, list[Hashable]],
                                                                dict[Hashable, list[Hashable]]]:
@@ -174,7 +179,7 @@ class GraphRun:
         options = [self._per_node(name) for name in ("priority", "resources", "retries")]
 
         def options_of(key: Hashable) -> tuple[str, ...]:
-            return tuple(repr(option(key)) for option in options)
+            return (*(repr(option(key)) for option in options), "client" if key in self.client_keys else "")
 
         # Large data embedded in the graph stays a node of its own: the client writes it to
         # its host's store (see submit) instead of sending it inside a consumer's task.
@@ -262,6 +267,8 @@ class GraphRun:
                                                  ("priority", "resources", "retries"))
         base = self.rush.client.incrby(self.rush.keys.seq, max(len(graph), 1)) - len(graph)
         notify = "1" if self.notify else (self.done_list or "0")
+        on_client = ({task_keys[key] for key in graph if any(k in self.client_keys for k in self.dask_keys(key))}
+                     if self.client_keys else set())
 
         def push(batch: list[NewNode]) -> None:
             self.rush.scripts.push_graph(self.graph_id, batch, n_nodes=len(graph), notify=notify,
@@ -273,13 +280,21 @@ class GraphRun:
         for key in sorted(graph, key=ranks.__getitem__):
             node = graph[key]
             deps = {dep: self.task_key(dep) for dep in node.dependencies}
-            held = self.rush.plane.hold(task_keys[key], node.value) if isinstance(node, DataNode) else None
-            if held is not None:  # written to this host's store: workers map it, nothing runs it
-                self.born_finished.add(task_keys[key])
-                payload = b""
-            else:
-                payload = dumps((with_config(node, self.config), deps), self.rush.secret,
-                                self.rush._where(task_keys[key], "xs"))
+            held, payload = None, b""
+            if task_keys[key] not in on_client:
+                try:
+                    held = self.rush.plane.hold(task_keys[key], node.value) if isinstance(node, DataNode) else None
+                    if held is not None:  # written to this host's store: workers map it, nothing runs it
+                        self.born_finished.add(task_keys[key])
+                    else:
+                        payload = dumps((with_config(node, self.config), deps), self.rush.secret,
+                                        self.rush._where(task_keys[key], "xs"))
+                except TypeError:  # cannot be pickled: it runs here (see rush_dask.clientnodes)
+                    on_client.add(task_keys[key])
+                    if isinstance(node, DataNode):  # and so does what takes the value itself
+                        on_client.update(dependents[key])
+            if task_keys[key] in on_client:
+                self.client_nodes = self.client_nodes or ClientNodes(self, on_client)
             if len(payload) > self.rush.max_payload_bytes:
                 self.cancel()  # the batches already sent
                 raise PayloadTooLargeError(
@@ -291,7 +306,8 @@ class GraphRun:
                 refs=len(dependents[key]) + (key in outputs),
                 deps=list(deps.values()), dependents=dependents[key],
                 score=-int(priority_of(key)) * 1e12 + base + ranks[key],
-                resources=_resource_spec(resources_of(key)),
+                resources=(client_spec(self.graph_id) if task_keys[key] in on_client
+                           else _resource_spec(resources_of(key))),
                 max_retries=int(retries_of(key) or 0), max_lost=self.max_lost, held=held or "",
                 mine=bool(self.owner) and key in outputs,
             ))
@@ -300,6 +316,9 @@ class GraphRun:
                 batch = []
         if batch:
             push(batch)
+        if self.client_nodes is not None:
+            self.client_nodes.dependents = dependents
+            self.client_nodes.pending = set(on_client)
         # Outputs that are futures of earlier graphs: a compute holds one more reference on
         # each until it has read them, recorded under the client's lease (it goes if the
         # client dies) and taken once (a repeat after a lost reply takes nothing twice). A
@@ -344,7 +363,10 @@ class GraphRun:
         idle_since, resync_after = time.monotonic(), 1.0
         renew_at = time.monotonic() + self.lease / 4
         block = min(0.2, self.lease / 4) if self.lease else 0.2  # renewals must not wait longer
+        client_nodes = self.client_nodes
         try:
+            if client_nodes is not None:
+                client_nodes.pump()
             while unseen:
                 if time.monotonic() >= renew_at:
                     self._renew_lease()
@@ -359,6 +381,8 @@ class GraphRun:
                     items = self._done_by_state(unseen)
                     idle_since = time.monotonic()
                     resync_after = 1.0 if items else min(resync_after * 2, 30.0)
+                if client_nodes is not None:  # a node finished: client nodes may be ready now
+                    client_nodes.pump()
                 for item in items:
                     if item.startswith("!"):
                         raise_node_error(rush, item[1:], by_task_key.get(item[1:], item[1:]))
@@ -371,6 +395,8 @@ class GraphRun:
             self.cancel()
             self._release(external)  # the hold taken on earlier futures in submit()
             raise
+        if client_nodes is not None:
+            client_nodes.close()
         try:
             results = self._read_outputs(outputs_here)
             if external:
@@ -427,7 +453,13 @@ class GraphRun:
         return failed + [k for k, state in zip(keys, states) if state in (TaskState.FINISHED, None)]
 
     def _read(self, task_keys: list[str]) -> list[Any]:
-        """Values of finished nodes: from Redis, or from the host that holds them (see dataplane)."""
+        """Values of finished nodes: from Redis, or from the host that holds them (see dataplane);
+        those of client nodes are the objects the client made."""
+        if self.client_nodes is not None and any(k in self.client_nodes.values for k in task_keys):
+            here = self.client_nodes.values
+            elsewhere = [k for k in task_keys if k not in here]
+            read = dict(zip(elsewhere, self._read(elsewhere))) if elsewhere else {}
+            return [here[k] if k in here else read[k] for k in task_keys]
         pipe = self.rush.client.pipeline(transaction=False)
         for task_key in task_keys:
             pipe.hmget(self.rush.keys.task(task_key), *RESULT_FIELDS)
@@ -439,6 +471,8 @@ class GraphRun:
 
     def cancel(self) -> None:
         """Delete what is left of this graph (queued nodes, late results are dropped)."""
+        if self.client_nodes is not None:  # the client nodes running finish first, no new one starts
+            self.client_nodes.close()
         keys = list(self.task_keys.values())
         for start in range(0, max(len(keys), 1), 10_000):
             self.rush.scripts.cancel_graph(self.graph_id, keys[start:start + 10_000])

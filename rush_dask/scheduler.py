@@ -112,6 +112,8 @@ class DaskScheduler:
         futures = run.futures()  # before submit: a node may finish before the listener follows it
         self._completions.watch([f.task_key for f in futures.values()])
         run.submit()
+        if run.client_nodes is not None:  # nodes that run in this process: run them before returning
+            run.client_nodes.drain()
         return futures
 
     def __call__(self: Controller, dsk: Any, keys: Any, **kwargs: Any) -> Any:

@@ -339,6 +339,19 @@ class Scripts:
         """
         return int(self.call("renew_client", [self.prefix, client_id, repr(lease), reap_batch]))
 
+    def settle_on_client(self, holder: str, outcomes: Sequence[Outcome]) -> list[str]:
+        """Record the outcomes of graph nodes their client ran itself (see
+        :mod:`rush_dask.clientnodes`); one note per outcome (``finished``, ``retried``,
+        ``failed``, ``dropped``). ``holder`` is the id results held on the client's host are under.
+
+        >>> scripts.settle_on_client("client-1", [Outcome("g1.0", "finished", dumps(1))])  # doctest: +SKIP
+        ['finished']
+        """
+        args: list[Any] = [self.prefix, holder, len(outcomes)]
+        for outcome in outcomes:
+            args += outcome
+        return [note.decode() for note in self.call("settle_on_client", args)]
+
     @_raw_args_accepted
     def cancel_graph(self, graph_id: str, task_keys: Iterable[str]) -> None:
         """Delete these nodes of graph ``graph_id`` and the graph's bookkeeping."""
