@@ -225,10 +225,14 @@ class ClientNodes:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._stopped = False
+        self.failure: BaseException | None = None  # settling a node failed (Redis unreachable)
 
     # ------------------------------------------------------------- taking and running
     def pump(self, block: float = 0.0) -> int:
-        """Start the client nodes that are ready (waiting ``block`` s for a first one); returns how many."""
+        """Start the client nodes that are ready (waiting ``block`` s for a first one); returns how many.
+        Raises what kept a node from being settled in Redis (the node would never finish)."""
+        if self.failure is not None:
+            raise self.failure
         client = self.rush.client
         if block > 0:
             first = client.bzpopmin(self.queue, timeout=block)
@@ -261,6 +265,9 @@ class ClientNodes:
                                       traceback.format_exc(), blob), ""
         try:
             notes = self.rush.scripts.settle_on_client(holder or f"client:{self.run.graph_id}", [outcome])
+        except BaseException as exc:
+            self.failure = exc
+            raise
         finally:
             with self._lock:
                 self.running.pop(task_key, None)

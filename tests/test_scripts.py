@@ -26,7 +26,7 @@ SCRIPTS = script_names()
 
 
 def test_every_script_is_a_file_with_a_full_header():
-    assert len(SCRIPTS) == 16
+    assert len(SCRIPTS) == 17
     folder = resources.files("rush_dask").joinpath("lua")
     for name in SCRIPTS:
         text = folder.joinpath(f"{name}.lua").read_text()
