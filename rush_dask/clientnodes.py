@@ -59,7 +59,7 @@ import threading
 import time
 import traceback
 from collections.abc import Hashable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef
@@ -221,7 +221,9 @@ class ClientNodes:
         self.values: dict[str, Any] = {}  # results of client nodes, the very objects
         self.dependents: Mapping[Hashable, list[str]] = {}  # task keys by Dask key, set by GraphRun.submit
         self.pending = set(task_keys)  # not settled yet
-        self.running: dict[str, Future[None]] = {}
+        # Runs of each node under way: a retried node is taken again while its failed run
+        # is still settling, so a node may briefly have two.
+        self.running: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._stopped = False
@@ -245,11 +247,12 @@ class ClientNodes:
         for raw in popped:
             task_key = raw.decode() if isinstance(raw, bytes) else raw
             with self._lock:
-                if self._stopped or task_key in self.running or task_key not in self.pending:
+                if self._stopped or task_key not in self.pending:
                     continue
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(thread_name_prefix="rush-client-node")
-                self.running[task_key] = self._pool.submit(self._run_and_settle, task_key)
+                self.running[task_key] = self.running.get(task_key, 0) + 1
+                self._pool.submit(self._run_and_settle, task_key)
             started += 1
         return started
 
@@ -270,7 +273,9 @@ class ClientNodes:
             raise
         finally:
             with self._lock:
-                self.running.pop(task_key, None)
+                left = self.running.pop(task_key, 1) - 1
+                if left:
+                    self.running[task_key] = left
         if notes and notes[0] in ("finished", "failed", "dropped"):
             with self._lock:
                 self.pending.discard(task_key)

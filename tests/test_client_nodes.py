@@ -227,3 +227,20 @@ def test_rule_leaves_ordinary_graphs_and_out_of_core_targets_alone():
     assert len(keys_of(da.store(da.ones(4, chunks=2), np.zeros(4), compute=False))) == 2
     assert len(keys_of(da.store(da.ones(4, chunks=2), delayed(ZarrLike()), compute=False))) == 0
     assert len(keys_of(da.store(da.ones(4, chunks=2), delayed(np.zeros)(4), compute=False))) == 3
+
+
+def test_client_node_is_retried(rush2):
+    attempts = []
+
+    def flaky(lock):
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OSError("not yet")
+        return len(attempts)
+
+    node = delayed(flaky)(threading.Lock())
+    assert dask.compute(node, scheduler=rush2, retries=2)[0] == 3
+    attempts.clear()
+    with pytest.raises(OSError, match="not yet"):
+        dask.compute(node, scheduler=rush2, retries=1)
+    assert len(attempts) == 2
