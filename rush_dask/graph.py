@@ -39,6 +39,12 @@ it computes, and a bundle's result is the tuple the client splits.
 Inputs that are not in the graph are results of earlier graphs (persisted
 collections, futures): the new graph holds a reference on them while it
 needs them.
+
+A few nodes run in the client instead of on a worker: stores into objects of
+the client, nodes that take a lock of the client, nodes that cannot be
+pickled. They are Redis tasks like the others, on a queue no worker pops;
+the client runs and settles them while it follows the graph
+(:mod:`rush_dask.clientnodes`).
 """
 
 from __future__ import annotations
