@@ -246,7 +246,7 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
 def main(argv: list[str] | None = None) -> dict:
     import argparse
 
-    from rush_dask.server import RedisServer
+    from rush_dask.core.server import RedisServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)

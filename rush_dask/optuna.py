@@ -44,9 +44,9 @@ from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.storages.journal import JournalRedisBackend, JournalStorage
 from optuna.trial import TrialState
 
-from .constants import WorkerState
+from .core.constants import WorkerState
+from .core.serialize import dumps, dumps_function, loads
 from .journal import RedisListJournal
-from .serialize import dumps, dumps_function, loads
 
 logger = logging.getLogger("rush_dask.optuna")
 

@@ -11,7 +11,7 @@ The calls of ``distributed`` scripts work the same way: ``result(timeout)``,
 ``exception()``, ``traceback()``, ``cancel()``, ``add_done_callback()``,
 :func:`wait`, :func:`as_completed` and :func:`fire_and_forget`. A client learns
 that a future finished from a list the finishing worker pushes to (see
-:mod:`rush_dask.completions`), not by polling.
+:mod:`rush_dask.dask.completions`), not by polling.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def adopt_future(network_id: str, key: Any, task_key: str) -> RushFuture | TaskR
     >>> other = pickle.loads(pickle.dumps(future))   # in another process with a Rush of the network
     ...                                              # doctest: +SKIP
     """
-    from .rush import live_controller
+    from ..rush import live_controller
 
     rush = live_controller(network_id) if "rush_dask.rush" in sys.modules else None
     if rush is None:

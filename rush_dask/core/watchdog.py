@@ -3,13 +3,13 @@
 A client that started its own (embedded) Redis stops it at exit. A client that
 is SIGKILLed or crashes (a segfault in an extension) runs no exit handler, and
 its server would run on as an orphan, with the workers connected to it. So
-:func:`rush_dask.server.embedded_server` starts this watchdog beside the
+:func:`rush_dask.core.server.embedded_server` starts this watchdog beside the
 server: a small process that waits for the client's death (a pidfd on Linux,
 no polling) and then stops the server; the workers find Redis gone and exit
 after their ``redis_retry_timeout``. The watchdog exits by itself when the
 server stops first.
 
-    python -m rush_dask.watchdog OWNER_PID TARGET_PID
+    python -m rush_dask.core.watchdog OWNER_PID TARGET_PID
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def watch(owner: int, target: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or not all(a.isdigit() for a in args):
-        print("usage: python -m rush_dask.watchdog OWNER_PID TARGET_PID", file=sys.stderr)
+        print("usage: python -m rush_dask.core.watchdog OWNER_PID TARGET_PID", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the owner's terminal is for the owner
     watch(int(args[0]), int(args[1]))

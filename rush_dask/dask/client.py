@@ -17,15 +17,14 @@ import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import taskwarnings
-from .connections import is_cluster_client
-from .constants import TaskState
-from .dataplane import RESULT_FIELDS
-from .futures import RushFuture, _deadline, _flat
-from .graph import flat_keys, raise_node_error
+from ..core import taskwarnings
+from ..core.connections import is_cluster_client
+from ..core.constants import TaskState
+from ..core.dataplane import RESULT_FIELDS
 from .shuffle import task_shuffle
 
 if TYPE_CHECKING:
+    from .futures import RushFuture
     from .protocols import Controller
 
 logger = logging.getLogger("rush_dask")
@@ -159,6 +158,8 @@ class FuturesClient:
                 if state == TaskState.FINISHED:
                     results[future.task_key] = self.plane.read(future.task_key, where)
                 elif state == TaskState.FAILED:
+                    from .graph import raise_node_error
+
                     raise_node_error(self, future.task_key, future.key)
                 elif state is None:
                     raise KeyError(f"the result of {future.key!r} was released")
@@ -181,6 +182,8 @@ class FuturesClient:
         """
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        from .futures import RushFuture, _deadline, _flat
+
         if isinstance(futures, RushFuture):
             return self.gather([futures], errors, timeout)[0]
         flat = _flat(futures)
@@ -225,7 +228,7 @@ class FuturesClient:
     def compute(self: Controller, collections: Any, optimize_graph: bool = True, **kwargs: Any) -> Any:
         """Start computing a Dask collection (or a list of them); returns a future of its value.
 
-        DataFrame shuffles are task-based unless you chose a method (see :mod:`rush_dask.shuffle`).
+        DataFrame shuffles are task-based unless you chose a method (see :mod:`rush_dask.dask.shuffle`).
         Keywords: ``priority``, ``retries``, ``resources``, as for ``rush.get``.
 
         >>> total = rush.compute(x.sum())       # doctest: +SKIP
@@ -233,6 +236,8 @@ class FuturesClient:
         """
         from dask._expr import FinalizeCompute
         from dask.base import collections_to_expr, is_dask_collection
+
+        from .graph import flat_keys
 
         single = not isinstance(collections, (list, tuple))
         items = [collections] if single else list(collections)
@@ -252,7 +257,7 @@ class FuturesClient:
         """A ``concurrent.futures.Executor`` whose calls run on this network's workers.
 
         ``submit_options`` (``retries``, ``priority``, ``resources``, ``pure``)
-        apply to every call. See :class:`rush_dask.executor.RushExecutor`.
+        apply to every call. See :class:`rush_dask.dask.executor.RushExecutor`.
 
         >>> with rush.get_executor() as pool:           # doctest: +SKIP
         ...     list(pool.map(pow, range(5), range(5)))
@@ -264,6 +269,8 @@ class FuturesClient:
 
 
 def _pack(futures: Any, results: Mapping[str, Any], skip: bool) -> Any:
+    from .futures import RushFuture
+
     if isinstance(futures, RushFuture):
         return results[futures.task_key]
     if isinstance(futures, dict):

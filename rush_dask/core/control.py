@@ -1,6 +1,6 @@
 """A light handle on a network, and stopping workers.
 
-:class:`Network` is the read side (:class:`~rush_dask.network.NetworkView`)
+:class:`Network` is the read side (:class:`~rush_dask.core.network.NetworkView`)
 plus :func:`stop_workers`, without the Dask scheduler: it imports neither
 dask nor pandas (pandas only when a DataFrame is asked for), so the command
 line and the dashboard start fast. :class:`~rush_dask.rush.Rush` stops
@@ -65,7 +65,7 @@ def stop_workers(view: NetworkView, type: str = "terminate", worker_ids: Iterabl
 
     A kill marks them ``killed`` in Redis (their running tasks fail) and
     sends SIGKILL to those on this host (``processes``: the
-    :class:`~rush_dask.processes.WorkerProcess` objects a controller
+    :class:`~rush_dask.deploy.processes.WorkerProcess` objects a controller
     started, by id, waited for); the others hard-exit at their next
     heartbeat. A terminate sets their flag and wakes them. Returns the ids.
 

@@ -1,4 +1,4 @@
-"""Reading the Lua scripts of rush_dask from ``rush_dask/lua/*.lua``.
+"""Reading the Lua scripts of rush_dask from ``rush_dask/core/lua/*.lua``.
 
 Each script file starts with a header comment: what the script does, then
 four machine-readable lines (a line may continue on the next comment lines
@@ -47,7 +47,7 @@ class LuaScript:
 
 
 def _read(*parts: str) -> str:
-    return resources.files("rush_dask").joinpath("lua", *parts).read_text(encoding="utf-8")
+    return resources.files("rush_dask.core").joinpath("lua", *parts).read_text(encoding="utf-8")
 
 
 def script_names() -> list[str]:
@@ -56,7 +56,7 @@ def script_names() -> list[str]:
     >>> "settle_and_pop" in script_names()
     True
     """
-    folder = resources.files("rush_dask").joinpath("lua")
+    folder = resources.files("rush_dask.core").joinpath("lua")
     return sorted(item.name[:-4] for item in folder.iterdir() if item.name.endswith(".lua"))
 
 

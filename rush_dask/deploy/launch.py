@@ -3,7 +3,7 @@
 ``rush.start_workers(fun, client=client)`` submits one task per Rush worker
 to the cluster (``fire_and_forget``, pinned to one distributed worker each).
 The task leaves the cluster's thread pool (``secede``) and runs the Rush
-worker in a child process, ``python -m rush_dask.launch``, because a Rush
+worker in a child process, ``python -m rush_dask.deploy.launch``, because a Rush
 worker needs a main thread of its own (SIGALRM task timeouts, SIGTERM) and
 its heartbeat thread. The task ends when the Rush worker ends.
 
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .connections import URL_ENV, redact
-from .errors import WorkerStartError
-from .heartbeat import EXIT_LOST
+from ..core.connections import URL_ENV, redact
+from ..core.errors import WorkerStartError
+from ..core.heartbeat import EXIT_LOST
 
 logger = logging.getLogger("rush_dask")
 
@@ -199,7 +199,7 @@ def run_on_cluster(network_id: str, start_id: str, worker_id: str, env: dict[str
     # The Rush worker must import what this distributed worker imports.
     child_env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])
     process = subprocess.Popen(
-        [sys.executable, "-m", "rush_dask.launch", "--parent-pid", str(os.getpid()),
+        [sys.executable, "-m", "rush_dask.deploy.launch", "--parent-pid", str(os.getpid()),
          "--network", network_id, "--start-id", start_id, "--worker-id", worker_id],
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env,
         start_new_session=True,  # a Ctrl-C in the cluster's terminal is not for it
@@ -251,13 +251,13 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m rush_dask.launch --parent-pid P <worker options>``: a worker tied to process P.
+    """``python -m rush_dask.deploy.launch --parent-pid P <worker options>``: a worker tied to process P.
 
     >>> main(["--parent-pid", "4242", "--network", "hpo", "--start-id", "5f0c"])   # doctest: +SKIP
     """
-    from .worker import main as worker_main
+    from ..core.worker import main as worker_main
 
-    parser = argparse.ArgumentParser(prog="python -m rush_dask.launch", add_help=False)
+    parser = argparse.ArgumentParser(prog="python -m rush_dask.deploy.launch", add_help=False)
     parser.add_argument("--parent-pid", type=int, required=True)
     args, rest = parser.parse_known_args(list(argv) if argv is not None else None)
     die_with_parent(args.parent_pid)

@@ -1,7 +1,7 @@
 """What the Dask front end needs of the controller it is mixed into, declared.
 
 :class:`~rush_dask.rush.Rush` is ``Rush(FuturesClient, DaskScheduler, NetworkView)``:
-the two front-end mixins (:mod:`rush_dask.scheduler`, :mod:`rush_dask.client`) use
+the two front-end mixins (:mod:`rush_dask.dask.scheduler`, :mod:`rush_dask.dask.client`) use
 attributes that ``Rush.__init__`` sets and methods of the other bases, and hand
 the controller to their collaborators (graph runs, futures, completions, the
 executor, warnings, the shuffle check). :class:`Controller` lists exactly that
@@ -17,14 +17,14 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from ..core.constants import Keys
+    from ..core.dataplane import DataPlane
+    from ..core.scripts import Scripts
+    from ..deploy.processes import LocalWorkers
     from .completions import Completions
-    from .constants import Keys
-    from .dataplane import DataPlane
     from .futures import RushFuture
     from .graph import GraphRun
     from .lease import ClientLease
-    from .processes import LocalWorkers
-    from .scripts import Scripts
 
 
 class Controller(Protocol):
@@ -80,7 +80,7 @@ class Controller(Protocol):
 
 
 if TYPE_CHECKING:
-    from .rush import Rush
+    from ..rush import Rush
 
     def _rush_is_a_controller(rush: Rush) -> Controller:
         return rush  # mypy checks here that Rush provides all of Controller

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .constants import TaskState
+from ..core.constants import TaskState
 
 if TYPE_CHECKING:
     from .protocols import Controller

@@ -27,8 +27,8 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .connections import redact
-from .constants import WorkerState
+from ..core.connections import redact
+from ..core.constants import WorkerState
 
 if TYPE_CHECKING:
     from .protocols import Controller

@@ -12,7 +12,7 @@ when no controller is attached.
 
 Start one from a shell (the URL comes from ``$RUSH_REDIS_URL``)::
 
-    python -m rush_dask.worker --network test --start-id <id>
+    python -m rush_dask.core.worker --network test --start-id <id>
 
 where ``<id>`` names the configuration (function, constants, heartbeat)
 that ``Rush.start_workers`` or ``Rush.worker_script`` stored in Redis. If
@@ -172,7 +172,7 @@ def load_function(blob: bytes, fun_id: str, secret: bytes | None, where: bytes =
     A function id is the content id of its payload, so a signed function
     copied over another id of the same network is refused too.
 
-    >>> from rush_dask.serialize import dumps_function
+    >>> from rush_dask.core.serialize import dumps_function
     >>> blob = dumps_function(len, b"k", b"fun")
     >>> load_function(blob, content_id(blob), b"k", b"fun") is len
     True
@@ -729,7 +729,7 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rush_dask.worker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rush_dask.core.worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--network", required=True, help="network id")
     parser.add_argument("--start-id", required=True, help="worker configuration stored by the controller")
     parser.add_argument("--worker-id", default=None, help="id of this worker (default: random)")

@@ -5,7 +5,7 @@ that sends the result files of its network on its host. A consumer on
 another host asks for a task key and receives the file's bytes in one
 stream (``os.sendfile`` on the sender: the bytes go from the page cache to
 the socket without passing through Python), then unpickles them in place
-as :func:`rush_dask.store.loads_frames` does for a mapped file: signature
+as :func:`rush_dask.core.store.loads_frames` does for a mapped file: signature
 first, then the out-of-band buffers as views of the received bytes.
 
 Protocol, one request per line on a kept-alive connection::

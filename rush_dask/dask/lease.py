@@ -1,7 +1,7 @@
 """The lease under which a controller holds persisted results and futures.
 
 A compute is followed by its client, which renews the compute's own lease
-while it waits (see :class:`rush_dask.graph.GraphRun`). Persisted results and
+while it waits (see :class:`rush_dask.dask.graph.GraphRun`). Persisted results and
 futures outlive the call that made them, so their client renews one lease
 for all of them: :class:`ClientLease` starts a thread the first time the
 controller holds something, and renews every ``min(lease / 4, 5 s)`` with one
@@ -28,7 +28,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from . import constants as C
+from ..core import constants as C
 
 if TYPE_CHECKING:
     from .protocols import Controller

@@ -281,11 +281,11 @@ def embedded_server() -> RedisServer:
 
 def _start_watchdog(server: RedisServer) -> subprocess.Popen[bytes] | None:
     """A process that stops the server if this one dies without its exit handlers (SIGKILL,
-    a crash): see :mod:`rush_dask.watchdog`. It exits by itself when the server stops."""
+    a crash): see :mod:`rush_dask.core.watchdog`. It exits by itself when the server stops."""
     assert server.process is not None
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "rush_dask.watchdog", str(os.getpid()), str(server.process.pid)],
+            [sys.executable, "-m", "rush_dask.core.watchdog", str(os.getpid()), str(server.process.pid)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
     except OSError:  # no watchdog: an orphan after a crash, as before, but no reason to fail

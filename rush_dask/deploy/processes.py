@@ -1,6 +1,6 @@
 """The worker processes a controller starts, and :class:`LocalWorkers`, which owns them.
 
-Each worker is ``python -m rush_dask.worker`` in its own session (so a
+Each worker is ``python -m rush_dask.core.worker`` in its own session (so a
 Ctrl-C in the controller's terminal does not hit it), with the Redis URL in
 its environment (never on the command line, where ``ps`` would show a
 password; the signing secret likewise, in ``RUSH_SECRET``) and
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .connections import URL_ENV
-from .errors import WorkerStartError
-from .serialize import SECRET_ENV
+from ..core.connections import URL_ENV
+from ..core.errors import WorkerStartError
+from ..core.serialize import SECRET_ENV
 
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -76,7 +76,7 @@ def spawn_worker(network_id: str, start_id: str, worker_id: str, url: str, log_d
     stderr_path = log_dir / f"worker-{worker_id}.err"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "rush_dask.worker", "--network", network_id,
+            [sys.executable, "-m", "rush_dask.core.worker", "--network", network_id,
              "--start-id", start_id, "--worker-id", worker_id],
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
             start_new_session=True,
@@ -150,7 +150,7 @@ class LocalWorkers:
         return ids
 
     def adopt(self, cluster_workers: list[Any]) -> None:
-        """Keep the workers launched on a Dask cluster (see :mod:`rush_dask.launch`)."""
+        """Keep the workers launched on a Dask cluster (see :mod:`rush_dask.deploy.launch`)."""
         self.on_cluster.extend(cluster_workers)
 
     def check_started(self, states: Mapping[str, str]) -> None:

@@ -54,7 +54,7 @@ def pack_inputs(xss: Sequence[dict[str, Any]], secret: bytes | None, limit: int 
 
     With a secret, task ``i``'s inputs are signed for ``where(keys[i], "xs")``
     and a shared value for ``where(content_id, "shared")`` (see
-    :func:`rush_dask.serialize.place`). Raises PayloadTooLargeError for a
+    :func:`rush_dask.core.serialize.place`). Raises PayloadTooLargeError for a
     value over ``max_bytes``, naming it.
 
     >>> blobs, shared = pack_inputs([{"x": 1}], None)

@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
-from . import constants as C
-from .connections import URL_ENV, redact
+from ..core import constants as C
+from ..core.connections import URL_ENV, redact
 
 if TYPE_CHECKING:
-    from .control import Network
-    from .network import NetworkView
-    from .rush import Rush
+    from ..core.control import Network
+    from ..core.network import NetworkView
+    from ..rush import Rush
 
 PASSWORD_ENV = "RUSH_REDIS_PASSWORD"
 _URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s'\"<>]+", re.IGNORECASE)
@@ -120,7 +120,7 @@ def _errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import redis
 
-        from .errors import RedisUnavailableError, WorkerStartError
+        from ..core.errors import RedisUnavailableError, WorkerStartError
 
         try:
             return command(*args, **kwargs)
@@ -165,7 +165,7 @@ def _check_target(network: str, url: str | None) -> str:
 def _rush(network: str, url: str | None) -> Rush:
     """A controller attached to ``network`` at ``url``, with the errors a person can fix."""
     url = _check_target(network, url)
-    from .rush import Rush
+    from ..rush import Rush
 
     return Rush(network, url)
 
@@ -174,7 +174,7 @@ def _existing_network(network: str, url: str | None, worker_ids: Sequence[str] =
     """A light handle (no dask, no pandas) on ``network``, which must already hold workers or
     tasks (and ``worker_ids``); one line that says what to do otherwise."""
     url = _check_target(network, url)
-    from .control import Network
+    from ..core.control import Network
 
     net = Network(network, url)
     if net.exists():
@@ -535,9 +535,9 @@ def dashboard(network: str, url: str | None, host: str, port: int, allow_control
     dashboard extra: pip install 'rush-dask[dashboard]'.
     """
     try:
-        from .dashboard.app import DashboardThread
+        from ..dashboard.app import DashboardThread
     except ImportError:
-        from .dashboard import MISSING_HINT
+        from ..dashboard import MISSING_HINT
 
         raise click.ClickException(MISSING_HINT) from None
     net = _existing_network(network, url)
@@ -581,7 +581,7 @@ def server(host: str, port: int, password: str | None, directory: str | None) ->
 
     import redis
 
-    from .server import RedisServer
+    from ..core.server import RedisServer
 
     if password is not None and not password:
         raise BadInput("--password is empty: give one, or leave it out to get a random one")

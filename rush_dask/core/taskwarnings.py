@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .serialize import dumps, loads, place
 
 if TYPE_CHECKING:
-    from .protocols import Controller
+    from ..dask.protocols import Controller
 
 MAX_PER_NODE = 100  # a node that warns in a loop ships this many
 KEEP_SECONDS = 24 * 3600  # a list nobody reads (its client died) expires

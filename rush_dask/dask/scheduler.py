@@ -7,7 +7,7 @@
 >>> future = rush.submit(sum, [1, 2, 3])          # doctest: +SKIP
 
 Graph nodes become Redis tasks run by the same workers as Rush tasks (see
-:mod:`rush_dask.graph`). If the network has no running worker when a graph
+:mod:`rush_dask.dask.graph`). If the network has no running worker when a graph
 arrives, local workers are started (``plan(n_workers=...)`` or one per core).
 """
 
@@ -19,20 +19,20 @@ import weakref
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import taskwarnings
-from .connections import current_plan
-from .constants import Keys
-from .dataplane import DataPlane
-from .errors import ResultLostError
-from .graph import GraphRun, flat_keys, pack_results
+from ..core import taskwarnings
+from ..core.connections import current_plan
+from ..core.constants import Keys
+from ..core.dataplane import DataPlane
+from ..core.errors import ResultLostError
 from .lease import ClientLease
 from .shuffle import check_disk_shuffle, check_p2p, task_shuffle
 from .taskconfig import config_snapshot
 
 if TYPE_CHECKING:
+    from ..deploy.processes import LocalWorkers
     from .completions import Completions
     from .futures import RushFuture
-    from .processes import LocalWorkers
+    from .graph import GraphRun
     from .protocols import Controller
 
 logger = logging.getLogger("rush_dask")
@@ -60,7 +60,7 @@ def _local_value(node: Any) -> tuple[bool, Any]:
 
 class DaskScheduler:
     """Mixin that makes a Rush controller a Dask scheduler (the futures API is in
-    :mod:`rush_dask.client`)."""
+    :mod:`rush_dask.dask.client`)."""
 
     # Set by the controller that mixes this in (rush_dask.rush.Rush):
     client: Any  # its Redis connection
@@ -74,7 +74,7 @@ class DaskScheduler:
     _futures_by_key: weakref.WeakValueDictionary[Hashable, RushFuture]  # the live futures of this client
     client_lease: ClientLease  # what this client holds, under one lease
     # What it needs of the rest of the controller (NetworkView, Rush, the futures client) is
-    # declared in rush_dask.protocols.Controller: the methods below that use it take self: Controller.
+    # declared in rush_dask.dask.protocols.Controller: the methods below that use it take self: Controller.
 
     def _init_scheduler(self: Controller) -> None:
         from .completions import Completions
@@ -106,6 +106,8 @@ class DaskScheduler:
     def _submit_graph(self: Controller, dsk: Any, outputs: list[Hashable],
                       **options: Any) -> dict[Hashable, RushFuture]:
         """Submit a graph whose outputs become futures of this client; returns them by key."""
+        from .graph import GraphRun
+
         run = GraphRun(self, dsk, outputs, notify=False, config=config_snapshot(),
                        done_list=self._completions.client_id, **options)
         self._ensure_workers()
@@ -123,7 +125,7 @@ class DaskScheduler:
         Keywords: ``priority``, ``retries``, ``resources`` (also taken from
         ``dask.annotate``), ``timeout``, ``callbacks``; ``fuse``: small
         subtrees run as one task and independent outputs in bundles (see
-        :mod:`rush_dask.fusion`), ``False`` turns that off, an integer caps
+        :mod:`rush_dask.dask.fusion`), ``False`` turns that off, an integer caps
         the nodes per task; ``lease`` (60 s): if this client stops following
         the compute for that long (it died or hangs), the workers cancel it.
 
@@ -131,6 +133,8 @@ class DaskScheduler:
         2
         """
         from dask.callbacks import local_callbacks, unpack_callbacks
+
+        from .graph import GraphRun, flat_keys, pack_results
 
         callbacks = kwargs.pop("callbacks", None)
         options = self._graph_options(kwargs)
@@ -179,6 +183,8 @@ class DaskScheduler:
                           on_done: Callable[[Hashable], None], timeout: float | None) -> dict[Hashable, Any]:
         """Submit and follow ``run``; if a result held on another host was lost with its
         worker, compute the graph again from its lineage (a few times at most)."""
+        from .graph import GraphRun
+
         for attempt in range(1, MAX_LINEAGE_RUNS + 1):
             run.submit()
             try:
@@ -212,11 +218,13 @@ class DaskScheduler:
         """Start computing collections and return them at once, backed by futures in Redis.
 
         Called by ``dask.persist(x, scheduler=rush)``; later computes reuse the results.
-        DataFrame shuffles are task-based unless you chose a method (see :mod:`rush_dask.shuffle`).
+        DataFrame shuffles are task-based unless you chose a method (see :mod:`rush_dask.dask.shuffle`).
 
         >>> (y,) = dask.persist(x, scheduler=rush)      # doctest: +SKIP
         """
         from dask.base import collections_to_expr
+
+        from .graph import flat_keys
 
         options = self._graph_options(kwargs)
         with task_shuffle():

@@ -1,7 +1,7 @@
 """The Lua scripts of rush_dask, as typed Python methods.
 
-The scripts themselves are in ``rush_dask/lua/*.lua`` (read by
-:mod:`rush_dask.lualoader`); this module is the only place that knows their
+The scripts themselves are in ``rush_dask/core/lua/*.lua`` (read by
+:mod:`rush_dask.core.lualoader`); this module is the only place that knows their
 positional ARGV and their replies: callers pass named arguments and get named
 tuples back.
 
@@ -31,7 +31,7 @@ not yet read: dependents still to run, plus one for the client; deleted at
 0), res (resources it needs) and notify (a client reads ``gdone:<graph>``).
 Their extra state ``waiting`` means "inputs not ready". A node's result is
 either in ``ys`` (small results) or held on its producer's host (see
-:mod:`rush_dask.dataplane`): then ``at`` (the producer's worker id),
+:mod:`rush_dask.core.dataplane`): then ``at`` (the producer's worker id),
 ``host``, ``path`` (its file there) and ``nbytes``; ``lq`` names the worker
 on whose local queue the node was put, near its largest inputs.
 """
@@ -143,7 +143,7 @@ def _text(value: bytes | str | None) -> str:
 # --------------------------------------------------------------------- layer
 @functools.cache
 def sources() -> dict[str, LuaScript]:
-    """Every script, read from its file once per process (see :mod:`rush_dask.lualoader`)."""
+    """Every script, read from its file once per process (see :mod:`rush_dask.core.lualoader`)."""
     return load_all(_CONSTANTS)
 
 

@@ -2,7 +2,7 @@
 
 The URL is resolved in this order: the ``url=`` argument, the
 ``RUSH_REDIS_URL`` environment variable, :func:`rush_dask.plan`, and finally
-the embedded private server of :mod:`rush_dask.server`.
+the embedded private server of :mod:`rush_dask.core.server`.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def check_url(url: str) -> None:
 
     >>> check_url("redis://host:6379/0?ssl_ca_certs=/ca.pem")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    rush_dask.errors.RedisUnavailableError: ... has TLS options (ssl_ca_certs) but the scheme is redis://: ...
+    rush_dask.core.errors.RedisUnavailableError: ... has TLS options (ssl_ca_certs) but the scheme is redis://: ...
     """
     parts = urlsplit(url)
     options = parse_qs(parts.query)

@@ -2,12 +2,12 @@
 
 A result too large to travel inside a pop reply does not go to Redis. Its
 producer writes it once to a file in the host's shared memory (``/dev/shm``,
-a tmpfs) and Redis records only where it is (see :mod:`rush_dask.dataplane`).
+a tmpfs) and Redis records only where it is (see :mod:`rush_dask.core.dataplane`).
 A consumer on the same host maps that file into its memory: numpy arrays,
 pandas blocks and other objects that pickle their data as out-of-band
 buffers (pickle protocol 5) are then built on the mapped pages without a copy.
 A consumer on another host gets the same bytes from the producer's data
-server (:mod:`rush_dask.transfer`) and unpickles them the same way.
+server (:mod:`rush_dask.core.transfer`) and unpickles them the same way.
 
 The file outlives its producer: a worker that is SIGKILLed after finishing a
 node leaves its results readable by the other workers of the host until the

@@ -87,7 +87,7 @@ class WithConfig:
             return self.node(values)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        from .serialize import dumps
+        from ..core.serialize import dumps
 
         # Unsigned inside: the payload around it is signed as a whole.
         return (_rebuild, (self.config, dumps(self.node)))
@@ -96,7 +96,7 @@ class WithConfig:
 def _rebuild(config: dict[str, Any], node_blob: bytes) -> WithConfig:
     import dask.config
 
-    from .serialize import loads
+    from ..core.serialize import loads
 
     with dask.config.set(config):
         return WithConfig(loads(node_blob), config)

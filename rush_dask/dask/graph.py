@@ -33,7 +33,7 @@ cancels the rest of the graph and re-raises the original exception.
 
 Before any of this, small subtrees are fused into one Redis task each and,
 for a compute, outputs that no node needs are bundled a few hundred to a
-task (:mod:`rush_dask.fusion`): a task's key stands for all the Dask keys
+task (:mod:`rush_dask.dask.fusion`): a task's key stands for all the Dask keys
 it computes, and a bundle's result is the tuple the client splits.
 
 Inputs that are not in the graph are results of earlier graphs (persisted
@@ -54,15 +54,15 @@ from dask._task_spec import DataNode, GraphNode, convert_legacy_graph
 from dask.core import flatten
 from dask.order import order
 
-from . import constants as C
-from .constants import TaskState
-from .dataplane import OFFLOAD_MIN, RESULT_FIELDS
-from .errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, TaskFailedError
+from ..core import constants as C
+from ..core.constants import TaskState
+from ..core.dataplane import OFFLOAD_MIN, RESULT_FIELDS
+from ..core.errors import ComputeCancelledError, KilledWorker, PayloadTooLargeError, TaskFailedError
+from ..core.scripts import NewNode
+from ..core.serialize import dumps, loads
+from ..core.waiting import Patience
 from .fusion import MAX_GROUP, TASKS_PER_WORKER, bundle_limit, bundle_outputs, fuse_subtrees, group_limit
-from .scripts import NewNode
-from .serialize import dumps, loads
 from .taskconfig import with_config
-from .waiting import Patience
 
 if TYPE_CHECKING:
     from dask.typing import Key
@@ -131,7 +131,7 @@ class GraphRun:
         self.rush = rush
         # A compute's client renews this lease while it follows the run; if it stops
         # (dies, hangs), workers cancel the graph. Futures (persist, submit) are held under
-        # the client's own lease instead (see rush_dask.lease): their graph has none.
+        # the client's own lease instead (see rush_dask.dask.lease): their graph has none.
         self.lease = float(lease) if notify else 0.0
         self.owner = "" if notify else rush._completions.client_id
         self.owner_lease = 0.0 if notify else rush.client_lease.hold(lease)
@@ -150,7 +150,7 @@ class GraphRun:
         self.max_lost = max_lost
         self.config = config  # the client's dask.config, applied around each node (taskconfig)
         # The Redis tasks: the Dask graph with small subtrees fused and, when the client
-        # reads the outputs itself, independent outputs bundled (see rush_dask.fusion).
+        # reads the outputs itself, independent outputs bundled (see rush_dask.dask.fusion).
         self.graph, self.groups, self.bundles = self._fuse(fuse, bundle=notify)
         self.in_bundle = {key: (bundle, i) for bundle, members in self.bundles.items()
                           for i, key in enumerate(members)}

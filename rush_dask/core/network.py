@@ -365,7 +365,7 @@ class NetworkView:
 
     def _archive_columns(self, start: int, stop: int | None = None,
                          rows: list[list[Any]] | None = None) -> dict[str, Any]:
-        """:meth:`_archive_frame` as columns (see :func:`rush_dask.frames.task_columns`);
+        """:meth:`_archive_frame` as columns (see :func:`rush_dask.core.frames.task_columns`);
         ``rows``: archive rows already read from ``start`` on."""
         with gc_paused():
             if rows is None:
@@ -421,7 +421,7 @@ class NetworkView:
             return {}
 
     def _shared_inputs(self, ids: list[str]) -> dict[str, bytes]:
-        """Verified pickles of shared input values (see :mod:`rush_dask.shared`)."""
+        """Verified pickles of shared input values (see :mod:`rush_dask.core.shared`)."""
         payloads = self.client.mget([self.keys.shared(i) for i in ids])
         return {i: check_shared(i, p, self.secret, self._where(i, "shared")) for i, p in zip(ids, payloads)}
 

@@ -7,12 +7,12 @@ needs it; who holds it). The *bytes* of a result take the cheapest way:
   Redis (field ``ys``) and travel inside the pop reply of the node that
   needs them: no extra round trip.
 * **Large results** stay on their producer's host, in a file of the host's
-  shared memory (:mod:`rush_dask.store`; on disk when the shared memory is
+  shared memory (:mod:`rush_dask.core.store`; on disk when the shared memory is
   nearly full). Redis records ``at`` (the producer's worker id), ``host``,
   ``path`` and ``nbytes``. A consumer on the same host maps the file (no
   copy: numpy and pandas data are built on the mapped pages); a consumer
   on another host fetches it from the producer's data server
-  (:mod:`rush_dask.transfer`); the client reading an output does the same.
+  (:mod:`rush_dask.core.transfer`); the client reading an output does the same.
 * **Placement**: a node whose inputs are large is queued on the local queue
   of the worker that holds most of their bytes; that worker pops it before
   anything else, and an idle worker takes it from there when it has nothing
