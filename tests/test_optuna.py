@@ -32,7 +32,7 @@ def test_import_gets_the_real_optuna():
 
 
 def test_storage_lives_under_the_network_prefix_and_reset_removes_it(rush, redis_url):
-    for backend in ("list", "optuna"):
+    for backend in ("redis", "list", "journal", "optuna"):
         study = optuna.create_study(storage=storage(rush, backend=backend), study_name=f"s-{backend}")
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
         again = optuna.load_study(study_name=f"s-{backend}", storage=storage(rush, backend=backend))
