@@ -42,7 +42,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.storages.journal import JournalRedisBackend, JournalStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from .core.connections import connect, is_cluster_url
 from .core.constants import WorkerState
@@ -274,16 +274,19 @@ def _one_trial(worker: Any, study: optuna.Study, objective: Callable[..., Any],
         value = objective(trial)
         frozen = study.tell(trial, value)
     except optuna.TrialPruned:
-        frozen = study.tell(trial, state=TrialState.PRUNED)
+        frozen = _tell_unless_finished(study, trial, TrialState.PRUNED)
     except Exception as exc:  # noqa: BLE001 - recorded on the trial and the task
-        error = exc
-        text = f"{type(exc).__name__}: {exc}"
-        logger.warning("trial %d failed: %s", trial.number, text)
-        try:
-            study._storage.set_trial_system_attr(trial_id, "fail_reason", text)
-            frozen = study.tell(trial, state=TrialState.FAIL)
-        except (ValueError, RuntimeError):  # finished meanwhile (declared lost and failed by a sweep)
+        if study._storage.get_trial(trial_id).state.is_finished():
+            # The tell was refused: a sweep failed this trial meanwhile (this worker was declared
+            # lost, then came back) and a new trial took its place. Not the objective's error.
             frozen = study._storage.get_trial(trial_id)
+            logger.warning("trial %d was failed by a sweep while it ran; its result is dropped", trial.number)
+        else:
+            error = exc  # the objective raised, or returned what Optuna cannot tell (None, NaN)
+            text = f"{type(exc).__name__}: {exc}"
+            logger.warning("trial %d failed: %s", trial.number, text)
+            study._storage.set_trial_system_attr(trial_id, "fail_reason", text)
+            frozen = _tell_unless_finished(study, trial, TrialState.FAIL)
     # What counts is the storage's final word (a sweep may have failed the trial first).
     state = frozen.state if frozen.state.is_finished() else study._storage.get_trial(trial_id).state
     stop = state == TrialState.FAIL and error is not None and not isinstance(error, catch)
@@ -305,6 +308,14 @@ def _one_trial(worker: Any, study: optuna.Study, objective: Callable[..., Any],
         logger.info("trial %d %s with value %s and parameters %s", frozen.number, state.name.lower(),
                     ys.get("value", frozen.values), frozen.params)
     return go
+
+
+def _tell_unless_finished(study: optuna.Study, trial: optuna.Trial, state: TrialState) -> FrozenTrial:
+    """Tell ``state``; if a sweep finished the trial first, the storage's record stands."""
+    try:
+        return study.tell(trial, state=state)
+    except (ValueError, RuntimeError):  # finished meanwhile (declared lost and failed by a sweep)
+        return study._storage.get_trial(trial._trial_id)
 
 
 class Run:
