@@ -233,7 +233,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks import report
-    from rush_dask.server import RedisServer
+    from rush_dask.core.server import RedisServer
 
     args = parse_arguments(argv)
     docs = args.out if args.out is not None else ROOT / "docs"

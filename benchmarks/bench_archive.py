@@ -22,7 +22,7 @@ if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import N_WORKERS, WAIT_TIMEOUT, fmt
 from rush_dask import Rush
-from rush_dask.server import RedisServer
+from rush_dask.core.server import RedisServer
 
 TARGET_FULL = 1.0  # seconds
 TARGET_INCREMENTAL = 2e-3  # seconds

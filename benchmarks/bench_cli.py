@@ -1,6 +1,6 @@
 """Start-up time of the ``rush-dask`` commands, whole process, median of ``--repeats``.
 
-Each command runs in a fresh ``python -m rush_dask.cli`` process against a
+Each command runs in a fresh ``python -m rush_dask.deploy.cli`` process against a
 network with 2 running workers and a few finished tasks on a private Redis:
 ``--help``, ``status``, ``logs``, ``stop`` (of a worker id that is not
 running: the command reads the network and prints, and nothing stops) and
@@ -29,7 +29,7 @@ TARGET_STATUS = 0.5  # seconds
 # What a command loaded: printed by the child at exit (see _PROBE).
 _PROBE = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("
           "'\\nHEAVY=' + ','.join(m for m in ('dask', 'pandas', 'numpy') if m in sys.modules) + '\\n'));"
-          "from rush_dask.cli import main; main(prog_name='rush-dask')")
+          "from rush_dask.deploy.cli import main; main(prog_name='rush-dask')")
 
 
 def commands(network: str, stopped_worker: str) -> dict[str, list[str]]:
@@ -90,7 +90,7 @@ def run_cli(url: str, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args, repeats = parse_arguments(argv, __doc__, "1 repeat")
-    from rush_dask.server import RedisServer
+    from rush_dask.core.server import RedisServer
 
     server = RedisServer(tcp=True).start()
     try:

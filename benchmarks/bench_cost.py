@@ -30,7 +30,7 @@ from benchmarks.bench_dask import inc
 from benchmarks.bench_rush import add_one
 from benchmarks.common import N_WORKERS, WAIT_TIMEOUT, Quiet
 from rush_dask import Rush
-from rush_dask.graph import GraphRun
+from rush_dask.dask.graph import GraphRun
 
 LEAVES_PER_GROUP = 100
 

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from rush_dask import Rush
+    from rush_dask.core.server import RedisServer
     from rush_dask.dashboard import start_in_thread
-    from rush_dask.server import RedisServer
 
     server = RedisServer(tcp=True).start()
     rush = Rush(f"bench-dash-{uuid.uuid4().hex[:6]}", url=server.url)

@@ -111,8 +111,8 @@ from benchmarks.common import (
     ratios,
 )
 from rush_dask import Rush
-from rush_dask.graph import GraphRun, flat_keys, pack_results
-from rush_dask.server import RedisServer
+from rush_dask.core.server import RedisServer
+from rush_dask.dask.graph import GraphRun, flat_keys, pack_results
 
 RESULTS_FILE = RESULTS_DIR / "rush_dask.md"
 RUSH = "rush_dask"
@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # rush_dask pickles graph nodes with plain pickle first, which stores a
     # function of __main__ by reference ("__main__.inc"), and a rush worker's
-    # __main__ is rush_dask.worker: the task would fail there. So run the same
+    # __main__ is rush_dask.core.worker: the task would fail there. So run the same
     # code as the importable module benchmarks.bench_dask.
     module = importlib.import_module("benchmarks.bench_dask")
     sys.exit(module.main())

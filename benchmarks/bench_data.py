@@ -4,7 +4,7 @@ The graphs of issue 12 and a few of the same kind, each computed with
 ``dask.compute`` end to end on
 
 * **rush_dask**: ``Rush(url=server.url)`` with 2 local workers (large results
-  stay on the host, see ``rush_dask.dataplane``);
+  stay on the host, see ``rush_dask.core.dataplane``);
 * **threads**: ``scheduler="threads", num_workers=2`` (one process, no copy at all);
 * **LocalCluster**: ``distributed.LocalCluster(n_workers=2, threads_per_worker=1)``.
 
@@ -304,7 +304,7 @@ def data_lines(s: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from rush_dask.server import RedisServer
+    from rush_dask.core.server import RedisServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    from rush_dask.server import RedisServer
+    from rush_dask.core.server import RedisServer
 
     server = RedisServer().start()
     try:

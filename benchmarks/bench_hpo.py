@@ -15,9 +15,11 @@ Redis server (unix socket):
   ``RandomSampler`` on both sides (so that the sampler's CPU does not hide the
   storage and the loop), the same number of processes: trials / (last
   trial's end - first trial's start) from the trials' own timestamps.
-  Reported for rush_dask.optuna on its list journal and on Optuna's
-  ``JournalRedisBackend``, and Optuna's processes on both, so the gain of
-  the backend and of the loop can be told apart.
+  The target row: rush_dask.optuna on its default storage
+  (``rush_dask.optuna_storage.RedisStorage``) against Optuna's processes on
+  ``JournalRedisBackend``. Also both sides on each of the three storages
+  (RedisStorage, the list journal, ``JournalRedisBackend``), so the gain of
+  the storage and of the loop can be told apart.
 * **GridSearchCV** (SVC on digits, a 4 x 4 grid, 3 folds: 48 fits) through
   the joblib backend ``"rush"`` on 2 workers against distributed's
   ``"dask"`` backend on a LocalCluster of 2 single-threaded worker processes,
@@ -179,6 +181,7 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
 
     from rush_dask import Rush
     from rush_dask.journal import RedisListJournal
+    from rush_dask.optuna_storage import RedisStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -187,6 +190,8 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
 
     def optuna_storage(kind: str):
         prefix = f"{rush.keys.prefix}bench-{uuid.uuid4().hex[:6]}"
+        if kind == "redis":
+            return RedisStorage(url, prefix + ":")
         if kind == "list":
             return JournalStorage(RedisListJournal(url, prefix))
         return JournalStorage(JournalRedisBackend(url, prefix=prefix))
@@ -195,7 +200,7 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
         if "utilization" in sections:
             util: dict[str, list] = {"rush": [], "optuna": []}
             for rep in range(repeats):
-                study = run_rush_optuna(rush, "list", sleep_objective, n_util, n_workers, log_dir)
+                study = run_rush_optuna(rush, "redis", sleep_objective, n_util, n_workers, log_dir)
                 util["rush"].append(utilization(study))
                 study = run_optuna_processes(optuna_storage("optuna"), sleep_objective, n_util, n_workers)
                 util["optuna"].append(utilization(study))
@@ -204,13 +209,17 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
             results["utilization"] = util
             results["load_after_utilization"] = load_avg()
         if "throughput" in sections:
-            tps: dict[str, list[float]] = {k: [] for k in ("rush_list", "rush_optuna_backend",
-                                                           "optuna_list", "optuna_backend")}
+            tps: dict[str, list[float]] = {k: [] for k in ("rush_redis", "rush_list", "rush_optuna_backend",
+                                                           "optuna_redis", "optuna_list", "optuna_backend")}
             for rep in range(repeats):
+                tps["rush_redis"].append(trials_per_second(
+                    run_rush_optuna(rush, "redis", noop_objective, n_noop, n_workers, log_dir)))
                 tps["rush_list"].append(trials_per_second(
                     run_rush_optuna(rush, "list", noop_objective, n_noop, n_workers, log_dir)))
                 tps["rush_optuna_backend"].append(trials_per_second(
                     run_rush_optuna(rush, "optuna", noop_objective, n_noop, n_workers, log_dir)))
+                tps["optuna_redis"].append(trials_per_second(
+                    run_optuna_processes(optuna_storage("redis"), noop_objective, n_noop, n_workers)))
                 tps["optuna_list"].append(trials_per_second(
                     run_optuna_processes(optuna_storage("list"), noop_objective, n_noop, n_workers)))
                 tps["optuna_backend"].append(trials_per_second(
@@ -246,7 +255,7 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
 def main(argv: list[str] | None = None) -> dict:
     import argparse
 
-    from rush_dask.server import RedisServer
+    from rush_dask.core.server import RedisServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -296,10 +305,15 @@ def hpo_lines(results: dict) -> list[str]:
                      f"{fmt(ratios(r_all, o_all), 2)} | |")
     if "trials_per_second" in results:
         t = results["trials_per_second"]
-        lines.append(f"| trials/s, no-op objective, {results['n_noop']} trials | list journal: "
-                     f"{fmt(t['rush_list'])} | Optuna processes on JournalRedisBackend: "
-                     f"{fmt(t['optuna_backend'])} | {fmt(ratios(t['rush_list'], t['optuna_backend']), 2)}"
+        ours = "rush_redis" if "rush_redis" in t else "rush_list"  # results from before RedisStorage
+        lines.append(f"| trials/s, no-op objective, {results['n_noop']} trials | "
+                     f"{'RedisStorage' if ours == 'rush_redis' else 'list journal'}: "
+                     f"{fmt(t[ours])} | Optuna processes on JournalRedisBackend: "
+                     f"{fmt(t['optuna_backend'])} | {fmt(ratios(t[ours], t['optuna_backend']), 2)}"
                      " | >= 3 |")
+        if "rush_redis" in t and "optuna_redis" in t:
+            lines.append(f"| trials/s, both on RedisStorage | {fmt(t['rush_redis'])} | {fmt(t['optuna_redis'])} "
+                         f"| {fmt(ratios(t['rush_redis'], t['optuna_redis']), 2)} | |")
         lines.append(f"| trials/s, both on JournalRedisBackend | {fmt(t['rush_optuna_backend'])} | "
                      f"{fmt(t['optuna_backend'])} "
                      f"| {fmt(ratios(t['rush_optuna_backend'], t['optuna_backend']), 2)} | |")

@@ -81,7 +81,7 @@ from benchmarks.common import (
     redis_cpu_seconds,
 )
 from rush_dask import Rush
-from rush_dask.server import RedisServer
+from rush_dask.core.server import RedisServer
 
 BARE_BATCH = 32  # tasks per round trip of the batched bare queue (rush_dask's BATCH_MAX)
 RESULTS_FILE = RESULTS_DIR / "rush_core.md"

@@ -17,8 +17,8 @@ import numpy as np
 
 import rush_dask.rush as rush_module
 from rush_dask import Rush
-from rush_dask.server import RedisServer
-from rush_dask.shared import pack_inputs
+from rush_dask.core.server import RedisServer
+from rush_dask.core.shared import pack_inputs
 
 N_TASKS = 1_000
 

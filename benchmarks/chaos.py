@@ -48,10 +48,10 @@ from dask.delayed import Delayed
 from msgpack import unpackb
 
 from rush_dask import Rush, plan
-from rush_dask.connections import current_plan
-from rush_dask.errors import RedisUnavailableError
-from rush_dask.heartbeat import EXIT_LOST, EXIT_REDIS_GONE
-from rush_dask.server import RedisServer
+from rush_dask.core.connections import current_plan
+from rush_dask.core.errors import RedisUnavailableError
+from rush_dask.core.heartbeat import EXIT_LOST, EXIT_REDIS_GONE
+from rush_dask.core.server import RedisServer
 
 PRIME = 1_000_003
 MAX_LOST = 1_000_000  # a task may be lost any number of times here: kills are the point
@@ -621,7 +621,7 @@ class Receiver:
 
 def receiver_main(network: str, url: str, lease: float, timeout: float) -> None:
     """The second client: it receives futures by pickle (held anew by its own controller, see
-    ``rush_dask.futures.adopt_future``), reads them, releases them; one command per line."""
+    ``rush_dask.dask.futures.adopt_future``), reads them, releases them; one command per line."""
     deadline = time.monotonic() + timeout
     while True:  # it may start while Redis restarts: Rush() does not wait for a server
         try:

@@ -11,7 +11,7 @@ worker does. Tasks are no-ops, so what is measured is Redis, not Python.
 
 Two sweep policies (``--sweep``): ``turn`` is what workers do now (an idle
 worker asks for the network's sweep turn every ``heartbeat_period`` ± 50 %
-with one SET NX PX, see :mod:`rush_dask.sweeps`; one sweep per network per
+with one SET NX PX, see :mod:`rush_dask.core.sweeps`; one sweep per network per
 second); ``every-worker`` is what they did before (every idle worker swept
 every ``heartbeat_expire``: N sweeps of O(N) each per period).
 
@@ -47,11 +47,11 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio as aredis
 
-from rush_dask import constants as C
-from rush_dask import sweeps
-from rush_dask.scripts import Scripts
-from rush_dask.serialize import dumps
-from rush_dask.server import RedisServer
+from rush_dask.core import constants as C
+from rush_dask.core import sweeps
+from rush_dask.core.scripts import Scripts
+from rush_dask.core.serialize import dumps
+from rush_dask.core.server import RedisServer
 
 
 @dataclass
@@ -59,11 +59,11 @@ class Settings:
     heartbeat_period: float = C.DEFAULT_HEARTBEAT_PERIOD
     heartbeat_expire: float = C.DEFAULT_HEARTBEAT_EXPIRE
     idle_block: float = 1.0  # the real worker's BLPOP timeout while idle
-    sweep: str = "turn"  # "turn" (rush_dask.sweeps) or "every-worker" (before: each idle worker)
+    sweep: str = "turn"  # "turn" (rush_dask.core.sweeps) or "every-worker" (before: each idle worker)
 
 
 class SimWorker:
-    """One simulated worker: the Redis traffic of rush_dask.worker.RushWorker, no task code."""
+    """One simulated worker: the Redis traffic of rush_dask.core.worker.RushWorker, no task code."""
 
     def __init__(self, client: aredis.Redis, keys: C.Keys, settings: Settings):
         self.client, self.keys, self.s = client, keys, settings

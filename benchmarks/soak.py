@@ -50,7 +50,7 @@ import dask.array as da
 import redis
 
 from rush_dask import Rush
-from rush_dask.server import RedisServer
+from rush_dask.core.server import RedisServer
 
 PRIME = 1_000_003
 

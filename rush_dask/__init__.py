@@ -3,7 +3,7 @@
 >>> from rush_dask import Rush
 >>> rush = Rush("test")      # doctest: +SKIP
 
-Imports are lazy so that a worker process (``python -m rush_dask.worker``)
+Imports are lazy so that a worker process (``python -m rush_dask.core.worker``)
 starts without loading pandas or dask.
 """
 
@@ -16,25 +16,25 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Rush": "rush_dask.rush",
-    "RushWorker": "rush_dask.worker",
-    "Task": "rush_dask.worker",
-    "plan": "rush_dask.connections",
-    "RedisServer": "rush_dask.server",
-    "RushError": "rush_dask.errors",
-    "RedisUnavailableError": "rush_dask.errors",
-    "WorkerStartError": "rush_dask.errors",
-    "TaskTimeoutError": "rush_dask.errors",
-    "WorkerLostError": "rush_dask.errors",
-    "KilledWorker": "rush_dask.errors",
-    "TaskFailedError": "rush_dask.errors",
-    "ComputeCancelledError": "rush_dask.errors",
-    "PayloadSignatureError": "rush_dask.errors",
-    "PayloadTooLargeError": "rush_dask.errors",
-    "RushFuture": "rush_dask.futures",
-    "as_completed": "rush_dask.futures",
-    "wait": "rush_dask.futures",
-    "fire_and_forget": "rush_dask.futures",
-    "RushExecutor": "rush_dask.executor",
+    "RushWorker": "rush_dask.core.worker",
+    "Task": "rush_dask.core.worker",
+    "plan": "rush_dask.core.connections",
+    "RedisServer": "rush_dask.core.server",
+    "RushError": "rush_dask.core.errors",
+    "RedisUnavailableError": "rush_dask.core.errors",
+    "WorkerStartError": "rush_dask.core.errors",
+    "TaskTimeoutError": "rush_dask.core.errors",
+    "WorkerLostError": "rush_dask.core.errors",
+    "KilledWorker": "rush_dask.core.errors",
+    "TaskFailedError": "rush_dask.core.errors",
+    "ComputeCancelledError": "rush_dask.core.errors",
+    "PayloadSignatureError": "rush_dask.core.errors",
+    "PayloadTooLargeError": "rush_dask.core.errors",
+    "RushFuture": "rush_dask.dask.futures",
+    "as_completed": "rush_dask.dask.futures",
+    "wait": "rush_dask.dask.futures",
+    "fire_and_forget": "rush_dask.dask.futures",
+    "RushExecutor": "rush_dask.dask.executor",
     "default_rush": "rush_dask.default",
 }
 

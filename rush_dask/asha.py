@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from .constants import WorkerState
-from .serialize import dumps, loads, place
+from .core.constants import WorkerState
+from .core.serialize import dumps, loads, place
 
 logger = logging.getLogger("rush_dask.asha")
 
@@ -249,7 +249,7 @@ def search(rush: Any, objective: Callable[..., Any],
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for search(); "
                         f"worker options are {sorted(WORKER_OPTIONS)}")
-    from .serialize import dumps_function
+    from .core.serialize import dumps_function
 
     for name, fun in (("objective", objective), ("sample", sample)):
         try:

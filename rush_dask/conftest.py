@@ -19,7 +19,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def _doctest_redis_url() -> Iterator[str]:
-    from rush_dask.server import RedisServer
+    from rush_dask.core.server import RedisServer
 
     external = os.environ.get("RUSH_TEST_REDIS_URL")
     if external:

@@ -29,9 +29,9 @@ from typing import Any
 
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 
-from .constants import INLINE_LIMIT, TaskState
-from .serialize import content_id, dumps, loads, sign
-from .shared import SharedInput
+from .core.constants import INLINE_LIMIT, TaskState
+from .core.serialize import content_id, dumps, loads, sign
+from .core.shared import SharedInput
 
 _POLL = 0.002  # seconds between two looks at the finished and failed lists, at first
 _MAX_POLL = 0.05
@@ -206,7 +206,7 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def _check_size(self, blob: bytes) -> None:
         if len(blob) > self.rush.max_payload_bytes:
-            from .errors import PayloadTooLargeError
+            from .core.errors import PayloadTooLargeError
 
             raise PayloadTooLargeError(
                 f"an argument is {len(blob):,} bytes serialized, over max_payload_bytes="

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from optuna.storages.journal import BaseJournalBackend
 
-from .connections import connect
+from .core.connections import connect
 
 # KEYS: the list. ARGV: position read so far, then the entries. Returns the entries from that position.
 _APPEND_AND_READ = """

@@ -8,7 +8,7 @@
 >>> optimize(study, objective, n_trials=100, rush=rush, n_workers=8)     # doctest: +SKIP
 >>> study.best_params                                                     # doctest: +SKIP
 
-The study lives in the network's Redis, in Optuna's own ``JournalStorage``.
+The study lives in the network's Redis (:class:`rush_dask.optuna_storage.RedisStorage`).
 :func:`optimize` starts rush workers in the decentralized mode: each one
 loops ask, evaluate, tell on its own (Optuna's sampler and pruner decide,
 from the shared storage); no controller is in that loop. Each trial is also
@@ -42,11 +42,13 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.storages.journal import JournalRedisBackend, JournalStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from .constants import WorkerState
+from .core.connections import connect, is_cluster_url
+from .core.constants import WorkerState
+from .core.serialize import dumps, dumps_function, loads
 from .journal import RedisListJournal
-from .serialize import dumps, dumps_function, loads
+from .optuna_storage import RedisStorage
 
 logger = logging.getLogger("rush_dask.optuna")
 
@@ -86,12 +88,16 @@ return {-1, 0}
 """
 
 
-def storage(rush: Any = None, *, backend: str = "list") -> JournalStorage:
+def storage(rush: Any = None, *, backend: str = "redis") -> BaseStorage:
     """An Optuna storage kept in the network's Redis (deleted by ``rush.reset()``).
 
-    ``backend="list"`` (default): Optuna's ``JournalStorage`` over
+    ``backend="redis"`` (default): :class:`rush_dask.optuna_storage.RedisStorage`,
+    trials in Redis hashes and indexes (keys ``rush:{NET}:optuna-store:*``);
+    a process reads only the trials that finished since its last read, and
+    the running ones. ``backend="list"``: Optuna's ``JournalStorage`` over
     :class:`rush_dask.journal.RedisListJournal` (key ``rush:{NET}:optuna``,
-    one round trip per sync). ``backend="optuna"``: over Optuna's own
+    one round trip per sync; every process replays every log entry).
+    ``backend="journal"`` (or ``"optuna"``): over Optuna's own
     ``JournalRedisBackend`` (keys ``rush:{NET}:optuna-journal:*``), which
     reads new log entries one GET each. Without ``rush``, the process-wide
     default network.
@@ -99,13 +105,15 @@ def storage(rush: Any = None, *, backend: str = "list") -> JournalStorage:
     >>> study = optuna.create_study(storage=storage(rush), study_name="svc")   # doctest: +SKIP
     """
     rush = _rush_or_default(rush)
+    if backend == "redis":
+        return RedisStorage(rush.url, rush.keys.prefix + "optuna-store:")
     if backend == "list":
         return JournalStorage(RedisListJournal(rush.url, rush.keys.prefix + "optuna"))
-    if backend == "optuna":
+    if backend in ("journal", "optuna"):
         with warnings.catch_warnings():  # "JournalRedisBackend is experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return JournalStorage(JournalRedisBackend(rush.url, prefix=rush.keys.prefix + "optuna-journal"))
-    raise ValueError(f"backend must be 'list' or 'optuna', got {backend!r}")
+    raise ValueError(f"backend must be 'redis', 'list' or 'journal', got {backend!r}")
 
 
 def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_trials: int,
@@ -226,7 +234,10 @@ def trial_loop(worker: Any, run_id: str, study_name: str, storage: BaseStorage, 
     optuna.logging.enable_propagation()
     sampler.reseed_rng()
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
-    run = Run(worker.client, worker.keys.prefix, run_id)
+    # The tickets on a connection of their own, held (no pool checkout per call)
+    run = Run(connect(worker.url, retry_timeout=worker.redis_retry_timeout,
+                      **({} if is_cluster_url(worker.url) else {"single_connection_client": True})),
+              worker.keys.prefix, run_id)
     watcher = Reconciler(worker, storage, run)
     next_sweep = time.monotonic() + worker.heartbeat_expire
     go = run.take()
@@ -263,16 +274,19 @@ def _one_trial(worker: Any, study: optuna.Study, objective: Callable[..., Any],
         value = objective(trial)
         frozen = study.tell(trial, value)
     except optuna.TrialPruned:
-        frozen = study.tell(trial, state=TrialState.PRUNED)
+        frozen = _tell_unless_finished(study, trial, TrialState.PRUNED)
     except Exception as exc:  # noqa: BLE001 - recorded on the trial and the task
-        error = exc
-        text = f"{type(exc).__name__}: {exc}"
-        logger.warning("trial %d failed: %s", trial.number, text)
-        try:
-            study._storage.set_trial_system_attr(trial_id, "fail_reason", text)
-            frozen = study.tell(trial, state=TrialState.FAIL)
-        except (ValueError, RuntimeError):  # finished meanwhile (declared lost and failed by a sweep)
+        if study._storage.get_trial(trial_id).state.is_finished():
+            # The tell was refused: a sweep failed this trial meanwhile (this worker was declared
+            # lost, then came back) and a new trial took its place. Not the objective's error.
             frozen = study._storage.get_trial(trial_id)
+            logger.warning("trial %d was failed by a sweep while it ran; its result is dropped", trial.number)
+        else:
+            error = exc  # the objective raised, or returned what Optuna cannot tell (None, NaN)
+            text = f"{type(exc).__name__}: {exc}"
+            logger.warning("trial %d failed: %s", trial.number, text)
+            study._storage.set_trial_system_attr(trial_id, "fail_reason", text)
+            frozen = _tell_unless_finished(study, trial, TrialState.FAIL)
     # What counts is the storage's final word (a sweep may have failed the trial first).
     state = frozen.state if frozen.state.is_finished() else study._storage.get_trial(trial_id).state
     stop = state == TrialState.FAIL and error is not None and not isinstance(error, catch)
@@ -294,6 +308,14 @@ def _one_trial(worker: Any, study: optuna.Study, objective: Callable[..., Any],
         logger.info("trial %d %s with value %s and parameters %s", frozen.number, state.name.lower(),
                     ys.get("value", frozen.values), frozen.params)
     return go
+
+
+def _tell_unless_finished(study: optuna.Study, trial: optuna.Trial, state: TrialState) -> FrozenTrial:
+    """Tell ``state``; if a sweep finished the trial first, the storage's record stands."""
+    try:
+        return study.tell(trial, state=state)
+    except (ValueError, RuntimeError):  # finished meanwhile (declared lost and failed by a sweep)
+        return study._storage.get_trial(trial._trial_id)
 
 
 class Run:

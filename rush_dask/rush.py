@@ -17,21 +17,21 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import constants as C
-from .client import FuturesClient
-from .connections import connect, current_plan, is_cluster_client, redact, resolve_url
-from .control import stop_workers
-from .errors import PayloadTooLargeError, RedisUnavailableError, WorkerStartError
-from .network import NetworkView, known_secrets
-from .processes import LocalWorkers
-from .scheduler import DaskScheduler
-from .scripts import NewTask, Scripts
-from .serialize import content_id, dumps, dumps_function, resolve_secret
-from .server import before_embedded_stop
-from .shared import pack_inputs
-from .tasks import check_xss, new_keys
-from .waiting import Patience
-from .worker import check_heartbeat
+from .core import constants as C
+from .core.connections import connect, current_plan, is_cluster_client, redact, resolve_url
+from .core.control import stop_workers
+from .core.errors import PayloadTooLargeError, RedisUnavailableError, WorkerStartError
+from .core.network import NetworkView, known_secrets
+from .core.scripts import NewTask, Scripts
+from .core.serialize import content_id, dumps, dumps_function, resolve_secret
+from .core.server import before_embedded_stop
+from .core.shared import pack_inputs
+from .core.tasks import check_xss, new_keys
+from .core.waiting import Patience
+from .core.worker import check_heartbeat
+from .dask.client import FuturesClient
+from .dask.scheduler import DaskScheduler
+from .deploy.processes import LocalWorkers
 
 if TYPE_CHECKING:
     from .dashboard.app import DashboardThread
@@ -214,10 +214,10 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         With ``client=`` (a ``distributed.Client``) the workers run on that
         Dask cluster instead, one per distributed worker by default (``n_workers``
         spreads over them; their stderr goes to the distributed workers' logs);
-        see :mod:`rush_dask.launch` and docs/deploy.md.
+        see :mod:`rush_dask.deploy.launch` and docs/deploy.md.
         """
         if client is not None:
-            from . import launch
+            from .deploy import launch
 
             addresses = launch.plan_cluster(client, n_workers, self.url)  # checks, writes nothing
         n = self._check_n_workers(n_workers)
@@ -254,11 +254,11 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         configuration and exits with a clear error.
 
         >>> print(rush.worker_script(fun))    # doctest: +SKIP
-        python -m rush_dask.worker --network test --start-id 5f0c...
+        python -m rush_dask.core.worker --network test --start-id 5f0c...
         """
         start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
                                             resources, redis_retry_timeout, logging.INFO, constants)
-        return f"python -m rush_dask.worker --network {self.network_id} --start-id {start_id}"
+        return f"python -m rush_dask.core.worker --network {self.network_id} --start-id {start_id}"
 
     def _check_n_workers(self, n_workers: int | None) -> int:
         n = n_workers if n_workers is not None else current_plan().n_workers

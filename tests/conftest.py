@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from rush_dask import Rush
-from rush_dask.server import RedisServer
+from rush_dask.core.server import RedisServer
 
 
 @pytest.fixture(scope="session")

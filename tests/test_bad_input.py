@@ -12,7 +12,7 @@ import pytest
 from conftest import network_keys
 
 from rush_dask import RedisUnavailableError, Rush, WorkerStartError
-from rush_dask.server import RedisServer
+from rush_dask.core.server import RedisServer
 
 
 def _unchanged(rush, redis_url, action, error, match):

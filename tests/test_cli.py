@@ -24,14 +24,14 @@ from click.testing import CliRunner
 from conftest import network_keys, wait_until
 
 from rush_dask import RedisUnavailableError, Rush
-from rush_dask.cli import (
+from rush_dask.core.network import pid_alive
+from rush_dask.deploy.cli import (
     LogReader,
     format_log_record,
     main,
     parse_resources,
     redact_text,
 )
-from rush_dask.network import pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -57,7 +57,7 @@ def cli_env(url: str | None = None, **extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: str, url: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rush_dask.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "rush_dask.deploy.cli", *args], cwd=ROOT,
                           env=env or cli_env(url), capture_output=True, text=True, timeout=TIMEOUT,
                           check=False)
 
@@ -66,7 +66,7 @@ class Cli:
     """A CLI process in the background; its stdout is read line by line."""
 
     def __init__(self, *args: str, url: str | None = None, env: dict | None = None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "rush_dask.cli", *args], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "rush_dask.deploy.cli", *args], cwd=ROOT,
                                      env=env or cli_env(url), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
@@ -435,7 +435,7 @@ def test_no_url():
 
 
 def test_wrong_password_says_so():
-    from rush_dask.server import RedisServer
+    from rush_dask.core.server import RedisServer
 
     server = RedisServer(tcp=True, password="right-one").start()
     try:

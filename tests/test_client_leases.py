@@ -21,7 +21,7 @@ import dask_funcs as f
 import pytest
 
 import rush_dask
-from rush_dask.connections import current_plan
+from rush_dask.core.connections import current_plan
 
 TIMEOUT = 60
 LEASE = 2.0

@@ -1,4 +1,4 @@
-"""Nodes that must stay in the client process run there (rush_dask.clientnodes): stores into
+"""Nodes that must stay in the client process run there (rush_dask.dask.clientnodes): stores into
 a numpy target, client-side locks, nodes that cannot be pickled. Real Redis, real workers."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from conftest import fresh_network, wait_until
 from dask.delayed import delayed
 
 import rush_dask
-from rush_dask.clientnodes import CLIENT_RESOURCE, client_keys
+from rush_dask.dask.clientnodes import CLIENT_RESOURCE, client_keys
 
 TIMEOUT = 120
 

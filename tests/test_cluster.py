@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from rush_dask import Rush
-from rush_dask.server import find_server_binary
+from rush_dask.core.server import find_server_binary
 
 pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
 
@@ -224,8 +224,8 @@ def _state_ok(node: Node) -> bool:
 
 
 def test_a_cluster_url_for_a_server_that_is_not_a_cluster_says_so():
-    from rush_dask.errors import RedisUnavailableError
-    from rush_dask.server import RedisServer
+    from rush_dask.core.errors import RedisUnavailableError
+    from rush_dask.core.server import RedisServer
 
     server = RedisServer(tcp=True).start()
     try:

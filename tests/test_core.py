@@ -349,7 +349,7 @@ def test_worker_script_starts_a_worker_from_a_shell(rush, tmp_path):
     import subprocess
 
     command = rush.worker_script(funcs.add, heartbeat_period=0.5)
-    assert command.startswith("python -m rush_dask.worker --network ")
+    assert command.startswith("python -m rush_dask.core.worker --network ")
     assert rush.url not in command  # the URL (and any password) stays out of the command
     argv = shlex.split(command)
     env = dict(os.environ, RUSH_REDIS_URL=rush.url,
@@ -393,7 +393,7 @@ def test_context_manager_stops_its_workers(redis_url, network_id):
 
 
 def test_repr_hides_the_password():
-    from rush_dask.connections import redact
+    from rush_dask.core.connections import redact
 
     assert redact("redis://:hunter2@h:1/0") == "redis://:***@h:1/0"
     assert redact("rediss://user:hunter2@h:1/0") == "rediss://user:***@h:1/0"
@@ -405,7 +405,7 @@ def test_workers_are_stopped_gracefully_when_the_controller_exits(redis_url, net
     import subprocess
     import textwrap
 
-    from rush_dask.network import pid_alive
+    from rush_dask.core.network import pid_alive
 
     script = textwrap.dedent(f"""
         import sys

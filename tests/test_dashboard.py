@@ -23,8 +23,8 @@ from test_cli import ROOT, TIMEOUT, cli_env, run_cli
 pytest.importorskip("aiohttp", reason="the dashboard extra: pip install 'rush-dask[dashboard]'")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from rush_dask.core.server import RedisServer  # noqa: E402
 from rush_dask.dashboard import start_in_thread  # noqa: E402
-from rush_dask.server import RedisServer  # noqa: E402
 
 
 def get(url: str, **headers: str) -> bytes:
@@ -168,7 +168,7 @@ def test_the_password_never_reaches_the_page(tmp_path):
 # ---------------------------------------------------------------------- the command
 def test_command_serves_until_ctrl_c(rush, redis_url):
     rush.push_tasks([{"x": 1}])
-    proc = subprocess.Popen([sys.executable, "-m", "rush_dask.cli", "dashboard", "--network", rush.network_id,
+    proc = subprocess.Popen([sys.executable, "-m", "rush_dask.deploy.cli", "dashboard", "--network", rush.network_id,
                              "--port", "0"], cwd=ROOT, env=cli_env(redis_url), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -80,7 +80,7 @@ def test_dataframe_groupby_merge_set_index(rush2, tmp_path):
 def test_task_shuffle_on_rush_only_and_no_global_change(rush2):
     from dask.base import collections_to_expr
 
-    from rush_dask.shuffle import has_disk_shuffle, task_shuffle
+    from rush_dask.dask.shuffle import has_disk_shuffle, task_shuffle
 
     assert dask.config.get("dataframe.shuffle.method", None) is None  # Rush() changed nothing
     ddf, _, pdf = _frames(None)

@@ -26,7 +26,7 @@ DASK = Path(dask.__file__).resolve().parent
 # test_linalg.py took 1.2 times as long as test_array_core.py when both ran alone.
 # RUSH_DASK_SUITE=full adds test_reductions.py and test_multi.py: 22 minutes on 2 shared cores.
 # Measured at commit time: 2,319 passed, 10 failed, all on the list below (2 fail natively too):
-# 2,319 of the 2,327 that pass natively, 99.7 %. Before client nodes (rush_dask.clientnodes): 2,304.
+# 2,319 of the 2,327 that pass natively, 99.7 %. Before client nodes (rush_dask.dask.clientnodes): 2,304.
 CUT = [
     "tests/test_delayed.py",
     "tests/test_base.py",
@@ -47,7 +47,7 @@ _IDENTITY = "object identity: a value computed on a worker comes back as a copy"
 _CLIENT_FUNCTION = ("a function of the graph changes a variable of the client process (a counter, a flag, "
                     "through a closure or a monkeypatched function); it runs on a worker, which changes its "
                     "own copy. Only stores into client objects, client locks and unpicklable nodes run on "
-                    "the client (rush_dask.clientnodes), not the functions around them")
+                    "the client (rush_dask.dask.clientnodes), not the functions around them")
 
 # test id (path relative to the dask package :: name) -> why it differs on rush_dask.
 EXPECTED = {
@@ -132,7 +132,7 @@ def test_dask_suite_on_rush(tmp_path):
 def test_memmap_store_passes_without_crash(tmp_path):
     """The segfault: a failing test_memmap closed its memory map while the array lived and
     pytest's long traceback rendered it. The store into the memory map now runs on the client
-    (rush_dask.clientnodes), so the test passes; --tb=short stays, in case it fails again."""
+    (rush_dask.dask.clientnodes), so the test passes; --tb=short stays, in case it fails again."""
     junit = tmp_path / "junit.xml"
     proc = run_suite(["array/tests/test_array_core.py::test_memmap"], junit, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # passed, not -11

@@ -19,8 +19,8 @@ import dask_funcs as f
 import numpy as np
 import pytest
 
-from rush_dask.dataplane import OFFLOAD_MIN
-from rush_dask.errors import PayloadSignatureError
+from rush_dask.core.dataplane import OFFLOAD_MIN
+from rush_dask.core.errors import PayloadSignatureError
 
 TIMEOUT = 90
 wait_until = functools.partial(conftest.wait_until, timeout=TIMEOUT)

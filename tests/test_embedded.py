@@ -8,12 +8,12 @@ import textwrap
 
 import conftest
 
-from rush_dask.watchdog import alive
+from rush_dask.core.watchdog import alive
 
 CLIENT = textwrap.dedent("""
     import time
     from rush_dask import Rush
-    from rush_dask.server import embedded_server
+    from rush_dask.core.server import embedded_server
 
     rush = Rush("orphans")  # no URL: the process's embedded Redis
     rush.start_workers(n_workers=1, redis_retry_timeout=3, heartbeat_period=0.2, heartbeat_expire=2.0)
@@ -38,7 +38,7 @@ def test_a_sigkilled_client_takes_its_embedded_redis_and_its_workers_with_it(tmp
 
 
 def test_a_client_that_exits_normally_leaves_no_watchdog(tmp_path):
-    code = ("from rush_dask import Rush\nfrom rush_dask.server import embedded_server\n"
+    code = ("from rush_dask import Rush\nfrom rush_dask.core.server import embedded_server\n"
             "Rush('tidy').client.ping()\nprint(embedded_server().watchdog.pid, flush=True)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr

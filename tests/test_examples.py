@@ -22,7 +22,7 @@ import hpo_decentralized
 import hpo_random_search
 
 from rush_dask import Rush
-from rush_dask import constants as C
+from rush_dask.core import constants as C
 
 N_EVALS = 12
 N_WORKERS = 2

@@ -15,8 +15,8 @@ import conftest
 import funcs
 
 from rush_dask import Rush
-from rush_dask.heartbeat import EXIT_KILLED, EXIT_LOST, EXIT_REDIS_GONE
-from rush_dask.server import RedisServer
+from rush_dask.core.heartbeat import EXIT_KILLED, EXIT_LOST, EXIT_REDIS_GONE
+from rush_dask.core.server import RedisServer
 
 TIMEOUT = 90
 wait_until = functools.partial(conftest.wait_until, timeout=TIMEOUT)
@@ -311,7 +311,7 @@ def test_controller_survives_a_redis_restart_during_a_compute(tmp_path):
 
 def test_a_repeated_push_call_applies_once(rush):
     """A push whose reply was lost is sent again: it must not requeue or list its tasks twice."""
-    from rush_dask.serialize import dumps
+    from rush_dask.core.serialize import dumps
 
     (wid,) = rush.start_workers(funcs.sleep_then, n_workers=1)
     args = [rush.keys.prefix, 1, "", 0, "", "", 0, 3, "repeated-key", dumps({"x": 1, "duration": 60}),

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rush_dask import frames
-from rush_dask.frames import ARROW_MIN_ROWS, GrowingFrame, dict_columns, task_frame
+from rush_dask.core import frames
+from rush_dask.core.frames import ARROW_MIN_ROWS, GrowingFrame, dict_columns, task_frame
 
 STR = pd.array([], dtype=str).dtype
 TIMEOUT = 60

@@ -1,4 +1,4 @@
-"""Small subtrees of a Dask graph run as one Redis task (rush_dask.fusion)."""
+"""Small subtrees of a Dask graph run as one Redis task (rush_dask.dask.fusion)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dask._task_spec import DataNode, Task, TaskRef, execute_graph
 from dask.callbacks import Callback
 from test_dask import TIMEOUT, graph_keys
 
-from rush_dask.fusion import bundle_limit, bundle_outputs, fuse_subtrees, group_limit
+from rush_dask.dask.fusion import bundle_limit, bundle_outputs, fuse_subtrees, group_limit
 
 
 @pytest.fixture

@@ -29,9 +29,9 @@ import funcs
 import pytest
 
 from rush_dask import Rush
-from rush_dask.heartbeat import EXIT_LOST, EXIT_REDIS_GONE
-from rush_dask.network import unpack_row
-from rush_dask.server import RedisServer
+from rush_dask.core.heartbeat import EXIT_LOST, EXIT_REDIS_GONE
+from rush_dask.core.network import unpack_row
+from rush_dask.core.server import RedisServer
 
 pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
 
@@ -189,14 +189,14 @@ def server(hosts):
 
 
 def start_worker(hosts: Hosts, i: int, rush: Rush, start_id: str, url: str, log_dir: Path):
-    """``python -m rush_dask.worker`` on host ``i``, as Rush.worker_script says to run it."""
+    """``python -m rush_dask.core.worker`` on host ``i``, as Rush.worker_script says to run it."""
     worker_id = f"host{i}-{uuid.uuid4().hex[:6]}"
     # RUSH_HOST_ID: the namespaces share this machine's /dev/shm, but each is a host of its own,
     # so large graph results travel between them over TCP, as between machines.
     env = dict(os.environ, RUSH_REDIS_URL=url, RUSH_TEST_HOST=hosts.namespaces[i],
                RUSH_HOST_ID=hosts.namespaces[i],
                PYTHONPATH=os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]]))
-    argv = [sys.executable, "-m", "rush_dask.worker", "--network", rush.network_id,
+    argv = [sys.executable, "-m", "rush_dask.core.worker", "--network", rush.network_id,
             "--start-id", start_id, "--worker-id", worker_id]
     log = log_dir / f"{worker_id}.log"
     return worker_id, hosts.spawn(i, argv, env, log), log

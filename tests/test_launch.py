@@ -16,11 +16,11 @@ from conftest import network_keys, wait_until
 from distributed import Client, LocalCluster
 
 from rush_dask import Rush
-from rush_dask import constants as C
-from rush_dask.errors import WorkerStartError
-from rush_dask.launch import HiddenEnv, submit_workers
-from rush_dask.network import pid_alive
-from rush_dask.server import RedisServer
+from rush_dask.core import constants as C
+from rush_dask.core.errors import WorkerStartError
+from rush_dask.core.network import pid_alive
+from rush_dask.core.server import RedisServer
+from rush_dask.deploy.launch import HiddenEnv, submit_workers
 
 TIMEOUT = 60
 FAST = {"heartbeat_period": 0.2, "heartbeat_expire": 1.5}
@@ -60,8 +60,8 @@ def remote_view(monkeypatch):
     directly; real cluster workers on other machines get orders only through
     their heartbeat.
     """
-    monkeypatch.setattr("rush_dask.control.HOSTNAME", "controller-elsewhere")
-    monkeypatch.setattr("rush_dask.network.HOSTNAME", "controller-elsewhere")
+    monkeypatch.setattr("rush_dask.core.control.HOSTNAME", "controller-elsewhere")
+    monkeypatch.setattr("rush_dask.core.network.HOSTNAME", "controller-elsewhere")
 
 
 def cluster_worker_pids(client: Client) -> dict[str, int]:
@@ -233,5 +233,5 @@ def test_url_and_secret_reach_cluster_workers_through_the_environment(signed_rus
     assert (row["secret"], row["url"]) == ("s3cr3t-for-the-test", tcp_rush.url)
     pid = int(info_of(tcp_rush, ids)[ids[0]]["pid"])
     command = " ".join(psutil.Process(pid).cmdline())
-    assert "rush_dask.launch" in command and ids[0] in command
+    assert "rush_dask.deploy.launch" in command and ids[0] in command
     assert tcp_rush.url not in command and "s3cr3t" not in command

@@ -12,7 +12,7 @@ import pytest
 from conftest import network_keys
 
 from rush_dask import PayloadTooLargeError, Rush
-from rush_dask.constants import INLINE_LIMIT
+from rush_dask.core.constants import INLINE_LIMIT
 
 LIMIT = 200_000
 

@@ -32,7 +32,7 @@ def test_import_gets_the_real_optuna():
 
 
 def test_storage_lives_under_the_network_prefix_and_reset_removes_it(rush, redis_url):
-    for backend in ("list", "optuna"):
+    for backend in ("redis", "list", "journal", "optuna"):
         study = optuna.create_study(storage=storage(rush, backend=backend), study_name=f"s-{backend}")
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
         again = optuna.load_study(study_name=f"s-{backend}", storage=storage(rush, backend=backend))
@@ -252,3 +252,32 @@ def test_bad_input_raises_and_writes_nothing(rush, redis_url, bad, error, match)
 def test_an_in_memory_study_is_refused(rush):
     with pytest.raises(ValueError, match="in memory"):
         optimize(optuna.create_study(), f.quadratic, n_trials=2, rush=rush)
+
+
+def test_a_tell_refused_after_a_sweep_failed_the_trial_does_not_stop_the_search(rush, redis_url):
+    """A worker declared lost that comes back (SIGSTOP, then SIGCONT) may tell before its heartbeat
+    sees it was lost: that tell is refused, and the search goes on (the trial was replaced)."""
+    from rush_dask import RushWorker
+    from rush_dask.optuna import Run, _one_trial
+
+    study = optuna.create_study(storage=storage(rush), study_name="refused")
+    run = Run(rush.client, rush.keys.prefix, "refused")
+    run.create(3, None)
+    worker = RushWorker(rush.network_id, url=redis_url)
+
+    def failed_by_a_sweep_meanwhile(trial):  # what the Reconciler of another worker does
+        study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", "worker lost")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return 1.0
+
+    try:  # (closed before the fixture's teardown, which kills the network's workers: this process)
+        assert run.take() == 1
+        assert _one_trial(worker, study, failed_by_a_sweep_meanwhile, (), run) == 1  # the next ticket
+        assert run.state()["stop"] is None
+        (trial,) = study.get_trials(deepcopy=False)
+        assert trial.state == TrialState.FAIL and trial.system_attrs["fail_reason"] == "worker lost"
+        assert _one_trial(worker, study, lambda trial: 2.0, (), run) == 1
+        assert states(study) == [TrialState.FAIL, TrialState.COMPLETE]
+    finally:
+        worker.close()
+        run.delete()

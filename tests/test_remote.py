@@ -25,10 +25,11 @@ import funcs
 import pytest
 import redis
 
-from rush_dask import Rush, connections
-from rush_dask.connections import URL_ENV, SecretUrl, connect, hide_secrets, redact
-from rush_dask.errors import RedisUnavailableError
-from rush_dask.server import RedisServer
+from rush_dask import Rush
+from rush_dask.core import connections
+from rush_dask.core.connections import URL_ENV, SecretUrl, connect, hide_secrets, redact
+from rush_dask.core.errors import RedisUnavailableError
+from rush_dask.core.server import RedisServer
 
 TIMEOUT = 60
 wait_until = functools.partial(conftest.wait_until, timeout=TIMEOUT)
@@ -277,7 +278,7 @@ def test_missing_password_says_how_to_give_one(password_server):
 
 def test_worker_refuses_a_password_on_its_command_line(password_server):
     result = subprocess.run(
-        [sys.executable, "-m", "rush_dask.worker", "--network", "n", "--start-id", "s",
+        [sys.executable, "-m", "rush_dask.core.worker", "--network", "n", "--start-id", "s",
          "--url", password_server.url],
         check=False, capture_output=True, text=True, timeout=TIMEOUT,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
@@ -301,7 +302,7 @@ def test_large_graph_results_travel_between_hosts_over_tls_pinned_through_redis(
     import dask
     import dask_funcs
 
-    from rush_dask.errors import ResultLostError
+    from rush_dask.core.errors import ResultLostError
 
     rush = Rush(f"test-{uuid.uuid4().hex[:10]}", url=tls_server.url)
     try:

@@ -8,9 +8,9 @@ from importlib import resources
 import pytest
 import redis
 
-from rush_dask.constants import Keys
-from rush_dask.lualoader import build, load_script, parse_header, script_names
-from rush_dask.scripts import (
+from rush_dask.core.constants import Keys
+from rush_dask.core.lualoader import build, load_script, parse_header, script_names
+from rush_dask.core.scripts import (
     HeartbeatReply,
     NewNode,
     NewTask,
@@ -20,14 +20,14 @@ from rush_dask.scripts import (
     SettleReply,
     sources,
 )
-from rush_dask.serialize import dumps
+from rush_dask.core.serialize import dumps
 
 SCRIPTS = script_names()
 
 
 def test_every_script_is_a_file_with_a_full_header():
     assert len(SCRIPTS) == 17
-    folder = resources.files("rush_dask").joinpath("lua")
+    folder = resources.files("rush_dask.core").joinpath("lua")
     for name in SCRIPTS:
         text = folder.joinpath(f"{name}.lua").read_text()
         assert text.startswith(f"-- {name}: "), f"{name}.lua must open with '-- {name}: what it does'"

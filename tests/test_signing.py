@@ -18,9 +18,9 @@ import pytest
 from conftest import wait_until
 
 from rush_dask import PayloadSignatureError, Rush, RushWorker
-from rush_dask import constants as C
-from rush_dask.scripts import NewTask
-from rush_dask.serialize import dumps, loads, mac, place, sign
+from rush_dask.core import constants as C
+from rush_dask.core.scripts import NewTask
+from rush_dask.core.serialize import dumps, loads, mac, place, sign
 
 SECRET = "correct horse battery staple"
 
@@ -117,14 +117,14 @@ def test_worker_with_the_wrong_secret_refuses_tasks(signed, redis_url, tmp_path)
     # A worker process started with another secret refuses the configuration and exits.
     start_id = signed.worker_script(funcs.add).split("--start-id ")[1]
     env = dict(os.environ, RUSH_REDIS_URL=redis_url, RUSH_SECRET="wrong")
-    proc = subprocess.run([sys.executable, "-m", "rush_dask.worker", "--network", signed.network_id,
+    proc = subprocess.run([sys.executable, "-m", "rush_dask.core.worker", "--network", signed.network_id,
                            "--start-id", start_id],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert "signature invalid" in proc.stderr and "Traceback" not in proc.stderr
     # A worker without any secret says what to set.
     env.pop("RUSH_SECRET")
-    proc = subprocess.run([sys.executable, "-m", "rush_dask.worker", "--network", signed.network_id,
+    proc = subprocess.run([sys.executable, "-m", "rush_dask.core.worker", "--network", signed.network_id,
                            "--start-id", start_id],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0 and "RUSH_SECRET" in proc.stderr

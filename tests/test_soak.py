@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a package at the repository root
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.soak import report, soak  # noqa: E402 - after the path above
-from rush_dask.server import RedisServer  # noqa: E402
+from rush_dask.core.server import RedisServer  # noqa: E402
 
 pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
 

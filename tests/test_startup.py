@@ -18,7 +18,7 @@ HEAVY = ("dask", "pandas", "numpy", "distributed", "aiohttp", "prometheus_client
 # Runs the command in-process, then prints which heavy modules it imported (stdout, last line).
 PROBE = """
 import sys
-from rush_dask.cli import main
+from rush_dask.deploy.cli import main
 try:
     main(sys.argv[1:], prog_name="rush-dask")
 except SystemExit:
@@ -51,7 +51,7 @@ def test_status_logs_stop_and_help_import_neither_dask_nor_pandas(rush, redis_ur
 def test_the_package_imports_without_dask_and_registers_the_scheduler_when_dask_comes():
     code = ("import sys, rush_dask\n"
             "assert 'dask' not in sys.modules and 'pandas' not in sys.modules, sorted(sys.modules)\n"
-            "from rush_dask import Rush\n"  # the controller needs dask (it is a Dask scheduler)
+            "from rush_dask import Rush\n"  # the controller loads no dask either (tests/test_tools.py)
             "import dask.base\n"
             "print(repr(dask.base.named_schedulers['rush']))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True,

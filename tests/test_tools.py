@@ -62,9 +62,9 @@ def test_importing_the_package_loads_no_dask_pandas_or_numpy(code):
 
 
 def test_a_worker_process_imports_no_dask_nor_distributed():
-    """What ``python -m rush_dask.worker`` imports before its first task (a worker of plain
+    """What ``python -m rush_dask.core.worker`` imports before its first task (a worker of plain
     rush tasks never needs Dask; a Dask node loads it when it runs)."""
-    loaded = _imported("import rush_dask.worker", env={"RUSH_DASK_WORKER": "1"})
+    loaded = _imported("import rush_dask.core.worker", env={"RUSH_DASK_WORKER": "1"})
     assert not loaded & {"dask", "distributed", "joblib", "optuna", "matplotlib"}, loaded & set(HEAVY)
 
 
@@ -74,9 +74,16 @@ def test_the_controller_imports_no_pandas_nor_numpy():
     assert not loaded & {"pandas", "numpy", "joblib", "optuna", "matplotlib"}, loaded & set(HEAVY)
 
 
-@pytest.mark.xfail(strict=True, reason="rush_dask.futures imports dask at module level (about 70 ms); "
-                   "issue 16 item 6: the queue core never imports dask. Remove this mark when it passes.")
 def test_the_controller_imports_no_dask_nor_distributed():
     """``from rush_dask import Rush`` is the queue's controller: Dask would load on the first compute."""
     loaded = _imported("from rush_dask import Rush")
+    assert not loaded & {"dask", "distributed"}, loaded & set(HEAVY)
+
+
+def test_the_queue_core_imports_no_dask_nor_distributed():
+    """Every module of ``rush_dask.core`` (the queue, the worker, the data plane) imports without
+    Dask: the layout's one rule. The Dask front end is ``rush_dask.dask``."""
+    core = sorted(p.stem for p in (ROOT / "rush_dask" / "core").glob("*.py") if p.stem != "__init__")
+    assert "worker" in core and "scripts" in core
+    loaded = _imported("\n".join(f"import rush_dask.core.{name}" for name in core))
     assert not loaded & {"dask", "distributed"}, loaded & set(HEAVY)

@@ -10,7 +10,7 @@ Routes:
 * ``GET /api/snapshot?network=N`` one snapshot;
 * ``GET /metrics`` Prometheus text format (see :mod:`.metrics`);
 * ``POST /api/stop`` ``{"network", "worker_id", "type": "terminate"|"kill"}``,
-  only with ``allow_control``: the same :func:`rush_dask.control.stop_workers`
+  only with ``allow_control``: the same :func:`rush_dask.core.control.stop_workers`
   as ``rush-dask stop``.
 
 The page gets the Redis URL only redacted; the password never leaves the server.
@@ -29,9 +29,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import constants as C
-from ..cli import list_networks, redact_text
-from ..connections import connect, redact
+from ..core import constants as C
+from ..core.connections import connect, redact
+from ..deploy.cli import list_networks, redact_text
 from .metrics import Metrics
 from .snapshot import Monitor
 
@@ -145,7 +145,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def stop(request: web.Request) -> web.Response:
-    from ..control import stop_workers
+    from ..core.control import stop_workers
 
     state = request.app[_STATE]
     if not state.allow_control:

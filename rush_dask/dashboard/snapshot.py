@@ -23,11 +23,11 @@ import threading
 import time
 from typing import Any
 
-from .. import constants as C
-from ..cli import LogReader, redact_text
-from ..connections import redact
-from ..control import Network
-from ..network import HOSTNAME, pid_alive
+from ..core import constants as C
+from ..core.connections import redact
+from ..core.control import Network
+from ..core.network import HOSTNAME, pid_alive
+from ..deploy.cli import LogReader, redact_text
 
 HISTORY = 600  # points of the counts chart (5 minutes at 0.5 s)
 STREAM = 400  # task stream entries kept

@@ -70,7 +70,7 @@ def pytest_configure(config):
 
     faulthandler.enable()
     from rush_dask import Rush
-    from rush_dask.server import RedisServer
+    from rush_dask.core.server import RedisServer
 
     url = os.environ.get("RUSH_SUITE_REDIS_URL")
     if not url:
