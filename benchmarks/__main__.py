@@ -59,14 +59,36 @@ SECTIONS = ("rush", "dask", "scaling", "cost", "archive", "data", "futures", "cl
 # Per size: rush (trivial, sleep tasks); dask (see bench_dask.make_workloads); scaling (tasks,
 # worker counts); cost tasks; archive tasks; hpo (workers, trials of 0.2 s, no-op trials).
 SIZES = {
-    "full": {"rush": (10_000, 1_000), "dask": (10_000, 1_000, 1_000, 100, 1_000),
-             "scaling": (320, (1, 2, 4, 8, 16)), "cost": 100_000, "archive": 100_000, "data": "full",
-             "futures": 10_000, "hpo": (8, 160, 800)},
-    "quick": {"rush": (1_000, 100), "dask": (1_000, 100, 100, 10, 200), "scaling": (32, (1, 2, 4)),
-              "cost": 5_000, "archive": 5_000, "data": "quick", "futures": 1_000,
-              "hpo": (8, 32, 100)},
-    "tiny": {"rush": (100, 10), "dask": (50, 16, 8, 2, 10), "scaling": (8, (1, 2)), "cost": 200,
-             "archive": 200, "data": "tiny", "futures": 50, "hpo": (2, 8, 20)},
+    "full": {
+        "rush": (10_000, 1_000),
+        "dask": (10_000, 1_000, 1_000, 100, 1_000),
+        "scaling": (320, (1, 2, 4, 8, 16)),
+        "cost": 100_000,
+        "archive": 100_000,
+        "data": "full",
+        "futures": 10_000,
+        "hpo": (8, 160, 800),
+    },
+    "quick": {
+        "rush": (1_000, 100),
+        "dask": (1_000, 100, 100, 10, 200),
+        "scaling": (32, (1, 2, 4)),
+        "cost": 5_000,
+        "archive": 5_000,
+        "data": "quick",
+        "futures": 1_000,
+        "hpo": (8, 32, 100),
+    },
+    "tiny": {
+        "rush": (100, 10),
+        "dask": (50, 16, 8, 2, 10),
+        "scaling": (8, (1, 2)),
+        "cost": 200,
+        "archive": 200,
+        "data": "tiny",
+        "futures": 50,
+        "hpo": (2, 8, 20),
+    },
 }
 
 
@@ -91,15 +113,21 @@ def rush_section(ctx: Context) -> dict:
     from benchmarks import bench_rush, peers
 
     n_trivial, n_sleep = ctx.sizes["rush"]
-    workloads = [bench_rush.Workload("trivial", bench_rush.add_one, n_trivial),
-                 bench_rush.Workload("sleep", bench_rush.sleep_then_add_one, n_sleep)]
+    workloads = [
+        bench_rush.Workload("trivial", bench_rush.add_one, n_trivial),
+        bench_rush.Workload("sleep", bench_rush.sleep_then_add_one, n_sleep),
+    ]
     skipped: dict[str, str] = {} if ctx.peers else {name: "skipped (--no-peers)" for name in peers.PEERS}
     runs: dict = {}
 
     def record(rep: int, system: str, w: bench_rush.Workload, seconds: float) -> None:
         runs.setdefault(system, {}).setdefault(w.name, []).append(seconds)
-        print(f"repeat {rep}/{ctx.repeats}  {w.name:<8} {system:<26} {seconds:7.3f} s  "
-              f"{w.n_tasks / seconds:9,.0f} tasks/s", file=sys.stderr, flush=True)
+        print(
+            f"repeat {rep}/{ctx.repeats}  {w.name:<8} {system:<26} {seconds:7.3f} s  "
+            f"{w.n_tasks / seconds:9,.0f} tasks/s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     for rep in range(1, ctx.repeats + 1):
         for system in bench_rush.SYSTEMS:
@@ -127,9 +155,13 @@ def rush_section(ctx: Context) -> dict:
             finally:
                 peer.close()
     runs = {system: per_w for system, per_w in runs.items() if system not in skipped}
-    return {"tasks": {w.name: w.n_tasks for w in workloads},
-            "ideal": {w.name: w.ideal_seconds for w in workloads if w.ideal_seconds},
-            "systems": list(runs), "runs": runs, "skipped": skipped}
+    return {
+        "tasks": {w.name: w.n_tasks for w in workloads},
+        "ideal": {w.name: w.ideal_seconds for w in workloads if w.ideal_seconds},
+        "systems": list(runs),
+        "runs": runs,
+        "skipped": skipped,
+    }
 
 
 def dask_section(ctx: Context) -> dict:
@@ -144,10 +176,14 @@ def dask_section(ctx: Context) -> dict:
     runs: dict = {}
     for (system, name), seconds in r.times.items():
         runs.setdefault(system, {})[name] = seconds
-    return {"workloads": {w.name: {"size": w.size, "tasks": r.nodes[w.name], "description": w.description}
-                          for w in workloads},
-            "ideal": {w.name: w.ideal_seconds for w in workloads if w.ideal_seconds},
-            "systems": list(bench_dask.SYSTEMS), "runs": runs}
+    return {
+        "workloads": {
+            w.name: {"size": w.size, "tasks": r.nodes[w.name], "description": w.description} for w in workloads
+        },
+        "ideal": {w.name: w.ideal_seconds for w in workloads if w.ideal_seconds},
+        "systems": list(bench_dask.SYSTEMS),
+        "runs": runs,
+    }
 
 
 def scaling_section(ctx: Context) -> dict:
@@ -198,25 +234,39 @@ def hpo_section(ctx: Context) -> dict:
     return bench_hpo.run_hpo(ctx.url, ctx.log_dir, ctx.repeats, n_workers, n_util, n_noop)
 
 
-RUNNERS = {"rush": rush_section, "dask": dask_section, "scaling": scaling_section, "cost": cost_section,
-           "archive": archive_section, "data": data_section, "futures": futures_section, "cli": cli_section,
-           "hpo": hpo_section}
+RUNNERS = {
+    "rush": rush_section,
+    "dask": dask_section,
+    "scaling": scaling_section,
+    "cost": cost_section,
+    "archive": archive_section,
+    "data": data_section,
+    "futures": futures_section,
+    "cli": cli_section,
+    "hpo": hpo_section,
+}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repeat")
-    parser.add_argument("--tiny", action="store_true",
-                        help="the smallest sizes, 1 repeat (for the test suite; implies --quick)")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write benchmarks.md, img/ and the JSON here instead of docs/ and "
-                             "benchmarks/results/")
+    parser.add_argument(
+        "--tiny", action="store_true", help="the smallest sizes, 1 repeat (for the test suite; implies --quick)"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write benchmarks.md, img/ and the JSON here instead of docs/ and benchmarks/results/",
+    )
     parser.add_argument("--no-peers", action="store_true", help="skip RQ, Celery and distributed client.map")
-    parser.add_argument("--no-wait", action="store_true",
-                        help="do not wait while pytest or other benchmarks run")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait while pytest or other benchmarks run")
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
@@ -240,11 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     json_dir = args.out if args.out is not None else RESULTS_DIR
     quiet = Quiet(0 if args.no_wait else QUIET_BUDGET)
     started = time.time()
-    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-                     "repeats": args.repeats, "quick": args.quick, "size": args.size,
-                     "sections": args.sections,
-                     "command": "python -m benchmarks "
-                                + " ".join(argv if argv is not None else sys.argv[1:])}
+    results: dict = {
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "repeats": args.repeats,
+        "quick": args.quick,
+        "size": args.size,
+        "sections": args.sections,
+        "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     server = RedisServer().start()
     try:
         results["machine"] = machine(server.url)
@@ -263,8 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = json_dir / f"benchmarks-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}.json"
     raw.write_text(json.dumps(results, indent=1, default=str))
     md = report.write(results, docs)
-    print(f"written: {md}, {docs / 'img'}/bench-*.png, {raw} ({results['seconds']:.0f} s in all)",
-          file=sys.stderr)
+    print(f"written: {md}, {docs / 'img'}/bench-*.png, {raw} ({results['seconds']:.0f} s in all)", file=sys.stderr)
     return 0
 
 

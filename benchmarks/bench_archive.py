@@ -75,8 +75,15 @@ def run_archive(url: str, n_tasks: int, repeats: int, log_dir: str | None = None
             assert n == len(frame) + 1  # the task that fetch_new_tasks brought
             reader.close()
         memory = rush.client.info("memory")["used_memory"] / rush.n_tasks
-        return {"n_tasks": n_tasks, "push": pushed, "full": full, "incremental": incremental,
-                "new_only": new_only, "lazy": lazy, "memory_per_task": memory}
+        return {
+            "n_tasks": n_tasks,
+            "push": pushed,
+            "full": full,
+            "incremental": incremental,
+            "new_only": new_only,
+            "lazy": lazy,
+            "memory_per_task": memory,
+        }
     finally:
         rush.reset()
         rush.close()
@@ -96,10 +103,14 @@ def main() -> None:
     print("| measure | value | target |\n|---|---:|---:|")
     print(f"| push {args.tasks:,} tasks (one call) | {r['push']:.3f} s | |")
     print(f"| full fetch into pandas | {fmt(r['full'], 3)} s | ≤ {TARGET_FULL:g} s |")
-    print(f"| then one new task, `fetch_finished_tasks()` | {fmt([t * 1e3 for t in r['incremental']], 3)} ms "
-          f"| ≤ {TARGET_INCREMENTAL * 1e3:g} ms |")
-    print(f"| then one new task, `fetch_new_tasks()` | {fmt([t * 1e3 for t in r['new_only']], 3)} ms "
-          f"| ≤ {TARGET_INCREMENTAL * 1e3:g} ms |")
+    print(
+        f"| then one new task, `fetch_finished_tasks()` | {fmt([t * 1e3 for t in r['incremental']], 3)} ms "
+        f"| ≤ {TARGET_INCREMENTAL * 1e3:g} ms |"
+    )
+    print(
+        f"| then one new task, `fetch_new_tasks()` | {fmt([t * 1e3 for t in r['new_only']], 3)} ms "
+        f"| ≤ {TARGET_INCREMENTAL * 1e3:g} ms |"
+    )
     print(f"| `to_dask_dataframe().compute(scheduler='sync')` | {fmt(r['lazy'], 3)} s | |")
     print(f"| Redis memory per finished task | {r['memory_per_task']:,.0f} bytes | |")
 

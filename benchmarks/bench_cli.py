@@ -27,9 +27,11 @@ from benchmarks.common import fmt, parse_arguments
 TARGET_STATUS = 0.5  # seconds
 
 # What a command loaded: printed by the child at exit (see _PROBE).
-_PROBE = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("
-          "'\\nHEAVY=' + ','.join(m for m in ('dask', 'pandas', 'numpy') if m in sys.modules) + '\\n'));"
-          "from rush_dask.deploy.cli import main; main(prog_name='rush-dask')")
+_PROBE = (
+    "import atexit, sys; atexit.register(lambda: sys.stderr.write("
+    "'\\nHEAVY=' + ','.join(m for m in ('dask', 'pandas', 'numpy') if m in sys.modules) + '\\n'));"
+    "from rush_dask.deploy.cli import main; main(prog_name='rush-dask')"
+)
 
 
 def commands(network: str, stopped_worker: str) -> dict[str, list[str]]:
@@ -46,8 +48,7 @@ def commands(network: str, stopped_worker: str) -> dict[str, list[str]]:
 def time_command(args: list[str], env: dict[str, str]) -> tuple[float, str]:
     """Seconds from exec to exit of one command, and the heavy modules it imported."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], env=env, capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"rush-dask {' '.join(args)} failed: {proc.stderr[-500:]}")
@@ -98,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     status = results["status"]["median"]
-    print(f"rush-dask status: median {status:.3f} s (target <= {TARGET_STATUS} s: "
-          f"{'met' if status <= TARGET_STATUS else 'NOT met'})")
+    print(
+        f"rush-dask status: median {status:.3f} s (target <= {TARGET_STATUS} s: "
+        f"{'met' if status <= TARGET_STATUS else 'NOT met'})"
+    )
     for name, r in results.items():
         print(f"| {name} | {r['median']:.3f} s | {r['imports']} |")
     return 0

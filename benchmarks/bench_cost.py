@@ -100,8 +100,13 @@ def run_cost(url: str, n_tasks: int, repeats: int, log_dir: str, quiet: Quiet) -
     >>> run_cost(server.url, 100_000, 3, "/tmp/logs", Quiet(0))["queued_bytes"]  # doctest: +SKIP
     [421.3, 421.3, 421.4]
     """
-    out: dict = {"n_tasks": n_tasks, "push_seconds": [], "queued_bytes": [], "queued_hash_bytes": [],
-                 "submit_seconds": []}
+    out: dict = {
+        "n_tasks": n_tasks,
+        "push_seconds": [],
+        "queued_bytes": [],
+        "queued_hash_bytes": [],
+        "submit_seconds": [],
+    }
     for rep in range(1, repeats + 1):
         rush = Rush(f"cost-{uuid.uuid4().hex[:10]}", url=url)
         try:
@@ -127,9 +132,12 @@ def run_cost(url: str, n_tasks: int, repeats: int, log_dir: str, quiet: Quiet) -
         graph = graph_cost(url, n_tasks)
         out["n_nodes"] = graph["n_nodes"]
         out["submit_seconds"].append(graph["submit_seconds"])
-        print(f"repeat {rep}/{repeats}  cost: push {out['push_seconds'][-1]:.3f} s, "
-              f"{out['queued_bytes'][-1]:,.0f} B/queued task, graph submit {graph['submit_seconds']:.3f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"repeat {rep}/{repeats}  cost: push {out['push_seconds'][-1]:.3f} s, "
+            f"{out['queued_bytes'][-1]:,.0f} B/queued task, graph submit {graph['submit_seconds']:.3f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     traced = graph_cost(url, n_tasks, trace=True)
     out["peak_bytes"], out["graph_bytes"] = traced["peak_bytes"], traced["graph_bytes"]
     return out

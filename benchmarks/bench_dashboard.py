@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         base_cmd, base_cpu = window(rush.client, args.seconds)
         dash = start_in_thread(server.url, rush.network_id, port=0, period=1.0)
         stop, events = threading.Event(), []
-        reader = threading.Thread(target=follow, args=(dash.url.replace("/?network=", "/events?network="),
-                                                       stop, events), daemon=True)
+        reader = threading.Thread(
+            target=follow, args=(dash.url.replace("/?network=", "/events?network="), stop, events), daemon=True
+        )
         reader.start()
         time.sleep(2)  # the first poll reads the archive tail and the logs: not steady state
         dash_cmd, dash_cpu = window(rush.client, args.seconds)
@@ -87,10 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     cost_cmd, cost_cpu = dash_cmd - base_cmd, dash_cpu - base_cpu
     print(f"{args.workers} idle workers, {args.seconds:g} s windows, {len(events)} events received")
-    print(f"Redis command time: {base_cmd * 1e3:.3f} ms/s without the dashboard, {dash_cmd * 1e3:.3f} ms/s "
-          f"with it: the dashboard costs {cost_cmd * 100:.3f} % of a core")
-    print(f"Redis CPU (user+sys): {base_cpu * 1e3:.2f} ms/s without, {dash_cpu * 1e3:.2f} ms/s with: "
-          f"{cost_cpu * 100:.2f} % of a core (coarse: includes network I/O)")
+    print(
+        f"Redis command time: {base_cmd * 1e3:.3f} ms/s without the dashboard, {dash_cmd * 1e3:.3f} ms/s "
+        f"with it: the dashboard costs {cost_cmd * 100:.3f} % of a core"
+    )
+    print(
+        f"Redis CPU (user+sys): {base_cpu * 1e3:.2f} ms/s without, {dash_cpu * 1e3:.2f} ms/s with: "
+        f"{cost_cpu * 100:.2f} % of a core (coarse: includes network I/O)"
+    )
     met = "met" if max(cost_cmd, cost_cpu) <= TARGET else "NOT met"
     print(f"target <= {TARGET * 100:g} % of a core: {met}")
     return 0

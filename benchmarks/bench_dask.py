@@ -122,9 +122,9 @@ PROCESSES = "processes"
 CLUSTER = "LocalCluster"
 SYSTEMS = (RUSH, SYNC, THREADS, PROCESSES, CLUSTER)
 # Targets of rush_dask, checked on every run of this benchmark.
-TARGET_VS_CLUSTER = 5.0   # rush / LocalCluster throughput on the graphs of trivial tasks
-TARGET_VS_SYNC = 0.5      # rush / sync throughput
-TARGET_VS_IDEAL = 0.95    # rush sleep / ideal throughput
+TARGET_VS_CLUSTER = 5.0  # rush / LocalCluster throughput on the graphs of trivial tasks
+TARGET_VS_SYNC = 0.5  # rush / sync throughput
+TARGET_VS_IDEAL = 0.95  # rush sleep / ideal throughput
 TARGET_GRAPHS = ("trivial", "tree", "array")  # the graphs of trivial tasks the targets are for
 
 
@@ -134,6 +134,7 @@ TARGET_GRAPHS = ("trivial", "tree", "array")  # the graphs of trivial tasks the 
 # the file), and every worker can import it (rush_dask's workers get the
 # client's sys.path in PYTHONPATH; distributed's and the pool's processes are
 # spawned with it).
+
 
 def inc(x):
     return x + 1
@@ -156,8 +157,9 @@ def build_trivial(n: int) -> list:
 def build_tree(n: int) -> list:
     level = [delayed(inc)(i) for i in range(n)]
     while len(level) > 1:
-        level = [delayed(add)(level[i], level[i + 1]) if i + 1 < len(level) else level[i]
-                 for i in range(0, len(level), 2)]
+        level = [
+            delayed(add)(level[i], level[i + 1]) if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)
+        ]
     return level
 
 
@@ -209,7 +211,7 @@ class Workload:
     name: str
     description: str
     build_fun: Callable[[int], list]
-    size: int                       # delayed calls, leaves or chunks
+    size: int  # delayed calls, leaves or chunks
     expected: Callable[[int], list]
 
     def build(self) -> list:
@@ -233,31 +235,60 @@ FULL_SIZES = (10_000, 1_000, 1_000, 100, 1_000)  # trivial, tree leaves, array c
 QUICK_SIZES = (1_000, 100, 100, 10, 200)
 
 
-def make_workloads(quick: bool, frames: bool = False,
-                   sizes: tuple[int, int, int, int, int] | None = None) -> list[Workload]:
+def make_workloads(
+    quick: bool, frames: bool = False, sizes: tuple[int, int, int, int, int] | None = None
+) -> list[Workload]:
     """The workloads; ``frames=True`` adds the dataframe groupby and shuffle.
 
     ``sizes``: (trivial tasks, tree leaves, array chunks, dataframe partitions,
     sleep tasks), by default FULL_SIZES or, with ``quick``, QUICK_SIZES.
     """
     trivial, tree, array, parts, sleep = sizes or (QUICK_SIZES if quick else FULL_SIZES)
-    extra = [
-        Workload("groupby", f"`groupby('k').x.sum()` of {N_GROUPS} keys, {ROWS_PER_PARTITION:,} rows "
-                 "per partition", build_groupby, parts, expected_groupby),
-        Workload("shuffle", f"task-based `shuffle('k')`, {ROWS_PER_PARTITION:,} rows per partition, "
-                 "then distinct keys per partition, summed", build_shuffle, parts,
-                 lambda n: [N_GROUPS]),
-    ] if frames else []
+    extra = (
+        [
+            Workload(
+                "groupby",
+                f"`groupby('k').x.sum()` of {N_GROUPS} keys, {ROWS_PER_PARTITION:,} rows per partition",
+                build_groupby,
+                parts,
+                expected_groupby,
+            ),
+            Workload(
+                "shuffle",
+                f"task-based `shuffle('k')`, {ROWS_PER_PARTITION:,} rows per partition, "
+                "then distinct keys per partition, summed",
+                build_shuffle,
+                parts,
+                lambda n: [N_GROUPS],
+            ),
+        ]
+        if frames
+        else []
+    )
     return [
-        Workload("trivial", "independent `delayed(inc)(i)`, computed together", build_trivial,
-                 trivial, lambda n: [i + 1 for i in range(n)]),
-        Workload("tree", "`delayed(inc)` leaves, pairwise `delayed(add)` to one result", build_tree,
-                 tree, lambda n: [n * (n + 1) // 2]),
-        Workload("array", "`da.ones(chunks * 100, chunks=100).sum()`", build_array,
-                 array, lambda n: [float(n * 100)]),
+        Workload(
+            "trivial",
+            "independent `delayed(inc)(i)`, computed together",
+            build_trivial,
+            trivial,
+            lambda n: [i + 1 for i in range(n)],
+        ),
+        Workload(
+            "tree",
+            "`delayed(inc)` leaves, pairwise `delayed(add)` to one result",
+            build_tree,
+            tree,
+            lambda n: [n * (n + 1) // 2],
+        ),
+        Workload("array", "`da.ones(chunks * 100, chunks=100).sum()`", build_array, array, lambda n: [float(n * 100)]),
         *extra,
-        Workload("sleep", f"independent `delayed(sleep_inc)(i)`, `time.sleep({SLEEP_SECONDS})` each",
-                 build_sleep, sleep, lambda n: [i + 1 for i in range(n)]),
+        Workload(
+            "sleep",
+            f"independent `delayed(sleep_inc)(i)`, `time.sleep({SLEEP_SECONDS})` each",
+            build_sleep,
+            sleep,
+            lambda n: [i + 1 for i in range(n)],
+        ),
     ]
 
 
@@ -274,8 +305,9 @@ class Systems:
             self.rush.start_workers(n_workers=N_WORKERS, log_dir=log_dir)
             self.pool = start_process_pool()
             logging.getLogger("distributed").setLevel(logging.ERROR)
-            self.cluster = distributed.LocalCluster(n_workers=N_WORKERS, threads_per_worker=1,
-                                                    processes=True, dashboard_address=None)
+            self.cluster = distributed.LocalCluster(
+                n_workers=N_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None
+            )
             # Not the process's default client: graphs built for the other systems must not get
             # distributed's P2P shuffle, which only a distributed cluster runs.
             self.client = distributed.Client(self.cluster, set_as_default=False)
@@ -335,8 +367,9 @@ def start_process_pool() -> ProcessPoolExecutor:
     """The pool ``scheduler="processes"`` would start, started now, both processes running."""
     from dask.multiprocessing import get_context, initialize_worker_process
 
-    pool = ProcessPoolExecutor(N_WORKERS, mp_context=get_context(),
-                               initializer=partial(initialize_worker_process, user_initializer=None))
+    pool = ProcessPoolExecutor(
+        N_WORKERS, mp_context=get_context(), initializer=partial(initialize_worker_process, user_initializer=None)
+    )
     # Two tasks that overlap in time make the pool start both processes.
     pids = set(pool.map(_pid_after_a_while, range(N_WORKERS)))
     if len(pids) != N_WORKERS:
@@ -427,8 +460,7 @@ def phases(systems: Systems, w: Workload, quiet: Quiet) -> tuple[dict[str, float
     return t, n_nodes
 
 
-def run_all(systems: Systems, workloads: list[Workload], repeats: int, quiet: Quiet, *,
-            detail: bool = True) -> Results:
+def run_all(systems: Systems, workloads: list[Workload], repeats: int, quiet: Quiet, *, detail: bool = True) -> Results:
     """Every workload on every system, ``repeats`` times; ``detail=False`` times ``dask.compute`` only.
 
     The detail is Dask's client-side work step by step and the schedulers
@@ -443,29 +475,43 @@ def run_all(systems: Systems, workloads: list[Workload], repeats: int, quiet: Qu
                 for system in SYSTEMS:
                     seconds = timed_compute(systems, system, w, quiet)
                     r.times.setdefault((system, w.name), []).append(seconds)
-                    print(f"repeat {rep}/{repeats}  {w.name:<8} {system:<12} {seconds:7.3f} s  "
-                          f"{r.nodes[w.name] / seconds:9,.0f} tasks/s", file=sys.stderr, flush=True)
+                    print(
+                        f"repeat {rep}/{repeats}  {w.name:<8} {system:<12} {seconds:7.3f} s  "
+                        f"{r.nodes[w.name] / seconds:9,.0f} tasks/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 continue
             t, r.nodes[w.name] = phases(systems, w, quiet)
             for name, seconds in t.items():
                 r.steps.setdefault((w.name, name), []).append(seconds)
             prep = sum(t[s] for s in DASK_STEPS)
-            print(f"repeat {rep}/{repeats}  {w.name:<8} Dask client-side work {prep:7.3f} s, "
-                  f"rush submit {t['submit()']:.3f} s, wait {t['wait()']:.3f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"repeat {rep}/{repeats}  {w.name:<8} Dask client-side work {prep:7.3f} s, "
+                f"rush submit {t['submit()']:.3f} s, wait {t['wait()']:.3f} s",
+                file=sys.stderr,
+                flush=True,
+            )
             for system in SYSTEMS:
                 seconds = timed_compute(systems, system, w, quiet)
                 r.times.setdefault((system, w.name), []).append(seconds)
-                print(f"repeat {rep}/{repeats}  {w.name:<8} {system:<12} {seconds:7.3f} s  "
-                      f"{r.nodes[w.name] / seconds:9,.0f} tasks/s", file=sys.stderr, flush=True)
+                print(
+                    f"repeat {rep}/{repeats}  {w.name:<8} {system:<12} {seconds:7.3f} s  "
+                    f"{r.nodes[w.name] / seconds:9,.0f} tasks/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if w.ideal_seconds is not None:
                 continue  # Dask's work is small there, and a second round would take a minute
             for system in SYSTEMS:
                 seconds = timed_get(systems, system, w, quiet)
                 r.sched.setdefault((system, w.name), []).append(seconds)
-                print(f"repeat {rep}/{repeats}  {w.name:<8} {system:<12} {seconds:7.3f} s  "
-                      f"{r.nodes[w.name] / seconds:9,.0f} tasks/s  (prepared graph)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"repeat {rep}/{repeats}  {w.name:<8} {system:<12} {seconds:7.3f} s  "
+                    f"{r.nodes[w.name] / seconds:9,.0f} tasks/s  (prepared graph)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return r
 
 
@@ -490,8 +536,7 @@ def throughput_table(runs: dict, workloads: list[Workload], nodes: dict) -> list
             continue
         for system in SYSTEMS:
             seconds = runs[system, w.name]
-            lines.append(f"| {w.name} | {system} | {n:,} | {fmt(seconds, 3)} "
-                         f"| {fmt([n / s for s in seconds])} |")
+            lines.append(f"| {w.name} | {system} | {n:,} | {fmt(seconds, 3)} | {fmt([n / s for s in seconds])} |")
         if w.ideal_seconds:
             lines.append(f"| {w.name} | ideal | {n:,} | {w.ideal_seconds:.3f} | {n / w.ideal_seconds:,.0f} |")
     return lines
@@ -509,21 +554,40 @@ def ratio_table(r: Results, workloads: list[Workload], sleep_seconds: float) -> 
     rows = []
     for other, target in ((CLUSTER, TARGET_VS_CLUSTER), (SYNC, TARGET_VS_SYNC)):
         for w in graphs:
-            rows.append((f"rush / {other}, {w.name}, scheduler alone (prepared graph)",
-                         ratios(r.sched[other, w.name], r.sched[RUSH, w.name]),
-                         target if w.name in TARGET_GRAPHS else None))
-        for w in (graphs if other == CLUSTER else workloads):
-            rows.append((f"rush / {other}, {w.name}, end to end",
-                         ratios(r.times[other, w.name], r.times[RUSH, w.name]), None))
+            rows.append(
+                (
+                    f"rush / {other}, {w.name}, scheduler alone (prepared graph)",
+                    ratios(r.sched[other, w.name], r.sched[RUSH, w.name]),
+                    target if w.name in TARGET_GRAPHS else None,
+                )
+            )
+        for w in graphs if other == CLUSTER else workloads:
+            rows.append(
+                (f"rush / {other}, {w.name}, end to end", ratios(r.times[other, w.name], r.times[RUSH, w.name]), None)
+            )
     for w in sleeps:
         own = [sum(vals) for vals in zip(*(r.steps[w.name, s] for s in RUSH_STEPS))]
-        rows.append((f"{RUSH} {w.name} / ideal, scheduler alone (GraphRun + submit + wait)",
-                     [w.ideal_seconds / s for s in own], TARGET_VS_IDEAL))
+        rows.append(
+            (
+                f"{RUSH} {w.name} / ideal, scheduler alone (GraphRun + submit + wait)",
+                [w.ideal_seconds / s for s in own],
+                TARGET_VS_IDEAL,
+            )
+        )
         for system in SYSTEMS:
-            rows.append((f"{system} {w.name} / ideal, end to end",
-                         [w.ideal_seconds / s for s in r.times[system, w.name]], None))
-        rows.append(((f"ceiling: {SLEEP_SECONDS * 1e3:g} ms / measured time.sleep({SLEEP_SECONDS:g}) "
-                     f"({sleep_seconds * 1e3:.3f} ms)"), [SLEEP_SECONDS / sleep_seconds], None))
+            rows.append(
+                (f"{system} {w.name} / ideal, end to end", [w.ideal_seconds / s for s in r.times[system, w.name]], None)
+            )
+        rows.append(
+            (
+                (
+                    f"ceiling: {SLEEP_SECONDS * 1e3:g} ms / measured time.sleep({SLEEP_SECONDS:g}) "
+                    f"({sleep_seconds * 1e3:.3f} ms)"
+                ),
+                [SLEEP_SECONDS / sleep_seconds],
+                None,
+            )
+        )
     lines = ["| throughput ratio | value | rush_dask target | met |", "|---|---:|---:|:---:|"]
     for name, values, target in rows:
         met = "" if target is None else ("yes" if statistics.median(values) >= target else "**no**")
@@ -533,99 +597,127 @@ def ratio_table(r: Results, workloads: list[Workload], sleep_seconds: float) -> 
 
 def prep_table(r: Results, workloads: list[Workload]) -> list[str]:
     head = [BUILD, *DASK_STEPS]
-    lines = ["| workload | tasks | " + " | ".join(f"`{s}`" if "_" in s else s for s in head)
-             + " | Dask work | share of rush_dask time | share of sync time |",
-             "|---|---:|" + "---:|" * (len(head) + 3)]
+    lines = [
+        "| workload | tasks | "
+        + " | ".join(f"`{s}`" if "_" in s else s for s in head)
+        + " | Dask work | share of rush_dask time | share of sync time |",
+        "|---|---:|" + "---:|" * (len(head) + 3),
+    ]
     for w in workloads:
         total = r.dask_work(w)
         share_rush = [100 * p / t for p, t in zip(total, r.times[RUSH, w.name])]
         share_sync = [100 * p / t for p, t in zip(total, r.times[SYNC, w.name])]
-        lines.append(f"| {w.name} | {r.nodes[w.name]:,} | "
-                     + " | ".join(fmt(r.steps[w.name, s], 3) for s in head)
-                     + f" | {fmt(total, 3)} | {fmt(share_rush)} % | {fmt(share_sync)} % |")
+        lines.append(
+            f"| {w.name} | {r.nodes[w.name]:,} | "
+            + " | ".join(fmt(r.steps[w.name, s], 3) for s in head)
+            + f" | {fmt(total, 3)} | {fmt(share_rush)} % | {fmt(share_sync)} % |"
+        )
     return lines
 
 
 def rush_steps_table(r: Results, workloads: list[Workload]) -> list[str]:
-    lines = [("| workload | tasks | `GraphRun()` | `submit()` | `wait()` | sum | tasks/s (submit + wait) "
-             "| `rush.get` on the prepared graph |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| workload | tasks | `GraphRun()` | `submit()` | `wait()` | sum | tasks/s (submit + wait) "
+            "| `rush.get` on the prepared graph |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for w in workloads:
         own = [sum(vals) for vals in zip(*(r.steps[w.name, s] for s in RUSH_STEPS))]
         sw = [a + b for a, b in zip(r.steps[w.name, "submit()"], r.steps[w.name, "wait()"])]
-        lines.append(f"| {w.name} | {r.nodes[w.name]:,} | "
-                     + " | ".join(fmt(r.steps[w.name, s], 3) for s in RUSH_STEPS)
-                     + f" | {fmt(own, 3)} | {fmt([r.nodes[w.name] / s for s in sw])} "
-                       f"| {fmt(r.sched[RUSH, w.name], 3) if (RUSH, w.name) in r.sched else ''} |")
+        lines.append(
+            f"| {w.name} | {r.nodes[w.name]:,} | "
+            + " | ".join(fmt(r.steps[w.name, s], 3) for s in RUSH_STEPS)
+            + f" | {fmt(own, 3)} | {fmt([r.nodes[w.name] / s for s in sw])} "
+            f"| {fmt(r.sched[RUSH, w.name], 3) if (RUSH, w.name) in r.sched else ''} |"
+        )
     return lines
 
 
 def environment(url: str) -> str:
     m = machine(url)
-    return (f"Python {m['python']}, dask {m['dask']}, distributed {m['distributed']}, Redis "
-            f"{m['redis_server']} (private server, unix socket), {m['cores']} cores, {N_WORKERS} "
-            f"workers per system, rush_dask at {m['rush_dask']}")
+    return (
+        f"Python {m['python']}, dask {m['dask']}, distributed {m['distributed']}, Redis "
+        f"{m['redis_server']} (private server, unix socket), {m['cores']} cores, {N_WORKERS} "
+        f"workers per system, rush_dask at {m['rush_dask']}"
+    )
 
 
-def report(r: Results, workloads: list[Workload], sleep_seconds: float, quiet: Quiet, repeats: int,
-           env: str) -> str:
-    noisy = (f" **{quiet.noisy_runs} of {quiet.runs} timed runs started while other test or benchmark "
-             "processes were running: their figures may be low.**" if quiet.noisy_runs else "")
-    return "\n".join([
-        "# rush_dask as a Dask scheduler",
-        "",
-        (f"{env}. Median of {repeats} repeat(s) [min – max]; generated by `benchmarks/bench_dask.py` "
-        f"on {time.strftime('%Y-%m-%d %H:%M')}.{noisy}"),
-        "",
-        "Workloads: " + "; ".join(f"**{w.name}** ({w.size:,}): {w.description}" for w in workloads) + ".",
-        "",
-        "## Throughput: `dask.compute` end to end",
-        "",
-        "From `dask.compute(...)` to its return: Dask's client-side work (below) included.",
-        "",
-        *throughput_table(r.times, workloads, r.nodes),
-        "",
-        "## Throughput: the scheduler alone, on the prepared graph",
-        "",
-        ("The low-level graph that `dask.compute` would hand the scheduler (optimized, "
-        "materialized, converted; untimed) given to each scheduler's `get`: `rush.get`, "
-        "`dask.local.get_sync`, `dask.threaded.get`, `dask.multiprocessing.get`, `client.get`. "
-        "Results are repacked outside the timing. Not run for the sleep workload."),
-        "",
-        *throughput_table(r.sched, workloads, r.nodes),
-        "",
-        "## Ratios (within this run)",
-        "",
-        ("The targets (issue 4) are for the graphs of trivial tasks (trivial, tree, array) and the "
-        "sleep graph, judged on the scheduler's own time: the prepared graph, and for the sleep "
-        "graph rush_dask's own steps. Dask's client-side work, the same for every scheduler, is "
-        "reported on its own below; end-to-end ratios, which include it, are shown too."),
-        "",
-        *ratio_table(r, workloads, sleep_seconds),
-        "",
-        "## Dask's client-side work (s)",
-        "",
-        ("The steps of `dask.compute` done by hand, with rush_dask as the scheduler: "
-        "`collections_to_expr` (with `unpack_collections`), `optimize` (of `FinalizeCompute`), "
-        "`__dask_graph__` (materialize and cull), `convert_legacy_graph` and, after the run, "
-        "`repack`. Every system pays them (LocalCluster materializes the graph in its scheduler, "
-        "the local schedulers in `get_async`). `Dask work` is their sum; building the "
-        "collections is in neither it nor the end-to-end timings."),
-        "",
-        *prep_table(r, workloads),
-        "",
-        "## rush_dask's own steps on the prepared graph (s)",
-        "",
-        ("Between `convert_legacy_graph` and `repack` above: `GraphRun()` reads the (now cached) "
-        "graph, converts it again, fuses small subtrees, bundles independent outputs and numbers "
-        "the tasks; `submit()` orders them (`dask.order`) and writes them in batches of 250, one "
-        "script call each; `wait()` returns when the last task is "
-        "done and the outputs are read. The sum should be close to the last column, the time of "
-        "`rush.get` in the prepared-graph table."),
-        "",
-        *rush_steps_table(r, workloads),
-        "",
-    ])
+def report(r: Results, workloads: list[Workload], sleep_seconds: float, quiet: Quiet, repeats: int, env: str) -> str:
+    noisy = (
+        f" **{quiet.noisy_runs} of {quiet.runs} timed runs started while other test or benchmark "
+        "processes were running: their figures may be low.**"
+        if quiet.noisy_runs
+        else ""
+    )
+    return "\n".join(
+        [
+            "# rush_dask as a Dask scheduler",
+            "",
+            (
+                f"{env}. Median of {repeats} repeat(s) [min – max]; generated by `benchmarks/bench_dask.py` "
+                f"on {time.strftime('%Y-%m-%d %H:%M')}.{noisy}"
+            ),
+            "",
+            "Workloads: " + "; ".join(f"**{w.name}** ({w.size:,}): {w.description}" for w in workloads) + ".",
+            "",
+            "## Throughput: `dask.compute` end to end",
+            "",
+            "From `dask.compute(...)` to its return: Dask's client-side work (below) included.",
+            "",
+            *throughput_table(r.times, workloads, r.nodes),
+            "",
+            "## Throughput: the scheduler alone, on the prepared graph",
+            "",
+            (
+                "The low-level graph that `dask.compute` would hand the scheduler (optimized, "
+                "materialized, converted; untimed) given to each scheduler's `get`: `rush.get`, "
+                "`dask.local.get_sync`, `dask.threaded.get`, `dask.multiprocessing.get`, `client.get`. "
+                "Results are repacked outside the timing. Not run for the sleep workload."
+            ),
+            "",
+            *throughput_table(r.sched, workloads, r.nodes),
+            "",
+            "## Ratios (within this run)",
+            "",
+            (
+                "The targets (issue 4) are for the graphs of trivial tasks (trivial, tree, array) and the "
+                "sleep graph, judged on the scheduler's own time: the prepared graph, and for the sleep "
+                "graph rush_dask's own steps. Dask's client-side work, the same for every scheduler, is "
+                "reported on its own below; end-to-end ratios, which include it, are shown too."
+            ),
+            "",
+            *ratio_table(r, workloads, sleep_seconds),
+            "",
+            "## Dask's client-side work (s)",
+            "",
+            (
+                "The steps of `dask.compute` done by hand, with rush_dask as the scheduler: "
+                "`collections_to_expr` (with `unpack_collections`), `optimize` (of `FinalizeCompute`), "
+                "`__dask_graph__` (materialize and cull), `convert_legacy_graph` and, after the run, "
+                "`repack`. Every system pays them (LocalCluster materializes the graph in its scheduler, "
+                "the local schedulers in `get_async`). `Dask work` is their sum; building the "
+                "collections is in neither it nor the end-to-end timings."
+            ),
+            "",
+            *prep_table(r, workloads),
+            "",
+            "## rush_dask's own steps on the prepared graph (s)",
+            "",
+            (
+                "Between `convert_legacy_graph` and `repack` above: `GraphRun()` reads the (now cached) "
+                "graph, converts it again, fuses small subtrees, bundles independent outputs and numbers "
+                "the tasks; `submit()` orders them (`dask.order`) and writes them in batches of 250, one "
+                "script call each; `wait()` returns when the last task is "
+                "done and the outputs are read. The sum should be close to the last column, the time of "
+                "`rush.get` in the prepared-graph table."
+            ),
+            "",
+            *rush_steps_table(r, workloads),
+            "",
+        ]
+    )
 
 
 # --------------------------------------------------------------------- main

@@ -58,10 +58,8 @@ SYSTEMS = (RUSH, THREADS, CLUSTER)
 
 # (matmul n, matmul chunk), (svd rows, cols), (frame rows, partitions), rechunk n, big result rows
 SIZES = {
-    "full": {"matmul": (6000, 1500), "svd": (20000, 2000), "frame": (4_000_000, 40), "rechunk": 8000,
-             "big": 16384},
-    "quick": {"matmul": (2000, 500), "svd": (4000, 400), "frame": (400_000, 8), "rechunk": 2000,
-              "big": 2048},
+    "full": {"matmul": (6000, 1500), "svd": (20000, 2000), "frame": (4_000_000, 40), "rechunk": 8000, "big": 16384},
+    "quick": {"matmul": (2000, 500), "svd": (4000, 400), "frame": (400_000, 8), "rechunk": 2000, "big": 2048},
     "tiny": {"matmul": (400, 200), "svd": (800, 100), "frame": (20_000, 4), "rechunk": 400, "big": 256},
 }
 
@@ -121,13 +119,15 @@ def make_workloads(size: str) -> list[Workload]:
 
     return [
         Workload("matmul", f"`(x @ x.T).sum()`, x {n:,}² random, chunks {chunk}", matmul),
-        Workload("svd", f"tall-skinny `da.linalg.svd` of {rows:,}×{cols:,}, chunks {cols}², u s v returned",
-                 svd, check_svd),
+        Workload(
+            "svd", f"tall-skinny `da.linalg.svd` of {rows:,}×{cols:,}, chunks {cols}², u s v returned", svd, check_svd
+        ),
         Workload("groupby", f"`groupby('k').mean()`, {frame_rows:,} rows, {parts} partitions", groupby),
         Workload("merge", f"merge with a groupby result on `k`, {frame_rows:,} rows, then a sum", merge),
         Workload("rechunk", f"{r:,}² random rechunked from column to row blocks, summed", rechunk),
-        Workload("big result", f"a {big * 8192 * 8 / 2**30:.2g} GiB array returned to the client",
-                 big_result, check_big),
+        Workload(
+            "big result", f"a {big * 8192 * 8 / 2**30:.2g} GiB array returned to the client", big_result, check_big
+        ),
     ]
 
 
@@ -143,8 +143,9 @@ class Systems:
         try:
             self.rush.start_workers(n_workers=N_WORKERS, log_dir=log_dir, heartbeat_period=0.5)
             logging.getLogger("distributed").setLevel(logging.ERROR)
-            self.cluster = distributed.LocalCluster(n_workers=N_WORKERS, threads_per_worker=1,
-                                                    processes=True, dashboard_address=None)
+            self.cluster = distributed.LocalCluster(
+                n_workers=N_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None
+            )
             # Not the process's default client: graphs built for the other systems must not
             # pick distributed's P2P rechunk or shuffle, which only a distributed cluster runs.
             self.client = distributed.Client(self.cluster, set_as_default=False)
@@ -169,9 +170,10 @@ class Systems:
         by whichever system ran a workload first and came free to the others (measured:
         0.35 s of ``from_pandas`` divisions on the 4 M-row frame).
         """
+
         def optimized() -> list:  # DataFrame expressions: arrays are cheap to optimize
-            return [c.optimize() if hasattr(c, "expr") else c
-                    for c in collections]
+            return [c.optimize() if hasattr(c, "expr") else c for c in collections]
+
         if system == CLUSTER:
             with self.client.as_current():
                 return optimized()
@@ -233,15 +235,17 @@ class PeakMemory:
         self._thread.join()
 
 
-def run_data(redis_url: str, size: str, repeats: int, log_dir: str, quiet: Quiet,
-             only: list[str] | None = None) -> dict:
+def run_data(
+    redis_url: str, size: str, repeats: int, log_dir: str, quiet: Quiet, only: list[str] | None = None
+) -> dict:
     """Every workload (or those named in ``only``) on every system, ``repeats`` times;
     returns the figures for the report."""
     workloads = [w for w in make_workloads(size) if only is None or w.name in only]
     systems = Systems(redis_url, log_dir)
     runs: dict[str, dict[str, list[float]]] = {x: {w.name: [] for w in workloads} for x in SYSTEMS}
-    moved: dict[str, dict[str, list[int]]] = {w.name: {"redis": [], "held": [], "mapped": [], "fetched": []}
-                                             for w in workloads}
+    moved: dict[str, dict[str, list[int]]] = {
+        w.name: {"redis": [], "held": [], "mapped": [], "fetched": []} for w in workloads
+    }
     peaks: dict[str, list[int]] = {w.name: [] for w in workloads}
     try:
         for system in SYSTEMS:  # untimed warm-up of every system on a small graph
@@ -268,35 +272,54 @@ def run_data(redis_url: str, size: str, repeats: int, log_dir: str, quiet: Quiet
                         m["mapped"].append(after_w["bytes_mapped"] - before_w["bytes_mapped"])
                         m["fetched"].append(after_w["bytes_fetched"] - before_w["bytes_fetched"])
                         peaks[w.name].append(max(peak.peak - peak.base, 0))
-                    print(f"repeat {rep}/{repeats}  {w.name:<11} {system:<13} {seconds:7.2f} s",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"repeat {rep}/{repeats}  {w.name:<11} {system:<13} {seconds:7.2f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     finally:
         systems.close()
-    return {"workloads": {w.name: w.description for w in workloads}, "systems": list(SYSTEMS),
-            "runs": runs, "moved": moved, "redis_peak": peaks}
+    return {
+        "workloads": {w.name: w.description for w in workloads},
+        "systems": list(SYSTEMS),
+        "runs": runs,
+        "moved": moved,
+        "redis_peak": peaks,
+    }
 
 
 def data_lines(s: dict) -> list[str]:
     """The report's tables: seconds per system, rush_dask's speed ratios, bytes moved."""
     systems, names = s["systems"], list(s["workloads"])
-    lines = ["| graph | " + " | ".join(f"{x} (s)" for x in systems)
-             + f" | rush_dask / {CLUSTER} | rush_dask / {THREADS} |",
-             "|---|" + "---:|" * (len(systems) + 2)]
+    lines = [
+        "| graph | " + " | ".join(f"{x} (s)" for x in systems) + f" | rush_dask / {CLUSTER} | rush_dask / {THREADS} |",
+        "|---|" + "---:|" * (len(systems) + 2),
+    ]
     for name in names:
         r = s["runs"]
-        lines.append(f"| {name} | " + " | ".join(fmt(r[x][name], 2) for x in systems)
-                     + f" | {fmt(ratios(r[CLUSTER][name], r[RUSH][name]), 2)}×"
-                     + f" | {fmt(ratios(r[THREADS][name], r[RUSH][name]), 2)}× |")
-    lines += ["", "Ratios are speed: the peer's time over rush_dask's (above 1: rush_dask is faster).", "",
-              "| graph (rush_dask) | through Redis (MB) | written to shared memory (MB) "
-              "| mapped by consumers (MB) | fetched worker-to-worker (MB) "
-              "| Redis peak above baseline (MB) |",
-              "|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(fmt(r[x][name], 2) for x in systems)
+            + f" | {fmt(ratios(r[CLUSTER][name], r[RUSH][name]), 2)}×"
+            + f" | {fmt(ratios(r[THREADS][name], r[RUSH][name]), 2)}× |"
+        )
+    lines += [
+        "",
+        "Ratios are speed: the peer's time over rush_dask's (above 1: rush_dask is faster).",
+        "",
+        "| graph (rush_dask) | through Redis (MB) | written to shared memory (MB) "
+        "| mapped by consumers (MB) | fetched worker-to-worker (MB) "
+        "| Redis peak above baseline (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name in names:
         m = s["moved"][name]
         mb = [[v / 1e6 for v in m[k]] for k in ("redis", "held", "mapped", "fetched")]
-        lines.append(f"| {name} | " + " | ".join(fmt(v, 1) for v in mb)
-                     + f" | {fmt([v / 1e6 for v in s['redis_peak'][name]], 1)} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(fmt(v, 1) for v in mb)
+            + f" | {fmt([v / 1e6 for v in s['redis_peak'][name]], 1)} |"
+        )
     lines += ["", "Workloads: " + "; ".join(f"**{n}**: {d}" for n, d in s["workloads"].items()) + "."]
     return lines
 
@@ -311,16 +334,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat")
     parser.add_argument("--tiny", action="store_true", help="the smallest sizes, 1 repeat")
     parser.add_argument("--no-wait", action="store_true", help="do not wait while tests run")
-    parser.add_argument("--only", default=None,
-                        help="comma-separated workloads (matmul,svd,groupby,merge,rechunk,'big result')")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated workloads (matmul,svd,groupby,merge,rechunk,'big result')"
+    )
     args = parser.parse_args(argv)
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     repeats = 1 if size != "full" else args.repeats
     server = RedisServer().start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-data-") as log_dir:
-            result = run_data(server.url, size, repeats, log_dir, Quiet(0 if args.no_wait else 900),
-                              only=args.only.split(",") if args.only else None)
+            result = run_data(
+                server.url,
+                size,
+                repeats,
+                log_dir,
+                Quiet(0 if args.no_wait else 900),
+                only=args.only.split(",") if args.only else None,
+            )
     finally:
         server.stop()
     print("\n".join(data_lines(result)))

@@ -61,8 +61,7 @@ def rush_runs(n: int, url: str):
 def distributed_runs(n: int):
     import distributed
 
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     client = distributed.Client(cluster)
     pool = client.get_executor()
 
@@ -110,13 +109,18 @@ def run_futures(url: str, n: int, repeats: int) -> dict:
 def futures_lines(s: dict) -> list[str]:
     """The report's table: seconds on each side and distributed's time over rush_dask's."""
     loads = s["loads"]
-    lines = [f"N = {s['n']:,} trivial calls, 2 workers, {s['repeats']} repeats; "
-             f"load average (1 min) during the runs: {min(loads):.1f} – {max(loads):.1f}", "",
-             "| workload | rush_dask s | distributed s | distributed / rush_dask |", "|---|---|---|---|"]
+    lines = [
+        f"N = {s['n']:,} trivial calls, 2 workers, {s['repeats']} repeats; "
+        f"load average (1 min) during the runs: {min(loads):.1f} – {max(loads):.1f}",
+        "",
+        "| workload | rush_dask s | distributed s | distributed / rush_dask |",
+        "|---|---|---|---|",
+    ]
     for workload, by_system in s["times"].items():
         ratio = [d / r for r, d in zip(by_system["rush_dask"], by_system["distributed"])]
-        lines.append(f"| {workload} | {fmt(by_system['rush_dask'])} | {fmt(by_system['distributed'])} | "
-                     f"{fmt(ratio, 1)}× |")
+        lines.append(
+            f"| {workload} | {fmt(by_system['rush_dask'])} | {fmt(by_system['distributed'])} | {fmt(ratio, 1)}× |"
+        )
     return lines
 
 

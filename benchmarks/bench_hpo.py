@@ -69,8 +69,7 @@ def _optuna_process(storage, study_name: str, objective, n_trials: int) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name, storage=storage,
-                              sampler=optuna.samplers.RandomSampler())
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
     study.optimize(objective, n_trials=n_trials)
 
 
@@ -98,8 +97,9 @@ def run_rush_optuna(rush, storage_backend: str, objective, n_trials: int, n_work
     from rush_dask.optuna import optimize, storage
 
     name = f"rush-{uuid.uuid4().hex[:8]}"
-    study = optuna.create_study(study_name=name, storage=storage(rush, backend=storage_backend),
-                                sampler=optuna.samplers.RandomSampler())
+    study = optuna.create_study(
+        study_name=name, storage=storage(rush, backend=storage_backend), sampler=optuna.samplers.RandomSampler()
+    )
     optimize(study, objective, n_trials=n_trials, rush=rush, n_workers=n_workers, log_dir=log_dir)
     return study
 
@@ -167,8 +167,15 @@ def time_dask_grid(client) -> float:
 SECTIONS = ("utilization", "throughput", "joblib")
 
 
-def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util: int = 160,
-            n_noop: int = 800, sections: tuple[str, ...] = SECTIONS) -> dict:
+def run_hpo(
+    url: str,
+    log_dir: str,
+    repeats: int = 3,
+    n_workers: int = 8,
+    n_util: int = 160,
+    n_noop: int = 800,
+    sections: tuple[str, ...] = SECTIONS,
+) -> dict:
     """Every measurement, ``repeats`` times, on the Redis at ``url``; the raw figures as a dict.
 
     >>> run_hpo(server.url, "/tmp/logs", repeats=1, n_util=32,
@@ -204,29 +211,47 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
                 util["rush"].append(utilization(study))
                 study = run_optuna_processes(optuna_storage("optuna"), sleep_objective, n_util, n_workers)
                 util["optuna"].append(utilization(study))
-                print(f"utilization {rep + 1}/{repeats}: rush {util['rush'][-1]}, "
-                      f"optuna {util['optuna'][-1]} (load {load_avg()})", file=sys.stderr, flush=True)
+                print(
+                    f"utilization {rep + 1}/{repeats}: rush {util['rush'][-1]}, "
+                    f"optuna {util['optuna'][-1]} (load {load_avg()})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             results["utilization"] = util
             results["load_after_utilization"] = load_avg()
         if "throughput" in sections:
-            tps: dict[str, list[float]] = {k: [] for k in ("rush_redis", "rush_list", "rush_optuna_backend",
-                                                           "optuna_redis", "optuna_list", "optuna_backend")}
+            tps: dict[str, list[float]] = {
+                k: []
+                for k in (
+                    "rush_redis",
+                    "rush_list",
+                    "rush_optuna_backend",
+                    "optuna_redis",
+                    "optuna_list",
+                    "optuna_backend",
+                )
+            }
             for rep in range(repeats):
-                tps["rush_redis"].append(trials_per_second(
-                    run_rush_optuna(rush, "redis", noop_objective, n_noop, n_workers, log_dir)))
-                tps["rush_list"].append(trials_per_second(
-                    run_rush_optuna(rush, "list", noop_objective, n_noop, n_workers, log_dir)))
-                tps["rush_optuna_backend"].append(trials_per_second(
-                    run_rush_optuna(rush, "optuna", noop_objective, n_noop, n_workers, log_dir)))
-                tps["optuna_redis"].append(trials_per_second(
-                    run_optuna_processes(optuna_storage("redis"), noop_objective, n_noop, n_workers)))
-                tps["optuna_list"].append(trials_per_second(
-                    run_optuna_processes(optuna_storage("list"), noop_objective, n_noop, n_workers)))
-                tps["optuna_backend"].append(trials_per_second(
-                    run_optuna_processes(optuna_storage("optuna"), noop_objective, n_noop, n_workers)))
+                tps["rush_redis"].append(
+                    trials_per_second(run_rush_optuna(rush, "redis", noop_objective, n_noop, n_workers, log_dir))
+                )
+                tps["rush_list"].append(
+                    trials_per_second(run_rush_optuna(rush, "list", noop_objective, n_noop, n_workers, log_dir))
+                )
+                tps["rush_optuna_backend"].append(
+                    trials_per_second(run_rush_optuna(rush, "optuna", noop_objective, n_noop, n_workers, log_dir))
+                )
+                tps["optuna_redis"].append(
+                    trials_per_second(run_optuna_processes(optuna_storage("redis"), noop_objective, n_noop, n_workers))
+                )
+                tps["optuna_list"].append(
+                    trials_per_second(run_optuna_processes(optuna_storage("list"), noop_objective, n_noop, n_workers))
+                )
+                tps["optuna_backend"].append(
+                    trials_per_second(run_optuna_processes(optuna_storage("optuna"), noop_objective, n_noop, n_workers))
+                )
                 last = ", ".join(f"{k} {v[-1]:.0f}" for k, v in tps.items())
-                print(f"trials/s {rep + 1}/{repeats}: {last} (load {load_avg()})",
-                      file=sys.stderr, flush=True)
+                print(f"trials/s {rep + 1}/{repeats}: {last} (load {load_avg()})", file=sys.stderr, flush=True)
             results["trials_per_second"] = tps
             results["load_after_throughput"] = load_avg()
         if "joblib" in sections:
@@ -235,14 +260,20 @@ def run_hpo(url: str, log_dir: str, repeats: int = 3, n_workers: int = 8, n_util
             grid: dict[str, list[float]] = {"rush": [], "dask": []}
             rush.start_workers(n_workers=2, log_dir=log_dir)
             rush.wait_for_workers(2)
-            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                              dashboard_address=":0") as cluster, Client(cluster) as client:
+            with (
+                LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+                Client(cluster) as client,
+            ):
                 time_rush_grid(rush), time_dask_grid(client)  # warm up: imports in the workers
                 for rep in range(repeats):
                     grid["rush"].append(time_rush_grid(rush))
                     grid["dask"].append(time_dask_grid(client))
-                    print(f"GridSearchCV {rep + 1}/{repeats}: rush {grid['rush'][-1]:.2f} s, "
-                          f"dask {grid['dask'][-1]:.2f} s (load {load_avg()})", file=sys.stderr, flush=True)
+                    print(
+                        f"GridSearchCV {rep + 1}/{repeats}: rush {grid['rush'][-1]:.2f} s, "
+                        f"dask {grid['dask'][-1]:.2f} s (load {load_avg()})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             rush.stop_workers("terminate")
             results["grid_search_seconds"] = grid
             results["load_after_joblib"] = load_avg()
@@ -267,11 +298,18 @@ def main(argv: list[str] | None = None) -> dict:
     server = RedisServer().start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-hpo-") as log_dir:
-            results = {"machine": machine(server.url),
-                       **run_hpo(server.url, log_dir, repeats, args.workers,
-                                 n_util=args.workers * (4 if args.quick else 20),
-                                 n_noop=100 if args.quick else 800,
-                                 sections=tuple(args.only.split(",")))}
+            results = {
+                "machine": machine(server.url),
+                **run_hpo(
+                    server.url,
+                    log_dir,
+                    repeats,
+                    args.workers,
+                    n_util=args.workers * (4 if args.quick else 20),
+                    n_noop=100 if args.quick else 800,
+                    sections=tuple(args.only.split(",")),
+                ),
+            }
     finally:
         server.stop()
     print(report(results))
@@ -289,41 +327,56 @@ def report(results: dict) -> str:
 
 def hpo_lines(results: dict) -> list[str]:
     """The report's lines (also the ``hpo`` section of ``python -m benchmarks``)."""
-    loads = ", ".join(f"{k.removeprefix('load_after_')} {v}" for k, v in results.items()
-                      if k.startswith("load_after_"))
-    lines = [f"Load average (1, 5, 15 min) before: {results['load_before']}; after: {loads}. "
-             f"{results['workers']} workers.", "",
-             "| measurement | rush_dask | peer | ratio | target |", "|---|---|---|---|---|"]
+    loads = ", ".join(f"{k.removeprefix('load_after_')} {v}" for k, v in results.items() if k.startswith("load_after_"))
+    lines = [
+        f"Load average (1, 5, 15 min) before: {results['load_before']}; after: {loads}. {results['workers']} workers.",
+        "",
+        "| measurement | rush_dask | peer | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
     if "utilization" in results:
         u = results["utilization"]
         r_span, o_span = [x[0] for x in u["rush"]], [x[0] for x in u["optuna"]]
         r_all, o_all = [x[1] for x in u["rush"]], [x[1] for x in u["optuna"]]
-        lines.append(f"| utilization, 0.2 s objective, {results['n_util']} trials (per-worker span) | "
-                     f"{fmt(r_span, 3)} | Optuna processes on JournalRedisBackend: {fmt(o_span, 3)} | "
-                     f"{fmt(ratios(r_span, o_span), 2)} | rush >= 0.95 |")
-        lines.append(f"| utilization, whole run | {fmt(r_all, 3)} | {fmt(o_all, 3)} | "
-                     f"{fmt(ratios(r_all, o_all), 2)} | |")
+        lines.append(
+            f"| utilization, 0.2 s objective, {results['n_util']} trials (per-worker span) | "
+            f"{fmt(r_span, 3)} | Optuna processes on JournalRedisBackend: {fmt(o_span, 3)} | "
+            f"{fmt(ratios(r_span, o_span), 2)} | rush >= 0.95 |"
+        )
+        lines.append(
+            f"| utilization, whole run | {fmt(r_all, 3)} | {fmt(o_all, 3)} | {fmt(ratios(r_all, o_all), 2)} | |"
+        )
     if "trials_per_second" in results:
         t = results["trials_per_second"]
         ours = "rush_redis" if "rush_redis" in t else "rush_list"  # results from before RedisStorage
-        lines.append(f"| trials/s, no-op objective, {results['n_noop']} trials | "
-                     f"{'RedisStorage' if ours == 'rush_redis' else 'list journal'}: "
-                     f"{fmt(t[ours])} | Optuna processes on JournalRedisBackend: "
-                     f"{fmt(t['optuna_backend'])} | {fmt(ratios(t[ours], t['optuna_backend']), 2)}"
-                     " | >= 3 |")
+        lines.append(
+            f"| trials/s, no-op objective, {results['n_noop']} trials | "
+            f"{'RedisStorage' if ours == 'rush_redis' else 'list journal'}: "
+            f"{fmt(t[ours])} | Optuna processes on JournalRedisBackend: "
+            f"{fmt(t['optuna_backend'])} | {fmt(ratios(t[ours], t['optuna_backend']), 2)}"
+            " | >= 3 |"
+        )
         if "rush_redis" in t and "optuna_redis" in t:
-            lines.append(f"| trials/s, both on RedisStorage | {fmt(t['rush_redis'])} | {fmt(t['optuna_redis'])} "
-                         f"| {fmt(ratios(t['rush_redis'], t['optuna_redis']), 2)} | |")
-        lines.append(f"| trials/s, both on JournalRedisBackend | {fmt(t['rush_optuna_backend'])} | "
-                     f"{fmt(t['optuna_backend'])} "
-                     f"| {fmt(ratios(t['rush_optuna_backend'], t['optuna_backend']), 2)} | |")
-        lines.append(f"| trials/s, both on the list journal | {fmt(t['rush_list'])} "
-                     f"| {fmt(t['optuna_list'])} | {fmt(ratios(t['rush_list'], t['optuna_list']), 2)} | |")
+            lines.append(
+                f"| trials/s, both on RedisStorage | {fmt(t['rush_redis'])} | {fmt(t['optuna_redis'])} "
+                f"| {fmt(ratios(t['rush_redis'], t['optuna_redis']), 2)} | |"
+            )
+        lines.append(
+            f"| trials/s, both on JournalRedisBackend | {fmt(t['rush_optuna_backend'])} | "
+            f"{fmt(t['optuna_backend'])} "
+            f"| {fmt(ratios(t['rush_optuna_backend'], t['optuna_backend']), 2)} | |"
+        )
+        lines.append(
+            f"| trials/s, both on the list journal | {fmt(t['rush_list'])} "
+            f"| {fmt(t['optuna_list'])} | {fmt(ratios(t['rush_list'], t['optuna_list']), 2)} | |"
+        )
     if "grid_search_seconds" in results:
         g = results["grid_search_seconds"]
-        lines.append(f"| GridSearchCV 48 fits, 2 workers, seconds | {fmt(g['rush'], 2)} | distributed "
-                     f"\"dask\" backend: {fmt(g['dask'], 2)} "
-                     f"| speed {fmt(ratios(g['dask'], g['rush']), 2)} | >= 1.0 |")
+        lines.append(
+            f"| GridSearchCV 48 fits, 2 workers, seconds | {fmt(g['rush'], 2)} | distributed "
+            f'"dask" backend: {fmt(g["dask"], 2)} '
+            f"| speed {fmt(ratios(g['dask'], g['rush']), 2)} | >= 1.0 |"
+        )
     return lines
 
 

@@ -97,6 +97,7 @@ PICKLE = pickle.HIGHEST_PROTOCOL
 # cloudpickle (by value when this file runs as __main__), the bare queue's
 # spawned processes re-import this file.
 
+
 def add_one(x, **kwargs):
     return {"y": x + 1}
 
@@ -133,8 +134,15 @@ class Run:
 
 
 # ---------------------------------------------------------------- rush_dask
-def run_rush(url: str, workload: Workload, log_dir: str, quiet: Quiet | None = None, *,
-             monitor: bool = False, n_workers: int = N_WORKERS) -> Run | Counter:
+def run_rush(
+    url: str,
+    workload: Workload,
+    log_dir: str,
+    quiet: Quiet | None = None,
+    *,
+    monitor: bool = False,
+    n_workers: int = N_WORKERS,
+) -> Run | Counter:
     """One timed rush_dask run; with ``monitor=True`` an untimed MONITOR pass instead."""
     rush = Rush(f"bench-{uuid.uuid4().hex[:10]}", url=url)
     try:
@@ -153,8 +161,9 @@ def run_rush(url: str, workload: Workload, log_dir: str, quiet: Quiet | None = N
         pushed = time.perf_counter()
         rush.wait_for_tasks(keys, timeout=WAIT_TIMEOUT, progress=False)
         done = time.perf_counter()
-        run = Run(done - t0, pushed - t0, ready, redis_cpu_seconds(rush.client) - cpu0,
-                  rush.client.info("commandstats"))
+        run = Run(
+            done - t0, pushed - t0, ready, redis_cpu_seconds(rush.client) - cpu0, rush.client.info("commandstats")
+        )
         _check_rush(rush, workload.n_tasks)
         return run
     finally:
@@ -251,8 +260,8 @@ def batched_bare_worker(url: str, queue: str, results: str, ready: str, fun: Cal
         for i, payload in enumerate(payloads):
             task = pickle.loads(payload)
             if task is None:  # stop; give back the other workers' stop markers
-                if payloads[i + 1:]:
-                    client.rpush(queue, *payloads[i + 1:])
+                if payloads[i + 1 :]:
+                    client.rpush(queue, *payloads[i + 1 :])
                 return
             task_id, xs = task
             done.append(pickle.dumps((task_id, fun(**xs)), protocol=PICKLE))
@@ -265,8 +274,7 @@ def run_bare(url: str, workload: Workload, quiet: Quiet | None = None, *, batche
     queue, results, ready = prefix + "queue", prefix + "results", prefix + "ready"
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters, like rush's workers
     target = batched_bare_worker if batched else bare_worker
-    workers = [ctx.Process(target=target, args=(url, queue, results, ready, workload.fun))
-               for _ in range(N_WORKERS)]
+    workers = [ctx.Process(target=target, args=(url, queue, results, ready, workload.fun)) for _ in range(N_WORKERS)]
     t0 = time.perf_counter()
     for proc in workers:
         proc.start()
@@ -329,8 +337,7 @@ def _stop_bare_workers(client: redis.Redis, queue: str, workers: list) -> None:
 _OWN_COMMANDS = {"cmdstat_config|resetstat", "cmdstat_info"}  # sent by this benchmark, not by rush
 
 
-def commands_per_task(stats: list[dict[str, dict]],
-                      n_tasks: int) -> list[tuple[str, list[float], list[float]]]:
+def commands_per_task(stats: list[dict[str, dict]], n_tasks: int) -> list[tuple[str, list[float], list[float]]]:
     """(command, calls per task in each run, µs per call in each run), most calls first."""
     names = sorted({name for run in stats for name in run if name not in _OWN_COMMANDS})
     rows = []
@@ -342,9 +349,13 @@ def commands_per_task(stats: list[dict[str, dict]],
 
 
 def throughput_table(results: dict, workloads: list[Workload]) -> list[str]:
-    lines = [("| workload | system | tasks | time (s) | tasks/s | ms per task per worker | push (s) "
-              "| Redis CPU µs/task | workers ready (s) |"),
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| workload | system | tasks | time (s) | tasks/s | ms per task per worker | push (s) "
+            "| Redis CPU µs/task | workers ready (s) |"
+        ),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for w in workloads:
         for system in SYSTEMS:
             runs = results[system, w.name]
@@ -354,15 +365,19 @@ def throughput_table(results: dict, workloads: list[Workload]) -> list[str]:
                 f"| {fmt([r.seconds * N_WORKERS / w.n_tasks * 1e3 for r in runs], 3)} "
                 f"| {fmt([r.push_seconds for r in runs], 3)} "
                 f"| {fmt([r.redis_cpu / w.n_tasks * 1e6 for r in runs], 1)} "
-                f"| {fmt([r.ready_seconds for r in runs], 2)} |")
+                f"| {fmt([r.ready_seconds for r in runs], 2)} |"
+            )
         if w.ideal_seconds:
-            lines.append(f"| {w.name} | ideal | {w.n_tasks:,} | {w.ideal_seconds:.3f} "
-                         f"| {w.n_tasks / w.ideal_seconds:,.0f} | {SLEEP_SECONDS * 1e3:.3f} | | | |")
+            lines.append(
+                f"| {w.name} | ideal | {w.n_tasks:,} | {w.ideal_seconds:.3f} "
+                f"| {w.n_tasks / w.ideal_seconds:,.0f} | {SLEEP_SECONDS * 1e3:.3f} | | | |"
+            )
     return lines
 
 
 def ratio_table(results: dict, trivial: Workload, sleep: Workload, sleep_seconds: float) -> list[str]:
     """Ratios per repetition (the runs of one repetition paired), then median [min – max]."""
+
     def rate(system: str, w: Workload) -> list[float]:
         return [w.n_tasks / r.seconds for r in results[system, w.name]]
 
@@ -372,10 +387,17 @@ def ratio_table(results: dict, trivial: Workload, sleep: Workload, sleep_seconds
         ("rush / bare queue, sleep tasks/s", ratios(rate(RUSH, sleep), rate(BARE, sleep))),
         (f"rush / {BATCHED}, trivial tasks/s", ratios(rate(RUSH, trivial), rate(BATCHED, trivial))),
         (f"rush / {BATCHED}, sleep tasks/s", ratios(rate(RUSH, sleep), rate(BATCHED, sleep))),
-        *[(f"{system} sleep / ideal ({ideal:,.0f} tasks/s)", [r / ideal for r in rate(system, sleep)])
-          for system in SYSTEMS],
-        ((f"ceiling: {SLEEP_SECONDS * 1e3:g} ms / measured time.sleep({SLEEP_SECONDS:g}) "
-          f"({sleep_seconds * 1e3:.3f} ms)"), [SLEEP_SECONDS / sleep_seconds]),
+        *[
+            (f"{system} sleep / ideal ({ideal:,.0f} tasks/s)", [r / ideal for r in rate(system, sleep)])
+            for system in SYSTEMS
+        ],
+        (
+            (
+                f"ceiling: {SLEEP_SECONDS * 1e3:g} ms / measured time.sleep({SLEEP_SECONDS:g}) "
+                f"({sleep_seconds * 1e3:.3f} ms)"
+            ),
+            [SLEEP_SECONDS / sleep_seconds],
+        ),
     ]
     return ["| ratio | value |", "|---|---:|", *[f"| {name} | {fmt(values, 3)} |" for name, values in rows]]
 
@@ -401,46 +423,67 @@ def monitor_table(counts: Counter, n_tasks: int) -> list[str]:
 
 def environment(url: str) -> str:
     m = machine(url)
-    return (f"Python {m['python']}, redis-py {m['redis-py']}, Redis {m['redis_server']} (private server, "
-            f"unix socket), {m['cores']} cores, {N_WORKERS} workers, rush_dask at {m['rush_dask']}")
+    return (
+        f"Python {m['python']}, redis-py {m['redis-py']}, Redis {m['redis_server']} (private server, "
+        f"unix socket), {m['cores']} cores, {N_WORKERS} workers, rush_dask at {m['rush_dask']}"
+    )
 
 
-def report(results: dict, workloads: list[Workload], counts: Counter, sleep_seconds: float,
-           quiet: Quiet, repeats: int, env: str) -> str:
+def report(
+    results: dict,
+    workloads: list[Workload],
+    counts: Counter,
+    sleep_seconds: float,
+    quiet: Quiet,
+    repeats: int,
+    env: str,
+) -> str:
     trivial, sleep = workloads
-    noisy = (f" **{quiet.noisy_runs} of {quiet.runs} timed runs started while other test or benchmark "
-             "processes were running: their figures may be low.**" if quiet.noisy_runs else "")
-    return "\n".join([
-        "# rush_dask core throughput",
-        "",
-        (f"{env}. Median of {repeats} repeat(s) [min – max]; generated by `benchmarks/bench_rush.py` "
-         f"on {time.strftime('%Y-%m-%d %H:%M')}.{noisy}"),
-        "",
-        "## Throughput",
-        "",
-        ("`time`: from the push to the controller knowing that every task is done; `push`: the push "
-         "alone (included in `time`); `workers ready`: start to ready, not included."),
-        "",
-        *throughput_table(results, workloads),
-        "",
-        "## Ratios",
-        "",
-        *ratio_table(results, trivial, sleep, sleep_seconds),
-        "",
-        f"## Redis commands per task, rush_dask {trivial.name} run (INFO commandstats)",
-        "",
-        "Counts include the commands that Lua scripts run; µs per call of `evalsha` includes them too.",
-        "",
-        *commandstats_table(results[RUSH, trivial.name], trivial.n_tasks),
-        "",
-        f"## Round trips per task, rush_dask {trivial.name} run (one untimed run under MONITOR)",
-        "",
-        ("Commands in a pipeline are counted one by one (the controller's wait loop sends 2 LRANGE "
-         "per round trip)."),
-        "",
-        *monitor_table(counts, trivial.n_tasks),
-        "",
-    ])
+    noisy = (
+        f" **{quiet.noisy_runs} of {quiet.runs} timed runs started while other test or benchmark "
+        "processes were running: their figures may be low.**"
+        if quiet.noisy_runs
+        else ""
+    )
+    return "\n".join(
+        [
+            "# rush_dask core throughput",
+            "",
+            (
+                f"{env}. Median of {repeats} repeat(s) [min – max]; generated by `benchmarks/bench_rush.py` "
+                f"on {time.strftime('%Y-%m-%d %H:%M')}.{noisy}"
+            ),
+            "",
+            "## Throughput",
+            "",
+            (
+                "`time`: from the push to the controller knowing that every task is done; `push`: the push "
+                "alone (included in `time`); `workers ready`: start to ready, not included."
+            ),
+            "",
+            *throughput_table(results, workloads),
+            "",
+            "## Ratios",
+            "",
+            *ratio_table(results, trivial, sleep, sleep_seconds),
+            "",
+            f"## Redis commands per task, rush_dask {trivial.name} run (INFO commandstats)",
+            "",
+            "Counts include the commands that Lua scripts run; µs per call of `evalsha` includes them too.",
+            "",
+            *commandstats_table(results[RUSH, trivial.name], trivial.n_tasks),
+            "",
+            f"## Round trips per task, rush_dask {trivial.name} run (one untimed run under MONITOR)",
+            "",
+            (
+                "Commands in a pipeline are counted one by one (the controller's wait loop sends 2 LRANGE "
+                "per round trip)."
+            ),
+            "",
+            *monitor_table(counts, trivial.n_tasks),
+            "",
+        ]
+    )
 
 
 # --------------------------------------------------------------------- main
@@ -457,8 +500,12 @@ def run_all(url: str, workloads: list[Workload], repeats: int, log_dir: str, qui
             for system in SYSTEMS:
                 run = run_once(system, url, w, log_dir, quiet)
                 results.setdefault((system, w.name), []).append(run)
-                print(f"repeat {rep}/{repeats}  {w.name:<8} {system:<26} {run.seconds:7.3f} s  "
-                      f"{w.n_tasks / run.seconds:9,.0f} tasks/s", file=sys.stderr, flush=True)
+                print(
+                    f"repeat {rep}/{repeats}  {w.name:<8} {system:<26} {run.seconds:7.3f} s  "
+                    f"{w.n_tasks / run.seconds:9,.0f} tasks/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return results
 
 

@@ -36,8 +36,9 @@ def ideal_seconds(n_tasks: int, n_workers: int) -> float:
     return n_tasks * SCALING_SLEEP / n_workers
 
 
-def run_scaling(url: str, n_tasks: int, worker_counts: tuple[int, ...], repeats: int, log_dir: str,
-                quiet: Quiet) -> dict:
+def run_scaling(
+    url: str, n_tasks: int, worker_counts: tuple[int, ...], repeats: int, log_dir: str, quiet: Quiet
+) -> dict:
     """``{"n_tasks": n, "sleep": s, "runs": {n_workers: [seconds of each repetition]}}``.
 
     >>> run_scaling(server.url, 320, (1, 2, 4), 3, "/tmp/logs", Quiet(0))["runs"][4]  # doctest: +SKIP
@@ -50,6 +51,9 @@ def run_scaling(url: str, n_tasks: int, worker_counts: tuple[int, ...], repeats:
             run = run_rush(url, workload, log_dir, quiet, n_workers=n_workers)
             runs.setdefault(n_workers, []).append(run.seconds)
             eff = ideal_seconds(n_tasks, n_workers) / run.seconds
-            print(f"repeat {rep}/{repeats}  scaling {n_workers:>2} workers {run.seconds:7.3f} s  "
-                  f"efficiency {eff:.3f}", file=sys.stderr, flush=True)
+            print(
+                f"repeat {rep}/{repeats}  scaling {n_workers:>2} workers {run.seconds:7.3f} s  efficiency {eff:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
     return {"n_tasks": n_tasks, "sleep": SCALING_SLEEP, "runs": runs}

@@ -25,8 +25,11 @@ N_TASKS = 1_000
 
 def measure(url: str, shared: bool) -> tuple[float, float]:
     """(MB of Redis memory used by the pushed tasks, seconds to push)."""
-    rush_module.pack_inputs = pack_inputs if shared else (
-        lambda xss, secret, max_bytes=None: pack_inputs(xss, secret, limit=2**62, max_bytes=max_bytes))
+    rush_module.pack_inputs = (
+        pack_inputs
+        if shared
+        else (lambda xss, secret, max_bytes=None: pack_inputs(xss, secret, limit=2**62, max_bytes=max_bytes))
+    )
     rush = Rush(url=url, max_payload_bytes=200 * 2**20)
     data = np.random.default_rng(0).random(2**17)  # 1 MiB
     before = rush.client.info("memory")["used_memory"]
@@ -45,8 +48,10 @@ def main() -> None:
         for shared in (False, True):
             used, seconds = measure(server.url, shared)
             label = "stored once (shared:<id>)" if shared else "inline in every task"
-            print(f"{N_TASKS} tasks sharing one 1 MiB array, {label:26s}: "
-                  f"{used:8.1f} MiB of Redis memory, push {seconds:.2f} s")
+            print(
+                f"{N_TASKS} tasks sharing one 1 MiB array, {label:26s}: "
+                f"{used:8.1f} MiB of Redis memory, push {seconds:.2f} s"
+            )
     finally:
         rush_module.pack_inputs = pack_inputs
         server.stop()

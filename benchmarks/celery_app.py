@@ -12,10 +12,17 @@ from celery import Celery
 
 from benchmarks import bench_rush
 
-app = Celery("rush_bench", broker=os.environ.get("BENCH_CELERY_URL", "redis://127.0.0.1:6379/0"),
-             backend=os.environ.get("BENCH_CELERY_URL", "redis://127.0.0.1:6379/0"))
-app.conf.update(broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
-                task_default_queue="bench", result_expires=3600)
+app = Celery(
+    "rush_bench",
+    broker=os.environ.get("BENCH_CELERY_URL", "redis://127.0.0.1:6379/0"),
+    backend=os.environ.get("BENCH_CELERY_URL", "redis://127.0.0.1:6379/0"),
+)
+app.conf.update(
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    task_default_queue="bench",
+    result_expires=3600,
+)
 
 add_one = app.task(name="bench.add_one")(bench_rush.add_one)
 sleep_then_add_one = app.task(name="bench.sleep_then_add_one")(bench_rush.sleep_then_add_one)

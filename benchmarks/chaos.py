@@ -82,9 +82,9 @@ def inc_square(x: int, salt: int) -> int:
 # --------------------------------------------------------------------- graphs
 def stencil_shape(nodes: int) -> tuple[int, int]:
     """(width, depth) of a stencil with about ``nodes`` nodes in all (sum tree included)."""
-    width = max(4, int(nodes ** 0.5))
+    width = max(4, int(nodes**0.5))
     fan_in = 8
-    reduce_nodes = sum(-(-width // fan_in ** i) for i in range(1, 8) if width > fan_in ** (i - 1))
+    reduce_nodes = sum(-(-width // fan_in**i) for i in range(1, 8) if width > fan_in ** (i - 1))
     depth = max(1, (nodes - reduce_nodes) // width)
     return width, depth
 
@@ -100,8 +100,13 @@ def stencil_graph(width: int, depth: int, salt: int) -> tuple[Delayed, int]:
         new = []
         for j in range(width):
             left, right = (j - 1) % width, (j + 1) % width
-            dsk[(name, layer, j)] = (mix, (name, layer - 1, left), (name, layer - 1, j),
-                                     (name, layer - 1, right), layer)
+            dsk[(name, layer, j)] = (
+                mix,
+                (name, layer - 1, left),
+                (name, layer - 1, j),
+                (name, layer - 1, right),
+                layer,
+            )
             new.append(mix(values[left], values[j], values[right], layer))
         values = new
     level = [(name, depth - 1, j) for j in range(width)]
@@ -111,7 +116,7 @@ def stencil_graph(width: int, depth: int, salt: int) -> tuple[Delayed, int]:
         nxt = []
         for i in range(0, len(level), 8):
             key = (f"{name}-sum", step, i // 8)
-            dsk[key] = (total, *level[i:i + 8])
+            dsk[key] = (total, *level[i : i + 8])
             nxt.append(key)
         level = nxt
     return Delayed(level[0], dsk), sum(values)
@@ -126,7 +131,7 @@ def large_chunk_matmul(n: int, chunk: int, scale: int):
     """``(x @ x.T).sum()`` of an integer matrix of 0.7 MB chunks (held on their workers'
     host, not in Redis) and its exact value."""
     x = da.full((n, n), scale, chunks=chunk, dtype="int64")
-    return (x @ x.T).sum(), scale * scale * n ** 3
+    return (x @ x.T).sum(), scale * scale * n**3
 
 
 # ---------------------------------------------------------------------- chaos
@@ -145,16 +150,32 @@ class Stats:
 class Chaos:
     """One chaos run. ``Chaos(seconds=30, nodes=2000).run()`` returns :class:`Stats`."""
 
-    def __init__(self, *, seconds: float = 120, workers: int = 4, seed: int = 0, nodes: int = 10_000,
-                 tasks: int = 2_000, heartbeat_period: float = 0.25, heartbeat_expire: float = 2.0,
-                 hang_timeout: float = 600, directory: str | None = None, verbose: bool = True,
-                 matmul_size: int = 1200, holder_lease: float = 30.0, receiver_lease: float = 8.0):
+    def __init__(
+        self,
+        *,
+        seconds: float = 120,
+        workers: int = 4,
+        seed: int = 0,
+        nodes: int = 10_000,
+        tasks: int = 2_000,
+        heartbeat_period: float = 0.25,
+        heartbeat_expire: float = 2.0,
+        hang_timeout: float = 600,
+        directory: str | None = None,
+        verbose: bool = True,
+        matmul_size: int = 1200,
+        holder_lease: float = 30.0,
+        receiver_lease: float = 8.0,
+    ):
         self.seconds, self.n_workers, self.nodes, self.n_tasks = seconds, workers, nodes, tasks
         self.matmul_size = matmul_size  # large chunks: results held on the host, not in Redis
         self.random = random.Random(seed)  # the driver's faults
         self.durations = random.Random(seed + 1)  # the plain tasks' sleeps
-        self.worker_options = {"heartbeat_period": heartbeat_period, "heartbeat_expire": heartbeat_expire,
-                               "redis_retry_timeout": 120}
+        self.worker_options = {
+            "heartbeat_period": heartbeat_period,
+            "heartbeat_expire": heartbeat_expire,
+            "redis_retry_timeout": 120,
+        }
         self.hang_timeout = hang_timeout
         self.own_directory = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="rush-chaos-")
@@ -199,19 +220,23 @@ class Chaos:
         # One controller per thread: the driver (owns the worker processes) and one per workload.
         self.driver = Rush(self.network, url=self.server.url)
         try:
-            self.driver.start_workers(square_task, self.n_workers,
-                                      log_dir=os.path.join(self.directory, "logs"), **self.worker_options)
+            self.driver.start_workers(
+                square_task, self.n_workers, log_dir=os.path.join(self.directory, "logs"), **self.worker_options
+            )
             self.driver.wait_for_workers(self.n_workers, timeout=self.hang_timeout)
-            threads = [threading.Thread(target=self._guard, args=(target,), name=target.__name__)
-                       for target in (self.graph_workload, self.plain_workload, self.holdings_workload)]
+            threads = [
+                threading.Thread(target=self._guard, args=(target,), name=target.__name__)
+                for target in (self.graph_workload, self.plain_workload, self.holdings_workload)
+            ]
             for thread in threads:
                 thread.start()
             self.drive(threads)
             for thread in threads:
                 thread.join(self.hang_timeout)
                 if thread.is_alive():
-                    self.stats.violation(f"{thread.name} still running {self.hang_timeout} s after the "
-                                         "fault budget ended (hang)")
+                    self.stats.violation(
+                        f"{thread.name} still running {self.hang_timeout} s after the fault budget ended (hang)"
+                    )
             if not any(t.is_alive() for t in threads):
                 self.check_end_state()
         finally:
@@ -238,15 +263,17 @@ class Chaos:
                 matmul, matmul_expected = large_chunk_matmul(self.matmul_size, 300, scale=round_)
                 while rush.n_running_workers == 0:  # else compute would start default workers itself
                     time.sleep(0.05)
-                got = dask.compute(graph, array, matmul, scheduler=rush, max_lost=MAX_LOST,
-                                   timeout=self.hang_timeout)
+                got = dask.compute(graph, array, matmul, scheduler=rush, max_lost=MAX_LOST, timeout=self.hang_timeout)
                 if got != (expected, array_expected, matmul_expected):
-                    self.stats.violation(f"graph round {round_}: got {got}, expected "
-                                         f"{(expected, array_expected, matmul_expected)}")
+                    self.stats.violation(
+                        f"graph round {round_}: got {got}, expected {(expected, array_expected, matmul_expected)}"
+                    )
                 self.stats.work["graph computes"] += 1
                 self.stats.work["graph nodes"] += len(graph.dask) + len(array.dask) + len(matmul.dask)
-                self.log(f"graph round {round_} exact ({len(graph.dask) + len(array.dask)} nodes and a "
-                         f"{self.matmul_size}² matmul of 0.7 MB chunks)")
+                self.log(
+                    f"graph round {round_} exact ({len(graph.dask) + len(array.dask)} nodes and a "
+                    f"{self.matmul_size}² matmul of 0.7 MB chunks)"
+                )
         finally:
             rush.close()  # what it may still hold goes with it
 
@@ -259,8 +286,7 @@ class Chaos:
                 xs = range(start, start + self.n_tasks)
                 start += self.n_tasks
                 durations = [self.durations.choice((0.0, 0.0, 0.001, 0.01)) for _ in xs]
-                keys = rush.push_tasks([{"x": x, "duration": d} for x, d in zip(xs, durations)],
-                                       max_lost=MAX_LOST)
+                keys = rush.push_tasks([{"x": x, "duration": d} for x, d in zip(xs, durations)], max_lost=MAX_LOST)
                 self.plain_expected.update({k: x * x + 1 for k, x in zip(keys, xs)})
                 rush.wait_for_tasks(keys, timeout=self.hang_timeout, progress=False)
                 self.stats.work["plain tasks"] += len(keys)
@@ -294,14 +320,16 @@ class Chaos:
                 futures = rush.map(inc_square, range(20), salt=salt, lease=self.holder_lease)
                 summed = rush.submit(total, *futures, lease=self.holder_lease)
                 expected_sum = sum(i * i + salt for i in range(20))
-                got_sum, got_chunks = dask.compute(kept.sum(), kept, scheduler=rush, max_lost=MAX_LOST,
-                                                   timeout=self.hang_timeout)
+                got_sum, got_chunks = dask.compute(
+                    kept.sum(), kept, scheduler=rush, max_lost=MAX_LOST, timeout=self.hang_timeout
+                )
                 if got_sum != salt * 1_999_000 or not np.array_equal(got_chunks, np.arange(2_000) * salt):
-                    self.stats.violation(f"holdings round {round_}: computes on the persisted array "
-                                         f"got {got_sum} and {got_chunks[:5]}...")
+                    self.stats.violation(
+                        f"holdings round {round_}: computes on the persisted array "
+                        f"got {got_sum} and {got_chunks[:5]}..."
+                    )
                 (again,) = dask.persist(kept, scheduler=rush)  # what is held already: nothing more
-                receiver.ask(f"hold {base64.b64encode(pickle.dumps((summed, expected_sum))).decode()}",
-                             expect="held")
+                receiver.ask(f"hold {base64.b64encode(pickle.dumps((summed, expected_sum))).decode()}", expect="held")
                 summed.release()  # from now on, only the second client holds the sum
                 for problem in check_refs(rush):
                     self.stats.violation(f"holdings round {round_}: {problem}")
@@ -327,8 +355,10 @@ class Chaos:
                 time.sleep(0.1)
             left = rush.client.hgetall(client_refs)
             if left:
-                self.stats.violation(f"the first holder released everything but still holds {len(left)} "
-                                     f"nodes, e.g. {sorted(left.items())[:3]}")
+                self.stats.violation(
+                    f"the first holder released everything but still holds {len(left)} "
+                    f"nodes, e.g. {sorted(left.items())[:3]}"
+                )
         finally:
             receiver.close()
             rush.close()
@@ -336,15 +366,24 @@ class Chaos:
     # ------------------------------------------------------------ faults
     def _victims(self) -> list[str]:
         running = set(self.driver.running_worker_ids)
-        return [wid for wid, proc in self.driver.local_workers.processes.items()
-                if proc.alive and wid in running and wid not in self.stopped]
+        return [
+            wid
+            for wid, proc in self.driver.local_workers.processes.items()
+            if proc.alive and wid in running and wid not in self.stopped
+        ]
 
     def drive(self, threads: list[threading.Thread]) -> None:
         """Inject faults until the budget is spent; each kind once first, then at random."""
-        plan = collections.deque(["sigkill", "sigstop_resume", "sigstop_until_lost", "redis_restart",
-                                  "redis_sigkill"])
-        kinds = ["sigkill", "sigkill", "sigstop_resume", "sigstop_until_lost", "redis_restart",
-                 "redis_sigkill", "start_worker"]
+        plan = collections.deque(["sigkill", "sigstop_resume", "sigstop_until_lost", "redis_restart", "redis_sigkill"])
+        kinds = [
+            "sigkill",
+            "sigkill",
+            "sigstop_resume",
+            "sigstop_until_lost",
+            "redis_restart",
+            "redis_sigkill",
+            "start_worker",
+        ]
         deadline = self.t0 + self.seconds
         last_restart = 0.0
         while (time.monotonic() < deadline or plan) and any(t.is_alive() for t in threads):
@@ -365,8 +404,9 @@ class Chaos:
             elif kind.startswith("sigstop"):
                 wid = self.random.choice(victims)
                 expire = self.worker_options["heartbeat_expire"]
-                resume_at = time.monotonic() + self.random.uniform(0.1, 0.8 * expire) \
-                    if kind == "sigstop_resume" else None
+                resume_at = (
+                    time.monotonic() + self.random.uniform(0.1, 0.8 * expire) if kind == "sigstop_resume" else None
+                )
                 self.driver.local_workers.processes[wid].signal(signal.SIGSTOP)
                 self.stopped[wid] = (resume_at, self.driver.local_workers.processes[wid])
             elif kind.startswith("redis"):
@@ -380,8 +420,9 @@ class Chaos:
                 last_restart = time.monotonic()
                 self.log(f"{kind}: Redis back in {last_restart - started:.2f} s")
             else:
-                self.driver.start_workers(square_task, 1, log_dir=os.path.join(self.directory, "logs"),
-                                          **self.worker_options)
+                self.driver.start_workers(
+                    square_task, 1, log_dir=os.path.join(self.directory, "logs"), **self.worker_options
+                )
             self.stats.faults[kind] += 1
             if not kind.startswith("redis"):
                 self.log(kind)
@@ -401,8 +442,7 @@ class Chaos:
         states = self.driver._worker_states()
         for wid, (resume_at, proc) in list(self.stopped.items()):
             lost = states.get(wid) == "lost"
-            if (resume_at is None and lost
-                    or resume_at is not None and (final or time.monotonic() >= resume_at)):
+            if resume_at is None and lost or resume_at is not None and (final or time.monotonic() >= resume_at):
                 proc.signal(signal.SIGCONT)
                 del self.stopped[wid]
                 if resume_at is None:
@@ -411,8 +451,9 @@ class Chaos:
         starting = [p for wid, p in self.driver.local_workers.processes.items() if p.alive and wid not in states]
         missing = self.n_workers - len(active) - len(starting)
         if missing > 0:
-            self.driver.start_workers(square_task, missing, log_dir=os.path.join(self.directory, "logs"),
-                                      **self.worker_options)
+            self.driver.start_workers(
+                square_task, missing, log_dir=os.path.join(self.directory, "logs"), **self.worker_options
+            )
             self.stats.recovered["replacement workers started"] += missing
 
     # ------------------------------------------------------------ checks
@@ -433,16 +474,20 @@ class Chaos:
         def holding() -> bool:
             return bool(client.zcard(k.clients)) or any(
                 next(client.scan_iter(match=f"{k.prefix}{family}:*", count=1000), None) is not None
-                for family in ("crefs", "creq"))
+                for family in ("crefs", "creq")
+            )
 
         while holding() and time.monotonic() < deadline:
             time.sleep(0.2)
         if holding():  # reported by check_network as unexpected keys; here, what they are
             now = float(client.time()[0])
-            leases = {cid.decode(): round(score - now, 1)
-                      for cid, score in client.zrange(k.clients, 0, -1, withscores=True)}
-            self.log(f"still holding after {seconds:g} s: clients (s left of their lease) {leases}, "
-                     f"crefs/creq {sorted(client.scan_iter(match=k.prefix + 'c*:*'))}")
+            leases = {
+                cid.decode(): round(score - now, 1) for cid, score in client.zrange(k.clients, 0, -1, withscores=True)
+            }
+            self.log(
+                f"still holding after {seconds:g} s: clients (s left of their lease) {leases}, "
+                f"crefs/creq {sorted(client.scan_iter(match=k.prefix + 'c*:*'))}"
+            )
 
     def cleanup(self) -> None:
         for _, proc in list(self.stopped.values()):
@@ -488,8 +533,10 @@ def check_network(rush: Rush, expected: dict[str, int], stats: Stats) -> None:
         if twice:
             stats.violation(f"{len(twice)} tasks recorded twice in '{name}', e.g. {twice[:3]}")
         if set(keys) != set(expected):
-            stats.violation(f"'{name}' misses {len(set(expected) - set(keys))} tasks and has "
-                            f"{len(set(keys) - set(expected))} unknown ones")
+            stats.violation(
+                f"'{name}' misses {len(set(expected) - set(keys))} tasks and has "
+                f"{len(set(keys) - set(expected))} unknown ones"
+            )
     if archive_keys != finished:
         stats.violation("'archive' rows are not aligned with 'finished'")
     if failed:
@@ -499,8 +546,11 @@ def check_network(rush: Rush, expected: dict[str, int], stats: Stats) -> None:
     if wrong:
         stats.violation(f"{len(wrong)} plain tasks have a wrong result, e.g. {wrong[:3]}")
     keys = list(expected)
-    fields = [f for i in range(0, len(keys), 10_000)
-              for f in rush.scripts.fetch_tasks(keys[i:i + 10_000], ("state", "n_lost", "attempts"))]
+    fields = [
+        f
+        for i in range(0, len(keys), 10_000)
+        for f in rush.scripts.fetch_tasks(keys[i : i + 10_000], ("state", "n_lost", "attempts"))
+    ]
     states = Counter(f[0].decode() if f[0] else None for f in fields)
     if states != Counter({"finished": len(expected)}):
         stats.violation(f"plain task states at the end: {dict(states)}")
@@ -509,11 +559,24 @@ def check_network(rush: Rush, expected: dict[str, int], stats: Stats) -> None:
 
     # Only the expected kinds of keys are left: nothing of any graph, nothing queued or running.
     plain = {k.task(key).encode() for key in expected}
-    allowed = ("tasks", "finished", "archive", "seq", "worker_states", "worker:", "start:", "fun:",
-               "log:", "hb:", "wake", "gc:", "lqs", "sweep")
+    allowed = (
+        "tasks",
+        "finished",
+        "archive",
+        "seq",
+        "worker_states",
+        "worker:",
+        "start:",
+        "fun:",
+        "log:",
+        "hb:",
+        "wake",
+        "gc:",
+        "lqs",
+        "sweep",
+    )
     left = [key for key in client.scan_iter(match=k.pattern, count=1000) if key not in plain]
-    odd = [key.decode() for key in left
-           if not key.decode()[len(k.prefix):].startswith(allowed)]
+    odd = [key.decode() for key in left if not key.decode()[len(k.prefix) :].startswith(allowed)]
     if odd:
         stats.violation(f"{len(odd)} unexpected keys left in Redis, e.g. {sorted(odd)[:5]}")
 
@@ -580,11 +643,14 @@ class Receiver:
     def __init__(self, chaos: Chaos):
         self.chaos = chaos
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = (f"import sys; sys.path.insert(0, {root!r}); from benchmarks.chaos import receiver_main; "
-                f"receiver_main({chaos.network!r}, {chaos.server.url!r}, {chaos.receiver_lease!r}, "
-                f"{chaos.hang_timeout!r})")
-        self.process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); from benchmarks.chaos import receiver_main; "
+            f"receiver_main({chaos.network!r}, {chaos.server.url!r}, {chaos.receiver_lease!r}, "
+            f"{chaos.hang_timeout!r})"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
         self.client_id = self._read() or "?"
 
     def _read(self) -> str | None:
@@ -592,8 +658,9 @@ class Receiver:
         ready, _, _ = select.select([self.process.stdout], [], [], self.chaos.hang_timeout)
         line = self.process.stdout.readline() if ready else ""
         if not line:
-            self.chaos.stats.violation(f"second client {getattr(self, 'client_id', '?')} did not answer "
-                                       f"(exit code {self.process.poll()})")
+            self.chaos.stats.violation(
+                f"second client {getattr(self, 'client_id', '?')} did not answer (exit code {self.process.poll()})"
+            )
             return None
         return line.strip()
 
@@ -666,8 +733,7 @@ def check_result_files(rush: Rush, stats: Stats, timeout: float) -> None:
     deadline = time.monotonic() + timeout
 
     def files() -> list:
-        return [p for d in (store.shm_dir, store.spill_dir) if d is not None and d.is_dir()
-                for p in d.iterdir()]
+        return [p for d in (store.shm_dir, store.spill_dir) if d is not None and d.is_dir() for p in d.iterdir()]
 
     while files() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -678,8 +744,11 @@ def check_result_files(rush: Rush, stats: Stats, timeout: float) -> None:
 
 def report(stats: Stats, seconds: float) -> str:
     lines = [f"chaos run of {seconds:.0f} s"]
-    for title, counter in (("work done", stats.work), ("faults injected", stats.faults),
-                           ("recovered", stats.recovered)):
+    for title, counter in (
+        ("work done", stats.work),
+        ("faults injected", stats.faults),
+        ("recovered", stats.recovered),
+    ):
         lines.append(f"{title}:")
         lines += [f"  {name:45s} {n}" for name, n in sorted(counter.items())]
     lines.append(f"violations: {len(stats.violations)}")
@@ -692,14 +761,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120, help="fault budget in seconds (default 120)")
     parser.add_argument("--workers", type=int, default=4, help="workers kept running (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (default 0)")
-    parser.add_argument("--nodes", type=int, default=10_000,
-                        help="nodes of the stencil graph (default 10,000)")
+    parser.add_argument("--nodes", type=int, default=10_000, help="nodes of the stencil graph (default 10,000)")
     parser.add_argument("--tasks", type=int, default=2_000, help="plain tasks per batch (default 2,000)")
     parser.add_argument("--quiet", action="store_true", help="print only the final report")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    stats = Chaos(seconds=args.seconds, workers=args.workers, seed=args.seed, nodes=args.nodes,
-                  tasks=args.tasks, verbose=not args.quiet).run()
+    stats = Chaos(
+        seconds=args.seconds,
+        workers=args.workers,
+        seed=args.seed,
+        nodes=args.nodes,
+        tasks=args.tasks,
+        verbose=not args.quiet,
+    ).run()
     print(report(stats, time.monotonic() - started))
     return 1 if stats.violations else 0
 

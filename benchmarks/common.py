@@ -80,8 +80,12 @@ class Quiet:
         self.runs += 1
         others = other_busy_processes()
         if others and self.budget > 0:
-            print(f"waiting (at most {self.budget:.0f} s): {len(others)} other test/benchmark "
-                  f"process(es) running, e.g. {others[0][:100]!r}", file=sys.stderr, flush=True)
+            print(
+                f"waiting (at most {self.budget:.0f} s): {len(others)} other test/benchmark "
+                f"process(es) running, e.g. {others[0][:100]!r}",
+                file=sys.stderr,
+                flush=True,
+            )
         while others and self.budget > 0:
             time.sleep(5)
             self.budget -= 5
@@ -93,14 +97,17 @@ class Quiet:
         """A warning for the report if some runs were not quiet, else ``""``."""
         if not self.noisy_runs:
             return ""
-        return (f"**{self.noisy_runs} of {self.runs} timed runs started while other test or benchmark "
-                "processes were running: their figures may be low.**")
+        return (
+            f"**{self.noisy_runs} of {self.runs} timed runs started while other test or benchmark "
+            "processes were running: their figures may be low.**"
+        )
 
 
 def other_busy_processes() -> list[str]:
     """Command lines of running pytest or benchmark processes, other than us and our family."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True,
-                         timeout=10, check=False).stdout
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
     procs = {}
     for line in out.splitlines():
         pid, ppid, args = (line.split(None, 2) + [""])[:3]
@@ -116,18 +123,27 @@ def other_busy_processes() -> list[str]:
             if ppid in family and pid not in family:
                 family.add(pid)
                 grew = True
-    return [args for pid, (_, args) in procs.items() if pid not in family
-            and re.search(r"pytest|bench_\w+\.py|benchmarks\.bench_|-m benchmarks", args)
-            and re.search(r"python|pytest", args)]
+    return [
+        args
+        for pid, (_, args) in procs.items()
+        if pid not in family
+        and re.search(r"pytest|bench_\w+\.py|benchmarks\.bench_|-m benchmarks", args)
+        and re.search(r"python|pytest", args)
+    ]
 
 
 def git_revision() -> str:
     """Short commit of the repository, with a note if rush_dask has uncommitted changes."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "rush_dask"], cwd=ROOT,
-                               timeout=10, check=False).returncode != 0
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "diff", "--quiet", "HEAD", "--", "rush_dask"], cwd=ROOT, timeout=10, check=False
+            ).returncode
+            != 0
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown revision"
     return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown revision"
@@ -184,8 +200,7 @@ def parse_arguments(argv: list[str] | None, doc: str, quick_help: str) -> tuple[
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick_help}")
-    parser.add_argument("--no-wait", action="store_true",
-                        help="do not wait while pytest or other benchmarks run")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait while pytest or other benchmarks run")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     if repeats < 1:

@@ -77,8 +77,7 @@ def _script(name: str) -> str:
     """The console script ``name`` of this Python's environment."""
     path = Path(sys.executable).parent / name
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: install the benchmark extras (`pip install rush-dask[bench]`)")
+        raise FileNotFoundError(f"{path} not found: install the benchmark extras (`pip install rush-dask[bench]`)")
     return str(path)
 
 
@@ -123,10 +122,26 @@ class RQPeer(Peer):
         try:
             for i in range(n_workers):
                 log = open(Path(log_dir) / f"rq-{i}.log", "wb")  # noqa: SIM115 - the worker owns it
-                self.procs.append(subprocess.Popen(
-                    [_script("rq"), "worker", "--worker-class", "rq.worker.SimpleWorker", "--url", url,
-                     "--name", f"{self.queue.name}-{i}", "--quiet", self.queue.name],
-                    stdout=log, stderr=subprocess.STDOUT, env=_worker_env(), cwd=ROOT))
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            _script("rq"),
+                            "worker",
+                            "--worker-class",
+                            "rq.worker.SimpleWorker",
+                            "--url",
+                            url,
+                            "--name",
+                            f"{self.queue.name}-{i}",
+                            "--quiet",
+                            self.queue.name,
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=_worker_env(),
+                        cwd=ROOT,
+                    )
+                )
             _wait(lambda: Worker.count(queue=self.queue) >= n_workers, "RQ workers", self.procs)
         except BaseException:
             self.close()
@@ -141,8 +156,7 @@ class RQPeer(Peer):
         done0, failed0 = registry.get_job_count(cleanup=False), failed.get_job_count(cleanup=False)
         xss = workload.inputs()
         t0 = time.perf_counter()
-        jobs = self.queue.enqueue_many([Queue.prepare_data(workload.fun, kwargs=xs, result_ttl=3600)
-                                        for xs in xss])
+        jobs = self.queue.enqueue_many([Queue.prepare_data(workload.fun, kwargs=xs, result_ttl=3600) for xs in xss])
         deadline = time.monotonic() + WAIT_TIMEOUT
         while registry.get_job_count(cleanup=False) - done0 < len(xss):
             if failed.get_job_count(cleanup=False) > failed0:
@@ -178,14 +192,31 @@ class CeleryPeer(Peer):
         try:
             for i in range(n_workers):
                 log = open(Path(log_dir) / f"celery-{i}.log", "wb")  # noqa: SIM115 - the worker owns it
-                self.procs.append(subprocess.Popen(
-                    [_script("celery"), "-A", "benchmarks.celery_app", "worker", "--pool=solo",
-                     "--concurrency=1", "-n", f"bench{i}@%h", "-Q", "bench", "--without-gossip",
-                     "--without-mingle", "--without-heartbeat", "--loglevel=WARNING"],
-                    stdout=log, stderr=subprocess.STDOUT,
-                    env=_worker_env(BENCH_CELERY_URL=_celery_url(url)), cwd=ROOT))
-            _wait(lambda: len(self.app.control.ping(timeout=0.5) or []) >= n_workers, "Celery workers",
-                  self.procs)
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            _script("celery"),
+                            "-A",
+                            "benchmarks.celery_app",
+                            "worker",
+                            "--pool=solo",
+                            "--concurrency=1",
+                            "-n",
+                            f"bench{i}@%h",
+                            "-Q",
+                            "bench",
+                            "--without-gossip",
+                            "--without-mingle",
+                            "--without-heartbeat",
+                            "--loglevel=WARNING",
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=_worker_env(BENCH_CELERY_URL=_celery_url(url)),
+                        cwd=ROOT,
+                    )
+                )
+            _wait(lambda: len(self.app.control.ping(timeout=0.5) or []) >= n_workers, "Celery workers", self.procs)
         except BaseException:
             self.close()
             raise
@@ -214,8 +245,9 @@ class DistributedPeer(Peer):
         import distributed
 
         logging.getLogger("distributed").setLevel(logging.ERROR)
-        self.cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                                dashboard_address=None)
+        self.cluster = distributed.LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
         self.client = distributed.Client(self.cluster)
         self.client.wait_for_workers(n_workers, timeout=START_TIMEOUT)
 

@@ -30,23 +30,43 @@ def _cell(values: list[float], digits: int = 0) -> str:
 # ------------------------------------------------------------------ sections
 def machine_lines(r: dict) -> list[str]:
     m = r["machine"]
-    versions = ", ".join(f"{name} {m[key]}" for name, key in (
-        ("Python", "python"), ("Redis", "redis_server"), ("redis-py", "redis-py"), ("dask", "dask"),
-        ("distributed", "distributed"), ("rq", "rq"), ("celery", "celery"), ("pandas", "pandas"))
-        if m.get(key))
-    noisy = (f" **{r['noisy_runs']} of {r['timed_runs']} timed runs started while other tests or "
-             "benchmarks were running: their figures may be low.**" if r.get("noisy_runs") else "")
+    versions = ", ".join(
+        f"{name} {m[key]}"
+        for name, key in (
+            ("Python", "python"),
+            ("Redis", "redis_server"),
+            ("redis-py", "redis-py"),
+            ("dask", "dask"),
+            ("distributed", "distributed"),
+            ("rq", "rq"),
+            ("celery", "celery"),
+            ("pandas", "pandas"),
+        )
+        if m.get(key)
+    )
+    noisy = (
+        f" **{r['noisy_runs']} of {r['timed_runs']} timed runs started while other tests or "
+        "benchmarks were running: their figures may be low.**"
+        if r.get("noisy_runs")
+        else ""
+    )
     return [
-        (f"Generated on {r['started']} by `{r['command'].strip()}` in {r['seconds'] / 60:.1f} min"
-        f"{' (quick smoke run: small sizes, not representative)' if r['quick'] else ''}.{noisy}"),
+        (
+            f"Generated on {r['started']} by `{r['command'].strip()}` in {r['seconds'] / 60:.1f} min"
+            f"{' (quick smoke run: small sizes, not representative)' if r['quick'] else ''}.{noisy}"
+        ),
         "",
-        (f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, {m['os']}. {versions}. "
-        f"rush_dask at {m['rush_dask']}."),
+        (
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, {m['os']}. {versions}. "
+            f"rush_dask at {m['rush_dask']}."
+        ),
         "",
-        (f"Every figure is the median of {r['repeats']} run(s) with [min – max]. Ratios pair the runs "
-        "of one repetition (never across repetitions), then take the median. Every system has its "
-        "workers (2 unless stated) running before the clock starts, on one private Redis server on "
-        "a unix socket."),
+        (
+            f"Every figure is the median of {r['repeats']} run(s) with [min – max]. Ratios pair the runs "
+            "of one repetition (never across repetitions), then take the median. Every system has its "
+            "workers (2 unless stated) running before the clock starts, on one private Redis server on "
+            "a unix socket."
+        ),
     ]
 
 
@@ -55,34 +75,48 @@ def rush_lines(s: dict) -> list[str]:
     head = "| workload | tasks | " + " | ".join(systems) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(systems)]
     for name, n in tasks.items():
-        lines.append(f"| {name} tasks/s | {n:,} | "
-                     + " | ".join(_cell(_rates(n, s["runs"][x][name])) for x in systems) + " |")
+        lines.append(
+            f"| {name} tasks/s | {n:,} | " + " | ".join(_cell(_rates(n, s["runs"][x][name])) for x in systems) + " |"
+        )
     for name, n in tasks.items():
         rush = _rates(n, s["runs"][RUSH][name])
-        lines.append(f"| {name}: rush_dask / system | | "
-                     + " | ".join(_cell(ratios(rush, _rates(n, s["runs"][x][name])), 2) for x in systems)
-                     + " |")
+        lines.append(
+            f"| {name}: rush_dask / system | | "
+            + " | ".join(_cell(ratios(rush, _rates(n, s["runs"][x][name])), 2) for x in systems)
+            + " |"
+        )
     for name, ideal in s["ideal"].items():
         n = tasks[name]
-        lines.append(f"| {name}: system / ideal ({n / ideal:,.0f} tasks/s) | | "
-                     + " | ".join(_cell([ideal / t for t in s["runs"][x][name]], 3) for x in systems) + " |")
+        lines.append(
+            f"| {name}: system / ideal ({n / ideal:,.0f} tasks/s) | | "
+            + " | ".join(_cell([ideal / t for t in s["runs"][x][name]], 3) for x in systems)
+            + " |"
+        )
     lines += ["", *[f"- {name}: {why}" for name, why in s["skipped"].items()]]
     # Reading, from the figures.
     trivial = {x: _med(_rates(tasks["trivial"], s["runs"][x]["trivial"])) for x in systems}
     order = sorted(systems, key=lambda x: -trivial[x])
     peers = [x for x in systems if not x.startswith(("rush", "bare"))]
-    text = (f"On trivial tasks (the system's own overhead per task) the fastest is {order[0]} at "
-            f"{trivial[order[0]]:,.0f} tasks/s; rush_dask runs {trivial[RUSH]:,.0f} tasks/s.")
+    text = (
+        f"On trivial tasks (the system's own overhead per task) the fastest is {order[0]} at "
+        f"{trivial[order[0]]:,.0f} tasks/s; rush_dask runs {trivial[RUSH]:,.0f} tasks/s."
+    )
     if peers:
+
         def trivial_rates(x: str) -> list[float]:
             return _rates(tasks["trivial"], s["runs"][x]["trivial"])
 
-        text += " Against the other task queues, rush_dask is " + ", ".join(
-            f"{_med(ratios(trivial_rates(RUSH), trivial_rates(x))):.1f}× {x}" for x in peers) + "."
+        text += (
+            " Against the other task queues, rush_dask is "
+            + ", ".join(f"{_med(ratios(trivial_rates(RUSH), trivial_rates(x))):.1f}× {x}" for x in peers)
+            + "."
+        )
     if "sleep" in s["ideal"]:
         eff = {x: _med([s["ideal"]["sleep"] / t for t in s["runs"][x]["sleep"]]) for x in systems}
-        text += (f" With 10 ms tasks every system should be near the ideal; rush_dask reaches "
-                 f"{eff[RUSH]:.0%} of it, the lowest is {min(eff, key=eff.get)} at {min(eff.values()):.0%}.")
+        text += (
+            f" With 10 ms tasks every system should be near the ideal; rush_dask reaches "
+            f"{eff[RUSH]:.0%} of it, the lowest is {min(eff, key=eff.get)} at {min(eff.values()):.0%}."
+        )
     return lines + ["", text]
 
 
@@ -90,35 +124,53 @@ def dask_lines(s: dict) -> list[str]:
     systems, wl = s["systems"], s["workloads"]
     lines = ["| workload | tasks | " + " | ".join(systems) + " |", "|---|---:|" + "---:|" * len(systems)]
     for name, w in wl.items():
-        lines.append(f"| {name} tasks/s | {w['tasks']:,} | "
-                     + " | ".join(_cell(_rates(w["tasks"], s["runs"][x][name])) for x in systems) + " |")
+        lines.append(
+            f"| {name} tasks/s | {w['tasks']:,} | "
+            + " | ".join(_cell(_rates(w["tasks"], s["runs"][x][name])) for x in systems)
+            + " |"
+        )
     others = [x for x in systems if x != RUSH]
-    lines += ["", "| workload | " + " | ".join(f"rush_dask / {x}" for x in others) + " |",
-              "|---|" + "---:|" * len(others)]
+    lines += [
+        "",
+        "| workload | " + " | ".join(f"rush_dask / {x}" for x in others) + " |",
+        "|---|" + "---:|" * len(others),
+    ]
     for name in wl:
-        lines.append(f"| {name} | " + " | ".join(
-            _cell(ratios(s["runs"][x][name], s["runs"][RUSH][name]), 2) for x in others) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_cell(ratios(s["runs"][x][name], s["runs"][RUSH][name]), 2) for x in others)
+            + " |"
+        )
     for name, ideal in s["ideal"].items():
-        lines.append(f"| {name}: rush_dask / ideal | {_cell([ideal / t for t in s['runs'][RUSH][name]], 3)} |"
-                     + " |" * (len(others) - 1))
-    lines += ["", "Workloads: "
-              + "; ".join(f"**{n}** ({w['size']:,}): {w['description']}" for n, w in wl.items())
-              + ". Tasks are the nodes of the optimized graph; times are `dask.compute` end to end, so "
-              "they include Dask's own client-side work (graph building, optimization, culling), "
-              "which every system pays."]
+        lines.append(
+            f"| {name}: rush_dask / ideal | {_cell([ideal / t for t in s['runs'][RUSH][name]], 3)} |"
+            + " |" * (len(others) - 1)
+        )
+    lines += [
+        "",
+        "Workloads: "
+        + "; ".join(f"**{n}** ({w['size']:,}): {w['description']}" for n, w in wl.items())
+        + ". Tasks are the nodes of the optimized graph; times are `dask.compute` end to end, so "
+        "they include Dask's own client-side work (graph building, optimization, culling), "
+        "which every system pays.",
+    ]
     cluster = "LocalCluster" if "LocalCluster" in systems else None
     graphs = [n for n in wl if n not in s["ideal"]]
     best = {n: max(systems, key=lambda x, n=n: _med(_rates(wl[n]["tasks"], s["runs"][x][n]))) for n in graphs}
     text = "Fastest system per graph: " + ", ".join(f"{n}: {best[n]}" for n in graphs) + "."
     if cluster:
         vs = [_med(ratios(s["runs"][cluster][n], s["runs"][RUSH][n])) for n in graphs]
-        text += (f" rush_dask against the distributed LocalCluster: {min(vs):.1f}× to {max(vs):.1f}× its "
-                 "throughput on the same graphs.")
+        text += (
+            f" rush_dask against the distributed LocalCluster: {min(vs):.1f}× to {max(vs):.1f}× its "
+            "throughput on the same graphs."
+        )
     if "sync" in systems:
         vs = [_med(ratios(s["runs"]["sync"][n], s["runs"][RUSH][n])) for n in graphs]
-        text += (f" Against the single-threaded sync scheduler (no inter-process cost at all): "
-                 f"{min(vs):.2f}× to {max(vs):.2f}×; on graphs of tiny tasks the in-process schedulers "
-                 "win, and the distributed systems pay a round trip per task.")
+        text += (
+            f" Against the single-threaded sync scheduler (no inter-process cost at all): "
+            f"{min(vs):.2f}× to {max(vs):.2f}×; on graphs of tiny tasks the in-process schedulers "
+            "win, and the distributed systems pay a round trip per task."
+        )
     return lines + ["", text]
 
 
@@ -130,14 +182,15 @@ def scaling_lines(s: dict) -> list[str]:
     for k, seconds in sorted(runs.items()):
         ideal = n * sleep / k
         eff[k] = [ideal / t for t in seconds]
-        lines.append(f"| {k} | {ideal:.2f} | {fmt(seconds, 3)} | {fmt(_rates(n, seconds))} "
-                     f"| {fmt(eff[k], 3)} |")
+        lines.append(f"| {k} | {ideal:.2f} | {fmt(seconds, 3)} | {fmt(_rates(n, seconds))} | {fmt(eff[k], 3)} |")
     worst = min(eff, key=lambda k: _med(eff[k]))
-    text = (f"{n:,} tasks of `time.sleep({sleep:g})` on each worker count; efficiency = ideal "
-            f"`{n} × {sleep:g} / workers` over the measured time. It stays at or above "
-            f"{_med(eff[worst]):.0%} up to {max(eff)} workers (lowest at {worst}). Sleeping tasks use no "
-            "CPU, so more workers than cores still scale: the loss is rush_dask's per-task overhead "
-            "and `time.sleep` overshoot, and it grows with the worker count as each run gets shorter.")
+    text = (
+        f"{n:,} tasks of `time.sleep({sleep:g})` on each worker count; efficiency = ideal "
+        f"`{n} × {sleep:g} / workers` over the measured time. It stays at or above "
+        f"{_med(eff[worst]):.0%} up to {max(eff)} workers (lowest at {worst}). Sleeping tasks use no "
+        "CPU, so more workers than cores still scale: the loss is rush_dask's per-task overhead "
+        "and `time.sleep` overshoot, and it grows with the worker count as each run gets shorter."
+    )
     return lines + ["", text]
 
 
@@ -145,7 +198,8 @@ def cost_lines(s: dict) -> list[str]:
     n, nodes = s["n_tasks"], s["n_nodes"]
     mib = s["peak_bytes"] / 2**20
     lines = [
-        "| measure | value |", "|---|---:|",
+        "| measure | value |",
+        "|---|---:|",
         f"| push {n:,} tasks in one `push_tasks` call (s) | {fmt(s['push_seconds'], 3)} |",
         f"| push throughput (tasks/s) | {fmt(_rates(n, s['push_seconds']))} |",
         f"| Redis memory per queued task, `INFO memory` (bytes) | {fmt(s['queued_bytes'])} |",
@@ -153,32 +207,34 @@ def cost_lines(s: dict) -> list[str]:
     ]
     if "finished_bytes" in s:
         lines += [
-            "| Redis memory per finished task, `INFO memory` (bytes; one run) "
-            f"| {s['finished_bytes']:,.0f} |",
-            "| `MEMORY USAGE` of a finished task's hash (bytes; one run) "
-            f"| {s['finished_hash_bytes']:,.0f} |",
+            f"| Redis memory per finished task, `INFO memory` (bytes; one run) | {s['finished_bytes']:,.0f} |",
+            f"| `MEMORY USAGE` of a finished task's hash (bytes; one run) | {s['finished_hash_bytes']:,.0f} |",
             f"| archive list per finished task (bytes; one run) | {s['archive_bytes']:,.0f} |",
         ]
     lines += [
         f"| graph of {nodes:,} tasks: `GraphRun()` + `submit()` (s) | {fmt(s['submit_seconds'], 3)} |",
-        f"| graph of {nodes:,} tasks: client peak memory during them (MiB, tracemalloc; one run) "
-        f"| {mib:,.1f} |",
+        f"| graph of {nodes:,} tasks: client peak memory during them (MiB, tracemalloc; one run) | {mib:,.1f} |",
         f"| the graph dict itself (MiB, tracemalloc; one run) | {s['graph_bytes'] / 2**20:,.1f} |",
     ]
-    text = (f"A queued task costs about {_med(s['queued_bytes']):,.0f} bytes of Redis memory "
-            f"({_med(s['queued_bytes']) * 1e6 / 2**30:,.2f} GiB per million)")
+    text = (
+        f"A queued task costs about {_med(s['queued_bytes']):,.0f} bytes of Redis memory "
+        f"({_med(s['queued_bytes']) * 1e6 / 2**30:,.2f} GiB per million)"
+    )
     if "finished_bytes" in s:
         text += f", a finished one about {s['finished_bytes']:,.0f} bytes (its hash plus its archive row)"
-    text += (f". Submitting a {nodes:,}-task Dask graph takes {_med(s['submit_seconds']):.2f} s and "
-             f"{mib:,.0f} MiB of client memory at its peak, "
-             f"{s['peak_bytes'] / max(s['graph_bytes'], 1):.1f}× the graph dict itself.")
+    text += (
+        f". Submitting a {nodes:,}-task Dask graph takes {_med(s['submit_seconds']):.2f} s and "
+        f"{mib:,.0f} MiB of client memory at its peak, "
+        f"{s['peak_bytes'] / max(s['graph_bytes'], 1):.1f}× the graph dict itself."
+    )
     return lines + ["", text]
 
 
 def archive_lines(s: dict) -> list[str]:
     n = s["n_tasks"]
     lines = [
-        "| measure | value | target |", "|---|---:|---:|",
+        "| measure | value | target |",
+        "|---|---:|---:|",
         f"| push {n:,} tasks (one call; one run) | {s['push']:.3f} s | |",
         f"| full `fetch_finished_tasks()` into pandas, cold cache (s) | {fmt(s['full'], 3)} | ≤ 1 s |",
         f"| then one new task: `fetch_finished_tasks()`, the whole table (ms) "
@@ -189,12 +245,14 @@ def archive_lines(s: dict) -> list[str]:
     ]
     full, inc = _med(s["full"]), _med(s["incremental"]) * 1e3
     new = _med(s.get("new_only", [float("nan")])) * 1e3
-    text = (f"A full fetch of {n:,} finished tasks takes {full:.2f} s ({n / full:,.0f} rows/s, target "
-            f"{'met' if full <= 1 else '**missed**'}). After it, Redis is asked only for what is new: "
-            f"`fetch_finished_tasks()` returns the whole table with one new task in {inc:.2f} ms "
-            f"(target {'met' if inc <= 2 else '**missed**'}; most of it is copying the cached "
-            f"table's number columns into the new DataFrame), `fetch_new_tasks()` the new task "
-            f"alone in {new:.2f} ms (target {'met' if new <= 2 else '**missed**'}).")
+    text = (
+        f"A full fetch of {n:,} finished tasks takes {full:.2f} s ({n / full:,.0f} rows/s, target "
+        f"{'met' if full <= 1 else '**missed**'}). After it, Redis is asked only for what is new: "
+        f"`fetch_finished_tasks()` returns the whole table with one new task in {inc:.2f} ms "
+        f"(target {'met' if inc <= 2 else '**missed**'}; most of it is copying the cached "
+        f"table's number columns into the new DataFrame), `fetch_new_tasks()` the new task "
+        f"alone in {new:.2f} ms (target {'met' if new <= 2 else '**missed**'})."
+    )
     return lines + ["", text]
 
 
@@ -203,8 +261,10 @@ def cli_lines(s: dict) -> list[str]:
     for name, r in s.items():
         lines.append(f"| `rush-dask {name}` | {fmt(r['seconds'], 3)} | {r['imports']} |")
     status = _med(s["status"]["seconds"]) if "status" in s else float("nan")
-    text = (f"`rush-dask status` starts, reads the network and prints in {status:.2f} s (median; target "
-            f"≤ 0.5 s: {'met' if status <= 0.5 else '**missed**'}).")
+    text = (
+        f"`rush-dask status` starts, reads the network and prints in {status:.2f} s (median; target "
+        f"≤ 0.5 s: {'met' if status <= 0.5 else '**missed**'})."
+    )
     return lines + ["", text]
 
 
@@ -277,16 +337,20 @@ def plots(r: dict, img: Path) -> list[Path]:
         s = r["rush"]
         rates = {x: {w: _rates(n, s["runs"][x][w]) for w, n in s["tasks"].items()} for x in s["systems"]}
         path = img / "bench-rush.png"
-        _bars(path, "rush API: throughput per system (2 workers)", list(s["tasks"]), s["systems"], rates,
-              "tasks/s")
+        _bars(path, "rush API: throughput per system (2 workers)", list(s["tasks"]), s["systems"], rates, "tasks/s")
         written.append(path)
     if "dask" in r:
         s = r["dask"]
-        rates = {x: {w: _rates(v["tasks"], s["runs"][x][w]) for w, v in s["workloads"].items()}
-                 for x in s["systems"]}
+        rates = {x: {w: _rates(v["tasks"], s["runs"][x][w]) for w, v in s["workloads"].items()} for x in s["systems"]}
         path = img / "bench-dask.png"
-        _bars(path, "Dask graphs: throughput per scheduler (2 workers)", list(s["workloads"]), s["systems"],
-              rates, "tasks/s (dask.compute end to end)")
+        _bars(
+            path,
+            "Dask graphs: throughput per scheduler (2 workers)",
+            list(s["workloads"]),
+            s["systems"],
+            rates,
+            "tasks/s (dask.compute end to end)",
+        )
         written.append(path)
     if "scaling" in r:
         path = img / "bench-scaling.png"
@@ -315,46 +379,98 @@ def _hpo_lines(s: dict) -> list[str]:
 
 
 SECTION_TITLES = {
-    "rush": ("The rush API against other task queues", rush_lines, "bench-rush.png",
-             ("Tasks pushed in one call and waited for, on 2 workers: rush_dask (`push_tasks` + "
-             "`wait_for_tasks`), a bare Redis list queue written for the benchmark (LPUSH/BRPOP, one "
-             "task per round trip, and batches of 32), RQ (`SimpleWorker` processes, `enqueue_many`), "
-             "Celery (`--pool=solo` workers, Redis broker and result backend, a `group`) and "
-             "dask.distributed (`client.map` on a LocalCluster of 2 single-threaded processes). "
-             "Timed from the first push until the client knows every task is done.")),
-    "dask": ("Dask graphs on rush_dask and on Dask's schedulers", dask_lines, "bench-dask.png",
-             ("`dask.compute(..., scheduler=...)` on rush_dask (2 workers), Dask's `sync`, `threads` "
-             "(2), `processes` (a pool of 2 started beforehand) and a distributed LocalCluster "
-             "(2 worker processes, 1 thread each). The first table is throughput; the second is "
-             "rush_dask's throughput over each other system's (above 1: rush_dask is faster).")),
-    "scaling": ("Scaling with the number of workers", scaling_lines, "bench-scaling.png",
-                "rush_dask, the same tasks on 1 to 16 workers."),
-    "cost": ("Cost: memory and time per task", cost_lines, None,
-             ("Redis memory read with `INFO memory` (whole server, before and after) and `MEMORY USAGE` "
-             "(one key); client memory with `tracemalloc` (Python allocations).")),
-    "data": ("Data-heavy graphs: megabyte chunks", _data_lines, None,
-             ("`dask.compute` of graphs whose chunks are megabytes, on rush_dask (2 workers; large "
-              "results stay on their host, see the data plane in `docs/data-plane.md`), the threads "
-              "scheduler (2 threads, no copies at all) and a distributed LocalCluster (2 worker "
-              "processes, 1 thread each). Redis traffic is the server's network bytes in and out "
-              "during the run.")),
-    "archive": ("The archive: fetching finished tasks", archive_lines, None,
-                ("Finished tasks read into pandas with `fetch_finished_tasks()`: a cold cache first, "
-                "then an incremental fetch after one more task finishes.")),
-    "futures": ("Futures against dask.distributed", _futures_lines, None,
-                ("`rush.map` + `as_completed(..., with_results=True)` and `rush.get_executor().map` against "
-                 "the same calls on a distributed LocalCluster (2 worker processes, 1 thread each), on "
-                 "trivial functions: the cost of the futures machinery itself.")),
-    "cli": ("The command line: start-up time", cli_lines, None,
-            ("Each command in a fresh process against a network of 2 workers, at least 5 runs; "
-             "`stop` names a worker that already stopped, so it reads and prints but stops nothing.")),
-    "hpo": ("Hyperparameter search", _hpo_lines, None,
-            ("`rush_dask.optuna.optimize` against Optuna's multiprocessing recipe (one process per worker, "
-             "`study.optimize` on the same `JournalRedisBackend` study), RandomSampler on both sides; "
-             "utilization from the objective's own busy intervals; trials/s from the trials' timestamps. "
-             "GridSearchCV (SVC on digits, 48 fits) through joblib's `\"rush\"` backend on 2 workers "
-             "against distributed's `\"dask\"` backend on a LocalCluster of 2 single-threaded processes "
-             "(speed = dask's seconds / rush's). See `benchmarks/bench_hpo.py`.")),
+    "rush": (
+        "The rush API against other task queues",
+        rush_lines,
+        "bench-rush.png",
+        (
+            "Tasks pushed in one call and waited for, on 2 workers: rush_dask (`push_tasks` + "
+            "`wait_for_tasks`), a bare Redis list queue written for the benchmark (LPUSH/BRPOP, one "
+            "task per round trip, and batches of 32), RQ (`SimpleWorker` processes, `enqueue_many`), "
+            "Celery (`--pool=solo` workers, Redis broker and result backend, a `group`) and "
+            "dask.distributed (`client.map` on a LocalCluster of 2 single-threaded processes). "
+            "Timed from the first push until the client knows every task is done."
+        ),
+    ),
+    "dask": (
+        "Dask graphs on rush_dask and on Dask's schedulers",
+        dask_lines,
+        "bench-dask.png",
+        (
+            "`dask.compute(..., scheduler=...)` on rush_dask (2 workers), Dask's `sync`, `threads` "
+            "(2), `processes` (a pool of 2 started beforehand) and a distributed LocalCluster "
+            "(2 worker processes, 1 thread each). The first table is throughput; the second is "
+            "rush_dask's throughput over each other system's (above 1: rush_dask is faster)."
+        ),
+    ),
+    "scaling": (
+        "Scaling with the number of workers",
+        scaling_lines,
+        "bench-scaling.png",
+        "rush_dask, the same tasks on 1 to 16 workers.",
+    ),
+    "cost": (
+        "Cost: memory and time per task",
+        cost_lines,
+        None,
+        (
+            "Redis memory read with `INFO memory` (whole server, before and after) and `MEMORY USAGE` "
+            "(one key); client memory with `tracemalloc` (Python allocations)."
+        ),
+    ),
+    "data": (
+        "Data-heavy graphs: megabyte chunks",
+        _data_lines,
+        None,
+        (
+            "`dask.compute` of graphs whose chunks are megabytes, on rush_dask (2 workers; large "
+            "results stay on their host, see the data plane in `docs/data-plane.md`), the threads "
+            "scheduler (2 threads, no copies at all) and a distributed LocalCluster (2 worker "
+            "processes, 1 thread each). Redis traffic is the server's network bytes in and out "
+            "during the run."
+        ),
+    ),
+    "archive": (
+        "The archive: fetching finished tasks",
+        archive_lines,
+        None,
+        (
+            "Finished tasks read into pandas with `fetch_finished_tasks()`: a cold cache first, "
+            "then an incremental fetch after one more task finishes."
+        ),
+    ),
+    "futures": (
+        "Futures against dask.distributed",
+        _futures_lines,
+        None,
+        (
+            "`rush.map` + `as_completed(..., with_results=True)` and `rush.get_executor().map` against "
+            "the same calls on a distributed LocalCluster (2 worker processes, 1 thread each), on "
+            "trivial functions: the cost of the futures machinery itself."
+        ),
+    ),
+    "cli": (
+        "The command line: start-up time",
+        cli_lines,
+        None,
+        (
+            "Each command in a fresh process against a network of 2 workers, at least 5 runs; "
+            "`stop` names a worker that already stopped, so it reads and prints but stops nothing."
+        ),
+    ),
+    "hpo": (
+        "Hyperparameter search",
+        _hpo_lines,
+        None,
+        (
+            "`rush_dask.optuna.optimize` against Optuna's multiprocessing recipe (one process per worker, "
+            "`study.optimize` on the same `JournalRedisBackend` study), RandomSampler on both sides; "
+            "utilization from the objective's own busy intervals; trials/s from the trials' timestamps. "
+            'GridSearchCV (SVC on digits, 48 fits) through joblib\'s `"rush"` backend on 2 workers '
+            'against distributed\'s `"dask"` backend on a LocalCluster of 2 single-threaded processes '
+            "(speed = dask's seconds / rush's). See `benchmarks/bench_hpo.py`."
+        ),
+    ),
 }
 
 
@@ -372,8 +488,13 @@ def write(r: dict, out: Path) -> Path:
         lines += [f"## {title}", "", intro, "", *table(r[section]), ""]
         if image:
             lines += [f"![{title}](img/{image})", ""]
-    lines += [("Regenerate with `python -m benchmarks` (see `benchmarks/README.md`); the raw figures go "
-              "to `benchmarks/results/` (not tracked)."), ""]
+    lines += [
+        (
+            "Regenerate with `python -m benchmarks` (see `benchmarks/README.md`); the raw figures go "
+            "to `benchmarks/results/` (not tracked)."
+        ),
+        "",
+    ]
     path = out / "benchmarks.md"
     path.write_text("\n".join(lines))
     return path

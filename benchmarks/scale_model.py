@@ -77,12 +77,25 @@ class SimWorker:
         self.closing = False
 
     async def register(self) -> None:
-        await self.scripts.register(args=[self.keys.prefix, self.worker_id, int(self.s.heartbeat_expire * 1000),
-                                          "pid", os.getpid(), "hostname", "scale-model", "host", "scale-model"])
+        await self.scripts.register(
+            args=[
+                self.keys.prefix,
+                self.worker_id,
+                int(self.s.heartbeat_expire * 1000),
+                "pid",
+                os.getpid(),
+                "hostname",
+                "scale-model",
+                "host",
+                "scale-model",
+            ]
+        )
 
     def start(self) -> None:
-        self.tasks = [asyncio.create_task(self._quietly(self._beat())),
-                      asyncio.create_task(self._quietly(self._loop()))]
+        self.tasks = [
+            asyncio.create_task(self._quietly(self._beat())),
+            asyncio.create_task(self._quietly(self._loop())),
+        ]
 
     def kill(self) -> None:
         self.closing = True
@@ -101,8 +114,15 @@ class SimWorker:
         while True:
             await asyncio.sleep(self.s.heartbeat_period)
             self.calls += 1
-            await self.scripts.heartbeat(args=[self.keys.prefix, self.worker_id,
-                                               int(self.s.heartbeat_expire * 1000), C.REAP_BATCH, "scale-model"])
+            await self.scripts.heartbeat(
+                args=[
+                    self.keys.prefix,
+                    self.worker_id,
+                    int(self.s.heartbeat_expire * 1000),
+                    C.REAP_BATCH,
+                    "scale-model",
+                ]
+            )
 
     async def _settle_and_pop(self, outcomes: list) -> list:
         self.request += 1
@@ -149,8 +169,7 @@ class SimWorker:
                 if await self.client.set(self.keys.sweep_turn, self.worker_id, nx=True, px=sweeps.SWEEP_TURN_MS):
                     await self._sweep()
             self.calls += 1
-            await self.client.blpop([self.keys.wake_worker(self.worker_id), self.keys.wake],
-                                    timeout=self.s.idle_block)
+            await self.client.blpop([self.keys.wake_worker(self.worker_id), self.keys.wake], timeout=self.s.idle_block)
 
 
 _T0 = time.monotonic()
@@ -175,7 +194,7 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
     workers = [SimWorker(client, keys, settings) for _ in range(n)]
     try:
         for start in range(0, n, 100):
-            await asyncio.gather(*(w.register() for w in workers[start:start + 100]))
+            await asyncio.gather(*(w.register() for w in workers[start : start + 100]))
         for w in workers:
             w.start()
         await asyncio.sleep(min(2.0, settings.heartbeat_period))  # every loop blocked, every beat started
@@ -186,11 +205,13 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
         r0 = sum(w.calls for w in workers)
         await asyncio.sleep(seconds)
         c1, cpu1, t1, s1 = *redis_counters(sync), time.monotonic(), sum(w.sweeps for w in workers)
-        idle = {"round_trips_per_worker_s": (sum(w.calls for w in workers) - r0) / n / (t1 - t0),
-                "commands_per_worker_s": (c1 - c0) / n / (t1 - t0),
-                "redis_cpu_per_worker_s": (cpu1 - cpu0) / n / (t1 - t0),
-                "redis_cpu_share": (cpu1 - cpu0) / (t1 - t0),
-                "sweeps_per_s": (s1 - s0) / (t1 - t0)}
+        idle = {
+            "round_trips_per_worker_s": (sum(w.calls for w in workers) - r0) / n / (t1 - t0),
+            "commands_per_worker_s": (c1 - c0) / n / (t1 - t0),
+            "redis_cpu_per_worker_s": (cpu1 - cpu0) / n / (t1 - t0),
+            "redis_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+            "sweeps_per_s": (s1 - s0) / (t1 - t0),
+        }
 
         # Detection: one worker stops at once; the others' sweeps must declare it lost.
         victim = workers[-1]
@@ -205,8 +226,10 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
             await asyncio.sleep(0.05)
         detection = time.monotonic() - killed_at
         after_expiry = time.monotonic() - (expired_at or killed_at)
-        _phase(f"idle measured; lost worker detected after {detection:.1f} s "
-               f"({after_expiry:.1f} s after its heartbeat expired)")
+        _phase(
+            f"idle measured; lost worker detected after {detection:.1f} s "
+            f"({after_expiry:.1f} s after its heartbeat expired)"
+        )
 
         # Busy: no-op tasks through every worker.
         n_tasks = max(2_000, 20 * n)
@@ -226,18 +249,29 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
             if time.monotonic() - t0 > 600:
                 break
             if int(time.monotonic() - t0) % 30 == 29:
-                _phase(f"busy: {sum(w.done for w in workers) - done0} of {n_tasks} tasks popped; "
-                       f"{sum(1 for w in workers for t in w.tasks if t.done())} coroutines ended")
+                _phase(
+                    f"busy: {sum(w.done for w in workers) - done0} of {n_tasks} tasks popped; "
+                    f"{sum(1 for w in workers for t in w.tasks if t.done())} coroutines ended"
+                )
                 await asyncio.sleep(1)
             await asyncio.sleep(0.01)
         c1, cpu1, t1 = *redis_counters(sync), time.monotonic()
-        busy = {"tasks_per_s": n_tasks / (t1 - t0), "redis_cpu_share": (cpu1 - cpu0) / (t1 - t0),
-                "model_cpu_share": (time.process_time() - own0) / (t1 - t0),
-                "commands_per_task": (c1 - c0) / n_tasks}
+        busy = {
+            "tasks_per_s": n_tasks / (t1 - t0),
+            "redis_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+            "model_cpu_share": (time.process_time() - own0) / (t1 - t0),
+            "commands_per_task": (c1 - c0) / n_tasks,
+        }
         _phase(f"busy: {busy['tasks_per_s']:,.0f} tasks/s")
-        return {"workers": n, "sweep": settings.sweep, "idle": idle, "detection_s": detection,
-                "detection_after_expiry_s": after_expiry,
-                "heartbeat_expire": settings.heartbeat_expire, "busy": busy}
+        return {
+            "workers": n,
+            "sweep": settings.sweep,
+            "idle": idle,
+            "detection_s": detection,
+            "detection_after_expiry_s": after_expiry,
+            "heartbeat_expire": settings.heartbeat_expire,
+            "busy": busy,
+        }
     finally:
         for w in workers:
             w.kill()
@@ -257,21 +291,25 @@ async def measure(url: str, n: int, seconds: float, settings: Settings) -> dict:
 
 
 def report(rows: list[dict]) -> str:
-    lines = ["| sweep | workers | idle: round trips / worker / s | idle: commands / worker / s "
-             "| idle: Redis CPU / worker / s "
-             "| idle: Redis CPU share | idle: sweeps / s | lost worker detected after (s) "
-             "| of which after its heartbeat expired (s) | busy: tasks / s | busy: Redis CPU share "
-             "| busy: model CPU share | commands / task |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| sweep | workers | idle: round trips / worker / s | idle: commands / worker / s "
+        "| idle: Redis CPU / worker / s "
+        "| idle: Redis CPU share | idle: sweeps / s | lost worker detected after (s) "
+        "| of which after its heartbeat expired (s) | busy: tasks / s | busy: Redis CPU share "
+        "| busy: model CPU share | commands / task |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['sweep']} | {r['workers']:,} | {r['idle']['round_trips_per_worker_s']:.2f} | "
-                     f"{r['idle']['commands_per_worker_s']:.2f} | "
-                     f"{r['idle']['redis_cpu_per_worker_s'] * 1e6:.0f} µs | {r['idle']['redis_cpu_share']:.3f} | "
-                     f"{r['idle']['sweeps_per_s']:.2f} | "
-                     f"{r['detection_s']:.1f} (expire {r['heartbeat_expire']:g}) | "
-                     f"{r['detection_after_expiry_s']:.1f} | {r['busy']['tasks_per_s']:,.0f} | "
-                     f"{r['busy']['redis_cpu_share']:.2f} | {r['busy']['model_cpu_share']:.2f} | "
-                     f"{r['busy']['commands_per_task']:.2f} |")
+        lines.append(
+            f"| {r['sweep']} | {r['workers']:,} | {r['idle']['round_trips_per_worker_s']:.2f} | "
+            f"{r['idle']['commands_per_worker_s']:.2f} | "
+            f"{r['idle']['redis_cpu_per_worker_s'] * 1e6:.0f} µs | {r['idle']['redis_cpu_share']:.3f} | "
+            f"{r['idle']['sweeps_per_s']:.2f} | "
+            f"{r['detection_s']:.1f} (expire {r['heartbeat_expire']:g}) | "
+            f"{r['detection_after_expiry_s']:.1f} | {r['busy']['tasks_per_s']:,.0f} | "
+            f"{r['busy']['redis_cpu_share']:.2f} | {r['busy']['model_cpu_share']:.2f} | "
+            f"{r['busy']['commands_per_task']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -292,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"maxclients not raised ({exc}); large N may be refused", file=sys.stderr)
         rows = []
         for policy in args.sweep.split(","):
-            settings = Settings(heartbeat_period=args.heartbeat_period, heartbeat_expire=args.heartbeat_expire,
-                                sweep=policy)
+            settings = Settings(
+                heartbeat_period=args.heartbeat_period, heartbeat_expire=args.heartbeat_expire, sweep=policy
+            )
             for n in (int(x) for x in args.workers.split(",")):
                 print(f"{n} simulated workers, sweep {policy} ...", file=sys.stderr, flush=True)
                 rows.append(asyncio.run(measure(server.url, n, args.seconds, settings)))

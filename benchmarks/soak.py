@@ -241,20 +241,24 @@ def soak(url: str, minutes: float, n_workers: int, lease: float, memory_toleranc
         settling = time.monotonic()
         extra = wait_settled(client, rush, baseline_keys, lease + 30)
         stats.settled_in = time.monotonic() - settling
-        stats.check(not extra, f"{len(extra)} keys of dead clients left {lease + 30:g} s after the last "
-                               f"round, e.g. {sorted(extra)[:5]}")
+        stats.check(
+            not extra,
+            f"{len(extra)} keys of dead clients left {lease + 30:g} s after the last round, e.g. {sorted(extra)[:5]}",
+        )
         final = keys_of(client, rush)
         added, removed = sorted(final - baseline_keys)[:5], sorted(baseline_keys - final)[:5]
-        stats.check(final == baseline_keys,
-                    f"key count {len(final)} != baseline {len(baseline_keys)}: +{added} -{removed}")
+        stats.check(
+            final == baseline_keys, f"key count {len(final)} != baseline {len(baseline_keys)}: +{added} -{removed}"
+        )
         plain.reset()  # the archive of plain tasks is kept until a reset, by design
         stats.check(not keys_of(client, plain), "the plain network's reset left keys")
         del plain_baseline
         memory = used_memory(client)
         stats.memory = (baseline_memory, memory)  # type: ignore[attr-defined]
-        stats.check(abs(memory - baseline_memory) <= memory_tolerance,
-                    f"Redis used_memory {memory:,} B vs baseline {baseline_memory:,} B "
-                    f"(tolerance {memory_tolerance:,} B)")
+        stats.check(
+            abs(memory - baseline_memory) <= memory_tolerance,
+            f"Redis used_memory {memory:,} B vs baseline {baseline_memory:,} B (tolerance {memory_tolerance:,} B)",
+        )
         for wid, samples in stats.rss.items():
             first, last = rss_growth(samples)
             stats.check(last <= 1.5 * first + 50, f"worker {wid} RSS grew from {first:.0f} MB to {last:.0f} MB")
@@ -271,18 +275,24 @@ def soak(url: str, minutes: float, n_workers: int, lease: float, memory_toleranc
 def report(stats: Stats, minutes: float) -> str:
     baseline, memory = getattr(stats, "memory", (0, 0))
     left = any("of dead clients left" in v for v in stats.violations)
-    dead = ("dead clients' keys: some left (see the violations)" if left else
-            f"dead clients' keys (computes, persists, futures alike): all gone {stats.settled_in:.1f} s "
-            "after the last round")
-    lines = [f"soak of {minutes:g} min: {stats.rounds} rounds, {stats.plain_tasks} plain tasks, "
-             f"{stats.computes} computes, {stats.persists} persists, {stats.futures} futures, "
-             f"dead clients {stats.dead_clients}",
-             f"Redis used_memory: baseline {baseline:,} B, end {memory:,} B ({memory - baseline:+,} B)",
-             dead]
+    dead = (
+        "dead clients' keys: some left (see the violations)"
+        if left
+        else f"dead clients' keys (computes, persists, futures alike): all gone {stats.settled_in:.1f} s "
+        "after the last round"
+    )
+    lines = [
+        f"soak of {minutes:g} min: {stats.rounds} rounds, {stats.plain_tasks} plain tasks, "
+        f"{stats.computes} computes, {stats.persists} persists, {stats.futures} futures, "
+        f"dead clients {stats.dead_clients}",
+        f"Redis used_memory: baseline {baseline:,} B, end {memory:,} B ({memory - baseline:+,} B)",
+        dead,
+    ]
     for wid, samples in sorted(stats.rss.items()):
         first, last = rss_growth(samples)
-        lines.append(f"worker {wid}: RSS {first:.0f} MB (first third) -> {last:.0f} MB (last third), "
-                     f"{len(samples)} samples")
+        lines.append(
+            f"worker {wid}: RSS {first:.0f} MB (first third) -> {last:.0f} MB (last third), {len(samples)} samples"
+        )
     lines.append("violations: " + ("none" if not stats.violations else "; ".join(stats.violations)))
     return "\n".join(lines)
 
@@ -291,8 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--lease", type=float, default=5.0,
-                        help="lease of the dying clients (their computes, persists and futures), in s")
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=5.0,
+        help="lease of the dying clients (their computes, persists and futures), in s",
+    )
     parser.add_argument("--memory-tolerance", type=int, default=1 << 20, help="bytes (default 1 MB)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

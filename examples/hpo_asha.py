@@ -33,28 +33,36 @@ def objective(log_eta0: float, log_alpha: float, budget: int, **kwargs: Any) -> 
 
     X, y = hpo_common._digits()  # cached in the worker process
     X_train, X_valid, y_train, y_valid = train_test_split(X, y, test_size=0.3, random_state=0)
-    model = SGDClassifier(learning_rate="constant", eta0=10 ** log_eta0, alpha=10 ** log_alpha,
-                          random_state=0)
+    model = SGDClassifier(learning_rate="constant", eta0=10**log_eta0, alpha=10**log_alpha, random_state=0)
     classes = np.unique(y_train)
     for _ in range(int(budget)):
         model.partial_fit(X_train, y_train, classes=classes)
     return {"y": float(1.0 - model.score(X_valid, y_valid))}
 
 
-def main(n_evals: int = 120, n_workers: int = 2, url: str | None = None, out: str = "hpo_asha.png",
-         seed: int | None = None, network_id: str = "hpo-asha") -> tuple[dict[str, float], float]:
+def main(
+    n_evals: int = 120,
+    n_workers: int = 2,
+    url: str | None = None,
+    out: str = "hpo_asha.png",
+    seed: int | None = None,
+    network_id: str = "hpo-asha",
+) -> tuple[dict[str, float], float]:
     """Run ASHA; returns (best configuration at the top budget, its validation error)."""
     rush = Rush(network_id, url=url)
     rush.reset()
     try:
-        archive = search(rush, objective, sample, min_budget=1, max_budget=27, eta=3, n_evals=n_evals,
-                         n_workers=n_workers, seed=seed)
+        archive = search(
+            rush, objective, sample, min_budget=1, max_budget=27, eta=3, n_evals=n_evals, n_workers=n_workers, seed=seed
+        )
         top = archive[archive["rung"] == archive["rung"].max()]
         best = top.loc[top["y"].idxmin()]
         config = {"log_eta0": float(best["log_eta0"]), "log_alpha": float(best["log_alpha"])}
-        print(f"ASHA: {len(archive)} evaluations, per rung {archive.groupby('rung').size().to_dict()}; "
-              f"best at {best['budget']} epochs: eta0={10 ** config['log_eta0']:.3g}, "
-              f"alpha={10 ** config['log_alpha']:.3g} -> validation error {best['y']:.4f}")
+        print(
+            f"ASHA: {len(archive)} evaluations, per rung {archive.groupby('rung').size().to_dict()}; "
+            f"best at {best['budget']} epochs: eta0={10 ** config['log_eta0']:.3g}, "
+            f"alpha={10 ** config['log_alpha']:.3g} -> validation error {best['y']:.4f}"
+        )
         print(f"utilization {plots.utilization_of(archive):.1%}")
         save, sibling = hpo_common.save_figure, hpo_common.sibling_path
         save(plots.rungs(archive, title=f"ASHA, eta=3, {n_workers} workers"), out)
@@ -66,8 +74,6 @@ def main(n_evals: int = 120, n_workers: int = 2, url: str | None = None, out: st
         rush.close()
 
 
-
 if __name__ == "__main__":
-    args = hpo_common.command_line(__doc__, evals=120, evals_help="evaluations in all", out="hpo_asha.png",
-                                   seed=True)
+    args = hpo_common.command_line(__doc__, evals=120, evals_help="evaluations in all", out="hpo_asha.png", seed=True)
     main(n_evals=args.evals, n_workers=args.workers, url=args.url, out=args.out, seed=args.seed)

@@ -42,7 +42,7 @@ def evaluate(log_C: float, log_gamma: float, **kwargs: Any) -> dict[str, float]:
     from sklearn.svm import SVC
 
     X, y = _digits()
-    model = SVC(C=10.0 ** log_C, gamma=10.0 ** log_gamma)
+    model = SVC(C=10.0**log_C, gamma=10.0**log_gamma)
     return {"score": float(cross_val_score(model, X, y, cv=3).mean())}
 
 
@@ -59,8 +59,10 @@ def sample_config(rng: np.random.Generator) -> dict[str, float]:
 
 def perturb_config(config: dict[str, Any], rng: np.random.Generator, scale: float = 0.1) -> dict[str, float]:
     """``config`` moved by Gaussian noise of ``scale`` times each range, clipped to :data:`SPACE`."""
-    return {name: float(np.clip(config[name] + rng.normal(0.0, scale * (high - low)), low, high))
-            for name, (low, high) in SPACE.items()}
+    return {
+        name: float(np.clip(config[name] + rng.normal(0.0, scale * (high - low)), low, high))
+        for name, (low, high) in SPACE.items()
+    }
 
 
 def grid_configs(n: int) -> list[dict[str, float]]:
@@ -102,10 +104,22 @@ def plot_best_so_far(rows: Any, out: str | os.PathLike, title: str) -> None:
     for i, (worker, group) in enumerate(rows.groupby("worker", sort=True)):
         colour = cmap(i % 10)
         ax.scatter(group["seconds"], group["score"], s=14, color=colour, alpha=0.5)
-        ax.step(group["seconds"], group["score"].cummax(), where="post", color=colour,
-                linewidth=1.2, label=f"worker {str(worker)[:8]} ({len(group)} evals)")
-    ax.step(rows["seconds"], rows["score"].cummax(), where="post", color="black", linewidth=2,
-            label="best so far (all workers)")
+        ax.step(
+            group["seconds"],
+            group["score"].cummax(),
+            where="post",
+            color=colour,
+            linewidth=1.2,
+            label=f"worker {str(worker)[:8]} ({len(group)} evals)",
+        )
+    ax.step(
+        rows["seconds"],
+        rows["score"].cummax(),
+        where="post",
+        color="black",
+        linewidth=2,
+        label="best so far (all workers)",
+    )
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("cross-validated accuracy")
     ax.set_title(title)
@@ -122,8 +136,9 @@ def archive_to_plot_rows(data: Any, start: float) -> Any:
     import pandas as pd
 
     seconds = data["finished_at"].map(lambda t: t.timestamp()) - start
-    return pd.DataFrame({"score": data["score"].astype(float), "worker": data["worker_id"],
-                         "seconds": seconds.astype(float)})
+    return pd.DataFrame(
+        {"score": data["score"].astype(float), "worker": data["worker_id"], "seconds": seconds.astype(float)}
+    )
 
 
 def save_figure(fig: Any, out: str) -> None:
@@ -145,7 +160,7 @@ def print_best(name: str, config: dict[str, float] | None, score: float, n: int)
     if config is None:
         print(f"{name}: no finished evaluation")
         return
-    plain = ", ".join(f"{k[4:]}={10 ** v:.3g}" for k, v in config.items())
+    plain = ", ".join(f"{k[4:]}={10**v:.3g}" for k, v in config.items())
     print(f"{name}: best of {n} evaluations: {plain} -> accuracy {score:.4f}")
 
 
@@ -155,8 +170,7 @@ def command_line(doc: str, evals: int, evals_help: str, out: str, seed: bool = F
     parser.add_argument("--evals", type=int, default=evals, help=f"{evals_help} (default {evals})")
     parser.add_argument("--workers", type=int, default=2, help="number of local workers (default 2)")
     parser.add_argument("--out", default=out, help="PNG plot to write")
-    parser.add_argument("--url", default=None,
-                        help="Redis URL (default: $RUSH_REDIS_URL or a private server)")
+    parser.add_argument("--url", default=None, help="Redis URL (default: $RUSH_REDIS_URL or a private server)")
     if seed:
         parser.add_argument("--seed", type=int, default=None, help="seed of the workers' random streams")
     return parser.parse_args()

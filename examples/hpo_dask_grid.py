@@ -19,17 +19,21 @@ import pandas as pd
 from rush_dask import Rush
 
 
-def main(n_evals: int = 64, n_workers: int = 2, url: str | None = None,
-         out: str = "hpo_dask_grid.png", network_id: str = "hpo-dask-grid",
-         timeout: float = 300.0) -> tuple[dict[str, float] | None, float]:
+def main(
+    n_evals: int = 64,
+    n_workers: int = 2,
+    url: str | None = None,
+    out: str = "hpo_dask_grid.png",
+    network_id: str = "hpo-dask-grid",
+    timeout: float = 300.0,
+) -> tuple[dict[str, float] | None, float]:
     """Run the grid; returns (best configuration, best cross-validated accuracy)."""
     rush = Rush(network_id, url=url)
     rush.reset()
     try:
         start = time.time()
         rush.start_workers(n_workers=n_workers)  # no function: they run graph nodes
-        lazy = [dask.delayed(hpo_common.evaluate_with_origin)(config)
-                for config in hpo_common.grid_configs(n_evals)]
+        lazy = [dask.delayed(hpo_common.evaluate_with_origin)(config) for config in hpo_common.grid_configs(n_evals)]
         (results,) = dask.compute(lazy, scheduler=rush, timeout=timeout)
         data = pd.DataFrame(results)
 
@@ -50,6 +54,5 @@ def main(n_evals: int = 64, n_workers: int = 2, url: str | None = None,
 
 
 if __name__ == "__main__":
-    args = hpo_common.command_line(__doc__, evals=64, evals_help="number of grid points",
-                                   out="hpo_dask_grid.png")
+    args = hpo_common.command_line(__doc__, evals=64, evals_help="number of grid points", out="hpo_dask_grid.png")
     main(n_evals=args.evals, n_workers=args.workers, url=args.url, out=args.out)

@@ -40,8 +40,13 @@ def propose(archive: Any, rng: np.random.Generator) -> dict[str, float]:
     return hpo_common.sample_config(rng)
 
 
-def worker_loop(worker: Any, budget: int, objective: Callable[..., dict] = hpo_common.evaluate,
-                seed: int | None = None, **kwargs: Any) -> None:
+def worker_loop(
+    worker: Any,
+    budget: int,
+    objective: Callable[..., dict] = hpo_common.evaluate,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> None:
     """One worker's search: propose, evaluate, record, until ``budget`` evaluations are spent.
 
     The budget counts every evaluation in the network, finished or failed
@@ -62,10 +67,15 @@ def worker_loop(worker: Any, budget: int, objective: Callable[..., dict] = hpo_c
         worker.finish_tasks(keys, [ys])
 
 
-def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None,
-         out: str = "hpo_decentralized.png", seed: int | None = None,
-         network_id: str = "hpo-decentralized",
-         timeout: float = 300.0) -> tuple[dict[str, float] | None, float]:
+def main(
+    n_evals: int = 60,
+    n_workers: int = 2,
+    url: str | None = None,
+    out: str = "hpo_decentralized.png",
+    seed: int | None = None,
+    network_id: str = "hpo-decentralized",
+    timeout: float = 300.0,
+) -> tuple[dict[str, float] | None, float]:
     """Run the search; returns (best configuration, best cross-validated accuracy)."""
     rush = Rush(network_id, url=url)
     rush.reset()  # a fresh network: the budget counts this run's evaluations only
@@ -91,8 +101,9 @@ def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None,
         config, score = hpo_common.best_row(data)
         hpo_common.print_best("decentralized search", config, score, len(data))
         print(f"evaluations per worker: {data['worker_id'].value_counts().to_dict()}")
-        hpo_common.plot_best_so_far(hpo_common.archive_to_plot_rows(data, start), out,
-                                    f"Decentralized search, {n_workers} workers")
+        hpo_common.plot_best_so_far(
+            hpo_common.archive_to_plot_rows(data, start), out, f"Decentralized search, {n_workers} workers"
+        )
         return config, score
     finally:
         rush.reset()
@@ -100,6 +111,7 @@ def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None,
 
 
 if __name__ == "__main__":
-    args = hpo_common.command_line(__doc__, evals=60, evals_help="shared budget of evaluations",
-                                   out="hpo_decentralized.png", seed=True)
+    args = hpo_common.command_line(
+        __doc__, evals=60, evals_help="shared budget of evaluations", out="hpo_decentralized.png", seed=True
+    )
     main(n_evals=args.evals, n_workers=args.workers, url=args.url, out=args.out, seed=args.seed)

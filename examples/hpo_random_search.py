@@ -21,9 +21,15 @@ from rush_dask import Rush
 IN_FLIGHT_PER_WORKER = 2
 
 
-def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None,
-         out: str = "hpo_random_search.png", seed: int = 0, network_id: str = "hpo-random-search",
-         timeout: float = 300.0) -> tuple[dict[str, float] | None, float]:
+def main(
+    n_evals: int = 60,
+    n_workers: int = 2,
+    url: str | None = None,
+    out: str = "hpo_random_search.png",
+    seed: int = 0,
+    network_id: str = "hpo-random-search",
+    timeout: float = 300.0,
+) -> tuple[dict[str, float] | None, float]:
     """Run the search; returns (best configuration, best cross-validated accuracy)."""
     rng = np.random.default_rng(seed)
     rush = Rush(network_id, url=url)
@@ -52,8 +58,9 @@ def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None,
         data = rush.fetch_finished_tasks()
         config, score = hpo_common.best_row(data)
         hpo_common.print_best("random search", config, score, len(data))
-        hpo_common.plot_best_so_far(hpo_common.archive_to_plot_rows(data, start), out,
-                                    f"Asynchronous random search, {n_workers} workers")
+        hpo_common.plot_best_so_far(
+            hpo_common.archive_to_plot_rows(data, start), out, f"Asynchronous random search, {n_workers} workers"
+        )
         return config, score
     finally:
         rush.reset()
@@ -61,6 +68,5 @@ def main(n_evals: int = 60, n_workers: int = 2, url: str | None = None,
 
 
 if __name__ == "__main__":
-    args = hpo_common.command_line(__doc__, evals=60, evals_help="number of evaluations",
-                                   out="hpo_random_search.png")
+    args = hpo_common.command_line(__doc__, evals=60, evals_help="number of evaluations", out="hpo_random_search.png")
     main(n_evals=args.evals, n_workers=args.workers, url=args.url, out=args.out)

@@ -47,8 +47,9 @@ from .core.serialize import dumps, loads, place
 
 logger = logging.getLogger("rush_dask.asha")
 
-WORKER_OPTIONS = frozenset({"heartbeat_period", "heartbeat_expire", "resources", "redis_retry_timeout",
-                            "client", "log_dir", "log_level"})
+WORKER_OPTIONS = frozenset(
+    {"heartbeat_period", "heartbeat_expire", "resources", "redis_retry_timeout", "client", "log_dir", "log_level"}
+)
 
 
 def rung_budgets(min_budget: float, max_budget: float, eta: float) -> list[float]:
@@ -66,7 +67,7 @@ def rung_budgets(min_budget: float, max_budget: float, eta: float) -> list[float
     if not (isinstance(max_budget, (int, float)) and max_budget >= min_budget):
         raise ValueError(f"max_budget must be a number >= min_budget ({min_budget}), got {max_budget!r}")
     top = int(math.floor(math.log(max_budget / min_budget, eta) + 1e-9))
-    budgets = [min_budget * eta ** k for k in range(top + 1)]
+    budgets = [min_budget * eta**k for k in range(top + 1)]
     if isinstance(min_budget, int) and isinstance(eta, int):
         budgets = [int(b) for b in budgets]
     return budgets
@@ -143,12 +144,12 @@ class Rungs:
         self.secret = secret
         self.prefix, self.run_id = prefix, run_id
         self.spent = base + "spent"
-        self.keys = [self.spent, base + "promoted", base + "configs",
-                     *[f"{base}rung:{k}" for k in range(n_rungs)]]
+        self.keys = [self.spent, base + "promoted", base + "configs", *[f"{base}rung:{k}" for k in range(n_rungs)]]
         self._decide = client.register_script(_DECIDE)
 
-    def decide(self, n_evals: int, eta: float, minimize: bool, done: tuple[Any, ...] | None = None,
-               take: bool = True) -> tuple[str | None, dict[str, Any] | None, int]:
+    def decide(
+        self, n_evals: int, eta: float, minimize: bool, done: tuple[Any, ...] | None = None, take: bool = True
+    ) -> tuple[str | None, dict[str, Any] | None, int]:
         """Record ``done`` = (config id, rung, score, configuration or None), then choose the next job.
 
         Returns (config id, configuration, rung) of a claimed promotion,
@@ -158,8 +159,12 @@ class Rungs:
         args: list[Any] = [n_evals, eta, "1" if minimize else "0", "", 0, 0, ""]
         if done is not None:
             config_id, rung, score, config = done
-            args[3:7] = [config_id, rung, repr(float(score)),
-                         dumps(config, self.secret, self._where(config_id)) if config is not None else ""]
+            args[3:7] = [
+                config_id,
+                rung,
+                repr(float(score)),
+                dumps(config, self.secret, self._where(config_id)) if config is not None else "",
+            ]
         args.append("1" if take else "0")
         reply = self._decide(keys=self.keys, args=args)
         if int(reply[0]) <= 0:
@@ -178,10 +183,19 @@ class Rungs:
         self.client.delete(*self.keys)
 
 
-def worker_loop(worker: Any, objective: Callable[..., Any],
-                sample: Callable[[np.random.Generator], dict[str, Any]],
-                budgets: list[float], eta: float, n_evals: int, run_id: str, score: str = "y",
-                minimize: bool = True, seed: int | None = None, **kwargs: Any) -> None:
+def worker_loop(
+    worker: Any,
+    objective: Callable[..., Any],
+    sample: Callable[[np.random.Generator], dict[str, Any]],
+    budgets: list[float],
+    eta: float,
+    n_evals: int,
+    run_id: str,
+    score: str = "y",
+    minimize: bool = True,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> None:
     """One ASHA worker: promote or sample, evaluate, record; until ``n_evals`` are spent.
 
     Runs in a worker process (``rush.start_workers(worker_loop=worker_loop, ...)``).
@@ -199,15 +213,17 @@ def worker_loop(worker: Any, objective: Callable[..., Any],
         if config_id is None:
             config_id, config = uuid.uuid4().hex[:12], dict(sample(rng))
         assert config is not None  # decide() returns a configuration with its id
-        keys = worker.push_running_tasks([{**config, "budget": budgets[rung]}],
-                                         extra=[{"config_id": config_id, "rung": rung, "asha_run": run_id}])
+        keys = worker.push_running_tasks(
+            [{**config, "budget": budgets[rung]}], extra=[{"config_id": config_id, "rung": rung, "asha_run": run_id}]
+        )
         try:
             result = objective(**config, budget=budgets[rung])
             ys = result if isinstance(result, dict) else {score: result}
             value = float(ys[score])
         except Exception as exc:  # noqa: BLE001 - the evaluation fails, the worker goes on
-            logger.warning("evaluation of %s at budget %s failed: %s: %s", config, budgets[rung],
-                           type(exc).__name__, exc)
+            logger.warning(
+                "evaluation of %s at budget %s failed: %s: %s", config, budgets[rung], type(exc).__name__, exc
+            )
             worker.fail_tasks(keys, [exc])
             continue
         worker.finish_tasks(keys, [ys])
@@ -222,11 +238,22 @@ def _with_configs(archive: Any, run_id: str) -> Any:
     return archive[archive["asha_run"] == run_id]
 
 
-def search(rush: Any, objective: Callable[..., Any],
-           sample: Callable[[np.random.Generator], dict[str, Any]], *,
-           min_budget: float, max_budget: float, eta: float = 3, n_evals: int,
-           n_workers: int | None = None, score: str = "y", minimize: bool = True,
-           seed: int | None = None, timeout: float | None = None, **worker_options: Any) -> Any:
+def search(
+    rush: Any,
+    objective: Callable[..., Any],
+    sample: Callable[[np.random.Generator], dict[str, Any]],
+    *,
+    min_budget: float,
+    max_budget: float,
+    eta: float = 3,
+    n_evals: int,
+    n_workers: int | None = None,
+    score: str = "y",
+    minimize: bool = True,
+    seed: int | None = None,
+    timeout: float | None = None,
+    **worker_options: Any,
+) -> Any:
     """Run ASHA on ``n_workers`` new workers until ``n_evals`` evaluations are done; returns them.
 
     ``objective(**config, budget=b)`` returns a dict with column ``score``
@@ -247,21 +274,30 @@ def search(rush: Any, objective: Callable[..., Any],
         raise TypeError("objective and sample must be functions")
     unknown = sorted(set(worker_options) - WORKER_OPTIONS)
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for search(); "
-                        f"worker options are {sorted(WORKER_OPTIONS)}")
+        raise TypeError(f"unknown option(s) {unknown} for search(); worker options are {sorted(WORKER_OPTIONS)}")
     from .core.serialize import dumps_function
 
     for name, fun in (("objective", objective), ("sample", sample)):
         try:
             dumps_function(fun, rush.secret)
         except Exception as exc:
-            raise TypeError(f"{name} cannot be pickled for the workers "
-                            f"({type(exc).__name__}: {exc})") from None
+            raise TypeError(f"{name} cannot be pickled for the workers ({type(exc).__name__}: {exc})") from None
     run_id = uuid.uuid4().hex[:12]
     rungs = Rungs(rush.client, rush.keys.prefix, run_id, len(budgets), rush.secret)
-    ids = rush.start_workers(worker_loop=worker_loop, n_workers=n_workers, objective=objective, sample=sample,
-                             budgets=budgets, eta=eta, n_evals=n_evals, run_id=run_id, score=score,
-                             minimize=minimize, seed=seed, **worker_options)
+    ids = rush.start_workers(
+        worker_loop=worker_loop,
+        n_workers=n_workers,
+        objective=objective,
+        sample=sample,
+        budgets=budgets,
+        eta=eta,
+        n_evals=n_evals,
+        run_id=run_id,
+        score=score,
+        minimize=minimize,
+        seed=seed,
+        **worker_options,
+    )
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
@@ -281,6 +317,7 @@ def search(rush: Any, objective: Callable[..., Any],
             rush.stop_workers("terminate", running)
         rungs.delete()
     if spent < n_evals:
-        raise RuntimeError(f"ASHA: every worker ended after {spent} of {n_evals} evaluations; their log:\n"
-                           f"{rush.read_log().tail(20)}")
+        raise RuntimeError(
+            f"ASHA: every worker ended after {spent} of {n_evals} evaluations; their log:\n{rush.read_log().tail(20)}"
+        )
     return _with_configs(rush.fetch_finished_tasks(), run_id).drop(columns=["asha_run"])

@@ -55,11 +55,14 @@ def run_batch(calls: list[tuple[Callable[..., Any], Any, Any]], **shared: Any) -
     >>> run_batch([(max, (1, _Placeholder("s_a")), {})], s_a=5)
     [5]
     """
+
     def put_back(value: Any) -> Any:
         return shared[value.name] if isinstance(value, _Placeholder) else value
 
-    return [func(*[put_back(a) for a in args], **{k: put_back(v) for k, v in kwargs.items()})
-            for func, args, kwargs in calls]
+    return [
+        func(*[put_back(a) for a in args], **{k: put_back(v) for k, v in kwargs.items()})
+        for func, args, kwargs in calls
+    ]
 
 
 class RushFuture:
@@ -96,10 +99,14 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
     supports_timeout = True
     default_n_jobs = -1
 
-    def __init__(self, rush: Any = None, nesting_level: int | None = None,
-                 inner_max_num_threads: int | None = None, **backend_kwargs: Any):
-        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads,
-                         **backend_kwargs)
+    def __init__(
+        self,
+        rush: Any = None,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        **backend_kwargs: Any,
+    ):
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **backend_kwargs)
         if rush is None:
             from .default import default_rush
 
@@ -179,14 +186,19 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
             shared[name] = SharedInput(cid)
             return _Placeholder(name)
 
-        calls = [(func, tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()})
-                 for func, args, kwargs in items]
+        calls = [
+            (func, tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()})
+            for func, args, kwargs in items
+        ]
         return calls, shared
 
     def _shared_id(self, value: Any) -> str | None:
         """The content id of a large value (stored in Redis once), or None for a small one."""
-        if value is None or isinstance(value, (bool, int, float, complex)) or (
-                isinstance(value, (str, bytes)) and len(value) <= INLINE_LIMIT):
+        if (
+            value is None
+            or isinstance(value, (bool, int, float, complex))
+            or (isinstance(value, (str, bytes)) and len(value) <= INLINE_LIMIT)
+        ):
             return None
         known = self._shared_ids.get(id(value))
         if known is not None and known[0] is value:
@@ -210,7 +222,8 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
 
             raise PayloadTooLargeError(
                 f"an argument is {len(blob):,} bytes serialized, over max_payload_bytes="
-                f"{self.rush.max_payload_bytes:,}: raise Rush(max_payload_bytes=...)")
+                f"{self.rush.max_payload_bytes:,}: raise Rush(max_payload_bytes=...)"
+            )
 
     def _watch(self) -> None:
         """Background thread: settle futures as their tasks finish or fail."""
@@ -254,8 +267,10 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
         for key in keys:
             pipe.hget(self.rush.keys.task(key), "state")
         states = [s.decode() if s is not None else None for s in pipe.execute()]
-        self._settle([k for k, s in zip(keys, states) if s == TaskState.FINISHED],
-                     [k for k, s in zip(keys, states) if s == TaskState.FAILED])
+        self._settle(
+            [k for k, s in zip(keys, states) if s == TaskState.FINISHED],
+            [k for k, s in zip(keys, states) if s == TaskState.FAILED],
+        )
 
     def _settle(self, ok: list[str], bad: list[str]) -> None:
         rush = self.rush
@@ -265,7 +280,7 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
         for key in bad:
             pipe.hmget(rush.keys.task(key), "error", "exception")
         replies = pipe.execute()
-        indexes = replies[:len(ok)]
+        indexes = replies[: len(ok)]
         rows = rush._archive_rows_at([int(i) for i in indexes])
         for key, index in zip(ok, indexes):
             future = self._pending.pop(key, None)
@@ -274,7 +289,7 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
             row = rows[int(index)]  # key, xs, ys, ...
             future.result = loads(row[2], rush.secret, rush._where(key, "ys"))["y"]
             self._done(future)
-        for key, (error, exception) in zip(bad, replies[len(ok):]):
+        for key, (error, exception) in zip(bad, replies[len(ok) :]):
             future = self._pending.pop(key, None)
             if future is None:
                 continue
@@ -288,8 +303,7 @@ class RushBackend(AutoBatchingMixin, ParallelBackendBase):
             future.callback(future)
 
 
-def _exception(error: bytes | None, exception: bytes | None, secret: bytes | None,
-               where: bytes = b"") -> BaseException:
+def _exception(error: bytes | None, exception: bytes | None, secret: bytes | None, where: bytes = b"") -> BaseException:
     """The exception a call raised on the worker (or a RuntimeError with its text)."""
     if exception:
         try:

@@ -53,8 +53,9 @@ from .optuna_storage import RedisStorage
 logger = logging.getLogger("rush_dask.optuna")
 
 # start_workers options that optimize() passes on (anything else is refused up front).
-WORKER_OPTIONS = frozenset({"heartbeat_period", "heartbeat_expire", "resources", "redis_retry_timeout",
-                            "client", "log_dir", "log_level"})
+WORKER_OPTIONS = frozenset(
+    {"heartbeat_period", "heartbeat_expire", "resources", "redis_retry_timeout", "client", "log_dir", "log_level"}
+)
 _IDLE_POLL = 0.05  # seconds between two looks for a free ticket, when all are taken
 _WATCH_PERIOD = 0.5  # seconds between two sweeps for lost workers
 
@@ -78,7 +79,9 @@ end
 _TAKE = _TAKE_FUNCTION + "return take(KEYS[1])"
 # A trial ended: count it COMPLETE, or give its ticket back. Once per trial, whoever comes first.
 # KEYS: run hash, set of settled trial ids. ARGV: trial id, '1' if COMPLETE, '1' to take the next ticket.
-_SETTLE = _TAKE_FUNCTION + """
+_SETTLE = (
+    _TAKE_FUNCTION
+    + """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'complete', 1)
   else redis.call('HINCRBY', KEYS[1], 'taken', -1) end
@@ -86,6 +89,7 @@ end
 if ARGV[3] == '1' then return take(KEYS[1]) end
 return {-1, 0}
 """
+)
 
 
 def storage(rush: Any = None, *, backend: str = "redis") -> BaseStorage:
@@ -116,9 +120,17 @@ def storage(rush: Any = None, *, backend: str = "redis") -> BaseStorage:
     raise ValueError(f"backend must be 'redis', 'list' or 'journal', got {backend!r}")
 
 
-def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_trials: int,
-             rush: Any = None, n_workers: int | None = None, timeout: float | None = None, *,
-             catch: Sequence[type[Exception]] | type[Exception] = (), **worker_options: Any) -> None:
+def optimize(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    n_trials: int,
+    rush: Any = None,
+    n_workers: int | None = None,
+    timeout: float | None = None,
+    *,
+    catch: Sequence[type[Exception]] | type[Exception] = (),
+    **worker_options: Any,
+) -> None:
     """Run ``study`` on rush workers until ``n_trials`` more trials are COMPLETE.
 
     Starts ``n_workers`` workers (default: as ``rush.start_workers``), each
@@ -144,8 +156,9 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
         raise TypeError(f"study must be an optuna.Study, got {type(study).__name__}")
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not timeout > 0 or math.isinf(timeout)):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 or math.isinf(timeout)
+    ):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if not callable(objective):
         raise TypeError(f"objective must be a function objective(trial), got {objective!r}")
@@ -154,19 +167,22 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
         raise TypeError(f"catch must be exception types, got {catch!r}")
     unknown = sorted(set(worker_options) - WORKER_OPTIONS)
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for optimize(); "
-                        f"worker options are {sorted(WORKER_OPTIONS)}")
+        raise TypeError(f"unknown option(s) {unknown} for optimize(); worker options are {sorted(WORKER_OPTIONS)}")
     store = study._storage
     if isinstance(store, InMemoryStorage) or isinstance(getattr(store, "_backend", None), InMemoryStorage):
-        raise ValueError("the study is in memory, which worker processes cannot reach: create it with "
-                         "optuna.create_study(storage=rush_dask.optuna.storage(rush), ...)")
+        raise ValueError(
+            "the study is in memory, which worker processes cannot reach: create it with "
+            "optuna.create_study(storage=rush_dask.optuna.storage(rush), ...)"
+        )
     rush = _rush_or_default(rush)
     n = rush._check_n_workers(n_workers)
     try:
         dumps_function(objective, rush.secret)
     except Exception as exc:
-        raise TypeError(f"the objective cannot be pickled for the workers ({type(exc).__name__}: {exc}); "
-                        "define it at module level or close over picklable values only") from None
+        raise TypeError(
+            f"the objective cannot be pickled for the workers ({type(exc).__name__}: {exc}); "
+            "define it at module level or close over picklable values only"
+        ) from None
     for name, value in (("sampler", study.sampler), ("pruner", study.pruner), ("storage", store)):
         try:
             dumps(value, rush.secret)
@@ -175,9 +191,16 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
 
     run = Run(rush.client, rush.keys.prefix, uuid.uuid4().hex[:12])
     run.create(n_trials, timeout)
-    constants = dict(run_id=run.run_id, study_name=study.study_name, storage=store, sampler=study.sampler,
-                     pruner=study.pruner, objective=objective, catch=catch,
-                     verbosity=optuna.logging.get_verbosity())
+    constants = dict(
+        run_id=run.run_id,
+        study_name=study.study_name,
+        storage=store,
+        sampler=study.sampler,
+        pruner=study.pruner,
+        objective=objective,
+        catch=catch,
+        verbosity=optuna.logging.get_verbosity(),
+    )
     watcher = Reconciler(rush, store, run)
     ours: set[str] = set()
     replacements = n
@@ -201,14 +224,15 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
                 if replacements > 0:
                     replacements -= 1
                     logger.warning("worker %s lost; starting a replacement", wid)
-                    ours.update(rush.start_workers(worker_loop=trial_loop, n_workers=1, **worker_options,
-                                                   **constants))
+                    ours.update(rush.start_workers(worker_loop=trial_loop, n_workers=1, **worker_options, **constants))
             if not any(states.get(w, WorkerState.RUNNING) == WorkerState.RUNNING for w in ours):
                 watcher.sweep()
                 if run.done() or run.past_deadline():
                     break
-                raise RuntimeError(f"every worker of the search ended with {run.state()['complete']} of "
-                                   f"{n_trials} trials complete; their log:\n{rush.read_log().tail(20)}")
+                raise RuntimeError(
+                    f"every worker of the search ended with {run.state()['complete']} of "
+                    f"{n_trials} trials complete; their log:\n{rush.read_log().tail(20)}"
+                )
     finally:
         _stop(rush, ours)
         watcher.sweep()
@@ -218,10 +242,18 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_tr
         raise _objective_error(rush, stop)
 
 
-def trial_loop(worker: Any, run_id: str, study_name: str, storage: BaseStorage, sampler: Any,
-               pruner: Any, objective: Callable[..., Any], catch: tuple[type[BaseException], ...] = (),
-               verbosity: int = optuna.logging.INFO,
-               **kwargs: Any) -> None:
+def trial_loop(
+    worker: Any,
+    run_id: str,
+    study_name: str,
+    storage: BaseStorage,
+    sampler: Any,
+    pruner: Any,
+    objective: Callable[..., Any],
+    catch: tuple[type[BaseException], ...] = (),
+    verbosity: int = optuna.logging.INFO,
+    **kwargs: Any,
+) -> None:
     """One worker of :func:`optimize`: take a ticket, ask, evaluate, tell, until the run is done.
 
     Runs in the worker process (``start_workers(worker_loop=trial_loop, ...)``);
@@ -235,9 +267,15 @@ def trial_loop(worker: Any, run_id: str, study_name: str, storage: BaseStorage, 
     sampler.reseed_rng()
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
     # The tickets on a connection of their own, held (no pool checkout per call)
-    run = Run(connect(worker.url, retry_timeout=worker.redis_retry_timeout,
-                      **({} if is_cluster_url(worker.url) else {"single_connection_client": True})),
-              worker.keys.prefix, run_id)
+    run = Run(
+        connect(
+            worker.url,
+            retry_timeout=worker.redis_retry_timeout,
+            **({} if is_cluster_url(worker.url) else {"single_connection_client": True}),
+        ),
+        worker.keys.prefix,
+        run_id,
+    )
     watcher = Reconciler(worker, storage, run)
     next_sweep = time.monotonic() + worker.heartbeat_expire
     go = run.take()
@@ -259,16 +297,18 @@ def trial_loop(worker: Any, run_id: str, study_name: str, storage: BaseStorage, 
         go = _one_trial(worker, study, objective, catch, run)
 
 
-def _one_trial(worker: Any, study: optuna.Study, objective: Callable[..., Any],
-               catch: tuple[type[BaseException], ...], run: Run) -> int:
+def _one_trial(
+    worker: Any, study: optuna.Study, objective: Callable[..., Any], catch: tuple[type[BaseException], ...], run: Run
+) -> int:
     """Ask, evaluate, tell one trial and record it as a rush task; then take the next ticket.
 
     Returns what :meth:`Run.take` returned for the next trial (-1: the search must stop).
     """
     trial = study.ask()
     trial_id = trial._trial_id
-    (key,) = worker.push_running_tasks([{"trial": trial.number}],
-                                       extra=[{"optuna_run": run.run_id, "optuna_trial_id": trial_id}])
+    (key,) = worker.push_running_tasks(
+        [{"trial": trial.number}], extra=[{"optuna_run": run.run_id, "optuna_trial_id": trial_id}]
+    )
     error: BaseException | None = None
     try:
         value = objective(trial)
@@ -305,8 +345,13 @@ def _one_trial(worker: Any, study: optuna.Study, objective: Callable[..., Any],
     ys.update({f"params_{name}": v for name, v in frozen.params.items()})
     worker.finish_tasks([key], [ys])
     if optuna.logging.get_verbosity() <= optuna.logging.INFO:  # as study.optimize reports each trial
-        logger.info("trial %d %s with value %s and parameters %s", frozen.number, state.name.lower(),
-                    ys.get("value", frozen.values), frozen.params)
+        logger.info(
+            "trial %d %s with value %s and parameters %s",
+            frozen.number,
+            state.name.lower(),
+            ys.get("value", frozen.values),
+            frozen.params,
+        )
     return go
 
 
@@ -365,8 +410,9 @@ class Run:
         With ``take_next``, also take the next ticket in the same round trip
         and return what :meth:`take` would.
         """
-        reply = self._settle(keys=[self.key, self.settled],
-                             args=[trial_id, "1" if complete else "0", "1" if take_next else "0"])
+        reply = self._settle(
+            keys=[self.key, self.settled], args=[trial_id, "1" if complete else "0", "1" if take_next else "0"]
+        )
         return int(reply[0])
 
     def stop(self, task_key: str) -> None:
@@ -375,8 +421,12 @@ class Run:
 
     def state(self) -> dict[str, Any]:
         raw = {k.decode(): v.decode() for k, v in self.client.hgetall(self.key).items()}
-        return {"complete": int(raw.get("complete", 0)), "taken": int(raw.get("taken", 0)),
-                "stop": raw.get("stop"), "deadline": float(raw["deadline"]) if "deadline" in raw else None}
+        return {
+            "complete": int(raw.get("complete", 0)),
+            "taken": int(raw.get("taken", 0)),
+            "stop": raw.get("stop"),
+            "deadline": float(raw["deadline"]) if "deadline" in raw else None,
+        }
 
     def done(self) -> bool:
         """Whether n_trials are COMPLETE or the search was stopped by an error."""

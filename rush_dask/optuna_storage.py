@@ -119,7 +119,9 @@ return 0
 
 # ARGV: p, study id, state, now, n, then n (name, distribution JSON), then the trial's other fields.
 # Reply: {trial id, number, waiting count}, or {-1} if there is no such study.
-_CREATE_TRIAL = _FINISHED_LUA + """
+_CREATE_TRIAL = (
+    _FINISHED_LUA
+    + """
 local p, sid, state = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local s = p .. 's:' .. sid
 if redis.call('EXISTS', s) == 0 then return {-1} end
@@ -136,11 +138,14 @@ else
 end
 return {tid, number, redis.call('ZCARD', s .. ':waiting')}
 """
+)
 
 # ARGV: p, trial id, new state, values JSON or '', now.
 # Reply: {1, waiting count, study id[, the trial's fields if it finished]} (changed), {0, waiting count,
 # study id} (RUNNING asked for a trial that is not WAITING: another process has it), {-1} or {-2, number}.
-_SET_STATE = _FINISHED_LUA + """
+_SET_STATE = (
+    _FINISHED_LUA
+    + """
 local p, tid, new = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = p .. 't:' .. tid
 local cur = redis.call('HMGET', t, 'st', 'sid', 'n')
@@ -166,10 +171,13 @@ redis.call('SREM', s .. ':active', tid)
 redis.call('RPUSH', s .. ':finished', tid)
 return {1, redis.call('ZCARD', s .. ':waiting'), sid, redis.call('HGETALL', t)}
 """
+)
 
 # ARGV: p, trial id, parameter name or '', distribution JSON, '1' to accept a different (compatible)
 # distribution, then field/value pairs. Reply: {0}, {-1}, {-2, number} or {-3, the study's distribution}.
-_SET_FIELDS = _FINISHED_LUA + """
+_SET_FIELDS = (
+    _FINISHED_LUA
+    + """
 local p = ARGV[1]
 local t = p .. 't:' .. ARGV[2]
 local cur = redis.call('HMGET', t, 'st', 'sid', 'n')
@@ -184,6 +192,7 @@ end
 redis.call('HSET', t, unpack(ARGV, 6))
 return {0}
 """
+)
 
 # ARGV: p, study id, finished read so far, mode ('all', 'finished' or 'waiting').
 # Reply: {-1} (no such study) or {0, new finished ids, their fields, active ids, their fields, waiting count}.
@@ -252,10 +261,18 @@ class RedisStorage(BaseStorage):
         single = {} if is_cluster_url(url) else {"single_connection_client": True}
         self._client = connect(url, retry_timeout=60, **single)
         self._ids_key = prefix + "ids"
-        scripts = {name: self._client.register_script(source) for name, source in (
-            ("create_study", _CREATE_STUDY), ("delete_study", _DELETE_STUDY),
-            ("set_study_attr", _SET_STUDY_ATTR), ("create_trial", _CREATE_TRIAL), ("set_state", _SET_STATE),
-            ("set_fields", _SET_FIELDS), ("sync", _SYNC))}
+        scripts = {
+            name: self._client.register_script(source)
+            for name, source in (
+                ("create_study", _CREATE_STUDY),
+                ("delete_study", _DELETE_STUDY),
+                ("set_study_attr", _SET_STUDY_ATTR),
+                ("create_trial", _CREATE_TRIAL),
+                ("set_state", _SET_STATE),
+                ("set_fields", _SET_FIELDS),
+                ("sync", _SYNC),
+            )
+        }
         self._scripts = scripts
         self._lock = threading.Lock()
         self._studies: dict[int, _StudyCache] = {}
@@ -292,7 +309,7 @@ class RedisStorage(BaseStorage):
         """
         keys = list(self._client.scan_iter(match=_glob_escape(self._prefix) + "*", count=1000))
         for i in range(0, len(keys), 1000):
-            self._client.delete(*keys[i:i + 1000])
+            self._client.delete(*keys[i : i + 1000])
         with self._lock:
             self._studies.clear()
             self._finished.clear()
@@ -320,9 +337,11 @@ class RedisStorage(BaseStorage):
             raise TypeError(f"study_name must be a string, got {type(name).__name__}")
         sid = int(self._run("create_study", name, json.dumps([d.value for d in directions])))
         if sid < 0:
-            raise DuplicatedStudyError(f"Another study with name '{name}' already exists. Please specify a "
-                                       "different name, or reuse the existing one by setting `load_if_exists` "
-                                       "(for Python API) or `--skip-if-exists` flag (for CLI).")
+            raise DuplicatedStudyError(
+                f"Another study with name '{name}' already exists. Please specify a "
+                "different name, or reuse the existing one by setting `load_if_exists` "
+                "(for Python API) or `--skip-if-exists` flag (for CLI)."
+            )
         self._directions[sid] = directions
         optuna.logging.get_logger("optuna.storages").info(f"A new study created in Redis with name: {name}")
         return sid
@@ -440,14 +459,19 @@ class RedisStorage(BaseStorage):
         replies = pipe.execute()
         studies = []
         for i, sid in enumerate(ids):
-            directions, user, system = replies[3 * i: 3 * i + 3]
+            directions, user, system = replies[3 * i : 3 * i + 3]
             if directions is None:  # deleted meanwhile
                 continue
-            studies.append(FrozenStudy(
-                study_name=names[sid], direction=None, study_id=sid,
-                directions=[StudyDirection(d) for d in json.loads(directions)],
-                user_attrs={k.decode(): json.loads(v) for k, v in user.items()},
-                system_attrs={k.decode(): json.loads(v) for k, v in system.items()}))
+            studies.append(
+                FrozenStudy(
+                    study_name=names[sid],
+                    direction=None,
+                    study_id=sid,
+                    directions=[StudyDirection(d) for d in json.loads(directions)],
+                    user_attrs={k.decode(): json.loads(v) for k, v in user.items()},
+                    system_attrs={k.decode(): json.loads(v) for k, v in system.items()},
+                )
+            )
         return studies
 
     # ------------------------------------------------------------------------------- trials
@@ -493,13 +517,23 @@ class RedisStorage(BaseStorage):
         if template_trial is None:
             with self._lock:
                 self._owned[tid] = FrozenTrial(
-                    number=number, state=state, value=None, datetime_start=now, datetime_complete=None,
-                    params={}, distributions={}, user_attrs={}, system_attrs={}, intermediate_values={},
-                    trial_id=tid)
+                    number=number,
+                    state=state,
+                    value=None,
+                    datetime_start=now,
+                    datetime_complete=None,
+                    params={},
+                    distributions={},
+                    user_attrs={},
+                    system_attrs={},
+                    intermediate_values={},
+                    trial_id=tid,
+                )
         return tid
 
-    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
-                        distribution: BaseDistribution) -> None:
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution
+    ) -> None:
         """Set a parameter of a RUNNING trial (internal representation).
 
         ``ValueError`` if the study has seen ``param_name`` with an
@@ -523,8 +557,7 @@ class RedisStorage(BaseStorage):
                 mirror.params[param_name] = distribution.to_external_repr(float(param_value_internal))
                 mirror.distributions[param_name] = distribution
 
-    def set_trial_state_values(self, trial_id: int, state: TrialState,
-                               values: Sequence[float] | None = None) -> bool:
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         """Change a trial's state (and values); False if asked RUNNING for a trial that is not WAITING.
 
         >>> store.set_trial_state_values(tid, TrialState.COMPLETE, [0.25])   # doctest: +SKIP
@@ -628,8 +661,9 @@ class RedisStorage(BaseStorage):
         0
         """
         number = _int(trial_number, "trial_number")
-        tid = self._client.lindex(f"{self._prefix}s:{_int(study_id, 'study_id')}:trials", number) \
-            if number >= 0 else None
+        tid = (
+            self._client.lindex(f"{self._prefix}s:{_int(study_id, 'study_id')}:trials", number) if number >= 0 else None
+        )
         if tid is None:
             raise KeyError(f"No trial with trial number {trial_number} exists in study with study_id {study_id}.")
         return int(tid)
@@ -651,8 +685,9 @@ class RedisStorage(BaseStorage):
             raise KeyError(f"no study with id {study_id}")
         return int(n)
 
-    def get_all_trials(self, study_id: int, deepcopy: bool = True,
-                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
         """The trials of a study by number (those in ``states``), in one round trip.
 
         Finished trials come from this object's cache, topped up with the
@@ -674,8 +709,12 @@ class RedisStorage(BaseStorage):
             else:
                 mode = "all"
         cache = self._studies.get(sid)
-        if mode == "waiting" and cache is not None and cache.waiting == 0 \
-                and time.monotonic() - cache.waiting_at < self._max_staleness:
+        if (
+            mode == "waiting"
+            and cache is not None
+            and cache.waiting == 0
+            and time.monotonic() - cache.waiting_at < self._max_staleness
+        ):
             return []  # Redis said a moment ago that no trial was WAITING
         read = cache.read if cache is not None else 0
         now = time.monotonic()
@@ -752,18 +791,38 @@ class RedisStorage(BaseStorage):
             elif k == b"dc":
                 complete = datetime.fromisoformat(v.decode())
         params = {name: dists[name].to_external_repr(value) for name, value in internal.items()}
-        return FrozenTrial(number=number, state=state, value=None, values=values, datetime_start=start,
-                           datetime_complete=complete, params=params, distributions=dists, user_attrs=user,
-                           system_attrs=system, intermediate_values=inter, trial_id=trial_id)
+        return FrozenTrial(
+            number=number,
+            state=state,
+            value=None,
+            values=values,
+            datetime_start=start,
+            datetime_complete=complete,
+            params=params,
+            distributions=dists,
+            user_attrs=user,
+            system_attrs=system,
+            intermediate_values=inter,
+            trial_id=trial_id,
+        )
 
 
 def _copy(trial: FrozenTrial) -> FrozenTrial:
     """A copy of a trial whose dicts can change without changing the original's."""
-    return FrozenTrial(number=trial.number, state=trial.state, value=None, values=trial.values,
-                       datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
-                       params=dict(trial.params), distributions=dict(trial.distributions),
-                       user_attrs=dict(trial.user_attrs), system_attrs=dict(trial.system_attrs),
-                       intermediate_values=dict(trial.intermediate_values), trial_id=trial._trial_id)
+    return FrozenTrial(
+        number=trial.number,
+        state=trial.state,
+        value=None,
+        values=trial.values,
+        datetime_start=trial.datetime_start,
+        datetime_complete=trial.datetime_complete,
+        params=dict(trial.params),
+        distributions=dict(trial.distributions),
+        user_attrs=dict(trial.user_attrs),
+        system_attrs=dict(trial.system_attrs),
+        intermediate_values=dict(trial.intermediate_values),
+        trial_id=trial._trial_id,
+    )
 
 
 def _number(trial: FrozenTrial) -> int:

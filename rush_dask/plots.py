@@ -41,8 +41,9 @@ def busy_intervals(data: Any) -> tuple[list[str], list[np.ndarray], float]:
     ids, intervals = [], []
     for wid, group in data.groupby("worker_id", sort=True):
         ids.append(wid)
-        intervals.append(np.column_stack([_seconds(group["started_at"], origin),
-                                          _seconds(group["finished_at"], origin)]))
+        intervals.append(
+            np.column_stack([_seconds(group["started_at"], origin), _seconds(group["finished_at"], origin)])
+        )
     return ids, intervals, origin
 
 
@@ -76,11 +77,23 @@ def best_so_far(data: Any, score: str = "y", minimize: bool = True, title: str =
     for i, (wid, group) in enumerate(rows.groupby("worker_id", sort=True)):
         colour = cmap(i % 10)
         ax.scatter(group["seconds"], group[score], s=12, color=colour, alpha=0.45)
-        ax.step(group["seconds"], best(group[score].astype(float)), where="post", color=colour,
-                linewidth=1.2, label=f"worker {str(wid)[:8]} ({len(group)})")
+        ax.step(
+            group["seconds"],
+            best(group[score].astype(float)),
+            where="post",
+            color=colour,
+            linewidth=1.2,
+            label=f"worker {str(wid)[:8]} ({len(group)})",
+        )
     if len(rows):
-        ax.step(rows["seconds"], best(rows[score].astype(float)), where="post", color="black",
-                linewidth=2, label="best so far, all workers")
+        ax.step(
+            rows["seconds"],
+            best(rows[score].astype(float)),
+            where="post",
+            color="black",
+            linewidth=2,
+            label="best so far, all workers",
+        )
     ax.set_xlabel("seconds since the first start")
     ax.set_ylabel(score)
     ax.set_title(title)
@@ -97,8 +110,9 @@ def utilization(data: Any, n_bins: int = 40, title: str = "Worker utilization") 
     """
     plt = _pyplot()
     ids, intervals, _ = busy_intervals(data)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 4.2), dpi=80, sharex=True,
-                                      gridspec_kw={"height_ratios": [2, 1]})
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(6.4, 4.2), dpi=80, sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
     cmap = plt.get_cmap("tab10")
     for i, iv in enumerate(intervals):
         top.broken_barh([(s, e - s) for s, e in iv], (i - 0.4, 0.8), color=cmap(i % 10))

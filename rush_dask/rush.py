@@ -83,9 +83,16 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
     ``max_payload_bytes`` bounds a serialized task, shared input or result.
     """
 
-    def __init__(self, network_id: str | None = None, url: str | None = None, *,
-                 seed: int | None = None, secret: str | bytes | None = None,
-                 max_payload_bytes: int = C.MAX_PAYLOAD_BYTES, **options: Any):
+    def __init__(
+        self,
+        network_id: str | None = None,
+        url: str | None = None,
+        *,
+        seed: int | None = None,
+        secret: str | bytes | None = None,
+        max_payload_bytes: int = C.MAX_PAYLOAD_BYTES,
+        **options: Any,
+    ):
         if options:
             raise TypeError(f"unknown option(s) {sorted(options)} for Rush()")
         if seed is not None and (not isinstance(seed, int) or seed < 0):
@@ -116,9 +123,11 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             c = self._counts()
         except Exception as exc:  # a repr must not raise
             return f"<Rush network={self.network_id!r} url={redact(self.url)} (unreachable: {type(exc).__name__})>"
-        return (f"<Rush network={self.network_id!r}: {c['running_workers']} running workers; tasks: "
-                f"{c['queued']} queued, {c['priority']} queued priority, {c['running']} running, "
-                f"{c['finished']} finished, {c['failed']} failed>")
+        return (
+            f"<Rush network={self.network_id!r}: {c['running_workers']} running workers; tasks: "
+            f"{c['queued']} queued, {c['priority']} queued priority, {c['running']} running, "
+            f"{c['finished']} finished, {c['failed']} failed>"
+        )
 
     def __str__(self) -> str:
         """What ``print(rush)`` shows: the counts of the network, one per line (as Rush in R).
@@ -140,9 +149,14 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             c = self._counts()
         except Exception as exc:  # printing must not raise
             return "\n".join([*lines, f"* Redis: {redact(self.url)} (unreachable: {type(exc).__name__})"])
-        for label, name in (("Running Workers", "running_workers"), ("Queued Tasks", "queued"),
-                            ("Queued Priority Tasks", "priority"), ("Running Tasks", "running"),
-                            ("Finished Tasks", "finished"), ("Failed Tasks", "failed")):
+        for label, name in (
+            ("Running Workers", "running_workers"),
+            ("Queued Tasks", "queued"),
+            ("Queued Priority Tasks", "priority"),
+            ("Running Tasks", "running"),
+            ("Finished Tasks", "finished"),
+            ("Failed Tasks", "failed"),
+        ):
             lines.append(f"* {label}: {c[name]}")
         return "\n".join(lines)
 
@@ -159,6 +173,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         """
         try:
             from .dashboard import start_in_thread
+
             server = start_in_thread(self.url, self.network_id, host, port, allow_control=allow_control)
         except ImportError:
             from .dashboard import MISSING_HINT
@@ -222,17 +237,27 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             addresses = launch.plan_cluster(client, n_workers, self.url)  # checks, writes nothing
         n = self._check_n_workers(n_workers)
         if start_id is None:
-            start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
-                                                resources, redis_retry_timeout, log_level, constants)
+            start_id = self._store_start_config(
+                fun,
+                worker_loop,
+                heartbeat_period,
+                heartbeat_expire,
+                resources,
+                redis_retry_timeout,
+                log_level,
+                constants,
+            )
         elif fun is not None or worker_loop is not None or constants:
-            raise TypeError("start_id= names a stored worker configuration; do not pass fun, "
-                            "worker_loop or constants with it")
+            raise TypeError(
+                "start_id= names a stored worker configuration; do not pass fun, worker_loop or constants with it"
+            )
         elif not self.client.exists(self.keys.start_config(start_id)):
-            raise ValueError(f"no worker configuration {start_id!r} in network {self.network_id!r}: "
-                             "use the --start-id that worker_script() printed for this network")
+            raise ValueError(
+                f"no worker configuration {start_id!r} in network {self.network_id!r}: "
+                "use the --start-id that worker_script() printed for this network"
+            )
         if client is not None:
-            started = launch.submit_workers(client, addresses, self.network_id, start_id, self.url,
-                                            secret=self.secret)
+            started = launch.submit_workers(client, addresses, self.network_id, start_id, self.url, secret=self.secret)
             self.local_workers.adopt(started)
             logger.info("started %d workers on the Dask cluster %s", len(started), client.scheduler.address)
             return [w.worker_id for w in started]
@@ -240,11 +265,17 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         logger.info("started %d workers (logs in %s)", n, self.local_workers.log_dir(log_dir))
         return ids
 
-    def worker_script(self, fun: Callable[..., Any] | None = None, *, worker_loop: Callable[..., Any] | None = None,
-                      heartbeat_period: float = C.DEFAULT_HEARTBEAT_PERIOD,
-                      heartbeat_expire: float | None = None, resources: dict[str, float] | None = None,
-                      redis_retry_timeout: float = C.DEFAULT_REDIS_RETRY_TIMEOUT,
-                      **constants: Any) -> str:
+    def worker_script(
+        self,
+        fun: Callable[..., Any] | None = None,
+        *,
+        worker_loop: Callable[..., Any] | None = None,
+        heartbeat_period: float = C.DEFAULT_HEARTBEAT_PERIOD,
+        heartbeat_expire: float | None = None,
+        resources: dict[str, float] | None = None,
+        redis_retry_timeout: float = C.DEFAULT_REDIS_RETRY_TIMEOUT,
+        **constants: Any,
+    ) -> str:
         """A shell command that starts one worker anywhere that reaches Redis.
 
         The Redis URL is not in the command: set ``RUSH_REDIS_URL`` on the
@@ -256,8 +287,16 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         >>> print(rush.worker_script(fun))    # doctest: +SKIP
         python -m rush_dask.core.worker --network test --start-id 5f0c...
         """
-        start_id = self._store_start_config(fun, worker_loop, heartbeat_period, heartbeat_expire,
-                                            resources, redis_retry_timeout, logging.INFO, constants)
+        start_id = self._store_start_config(
+            fun,
+            worker_loop,
+            heartbeat_period,
+            heartbeat_expire,
+            resources,
+            redis_retry_timeout,
+            logging.INFO,
+            constants,
+        )
         return f"python -m rush_dask.core.worker --network {self.network_id} --start-id {start_id}"
 
     def _check_n_workers(self, n_workers: int | None) -> int:
@@ -268,25 +307,36 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
         return n
 
-    def _store_start_config(self, fun: Callable[..., Any] | None, worker_loop: Callable[..., Any] | None,
-                            heartbeat_period: float, heartbeat_expire: float | None,
-                            resources: dict[str, float] | None, redis_retry_timeout: float, log_level: int,
-                            constants: dict[str, Any]) -> str:
+    def _store_start_config(
+        self,
+        fun: Callable[..., Any] | None,
+        worker_loop: Callable[..., Any] | None,
+        heartbeat_period: float,
+        heartbeat_expire: float | None,
+        resources: dict[str, float] | None,
+        redis_retry_timeout: float,
+        log_level: int,
+        constants: dict[str, Any],
+    ) -> str:
         # Everything is checked and serialized before the first write.
         period, expire = check_heartbeat(heartbeat_period, heartbeat_expire)
         if worker_loop is not None and not callable(worker_loop):
             raise TypeError(f"worker_loop must be a function loop(worker, **loop_args), got {worker_loop!r}")
-        if resources is not None and (not isinstance(resources, dict) or not all(
-                isinstance(k, str) and isinstance(v, (int, float)) for k, v in resources.items())):
+        if resources is not None and (
+            not isinstance(resources, dict)
+            or not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in resources.items())
+        ):
             raise TypeError(f"resources must be a dict of name -> amount, got {resources!r}")
         if not isinstance(redis_retry_timeout, (int, float)) or redis_retry_timeout < 0:
             raise ValueError(f"redis_retry_timeout must be >= 0 seconds, got {redis_retry_timeout!r}")
         fun_blob = dumps_function(fun, self.secret, self._where("", "fun")) if fun is not None else None
         start_id = uuid.uuid4().hex[:16]
         config: dict[str, Any] = {
-            "heartbeat_period": period, "heartbeat_expire": expire,
+            "heartbeat_period": period,
+            "heartbeat_expire": expire,
             "resources": json.dumps(resources or {}),
-            "redis_retry_timeout": redis_retry_timeout, "log_level": int(log_level),
+            "redis_retry_timeout": redis_retry_timeout,
+            "log_level": int(log_level),
             "constants": dumps(constants, self.secret, self._where(start_id, "constants")),
             "max_payload_bytes": self.max_payload_bytes,
         }
@@ -309,8 +359,9 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         if len(self.local_workers):
             self.local_workers.check_started(self._worker_states())
 
-    def wait_for_workers(self, n: int | None = None, worker_ids: Sequence[str] | None = None,
-                         timeout: float | None = None) -> None:
+    def wait_for_workers(
+        self, n: int | None = None, worker_ids: Sequence[str] | None = None, timeout: float | None = None
+    ) -> None:
         """Wait until ``n`` workers (or the given ids) are running.
 
         Raises :class:`WorkerStartError` with the worker's last stderr lines
@@ -335,8 +386,12 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
             if done:
                 return
             # check() calls the message at once, if at all: this round's value is the one meant.
-            patience.check(lambda: f"{len(running)} of "  # noqa: B023
-                           f"{n if n is not None else len(worker_ids or ())} workers running")
+            patience.check(
+                lambda: (
+                    f"{len(running)} of "  # noqa: B023
+                    f"{n if n is not None else len(worker_ids or ())} workers running"
+                )
+            )
             patience.sleep()
 
     def stop_workers(self, type: str = "terminate", worker_ids: Iterable[str] | None = None) -> list[str]:
@@ -371,9 +426,18 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         return lost
 
     # -------------------------------------------------------------------- tasks
-    def push_tasks(self, xss: Sequence[dict[str, Any]], extra: Sequence[dict[str, Any]] | None = None, *,
-                   fun: Callable[..., Any] | None = None, max_retries: int = 0, timeout: float | None = None,
-                   seed: int | None = None, priority: int = 0, max_lost: int = C.DEFAULT_MAX_LOST) -> list[str]:
+    def push_tasks(
+        self,
+        xss: Sequence[dict[str, Any]],
+        extra: Sequence[dict[str, Any]] | None = None,
+        *,
+        fun: Callable[..., Any] | None = None,
+        max_retries: int = 0,
+        timeout: float | None = None,
+        seed: int | None = None,
+        priority: int = 0,
+        max_lost: int = C.DEFAULT_MAX_LOST,
+    ) -> list[str]:
         """Queue one task per dict of inputs; returns their keys.
 
         ``extra`` (one dict per task) is stored with the task as extra
@@ -386,11 +450,25 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         >>> keys = rush.push_tasks([{"x1": 1, "x2": 2}], max_retries=2)   # doctest: +SKIP
         """
         check_xss(xss, extra)
-        return self._push(xss, extra, [""] * len(xss), fun=fun, max_retries=max_retries,
-                          timeout=timeout, seed=seed, priority=priority, max_lost=max_lost)
+        return self._push(
+            xss,
+            extra,
+            [""] * len(xss),
+            fun=fun,
+            max_retries=max_retries,
+            timeout=timeout,
+            seed=seed,
+            priority=priority,
+            max_lost=max_lost,
+        )
 
-    def push_priority_tasks(self, xss: Sequence[dict[str, Any]], worker_ids: Sequence[str],
-                            extra: Sequence[dict[str, Any]] | None = None, **options: Any) -> list[str]:
+    def push_priority_tasks(
+        self,
+        xss: Sequence[dict[str, Any]],
+        worker_ids: Sequence[str],
+        extra: Sequence[dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> list[str]:
         """Queue each task on one worker's own queue (popped before the shared queue).
 
         ``worker_ids`` gives one worker id per task. A task for a worker that is
@@ -401,20 +479,30 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         check_xss(xss, extra)
         targets = [worker_ids] if isinstance(worker_ids, str) else list(worker_ids)
         if len(targets) != len(xss):
-            raise ValueError(f"worker_ids has {len(targets)} entries but xss has {len(xss)}; "
-                             "give one worker id per task")
+            raise ValueError(
+                f"worker_ids has {len(targets)} entries but xss has {len(xss)}; give one worker id per task"
+            )
         self._check_worker_ids(set(targets))
         return self._push(xss, extra, targets, **options)
 
-    def _push(self, xss: Sequence[dict[str, Any]], extra: Sequence[dict[str, Any]] | None, targets: Sequence[str],
-              *, fun: Callable[..., Any] | None = None, max_retries: int = 0, timeout: float | None = None,
-              seed: int | None = None, priority: int = 0, max_lost: int = C.DEFAULT_MAX_LOST) -> list[str]:
+    def _push(
+        self,
+        xss: Sequence[dict[str, Any]],
+        extra: Sequence[dict[str, Any]] | None,
+        targets: Sequence[str],
+        *,
+        fun: Callable[..., Any] | None = None,
+        max_retries: int = 0,
+        timeout: float | None = None,
+        seed: int | None = None,
+        priority: int = 0,
+        max_lost: int = C.DEFAULT_MAX_LOST,
+    ) -> list[str]:
         """Validate options, serialize, then write (``xss`` was checked by the caller)."""
         _check_int("max_retries", max_retries, minimum=0)
         _check_int("max_lost", max_lost, minimum=0)
         _check_int("priority", priority, minimum=-1000, maximum=1000)
-        if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0
-                                    or math.isinf(timeout)):
+        if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0 or math.isinf(timeout)):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         seed = self.seed if seed is None else seed
         if seed is not None:
@@ -422,10 +510,12 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         # Serialize everything first: a bad task must leave the network untouched.
         # Signatures are bound to the task keys (see serialize.place).
         keys = new_keys(len(xss))
-        blobs, shared = pack_inputs(xss, self.secret, max_bytes=self.max_payload_bytes,
-                                    where=self._where, keys=keys)
-        extras = ([dumps(dict(e), self.secret, self._where(k, "extra")) if e else b""
-                   for e, k in zip(extra, keys)] if extra else [b""] * len(xss))
+        blobs, shared = pack_inputs(xss, self.secret, max_bytes=self.max_payload_bytes, where=self._where, keys=keys)
+        extras = (
+            [dumps(dict(e), self.secret, self._where(k, "extra")) if e else b"" for e, k in zip(extra, keys)]
+            if extra
+            else [b""] * len(xss)
+        )
         fun_blob = dumps_function(fun, self.secret, self._where("", "fun")) if fun is not None else None
         self._check_sizes(blobs, extras, fun_blob)
         # Each batch is one atomic script; no MULTI around them, so workers start on the
@@ -433,8 +523,16 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         fun_id = content_id(fun_blob) if fun_blob is not None else ""
 
         def push(batch: list[NewTask], client: Any = None) -> None:
-            self.scripts.push(batch, fun_id=fun_id, max_retries=max_retries, timeout=timeout, seed=seed,
-                              priority=priority, max_lost=max_lost, client=client)
+            self.scripts.push(
+                batch,
+                fun_id=fun_id,
+                max_retries=max_retries,
+                timeout=timeout,
+                seed=seed,
+                priority=priority,
+                max_lost=max_lost,
+                client=client,
+            )
 
         batches: list[list[NewTask]] = []
         start = 0
@@ -477,17 +575,26 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
     def _check_sizes(self, blobs: list[bytes], extras: list[bytes], fun_blob: bytes | None) -> None:
         """Raise PayloadTooLargeError, before anything is written, for a payload over the limit."""
         limit = self.max_payload_bytes
-        hint = (f"Rush(max_payload_bytes=...) is {limit:,} bytes; keep large data out of the "
-                "task (a file or object store path) or raise the limit (Redis stores at most 512 MB)")
+        hint = (
+            f"Rush(max_payload_bytes=...) is {limit:,} bytes; keep large data out of the "
+            "task (a file or object store path) or raise the limit (Redis stores at most 512 MB)"
+        )
         for i, (blob, more) in enumerate(zip(blobs, extras)):
             if len(blob) + len(more) > limit:
                 raise PayloadTooLargeError(
-                    f"task {i} is {len(blob) + len(more):,} bytes serialized, over the limit: {hint}")
+                    f"task {i} is {len(blob) + len(more):,} bytes serialized, over the limit: {hint}"
+                )
         if fun_blob is not None and len(fun_blob) > limit:
             raise PayloadTooLargeError(f"fun is {len(fun_blob):,} bytes serialized, over the limit: {hint}")
 
-    def wait_for_tasks(self, keys: Sequence[str] | None = None, timeout: float | None = None, *,
-                       detect_lost_workers: bool = True, progress: bool | None = None) -> None:
+    def wait_for_tasks(
+        self,
+        keys: Sequence[str] | None = None,
+        timeout: float | None = None,
+        *,
+        detect_lost_workers: bool = True,
+        progress: bool | None = None,
+    ) -> None:
         """Wait until the tasks are finished or failed (all tasks of the network by default).
 
         While waiting it detects lost workers (their tasks are requeued) and
@@ -504,8 +611,9 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         offsets = [0, 0]
         patience = Patience(timeout, self._health_check if detect_lost_workers else self._check_started_processes)
         # disable=None: tqdm shows the bar only on a terminal.
-        bar = tqdm(total=total, unit="task", delay=2, desc=self.network_id,
-                   disable=None if progress is None else not progress)
+        bar = tqdm(
+            total=total, unit="task", delay=2, desc=self.network_id, disable=None if progress is None else not progress
+        )
         try:
             while True:
                 pipe = self.client.pipeline(transaction=False)
@@ -561,7 +669,7 @@ class Rush(FuturesClient, DaskScheduler, NetworkView):
         self.client_lease.forget()  # everything it held goes with the keys
         keys = list(self.client.scan_iter(match=self.keys.pattern, count=1000))
         for start in range(0, len(keys), 1000):
-            self.client.unlink(*keys[start:start + 1000])
+            self.client.unlink(*keys[start : start + 1000])
         self.plane.store.remove_all()  # result files of the network on this host
         self._init_view()
 

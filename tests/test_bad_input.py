@@ -41,19 +41,22 @@ def test_bad_xss(rush, redis_url, xss, error, match):
     _unchanged(rush, redis_url, lambda: rush.push_tasks(xss), error, match)
 
 
-@pytest.mark.parametrize("options, error, match", [
-    ({"max_retries": -1}, ValueError, "max_retries"),
-    ({"max_retries": 1.5}, TypeError, "max_retries must be an integer"),
-    ({"timeout": 0}, ValueError, "timeout must be a positive"),
-    ({"timeout": "10"}, ValueError, "timeout must be a positive"),
-    ({"priority": 10**6}, ValueError, "priority"),
-    ({"seed": -3}, ValueError, "seed"),
-    ({"fun": 42}, TypeError, "expected a function"),
-    ({"fun": lambda x, _lock=threading.Lock(): x}, TypeError, "cannot serialize function"),  # noqa: B008
-    ({"extra": [{"a": 1}, {"a": 2}]}, ValueError, "extra has 2 entries"),
-    ({"max_lost": -1}, ValueError, "max_lost must be between 0"),
-    ({"max_lost": "3"}, TypeError, "max_lost must be an integer"),
-])
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"max_retries": -1}, ValueError, "max_retries"),
+        ({"max_retries": 1.5}, TypeError, "max_retries must be an integer"),
+        ({"timeout": 0}, ValueError, "timeout must be a positive"),
+        ({"timeout": "10"}, ValueError, "timeout must be a positive"),
+        ({"priority": 10**6}, ValueError, "priority"),
+        ({"seed": -3}, ValueError, "seed"),
+        ({"fun": 42}, TypeError, "expected a function"),
+        ({"fun": lambda x, _lock=threading.Lock(): x}, TypeError, "cannot serialize function"),  # noqa: B008
+        ({"extra": [{"a": 1}, {"a": 2}]}, ValueError, "extra has 2 entries"),
+        ({"max_lost": -1}, ValueError, "max_lost must be between 0"),
+        ({"max_lost": "3"}, TypeError, "max_lost must be an integer"),
+    ],
+)
 def test_bad_push_options(rush, redis_url, options, error, match):
     _unchanged(rush, redis_url, lambda: rush.push_tasks([{"x": 1}], **options), error, match)
 
@@ -64,28 +67,40 @@ def test_push_is_all_or_nothing_when_one_task_is_bad(rush, redis_url):
 
 
 def test_unknown_worker_id(rush, redis_url):
-    _unchanged(rush, redis_url, lambda: rush.push_priority_tasks([{"x": 1}], worker_ids=["nobody"]),
-               ValueError, "unknown worker id")
-    _unchanged(rush, redis_url, lambda: rush.stop_workers("kill", ["nobody"]), ValueError,
-               "unknown worker id")
+    _unchanged(
+        rush,
+        redis_url,
+        lambda: rush.push_priority_tasks([{"x": 1}], worker_ids=["nobody"]),
+        ValueError,
+        "unknown worker id",
+    )
+    _unchanged(rush, redis_url, lambda: rush.stop_workers("kill", ["nobody"]), ValueError, "unknown worker id")
     _unchanged(rush, redis_url, lambda: rush.read_log(["nobody"]), ValueError, "unknown worker id")
 
 
 def test_priority_tasks_need_one_worker_id_per_task(rush, redis_url):
-    _unchanged(rush, redis_url, lambda: rush.push_priority_tasks([{"x": 1}, {"x": 2}], worker_ids=["a"]),
-               ValueError, "one worker id per task")
+    _unchanged(
+        rush,
+        redis_url,
+        lambda: rush.push_priority_tasks([{"x": 1}, {"x": 2}], worker_ids=["a"]),
+        ValueError,
+        "one worker id per task",
+    )
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"n_workers": 0}, ValueError, "n_workers must be an integer >= 1"),
-    ({"n_workers": 2.5}, ValueError, "n_workers must be an integer >= 1"),
-    ({"n_workers": 1, "heartbeat_period": 5, "heartbeat_expire": 5}, ValueError, "must be longer"),
-    ({"n_workers": 1, "heartbeat_period": -1}, ValueError, "heartbeat_period"),
-    ({"n_workers": 1, "worker_loop": "loop"}, TypeError, "worker_loop must be a function"),
-    ({"n_workers": 1, "resources": ["GPU"]}, TypeError, "resources must be a dict"),
-    ({"n_workers": 1, "lock": threading.Lock()}, TypeError, "cannot serialize"),
-    ({"n_workers": 1, "redis_retry_timeout": -1}, ValueError, "redis_retry_timeout must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"n_workers": 0}, ValueError, "n_workers must be an integer >= 1"),
+        ({"n_workers": 2.5}, ValueError, "n_workers must be an integer >= 1"),
+        ({"n_workers": 1, "heartbeat_period": 5, "heartbeat_expire": 5}, ValueError, "must be longer"),
+        ({"n_workers": 1, "heartbeat_period": -1}, ValueError, "heartbeat_period"),
+        ({"n_workers": 1, "worker_loop": "loop"}, TypeError, "worker_loop must be a function"),
+        ({"n_workers": 1, "resources": ["GPU"]}, TypeError, "resources must be a dict"),
+        ({"n_workers": 1, "lock": threading.Lock()}, TypeError, "cannot serialize"),
+        ({"n_workers": 1, "redis_retry_timeout": -1}, ValueError, "redis_retry_timeout must be >= 0"),
+    ],
+)
 def test_bad_start_workers(rush, redis_url, kwargs, error, match):
     _unchanged(rush, redis_url, lambda: rush.start_workers(funcs.add, **kwargs), error, match)
     assert len(rush.local_workers) == 0
@@ -93,8 +108,9 @@ def test_bad_start_workers(rush, redis_url, kwargs, error, match):
 
 def test_unpicklable_function(rush, redis_url):
     lock = threading.Lock()
-    _unchanged(rush, redis_url, lambda: rush.start_workers(lambda x: lock, n_workers=1),
-               TypeError, "cannot serialize function")
+    _unchanged(
+        rush, redis_url, lambda: rush.start_workers(lambda x: lock, n_workers=1), TypeError, "cannot serialize function"
+    )
 
 
 def test_bad_stop_type(rush, redis_url):

@@ -17,18 +17,27 @@ pytest.importorskip("matplotlib")
 
 
 def run_benchmarks(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_tiny_run_writes_markdown_pngs_and_json(tmp_path):
     out = tmp_path / "out"
-    proc = run_benchmarks("--tiny", "--no-peers", "--no-wait", "--only", "rush,scaling,cost,archive",
-                          "--out", str(out))
+    proc = run_benchmarks("--tiny", "--no-peers", "--no-wait", "--only", "rush,scaling,cost,archive", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (out / "benchmarks.md").read_text()
-    for title in ("The rush API against other task queues", "Scaling with the number of workers",
-                  "Cost: memory and time per task", "The archive: fetching finished tasks"):
+    for title in (
+        "The rush API against other task queues",
+        "Scaling with the number of workers",
+        "Cost: memory and time per task",
+        "The archive: fetching finished tasks",
+    ):
         assert f"## {title}" in text
     assert "Machine: " in text and "Redis " in text
     assert "| trivial tasks/s | 100 |" in text  # the tiny size ran
@@ -47,29 +56,63 @@ def synthetic_results() -> dict:
     """Results of every section as the benchmark stores them, made up (the report only renders)."""
     runs3 = [1.0, 1.1, 0.9]
     return {
-        "started": "2026-01-01 00:00 UTC", "repeats": 3, "quick": False, "size": "full",
-        "sections": ["rush", "dask", "scaling", "cost", "archive"], "command": "python -m benchmarks",
-        "seconds": 600.0, "noisy_runs": 1, "timed_runs": 10,
-        "machine": {"cpu": "Test CPU", "cores": 2, "ram_gb": 8.0, "os": "Linux", "python": "3.11",
-                    "rush_dask": "abc123", "redis_server": "7.0.0", "dask": "2026.1.0"},
-        "rush": {"tasks": {"trivial": 10_000, "sleep": 1_000}, "ideal": {"sleep": 5.0},
-                 "systems": ["rush_dask", "bare queue", "RQ"],
-                 "runs": {s: {"trivial": runs3, "sleep": [5.5, 5.6, 5.4]}
-                          for s in ("rush_dask", "bare queue", "RQ")},
-                 "skipped": {"Celery": "not installed (`pip install rush-dask[bench]`)"}},
-        "dask": {"workloads": {"trivial": {"size": 10, "tasks": 10, "description": "d"},
-                               "sleep": {"size": 10, "tasks": 10, "description": "s"}},
-                 "ideal": {"sleep": 0.05}, "systems": ["rush_dask", "sync", "LocalCluster"],
-                 "runs": {s: {"trivial": runs3, "sleep": runs3}
-                          for s in ("rush_dask", "sync", "LocalCluster")}},
+        "started": "2026-01-01 00:00 UTC",
+        "repeats": 3,
+        "quick": False,
+        "size": "full",
+        "sections": ["rush", "dask", "scaling", "cost", "archive"],
+        "command": "python -m benchmarks",
+        "seconds": 600.0,
+        "noisy_runs": 1,
+        "timed_runs": 10,
+        "machine": {
+            "cpu": "Test CPU",
+            "cores": 2,
+            "ram_gb": 8.0,
+            "os": "Linux",
+            "python": "3.11",
+            "rush_dask": "abc123",
+            "redis_server": "7.0.0",
+            "dask": "2026.1.0",
+        },
+        "rush": {
+            "tasks": {"trivial": 10_000, "sleep": 1_000},
+            "ideal": {"sleep": 5.0},
+            "systems": ["rush_dask", "bare queue", "RQ"],
+            "runs": {s: {"trivial": runs3, "sleep": [5.5, 5.6, 5.4]} for s in ("rush_dask", "bare queue", "RQ")},
+            "skipped": {"Celery": "not installed (`pip install rush-dask[bench]`)"},
+        },
+        "dask": {
+            "workloads": {
+                "trivial": {"size": 10, "tasks": 10, "description": "d"},
+                "sleep": {"size": 10, "tasks": 10, "description": "s"},
+            },
+            "ideal": {"sleep": 0.05},
+            "systems": ["rush_dask", "sync", "LocalCluster"],
+            "runs": {s: {"trivial": runs3, "sleep": runs3} for s in ("rush_dask", "sync", "LocalCluster")},
+        },
         "scaling": {"n_tasks": 320, "sleep": 0.05, "runs": {"1": [16.5, 16.6, 16.4], "2": [8.3, 8.4, 8.2]}},
-        "cost": {"n_tasks": 100_000, "n_nodes": 99_991, "push_seconds": runs3,
-                 "queued_bytes": [400, 410, 390],
-                 "queued_hash_bytes": [260, 260, 260], "finished_bytes": 700.0, "finished_hash_bytes": 360.0,
-                 "archive_bytes": 140.0, "submit_seconds": runs3, "peak_bytes": 2**27,
-                 "graph_bytes": 2**25},
-        "archive": {"n_tasks": 100_000, "push": 1.0, "full": [0.5, 0.6, 0.4], "incremental": [0.001] * 3,
-                    "lazy": runs3, "memory_per_task": 900.0},
+        "cost": {
+            "n_tasks": 100_000,
+            "n_nodes": 99_991,
+            "push_seconds": runs3,
+            "queued_bytes": [400, 410, 390],
+            "queued_hash_bytes": [260, 260, 260],
+            "finished_bytes": 700.0,
+            "finished_hash_bytes": 360.0,
+            "archive_bytes": 140.0,
+            "submit_seconds": runs3,
+            "peak_bytes": 2**27,
+            "graph_bytes": 2**25,
+        },
+        "archive": {
+            "n_tasks": 100_000,
+            "push": 1.0,
+            "full": [0.5, 0.6, 0.4],
+            "incremental": [0.001] * 3,
+            "lazy": runs3,
+            "memory_per_task": 900.0,
+        },
     }
 
 
@@ -98,8 +141,14 @@ def test_unknown_section_is_refused_and_writes_nothing(tmp_path):
 
 
 def test_bench_futures_runs_both_sides_and_prints_ratios():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_futures", "--n", "50", "--repeats", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_futures", "--n", "50", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| as_completed |" in proc.stdout and "| executor map |" in proc.stdout
     assert "distributed / rush_dask" in proc.stdout and "load average" in proc.stdout

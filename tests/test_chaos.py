@@ -28,8 +28,9 @@ KINDS = ("sigkill", "sigstop_resume", "sigstop_until_lost", "redis_restart", "re
 
 @pytest.mark.timeout(600)  # a bound for a hang on a very loaded machine, not a timing check
 def test_short_chaos_run_keeps_every_invariant(tmp_path):
-    stats = Chaos(seconds=25, workers=3, seed=7, nodes=1_500, tasks=300, hang_timeout=240,
-                  directory=str(tmp_path), verbose=False).run()
+    stats = Chaos(
+        seconds=25, workers=3, seed=7, nodes=1_500, tasks=300, hang_timeout=240, directory=str(tmp_path), verbose=False
+    ).run()
     assert stats.violations == []
     assert all(stats.faults[kind] >= 1 for kind in KINDS), stats.faults
     assert stats.work["graph computes"] >= 1 and stats.work["plain tasks"] >= 300
@@ -51,10 +52,10 @@ def test_the_checks_catch_a_duplicate_a_lost_task_and_a_leftover_key(rush):
     check_network(rush, expected, clean)
     assert clean.violations == []
 
-    rush.client.rpush(rush.keys.finished, keys[0])                   # recorded twice
-    rush.client.set(rush.keys.prefix + "graph:abc", "1")             # a graph key left behind
+    rush.client.rpush(rush.keys.finished, keys[0])  # recorded twice
+    rush.client.set(rush.keys.prefix + "graph:abc", "1")  # a graph key left behind
     damaged = Stats()
-    check_network(rush, {**expected, "never-pushed": 1}, damaged)   # a task that was lost
+    check_network(rush, {**expected, "never-pushed": 1}, damaged)  # a task that was lost
     text = "\n".join(damaged.violations)
     assert "recorded twice in 'finished'" in text
     assert "'tasks' misses 1 tasks" in text
@@ -66,8 +67,8 @@ def test_the_refs_check_catches_a_count_off_and_a_hold_on_a_gone_node(rush):
     future = rush.submit(funcs.square, 3)
     future.result(timeout=60)
     assert check_refs(rush) == []
-    rush.client.hincrby(rush.keys.task(future.task_key), "refs", 1)   # a reference nobody holds
-    rush.client.hset(rush.keys.client_refs("ghost"), "gone.0", 1)      # a hold on nothing
+    rush.client.hincrby(rush.keys.task(future.task_key), "refs", 1)  # a reference nobody holds
+    rush.client.hset(rush.keys.client_refs("ghost"), "gone.0", 1)  # a hold on nothing
     found = "\n".join(check_refs(rush))
     assert f"{future.task_key}: refs 2, held by clients 1, needed by dependents 0" in found
     assert "gone.0: held 1 times by clients, but the node is gone" in found

@@ -57,18 +57,29 @@ def cli_env(url: str | None = None, **extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: str, url: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rush_dask.deploy.cli", *args], cwd=ROOT,
-                          env=env or cli_env(url), capture_output=True, text=True, timeout=TIMEOUT,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "rush_dask.deploy.cli", *args],
+        cwd=ROOT,
+        env=env or cli_env(url),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
 
 
 class Cli:
     """A CLI process in the background; its stdout is read line by line."""
 
     def __init__(self, *args: str, url: str | None = None, env: dict | None = None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "rush_dask.deploy.cli", *args], cwd=ROOT,
-                                     env=env or cli_env(url), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rush_dask.deploy.cli", *args],
+            cwd=ROOT,
+            env=env or cli_env(url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -89,8 +100,10 @@ class Cli:
             except queue.Empty:
                 exited = self.proc.poll() is not None and self.lines.empty()
                 if exited or time.monotonic() > deadline:
-                    raise AssertionError(f"no such line ({'exited' if exited else 'timeout'}); stdout "
-                                         f"{self.stdout}, stderr {self.stderr}") from None
+                    raise AssertionError(
+                        f"no such line ({'exited' if exited else 'timeout'}); stdout "
+                        f"{self.stdout}, stderr {self.stderr}"
+                    ) from None
                 continue
             if predicate(line):
                 return line
@@ -152,8 +165,11 @@ def test_generic_workers_run_pushed_functions_and_dask_graphs_then_stop(rush, re
         assert "asked 2 workers to terminate" in stopped.stdout
         assert cli.proc.wait(TIMEOUT) == 0
         assert sorted(rush.terminated_worker_ids) == sorted(ids)
-        wait_until(lambda: all(f"worker {wid} exited with code 0 (terminated)\n" in cli.stdout
-                               for wid in ids), TIMEOUT, "exit lines")
+        wait_until(
+            lambda: all(f"worker {wid} exited with code 0 (terminated)\n" in cli.stdout for wid in ids),
+            TIMEOUT,
+            "exit lines",
+        )
         out = run_cli("status", "--network", rush.network_id, url=redis_url)
         assert "workers: 2 terminated" in out.stdout and "2 stopped workers not shown" in out.stdout
         out = run_cli("status", "--network", rush.network_id, "--all", url=redis_url)
@@ -161,8 +177,10 @@ def test_generic_workers_run_pushed_functions_and_dask_graphs_then_stop(rush, re
 
 
 def test_fun_and_resources_then_stop_kill(rush, redis_url):
-    with cli_workers(rush, redis_url, "--fun", "test_cli:wait_for_file", "--resources", "GPU=1,MEM=0.5",
-                     n=1) as (cli, (wid,)):
+    with cli_workers(rush, redis_url, "--fun", "test_cli:wait_for_file", "--resources", "GPU=1,MEM=0.5", n=1) as (
+        cli,
+        (wid,),
+    ):
         info = rush.worker_info
         assert info["resources"].iloc[0] == {"GPU": 1, "MEM": 0.5}
         keys = rush.push_tasks([{"x": 3}])  # no fun=: the worker's --fun runs it
@@ -190,8 +208,7 @@ def test_sigterm_to_the_cli_lets_the_running_task_finish(rush, redis_url, tmp_pa
         rush.push_tasks([{"x": i} for i in range(2, 6)])
         cli.proc.send_signal(signal.SIGTERM)
         cli.wait_for(lambda line: line.startswith("stopping the workers"))
-        wait_until(lambda: rush.client.hget(rush.keys.worker(wid), "terminate") == b"1", TIMEOUT,
-                   "terminate order")
+        wait_until(lambda: rush.client.hget(rush.keys.worker(wid), "terminate") == b"1", TIMEOUT, "terminate order")
         assert cli.proc.poll() is None  # still waiting for the running task
         release.touch()
         assert cli.proc.wait(TIMEOUT) == 0
@@ -254,8 +271,18 @@ def test_worker_from_a_stored_start_id(rush, redis_url):
 def test_start_id_errors_write_nothing(rush, redis_url):
     rush.worker_script(funcs.add)
     before = network_keys(redis_url, rush)
-    out = run_cli("worker", "--network", rush.network_id, "--start-id", "abc", "--fun", "funcs:add",
-                  "--resources", "GPU=1", url=redis_url)
+    out = run_cli(
+        "worker",
+        "--network",
+        rush.network_id,
+        "--start-id",
+        "abc",
+        "--fun",
+        "funcs:add",
+        "--resources",
+        "GPU=1",
+        url=redis_url,
+    )
     assert out.returncode == 2
     assert out.stderr.strip() == "Error: --start-id uses the stored configuration; drop --fun, --resources"
     out = run_cli("worker", "--network", rush.network_id, "--start-id", "nosuchid", url=redis_url)
@@ -270,15 +297,17 @@ def test_logs_prints_filters_and_follows(rush, redis_url):
         keys = rush.push_tasks([{"x": 7}], fun=funcs.log_something)
         rush.wait_for_tasks(keys, timeout=TIMEOUT)
         # Idle workers ship their log lines with the next heartbeat.
-        wait_until(lambda: rush.read_log()["message"].str.contains("hello from task 7|started").sum() == 3,
-                   TIMEOUT, "log lines in Redis")
+        wait_until(
+            lambda: rush.read_log()["message"].str.contains("hello from task 7|started").sum() == 3,
+            TIMEOUT,
+            "log lines in Redis",
+        )
         ran = rush.fetch_finished_tasks()["worker_id"].iloc[0]
         other = next(w for w in ids if w != ran)
 
         out = run_cli("logs", "--network", rush.network_id, url=redis_url)
         assert out.returncode == 0, out.stderr
-        assert any(line.endswith(f"{ran} WARNING user.code: hello from task 7")
-                   for line in out.stdout.splitlines())
+        assert any(line.endswith(f"{ran} WARNING user.code: hello from task 7") for line in out.stdout.splitlines())
         assert f"worker {other} started" in out.stdout
 
         out = run_cli("logs", "--network", rush.network_id, "--worker", other, url=redis_url)
@@ -393,8 +422,9 @@ def test_server_on_a_busy_port_says_so():
 # -------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("spec", ["GPU", "GPU=x", "=1", "GPU=-1", "GPU=1,GPU=2", "GPU=inf", "GPU=1,"])
 def test_bad_resources_parse_errors(spec):
-    result = CliRunner().invoke(main, ["worker", "--network", "n", "--url", "redis://127.0.0.1:1/0",
-                                       "--resources", spec])
+    result = CliRunner().invoke(
+        main, ["worker", "--network", "n", "--url", "redis://127.0.0.1:1/0", "--resources", spec]
+    )
     assert result.exit_code == 2
     assert result.output.startswith(f"Error: bad --resources {spec!r}")
     assert len(result.output.strip().splitlines()) == 1
@@ -403,18 +433,22 @@ def test_bad_resources_parse_errors(spec):
 def test_bad_resources_exit_2_and_write_nothing(rush, redis_url):
     out = run_cli("worker", "--network", rush.network_id, "--resources", "GPU:1", url=redis_url)
     assert out.returncode == 2
-    assert out.stderr == ("Error: bad --resources 'GPU:1': give NAME=AMOUNT pairs separated by commas, "
-                          "e.g. --resources GPU=1,MEM=4\n")
+    assert out.stderr == (
+        "Error: bad --resources 'GPU:1': give NAME=AMOUNT pairs separated by commas, e.g. --resources GPU=1,MEM=4\n"
+    )
     assert network_keys(redis_url, rush) == set()
 
 
 def test_parse_resources_and_redaction():
     assert parse_resources("GPU=1, MEM=4.5") == {"GPU": 1, "MEM": 4.5}
     assert parse_resources(None) is None
-    assert redact_text("at redis://:s3cret@h:1/0 and unix:///s.sock?password=x") == \
-        "at redis://:***@h:1/0 and unix:///s.sock?password=***"
-    line = format_log_record({"time": 0.5, "worker_id": "w", "level": "ERROR", "logger": "l",
-                              "message": "lost redis://u:pw@h:1/0"})
+    assert (
+        redact_text("at redis://:s3cret@h:1/0 and unix:///s.sock?password=x")
+        == "at redis://:***@h:1/0 and unix:///s.sock?password=***"
+    )
+    line = format_log_record(
+        {"time": 0.5, "worker_id": "w", "level": "ERROR", "logger": "l", "message": "lost redis://u:pw@h:1/0"}
+    )
     assert line == "1970-01-01 00:00:00.500 w ERROR   l: lost redis://u:***@h:1/0"
 
 
@@ -422,16 +456,19 @@ def test_parse_resources_and_redaction():
 def test_unreachable_redis_is_one_line_without_the_password(command):
     out = run_cli(command, "--network", "n", url="redis://:hunter2@127.0.0.1:1/0")
     assert out.returncode == 1
-    assert out.stderr == ("Error: cannot reach Redis at redis://:***@127.0.0.1:1/0: start a server there "
-                          "(rush-dask server) or pass the right --url / $RUSH_REDIS_URL\n")
+    assert out.stderr == (
+        "Error: cannot reach Redis at redis://:***@127.0.0.1:1/0: start a server there "
+        "(rush-dask server) or pass the right --url / $RUSH_REDIS_URL\n"
+    )
     assert out.stdout == ""
 
 
 def test_no_url():
     out = run_cli("status", "--network", "n")
     assert out.returncode == 2
-    assert out.stderr == ("Error: no Redis URL: pass --url redis://HOST:PORT/0 or set $RUSH_REDIS_URL "
-                          "(rush-dask server starts one)\n")
+    assert out.stderr == (
+        "Error: no Redis URL: pass --url redis://HOST:PORT/0 or set $RUSH_REDIS_URL (rush-dask server starts one)\n"
+    )
 
 
 def test_wrong_password_says_so():
@@ -461,14 +498,16 @@ def test_unknown_worker_id(rush, redis_url):
         assert out.returncode == 1 and "unknown worker id(s) nobody" in out.stderr
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("funcs", "give MODULE:FUNCTION"),
-    ("no_such_module_here:f", "cannot import 'no_such_module_here'"),
-    ("funcs:no_such_function", "has no function 'no_such_function'"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("funcs", "give MODULE:FUNCTION"),
+        ("no_such_module_here:f", "cannot import 'no_such_module_here'"),
+        ("funcs:no_such_function", "has no function 'no_such_function'"),
+    ],
+)
 def test_bad_fun(spec, match):
-    result = CliRunner().invoke(main, ["worker", "--network", "n", "--url", "redis://127.0.0.1:1/0",
-                                       "--fun", spec])
+    result = CliRunner().invoke(main, ["worker", "--network", "n", "--url", "redis://127.0.0.1:1/0", "--fun", spec])
     assert result.exit_code == 2 and match in result.output
     assert len(result.output.strip().splitlines()) == 1
 

@@ -62,8 +62,14 @@ def no_local_workers():
 def start_holder(rush, *, wait_answer: bool, n_workers: int | None = None) -> tuple[subprocess.Popen, str, bytes]:
     """A client process that persists 100 chunks, maps 50 slow calls and submits one; returns
     it once it holds them, with its client id and its pickled future of ``inc(41)``."""
-    code = HOLDER.format(tests=str(Path(__file__).parent), network=rush.network_id, url=rush.url,
-                         lease=LEASE, wait_answer=wait_answer, n_workers=n_workers)
+    code = HOLDER.format(
+        tests=str(Path(__file__).parent),
+        network=rush.network_id,
+        url=rush.url,
+        lease=LEASE,
+        wait_answer=wait_answer,
+        n_workers=n_workers,
+    )
     client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     line = client.stdout.readline().split()
     assert len(line) == 2, f"holder failed: exit code {client.poll()}"
@@ -79,8 +85,7 @@ def leftovers(rush, baseline: set[bytes]) -> list[bytes]:
     """Keys of the network that were not there before, but those the workers make as they run
     (their log lists, the turn of the lost-worker sweep) and the task sequence counter."""
     now = conftest.network_keys(rush.url, rush)
-    return sorted(k for k in now - baseline
-                  if not (k.endswith((b":seq", b":sweep")) or b":log:" in k))
+    return sorted(k for k in now - baseline if not (k.endswith((b":seq", b":sweep")) or b":log:" in k))
 
 
 def test_a_sigkilled_client_leaves_nothing_behind_with_running_workers(rush):

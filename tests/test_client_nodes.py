@@ -32,8 +32,9 @@ def graph_keys(rush) -> list[bytes]:
 
 
 def no_client_queue(rush) -> bool:
-    return not any(spec.decode().startswith(CLIENT_RESOURCE)
-                   for spec in rush.client.smembers(rush.keys.resource_queues))
+    return not any(
+        spec.decode().startswith(CLIENT_RESOURCE) for spec in rush.client.smembers(rush.keys.resource_queues)
+    )
 
 
 class CountingLock:
@@ -106,8 +107,11 @@ def test_return_stored(rush2, compute):
         stored = da.store(da.arange(12, chunks=4) + 1, at, return_stored=True, compute=compute)
         if compute:  # persisted: written before store returns, backed by futures
             np.testing.assert_array_equal(at, np.arange(12) + 1)
-            assert all(isinstance(v, rush_dask.RushFuture) for k, v in dict(stored.__dask_graph__()).items()
-                       if "store-map" in str(k))
+            assert all(
+                isinstance(v, rush_dask.RushFuture)
+                for k, v in dict(stored.__dask_graph__()).items()
+                if "store-map" in str(k)
+            )
         else:
             assert (at == 0).all()
         np.testing.assert_array_equal(stored.compute(), np.arange(12) + 1)

@@ -81,10 +81,28 @@ def _start_node(binary: str, directory: Path) -> Node:
     port = _cluster_port()
     directory.mkdir(parents=True)
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-         "--cluster-config-file", str(directory / "nodes.conf"), "--cluster-node-timeout", "1500",
-         "--dir", str(directory), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(directory / "nodes.conf"),
+            "--cluster-node-timeout",
+            "1500",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     client = redis.Redis(port=port)
 
     def up() -> bool:
@@ -117,14 +135,18 @@ def cluster(tmp_path_factory):
         for node in c.nodes[1:]:
             node.client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
             c.nodes[0].client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
-        wait_until(lambda: all(len(n.client.execute_command("CLUSTER", "NODES").splitlines()) == 6
-                               for n in c.nodes), what="every node knows the others")
+        wait_until(
+            lambda: all(len(n.client.execute_command("CLUSTER", "NODES").splitlines()) == 6 for n in c.nodes),
+            what="every node knows the others",
+        )
         for master, replica in zip(masters, replicas):
             replica.client.execute_command("CLUSTER", "REPLICATE", master.node_id)
-        wait_until(lambda: all(n.client.cluster("info")["cluster_state"] == "ok" for n in c.nodes),
-                   what="cluster state ok")
-        wait_until(lambda: all(r.client.execute_command("ROLE")[3] == b"connected" for r in replicas),
-                   what="replicas in sync")
+        wait_until(
+            lambda: all(n.client.cluster("info")["cluster_state"] == "ok" for n in c.nodes), what="cluster state ok"
+        )
+        wait_until(
+            lambda: all(r.client.execute_command("ROLE")[3] == b"connected" for r in replicas), what="replicas in sync"
+        )
         yield c
     finally:
         for node in c.nodes:
@@ -172,7 +194,7 @@ def test_dask_graphs_run_on_networks_spread_over_the_masters(cluster, tmp_path):
         try:
             rush.start_workers(n_workers=2, log_dir=tmp_path / name, **FAST)
             x = da.ones((1500, 1500), chunks=500)  # 2 MB chunks: held on the host, not in Redis
-            assert (x @ x.T).sum().compute(scheduler=rush) == 1500 ** 3
+            assert (x @ x.T).sum().compute(scheduler=rush) == 1500**3
             tree = sum(dask.delayed(f.inc)(i) for i in range(50))
             assert tree.compute(scheduler=rush) == sum(range(1, 51))
             futures = rush.map(f.inc, range(20))  # futures: their completions and results
@@ -189,8 +211,14 @@ def test_the_network_survives_its_master_failing_over_to_the_replica(cluster, tm
     try:
         # The heartbeats outlast the failover (node timeout 1.5 s, then the election): workers that
         # cannot reach Redis for longer than heartbeat_expire are rightly declared lost, and exit.
-        rush.start_workers(funcs.add, n_workers=2, log_dir=tmp_path, redis_retry_timeout=60,
-                           heartbeat_period=0.2, heartbeat_expire=15.0)
+        rush.start_workers(
+            funcs.add,
+            n_workers=2,
+            log_dir=tmp_path,
+            redis_retry_timeout=60,
+            heartbeat_period=0.2,
+            heartbeat_expire=15.0,
+        )
         rush.wait_for_workers(2, timeout=TIMEOUT)
         before = rush.push_tasks([{"x1": i, "x2": 1} for i in range(10)])
         rush.wait_for_tasks(before, timeout=TIMEOUT)

@@ -38,8 +38,15 @@ def test_seed_example(rush):
     assert "4 finished" in repr(rush)
     assert "\n" not in repr(rush)
     assert str(rush).splitlines() == [
-        "<Rush>", f"* Network: {rush.network_id}", "* Running Workers: 2", "* Queued Tasks: 0",
-        "* Queued Priority Tasks: 0", "* Running Tasks: 0", "* Finished Tasks: 4", "* Failed Tasks: 0"]
+        "<Rush>",
+        f"* Network: {rush.network_id}",
+        "* Running Workers: 2",
+        "* Queued Tasks: 0",
+        "* Queued Priority Tasks: 0",
+        "* Running Tasks: 0",
+        "* Finished Tasks: 4",
+        "* Failed Tasks: 0",
+    ]
 
 
 def test_worker_states_after_terminate_and_kill(rush):
@@ -75,8 +82,7 @@ def test_sigterm_finishes_the_running_task_and_leaves_the_queue_alone(rush):
     # What it held (the running task, at most one prefetched) finished; the rest is still queued.
     assert rush.n_running_tasks == 0 and 1 <= rush.n_finished_tasks <= 3
     assert rush.n_queued_tasks == 20 - rush.n_finished_tasks
-    assert sorted(rush.fetch_queued_tasks()["keys"]) == sorted(
-        set(keys) - set(rush.fetch_finished_tasks()["keys"]))
+    assert sorted(rush.fetch_queued_tasks()["keys"]) == sorted(set(keys) - set(rush.fetch_finished_tasks()["keys"]))
 
 
 def test_task_states_through_a_run(rush):
@@ -274,8 +280,10 @@ def test_a_broken_worker_loop_is_reported(rush):
     (wid,) = rush.start_workers(worker_loop=funcs.raising_loop, n_workers=1)
     wait_until(lambda: rush.n_terminated_workers == 1)
     # close() deregisters the worker before it ships its last log records: wait for them.
-    wait_until(lambda: rush.read_log([wid])["message"].str.contains("the loop itself is broken").any(),
-               what="the loop's error in the log")
+    wait_until(
+        lambda: rush.read_log([wid])["message"].str.contains("the loop itself is broken").any(),
+        what="the loop's error in the log",
+    )
     log = rush.read_log([wid])
     assert (log["level"] == "ERROR").any()
 
@@ -342,7 +350,6 @@ def test_reset_deletes_only_its_own_network(rush, redis_url, network_id):
         neighbour.reset()
 
 
-
 def test_worker_script_starts_a_worker_from_a_shell(rush, tmp_path):
     import os
     import shlex
@@ -352,8 +359,11 @@ def test_worker_script_starts_a_worker_from_a_shell(rush, tmp_path):
     assert command.startswith("python -m rush_dask.core.worker --network ")
     assert rush.url not in command  # the URL (and any password) stays out of the command
     argv = shlex.split(command)
-    env = dict(os.environ, RUSH_REDIS_URL=rush.url,
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        RUSH_REDIS_URL=rush.url,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
     process = subprocess.Popen([sys.executable, *argv[1:]], env=env, stderr=subprocess.PIPE)
     try:
         rush.wait_for_workers(1, timeout=TIMEOUT)

@@ -33,8 +33,9 @@ def get(url: str, **headers: str) -> bytes:
 
 
 def post(url: str, body: dict, **headers: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", **headers})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -48,8 +49,11 @@ def base(page_url: str) -> str:
 
 def metric_values(text: str) -> dict[tuple, float]:
     """(sample name, sorted labels) -> value."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def first_event(url: str) -> dict:
@@ -95,14 +99,15 @@ def test_snapshot_shows_workers_memory_tasks_done_logs_and_failures(rush):
     rush.wait_for_tasks(rush.push_tasks([{"x": -1}], fun=funcs.fail_if_negative), timeout=TIMEOUT)
     page = rush.dashboard(port=0)
     url = base(page) + f"api/snapshot?network={rush.network_id}"
-    wait_until(lambda: sum(w["n_done"] for w in json.loads(get(url))["workers"]) == 5, 10,
-               "tasks done reported with the heartbeats")
+    wait_until(
+        lambda: sum(w["n_done"] for w in json.loads(get(url))["workers"]) == 5,
+        10,
+        "tasks done reported with the heartbeats",
+    )
     snap = json.loads(get(url))
     assert sorted(w["worker_id"] for w in snap["workers"]) == sorted(ids)
-    assert all(w["state"] == "running" and w["rss"] > 10 * 2**20 and w["heartbeat_age"] < 5
-               for w in snap["workers"])
-    assert snap["counts"] == {"queued": 0, "priority": 0, "running": 0, "finished": 4, "failed": 1,
-                              "tasks": 5}
+    assert all(w["state"] == "running" and w["rss"] > 10 * 2**20 and w["heartbeat_age"] < 5 for w in snap["workers"])
+    assert snap["counts"] == {"queued": 0, "priority": 0, "running": 0, "finished": 4, "failed": 1, "tasks": 5}
     [failure] = snap["failed"]
     assert failure["error"] == "ValueError: negative input -1" and "fail_if_negative" in failure["traceback"]
     assert any("hello from task 2" in line["message"] for line in snap["logs"])
@@ -132,11 +137,15 @@ def test_control_is_off_by_default_and_needs_the_page_token(rush, redis_url):
     status, _ = post(base(with_control) + "api/stop", {"worker_id": first, "type": "kill"})
     assert status == 403  # no token: another site's page cannot stop workers
     token = json.loads(get(base(with_control) + "api/config"))["token"]
-    status, body = post(base(with_control) + "api/stop", {"worker_id": "nobody", "type": "kill"},
-                        **{"X-Rush-Token": token})
+    status, body = post(
+        base(with_control) + "api/stop", {"worker_id": "nobody", "type": "kill"}, **{"X-Rush-Token": token}
+    )
     assert status == 400 and "unknown worker id" in json.loads(body)["error"]
-    status, body = post(base(with_control) + "api/stop", {"network": rush.network_id, "worker_id": first,
-                                                         "type": "terminate"}, **{"X-Rush-Token": token})
+    status, body = post(
+        base(with_control) + "api/stop",
+        {"network": rush.network_id, "worker_id": first, "type": "terminate"},
+        **{"X-Rush-Token": token},
+    )
     assert status == 200 and json.loads(body) == {"stopped": [first], "type": "terminate"}
     wait_until(lambda: rush.terminated_worker_ids == [first], TIMEOUT, "the worker terminated")
     assert rush.running_worker_ids == [second]
@@ -153,9 +162,14 @@ def test_the_password_never_reaches_the_page(tmp_path):
             rush.start_workers(funcs.add, n_workers=1, log_dir=tmp_path)
             rush.wait_for_tasks(rush.push_tasks([{"x1": 1, "x2": 1}]), timeout=TIMEOUT)
             page = rush.dashboard(port=0)
-            bodies = [get(base(page)), get(base(page) + "static/app.js"), get(base(page) + "api/config"),
-                      get(base(page) + "api/snapshot?network=pw-dash"), get(base(page) + "metrics"),
-                      json.dumps(first_event(base(page) + "events?network=pw-dash")).encode()]
+            bodies = [
+                get(base(page)),
+                get(base(page) + "static/app.js"),
+                get(base(page) + "api/config"),
+                get(base(page) + "api/snapshot?network=pw-dash"),
+                get(base(page) + "metrics"),
+                json.dumps(first_event(base(page) + "events?network=pw-dash")).encode(),
+            ]
             assert b"127.0.0.1" in bodies[2] and b"***" in bodies[2]  # the redacted URL is there
             assert all(password.encode() not in body for body in bodies)
         finally:
@@ -168,9 +182,14 @@ def test_the_password_never_reaches_the_page(tmp_path):
 # ---------------------------------------------------------------------- the command
 def test_command_serves_until_ctrl_c(rush, redis_url):
     rush.push_tasks([{"x": 1}])
-    proc = subprocess.Popen([sys.executable, "-m", "rush_dask.deploy.cli", "dashboard", "--network", rush.network_id,
-                             "--port", "0"], cwd=ROOT, env=cli_env(redis_url), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rush_dask.deploy.cli", "dashboard", "--network", rush.network_id, "--port", "0"],
+        cwd=ROOT,
+        env=cli_env(redis_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith(f"dashboard of network {rush.network_id!r} at "), line
@@ -222,8 +241,7 @@ def test_python_dashboard_of_a_network_with_nothing_yet(rush):
     page = rush.dashboard(port=0)
     snap = json.loads(get(base(page) + "api/snapshot"))
     assert snap["network"] == rush.network_id and snap["workers"] == []
-    assert snap["counts"] == {"queued": 0, "priority": 0, "running": 0, "finished": 0, "failed": 0,
-                              "tasks": 0}
+    assert snap["counts"] == {"queued": 0, "priority": 0, "running": 0, "finished": 0, "failed": 0, "tasks": 0}
 
 
 def test_redis_going_away_shows_as_a_failure_event_without_the_password():
@@ -240,7 +258,7 @@ def test_redis_going_away_shows_as_a_failure_event_without_the_password():
             server.stop()
             for line in stream:
                 if line.startswith(b"event: failure"):
-                    failure = json.loads(next(stream)[len(b"data: "):])
+                    failure = json.loads(next(stream)[len(b"data: ") :])
                     break
         assert "Error" in failure["error"] and password not in failure["error"]
         rush.close()  # stops its dashboard

@@ -27,8 +27,7 @@ from rush_dask import Rush
 pytestmark = pytest.mark.slow  # runs in CI; `pytest -m 'not slow'` skips it
 
 pytest.importorskip("aiohttp", reason="the dashboard extra: pip install 'rush-dask[dashboard]'")
-playwright = pytest.importorskip("playwright.sync_api",
-                                 reason="pip install playwright (the test extra has it)")
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra has it)")
 
 REACTION_BOUND = 5.0  # seconds: generous; the target is 1 s (see the printed figures)
 
@@ -44,8 +43,10 @@ def chromium_path() -> str | None:
 def browser():
     path = chromium_path()
     if path is None:
-        pytest.skip("no Chromium found: apt-get install chromium (Debian, Ubuntu), or set RUSH_CHROMIUM "
-                    "to a Chrome or Chromium binary")
+        pytest.skip(
+            "no Chromium found: apt-get install chromium (Debian, Ubuntu), or set RUSH_CHROMIUM "
+            "to a Chrome or Chromium binary"
+        )
     with playwright.sync_playwright() as p:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start
         chrome = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
@@ -69,8 +70,7 @@ def count(page, name: str) -> int:
 
 
 def wait_for_count(page, name: str, value: int, timeout: float = TIMEOUT) -> None:
-    page.wait_for_function(f"document.getElementById('count-{name}').textContent === '{value}'",
-                           timeout=timeout * 1000)
+    page.wait_for_function(f"document.getElementById('count-{name}').textContent === '{value}'", timeout=timeout * 1000)
 
 
 def report(what: str, seconds: float) -> None:
@@ -88,8 +88,7 @@ def test_page_shows_workers_counts_while_tasks_run_and_a_lost_worker(rush, page)
     assert page.locator("#workers button").count() == 0
 
     keys = rush.push_tasks([{"x": i, "duration": 0.25} for i in range(16)])
-    page.wait_for_function("+document.getElementById('count-running').textContent > 0",
-                           timeout=TIMEOUT * 1000)
+    page.wait_for_function("+document.getElementById('count-running').textContent > 0", timeout=TIMEOUT * 1000)
     seen = {count(page, "finished")}
     while count(page, "finished") < 16:  # the count climbs while tasks run, without reloads
         seen.add(count(page, "finished"))
@@ -177,8 +176,9 @@ def test_another_network_is_chosen_from_the_list(rush, redis_url, page):
 def test_log_filter_and_stop_button_with_confirmation(rush, redis_url, page, browser):
     first, second = rush.start_workers(funcs.log_something, n_workers=2)
     rush.wait_for_workers(2, timeout=TIMEOUT)
-    rush.wait_for_tasks(rush.push_priority_tasks([{"x": 1}], [first]) +
-                        rush.push_priority_tasks([{"x": 2}], [second]), timeout=TIMEOUT)
+    rush.wait_for_tasks(
+        rush.push_priority_tasks([{"x": 1}], [first]) + rush.push_priority_tasks([{"x": 2}], [second]), timeout=TIMEOUT
+    )
     page.goto(rush.dashboard(port=0, allow_control=True))
     page.wait_for_selector("#log div:has-text('hello from task 2')", timeout=TIMEOUT * 1000)
     page.select_option("#log-worker", first)

@@ -25,7 +25,6 @@ from rush_dask import KilledWorker, Rush
 TIMEOUT = 120
 
 
-
 def graph_keys(rush) -> list[bytes]:
     """Keys that a graph leaves behind (node hashes, graph bookkeeping)."""
     pattern = rush.keys.prefix.replace("{", "\\{").replace("}", "\\}")
@@ -88,7 +87,7 @@ def test_task_shuffle_on_rush_only_and_no_global_change(rush2):
     with task_shuffle():
         graph = dict(collections_to_expr([counts]).optimize().__dask_graph__())
     assert not has_disk_shuffle(dask._task_spec.convert_legacy_graph(graph))
-    assert rush2.compute(counts).result(timeout=TIMEOUT).sum() == len(pdf)       # task shuffle
+    assert rush2.compute(counts).result(timeout=TIMEOUT).sum() == len(pdf)  # task shuffle
     (persisted,) = dask.persist(counts, scheduler=rush2)
     assert persisted.compute(scheduler=rush2).sum() == len(pdf)
     # dask.compute optimizes before it calls the scheduler: Dask's disk shuffle, fine on one machine
@@ -99,7 +98,7 @@ def test_task_shuffle_on_rush_only_and_no_global_change(rush2):
 def test_read_csv_and_parquet(rush2, tmp_path):
     _, _, pdf = _frames(tmp_path)
     for i in range(3):
-        pdf.iloc[i * 100:(i + 1) * 100].to_csv(tmp_path / f"part-{i}.csv", index=False)
+        pdf.iloc[i * 100 : (i + 1) * 100].to_csv(tmp_path / f"part-{i}.csv", index=False)
     from_csv = dd.read_csv(str(tmp_path / "part-*.csv")).groupby("k").v.mean()
     same(from_csv.compute(scheduler=rush2), from_csv.compute(scheduler="sync"))
     dd.from_pandas(pdf, npartitions=3).to_parquet(str(tmp_path / "pq"))
@@ -175,8 +174,7 @@ def test_resources_send_nodes_to_workers_that_have_them(rush):
         on_gpu = [dask.delayed(f.which_worker)(i, dask_key_name=f"g-{i}") for i in range(8)]
     got = dask.compute(on_gpu, scheduler=rush, optimize_graph=False)[0]
     assert set(got) == {pids[gpu[0]]}
-    got = dask.compute([dask.delayed(f.which_worker)(i) for i in range(4)], scheduler=rush,
-                       resources={"GPU": 1})[0]
+    got = dask.compute([dask.delayed(f.which_worker)(i) for i in range(4)], scheduler=rush, resources={"GPU": 1})[0]
     assert set(got) == {pids[gpu[0]]}
 
 
@@ -271,8 +269,7 @@ def test_two_clients_with_equal_keys(rush2, redis_url):
         graph = {"x": offset, "y": (f.slow_inc, "x", 0.01), "z": (f.add, "x", "y")}
         results[name] = [client.get(graph, "z") for _ in range(5)]
 
-    threads = [threading.Thread(target=run, args=("a", rush2, 0)),
-               threading.Thread(target=run, args=("b", other, 100))]
+    threads = [threading.Thread(target=run, args=("a", rush2, 0)), threading.Thread(target=run, args=("b", other, 100))]
     for t in threads:
         t.start()
     for t in threads:
@@ -319,8 +316,7 @@ def test_named_scheduler_rush_uses_the_default_network(tmp_path):
         print("PERSIST", p.compute(scheduler="rush"))
     """)
     env = {k: v for k, v in os.environ.items() if k != "RUSH_REDIS_URL"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=TIMEOUT, env=env)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert out.returncode == 0, out.stderr
     assert "RESULT 6" in out.stdout and "PERSIST 9" in out.stdout
 
@@ -339,7 +335,8 @@ def test_functions_and_classes_of_main_run_on_workers(redis_url, tmp_path):
     import textwrap
 
     script = tmp_path / "user_script.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import dask
         from rush_dask import Rush
 
@@ -361,9 +358,11 @@ def test_functions_and_classes_of_main_run_on_workers(redis_url, tmp_path):
         print("SUBMIT", rush.submit(triple, 5).result(timeout=60))
         print("DELAYED", dask.delayed(triple)(2).compute(scheduler=rush))
         rush.reset()
-    """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=TIMEOUT, cwd=str(tmp_path))
+    """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT, cwd=str(tmp_path)
+    )
     assert out.returncode == 0, out.stderr
     assert "PUSH [8] 0" in out.stdout and "SUBMIT 15" in out.stdout and "DELAYED 6" in out.stdout
 

@@ -68,5 +68,4 @@ def test_warnings_in_tasks_reach_the_caller(module_rush):
         warnings.simplefilter("error")  # as with a local scheduler, the caller's filters apply
         with pytest.raises(UserWarning, match="careful 9"):
             dask.delayed(f.warn_and_return)(9).compute(scheduler=module_rush)
-    assert module_rush.client.keys(module_rush.keys.prefix.replace("{", "\\{").replace("}", "\\}")
-                                   + "gwarn:*") == []
+    assert module_rush.client.keys(module_rush.keys.prefix.replace("{", "\\{").replace("}", "\\}") + "gwarn:*") == []

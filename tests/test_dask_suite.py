@@ -44,42 +44,68 @@ FULL = CUT + [
 
 _PROCESS = "the task runs in a worker process"
 _IDENTITY = "object identity: a value computed on a worker comes back as a copy"
-_CLIENT_FUNCTION = ("a function of the graph changes a variable of the client process (a counter, a flag, "
-                    "through a closure or a monkeypatched function); it runs on a worker, which changes its "
-                    "own copy. Only stores into client objects, client locks and unpicklable nodes run on "
-                    "the client (rush_dask.dask.clientnodes), not the functions around them")
+_CLIENT_FUNCTION = (
+    "a function of the graph changes a variable of the client process (a counter, a flag, "
+    "through a closure or a monkeypatched function); it runs on a worker, which changes its "
+    "own copy. Only stores into client objects, client locks and unpicklable nodes run on "
+    "the client (rush_dask.dask.clientnodes), not the functions around them"
+)
 
 # test id (path relative to the dask package :: name) -> why it differs on rush_dask.
 EXPECTED = {
-    "tests/test_base.py::test_num_workers_config[threads]":
-        f"counts the threads that ran the tasks with num_workers=3; {_PROCESS}",
-    "tests/test_base.py::test_num_workers_config[processes]":
-        f"counts the processes that ran the tasks with num_workers=3; {_PROCESS}",
+    "tests/test_base.py::test_num_workers_config[threads]": (
+        f"counts the threads that ran the tasks with num_workers=3; {_PROCESS}"
+    ),
+    "tests/test_base.py::test_num_workers_config[processes]": (
+        f"counts the processes that ran the tasks with num_workers=3; {_PROCESS}"
+    ),
     "bag/tests/test_bag.py::test_to_delayed_optimize_graph": _CLIENT_FUNCTION,
-    "bag/tests/test_bag.py::test_repartition_partition_size_complex_dtypes":
+    "bag/tests/test_bag.py::test_repartition_partition_size_complex_dtypes": (
         f"compares lists of numpy arrays with ==, true natively only because both sides hold "
-        f"the same array objects; {_IDENTITY}",
+        f"the same array objects; {_IDENTITY}"
+    ),
     "bag/tests/test_bag.py::test_bag_with_single_callable": _IDENTITY,
-    "array/tests/test_array_core.py::test_binary_operator_delegation":
-        "needs the pytest-mock fixture 'mocker', not installed (errors natively too)",
-    "array/tests/test_reductions.py::test_nanquantile_all_nan":
+    "array/tests/test_array_core.py::test_binary_operator_delegation": (
+        "needs the pytest-mock fixture 'mocker', not installed (errors natively too)"
+    ),
+    "array/tests/test_reductions.py::test_nanquantile_all_nan": (
         "expects a RuntimeWarning raised as an exception, as Dask's own pytest configuration "
-        "(not shipped in the wheel) makes warnings; fails natively too",
-    **{f"array/tests/test_array_core.py::{name}": _CLIENT_FUNCTION for name in (
-        "test_store_sources_unoptimized_nocompute",
-        "test_from_array_getitem[True-True]", "test_from_array_getitem[False-True]")},
+        "(not shipped in the wheel) makes warnings; fails natively too"
+    ),
+    **{
+        f"array/tests/test_array_core.py::{name}": _CLIENT_FUNCTION
+        for name in (
+            "test_store_sources_unoptimized_nocompute",
+            "test_from_array_getitem[True-True]",
+            "test_from_array_getitem[False-True]",
+        )
+    },
 }
 
 
 def run_suite(tests: list[str], junit: Path, timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE / "dask_suite"), str(HERE)])}
     env.pop("RUSH_REDIS_URL", None)
-    command = [sys.executable, "-X", "faulthandler", "-m", "pytest", "-q", "--tb=short",
-               "-c", str(HERE / "dask_suite" / "pytest.ini"), "--rootdir", str(DASK),
-               "-p", "rush_everywhere", f"--junitxml={junit}",
-               *[str(DASK / t) for t in tests]]
-    proc = subprocess.Popen(command, cwd=HERE / "dask_suite", env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-X",
+        "faulthandler",
+        "-m",
+        "pytest",
+        "-q",
+        "--tb=short",
+        "-c",
+        str(HERE / "dask_suite" / "pytest.ini"),
+        "--rootdir",
+        str(DASK),
+        "-p",
+        "rush_everywhere",
+        f"--junitxml={junit}",
+        *[str(DASK / t) for t in tests],
+    ]
+    proc = subprocess.Popen(
+        command, cwd=HERE / "dask_suite", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

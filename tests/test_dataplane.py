@@ -36,8 +36,12 @@ def two_workers(rush):
 
 
 def held_files(rush) -> list[Path]:
-    return sorted(p for d in (rush.plane.store.shm_dir, rush.plane.store.spill_dir)
-                  if d is not None and d.is_dir() for p in d.iterdir())
+    return sorted(
+        p
+        for d in (rush.plane.store.shm_dir, rush.plane.store.spill_dir)
+        if d is not None and d.is_dir()
+        for p in d.iterdir()
+    )
 
 
 def future_of(persisted):
@@ -64,8 +68,7 @@ def test_a_large_result_stays_in_a_file_on_its_host_and_redis_keeps_where(two_wo
     future.release()
     # The release put the file on the host's garbage list; a worker's next beat deletes it.
     wait_until(lambda: not path.exists(), what="file deleted after release")
-    wait_until(lambda: not rush.client.exists(rush.keys.garbage(rush.plane.host)),
-               what="garbage list emptied")
+    wait_until(lambda: not rush.client.exists(rush.keys.garbage(rush.plane.host)), what="garbage list emptied")
 
 
 def test_a_small_result_still_travels_through_redis(two_workers):
@@ -82,14 +85,19 @@ def test_consumers_map_the_file_and_nothing_is_left_after_a_compute(two_workers)
     result = (x @ x.T + 1).sum().compute(scheduler=rush)
     assert result == 2000 * 2000 * 2001
     wait_until(lambda: held_files(rush) == [], what="every result file deleted")
-    leftover = [k for k in rush.client.scan_iter(match=rush.keys.pattern)
-                if b":task:" in k or b":graph:" in k or b":gc:" in k or b":lq:" in k]
+    leftover = [
+        k
+        for k in rush.client.scan_iter(match=rush.keys.pattern)
+        if b":task:" in k or b":graph:" in k or b":gc:" in k or b":lq:" in k
+    ]
     assert leftover == []
 
 
-@pytest.mark.parametrize("compute", [lambda x, rush: x.compute(scheduler=rush),
-                                     lambda x, rush: dask.compute(x, scheduler=rush)[0]],
-                         ids=["Array.compute", "dask.compute"])
+@pytest.mark.parametrize(
+    "compute",
+    [lambda x, rush: x.compute(scheduler=rush), lambda x, rush: dask.compute(x, scheduler=rush)[0]],
+    ids=["Array.compute", "dask.compute"],
+)
 def test_an_arrays_chunks_are_joined_on_the_client_not_copied_again_by_a_worker(two_workers, compute):
     rush = two_workers
     chunks = 4 * 2 * MB
@@ -97,8 +105,7 @@ def test_an_arrays_chunks_are_joined_on_the_client_not_copied_again_by_a_worker(
     assert value.shape == (1024, 1024) and value[-1, -1] == 2.0
 
     def written_by_workers() -> int:
-        return sum(int(rush.client.hget(rush.keys.worker(w), "bytes_held") or 0)
-                   for w in rush.running_worker_ids)
+        return sum(int(rush.client.hget(rush.keys.worker(w), "bytes_held") or 0) for w in rush.running_worker_ids)
 
     wait_until(lambda: written_by_workers() >= chunks, what="the workers report the chunks they wrote")
     time.sleep(3 * FAST["heartbeat_period"])  # a late report of a joined copy would come by now
@@ -137,14 +144,18 @@ def test_a_ready_node_is_queued_near_its_input_and_an_idle_worker_takes_it(rush,
     (total,) = dask.persist(dask.delayed(f.array_sum)(big), scheduler=rush)
     total = future_of(total)
     # Its input is held by `holder`: queued there, not on the shared queue.
-    wait_until(lambda: rush.client.zscore(rush.keys.local_queue(holder), total.task_key) is not None,
-               what="node on the holder's local queue")
+    wait_until(
+        lambda: rush.client.zscore(rush.keys.local_queue(holder), total.task_key) is not None,
+        what="node on the holder's local queue",
+    )
     assert rush.client.zscore(rush.keys.queue, total.task_key) is None
     gate_b.touch()  # the other worker is free while the holder still is not: it takes the node
     assert total.result(timeout=TIMEOUT) == 2.0 * 2 * MB / 8
     assert rush.client.scard(rush.keys.held(holder)) == 1  # the holder never stopped waiting
-    wait_until(lambda: int(rush.client.hget(rush.keys.worker(other), "bytes_mapped") or 0) >= 2 * MB,
-               what="the other worker mapped the holder's file")
+    wait_until(
+        lambda: int(rush.client.hget(rush.keys.worker(other), "bytes_mapped") or 0) >= 2 * MB,
+        what="the other worker mapped the holder's file",
+    )
     gate_a.touch()
     assert rush.gather(busy_b) == 0 and dask.compute(*busy_a, scheduler=rush) == (0,)
 
@@ -181,8 +192,9 @@ def test_the_file_outlives_a_sigkilled_producer_on_the_same_host(rush):
     future.result()
     holder = task_fields(rush, future)[b"at"].decode()
     os.kill(rush.local_workers[holder].process.pid, signal.SIGKILL)
-    wait_until(lambda: holder in rush.detect_lost_workers() or holder in rush.lost_worker_ids,
-               what="holder declared lost")
+    wait_until(
+        lambda: holder in rush.detect_lost_workers() or holder in rush.lost_worker_ids, what="holder declared lost"
+    )
     survivor = b_id if holder == a_id else a_id
     assert rush.running_worker_ids == [survivor]
     # The survivor reads the dead worker's file: nothing to recompute.
@@ -204,9 +216,11 @@ def test_other_hosts_fetch_over_tcp_and_a_lost_result_is_recomputed(rush, tmp_pa
         import threading
 
         result: list = []
-        thread = threading.Thread(target=lambda: result.append(
-            total.compute(scheduler=rush, fuse=False, timeout=TIMEOUT)))
+        thread = threading.Thread(
+            target=lambda: result.append(total.compute(scheduler=rush, fuse=False, timeout=TIMEOUT))
+        )
         thread.start()
+
         # Worker A made 'big' and now waits at the gate (the node that depends on it).
         def at_the_gate() -> bool:
             held = rush.client.smembers(rush.keys.held(worker_a))
@@ -235,8 +249,10 @@ def test_a_consumer_on_another_host_fetches_from_the_holders_data_server(rush, m
     assert rush.plane.bytes_fetched >= 2 * MB
     total = dask.delayed(f.array_sum)(big).compute(scheduler=rush, resources={"B": 1})
     assert total == 7.0 * 2 * MB / 8
-    wait_until(lambda: int(rush.client.hget(rush.keys.worker(worker_b), "bytes_fetched") or 0) >= 2 * MB,
-               what="worker B fetched A's result over TCP")
+    wait_until(
+        lambda: int(rush.client.hget(rush.keys.worker(worker_b), "bytes_fetched") or 0) >= 2 * MB,
+        what="worker B fetched A's result over TCP",
+    )
 
 
 def test_large_data_embedded_in_a_graph_goes_to_the_hosts_store_not_redis(two_workers):

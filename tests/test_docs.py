@@ -18,9 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def build(config: Path, site: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config),
-         "--site-dir", str(site)],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config), "--site-dir", str(site)],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
 
@@ -28,11 +31,12 @@ def project_config(tmp_path: Path, docs: Path, code: Path) -> Path:
     """The project's mkdocs.yml (no nav) for the pages in ``docs``, API docs read from ``code``."""
     config = tmp_path / "mkdocs.yml"
     config.write_text(
-        (ROOT / "mkdocs.yml").read_text()
+        (ROOT / "mkdocs.yml")
+        .read_text()
         .replace("docs_dir: docs", f"docs_dir: {docs}")
         .replace("  - docs/hooks/docstrings.py", f"  - {ROOT / 'docs' / 'hooks' / 'docstrings.py'}")
         .split("\nnav:")[0]
-        .replace("paths: [\".\"]", f"paths: [\"{code}\"]")
+        .replace('paths: ["."]', f'paths: ["{code}"]')
     )
     return config
 
@@ -64,8 +68,8 @@ def test_docs_build_fails_on_a_docstring_warning(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "__init__.py").write_text(
-        'def f(x: int) -> int:\n    """Double x.\n\n    :param y: no such parameter\n    """\n'
-        '    return 2 * x\n')
+        'def f(x: int) -> int:\n    """Double x.\n\n    :param y: no such parameter\n    """\n    return 2 * x\n'
+    )
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "index.md").write_text("# API\n\n::: pkg.f\n")

@@ -38,8 +38,10 @@ def test_a_sigkilled_client_takes_its_embedded_redis_and_its_workers_with_it(tmp
 
 
 def test_a_client_that_exits_normally_leaves_no_watchdog(tmp_path):
-    code = ("from rush_dask import Rush\nfrom rush_dask.core.server import embedded_server\n"
-            "Rush('tidy').client.ping()\nprint(embedded_server().watchdog.pid, flush=True)\n")
+    code = (
+        "from rush_dask import Rush\nfrom rush_dask.core.server import embedded_server\n"
+        "Rush('tidy').client.ping()\nprint(embedded_server().watchdog.pid, flush=True)\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
     watchdog_pid = int(done.stdout.split()[0])

@@ -56,8 +56,9 @@ def assert_sensible(config, score) -> None:
 
 def test_random_search(redis_url, network_id, tmp_path):
     out = tmp_path / "random.png"
-    config, score = hpo_random_search.main(n_evals=N_EVALS, n_workers=N_WORKERS, url=redis_url,
-                                           out=str(out), network_id=network_id, timeout=TIMEOUT)
+    config, score = hpo_random_search.main(
+        n_evals=N_EVALS, n_workers=N_WORKERS, url=redis_url, out=str(out), network_id=network_id, timeout=TIMEOUT
+    )
     assert_sensible(config, score)
     assert_png(out)
     assert_no_keys_left(redis_url, network_id)
@@ -70,20 +71,25 @@ def test_decentralized_search(redis_url, network_id, tmp_path, monkeypatch):
 
     def reset_after_snapshot(self, *args, **kwargs):
         if self.n_tasks:
-            snapshots.append((self.fetch_tasks(), self.n_running_tasks, self.n_failed_tasks,
-                              self.n_running_workers))
+            snapshots.append((self.fetch_tasks(), self.n_running_tasks, self.n_failed_tasks, self.n_running_workers))
         return real_reset(self, *args, **kwargs)
 
     monkeypatch.setattr(Rush, "reset", reset_after_snapshot)
     out = tmp_path / "decentralized.png"
-    config, score = hpo_decentralized.main(n_evals=N_EVALS, n_workers=N_WORKERS, url=redis_url,
-                                           out=str(out), seed=1, network_id=network_id,
-                                           timeout=TIMEOUT)
+    config, score = hpo_decentralized.main(
+        n_evals=N_EVALS,
+        n_workers=N_WORKERS,
+        url=redis_url,
+        out=str(out),
+        seed=1,
+        network_id=network_id,
+        timeout=TIMEOUT,
+    )
     assert_sensible(config, score)
     assert_png(out)
     assert_no_keys_left(redis_url, network_id)
 
-    (tasks, n_running, n_failed, n_running_workers), = snapshots
+    ((tasks, n_running, n_failed, n_running_workers),) = snapshots
     assert n_running == 0 and n_failed == 0 and n_running_workers == 0
     assert set(tasks["state"]) == {"finished"}
     # Each worker checks the budget before it starts an evaluation: at most one extra per worker.
@@ -94,8 +100,9 @@ def test_decentralized_search(redis_url, network_id, tmp_path, monkeypatch):
 
 def test_dask_grid(redis_url, network_id, tmp_path):
     out = tmp_path / "grid.png"
-    config, score = hpo_dask_grid.main(n_evals=N_EVALS, n_workers=N_WORKERS, url=redis_url,
-                                       out=str(out), network_id=network_id, timeout=TIMEOUT)
+    config, score = hpo_dask_grid.main(
+        n_evals=N_EVALS, n_workers=N_WORKERS, url=redis_url, out=str(out), network_id=network_id, timeout=TIMEOUT
+    )
     assert_sensible(config, score)
     assert_png(out)
     assert_no_keys_left(redis_url, network_id)
@@ -103,8 +110,9 @@ def test_dask_grid(redis_url, network_id, tmp_path):
 
 def test_decentralized_failing_objective_fails_tasks_not_workers(rush):
     budget = 4
-    ids = rush.start_workers(worker_loop=hpo_decentralized.worker_loop, n_workers=N_WORKERS,
-                             budget=budget, objective=broken_objective)
+    ids = rush.start_workers(
+        worker_loop=hpo_decentralized.worker_loop, n_workers=N_WORKERS, budget=budget, objective=broken_objective
+    )
     wait_until(lambda: rush.n_terminated_workers == N_WORKERS)
     # Failed evaluations spend the budget; the loop goes on and stops there, gracefully.
     assert sorted(rush.terminated_worker_ids) == sorted(ids)
@@ -123,14 +131,12 @@ def test_decentralized_failing_objective_fails_tasks_not_workers(rush):
     assert warnings()["message"].str.contains("failed: ValueError: cannot evaluate").all()
 
 
-
 def test_decentralized_search_survives_a_dead_worker(rush):
     import os
     import signal
 
     budget = 10
-    victim, survivor = rush.start_workers(worker_loop=hpo_decentralized.worker_loop, n_workers=2,
-                                          budget=budget)
+    victim, survivor = rush.start_workers(worker_loop=hpo_decentralized.worker_loop, n_workers=2, budget=budget)
     wait_until(lambda: rush.n_finished_tasks >= 2)
     os.kill(rush.local_workers[victim].process.pid, signal.SIGKILL)
     # What the example's controller does while it waits: declare dead workers lost.

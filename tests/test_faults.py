@@ -23,7 +23,6 @@ wait_until = functools.partial(conftest.wait_until, timeout=TIMEOUT)
 FAST = {"heartbeat_period": 0.2, "heartbeat_expire": 1.0}
 
 
-
 def finished_records(rush) -> list[str]:
     return [k.decode() for k in rush.client.lrange(rush.keys.finished, 0, -1)]
 
@@ -194,8 +193,9 @@ def test_seed_survives_retries(redis_url, tmp_path):
     def run(succeed_on, counter_dir):
         rush = Rush(f"retry-seed-{os.urandom(4).hex()}", url=redis_url, seed=3)
         try:
-            rush.start_workers(funcs.random_then_fail_until, n_workers=1,
-                               counter_dir=str(counter_dir), succeed_on=succeed_on)
+            rush.start_workers(
+                funcs.random_then_fail_until, n_workers=1, counter_dir=str(counter_dir), succeed_on=succeed_on
+            )
             keys = rush.push_tasks([{"x": i} for i in range(3)], max_retries=2)
             rush.wait_for_tasks(keys, timeout=TIMEOUT)
             data = rush.fetch_finished_tasks().set_index("keys").loc[keys]
@@ -243,8 +243,9 @@ def test_redis_restart_with_aof_loses_and_doubles_nothing(tmp_path):
     server = RedisServer(str(tmp_path), tcp=True, appendonly=True).start()
     rush = Rush("restart", url=server.url)
     try:
-        rush.start_workers(funcs.sleep_then, n_workers=2, heartbeat_period=0.5, heartbeat_expire=10,
-                           redis_retry_timeout=60)
+        rush.start_workers(
+            funcs.sleep_then, n_workers=2, heartbeat_period=0.5, heartbeat_expire=10, redis_retry_timeout=60
+        )
         rush.wait_for_workers(2, timeout=TIMEOUT)
         keys = rush.push_tasks([{"x": i, "duration": 0.01} for i in range(300)])
         wait_until(lambda: rush.n_finished_tasks >= 50)
@@ -314,8 +315,7 @@ def test_a_repeated_push_call_applies_once(rush):
     from rush_dask.core.serialize import dumps
 
     (wid,) = rush.start_workers(funcs.sleep_then, n_workers=1)
-    args = [rush.keys.prefix, 1, "", 0, "", "", 0, 3, "repeated-key", dumps({"x": 1, "duration": 60}),
-            b"", ""]
+    args = [rush.keys.prefix, 1, "", 0, "", "", 0, 3, "repeated-key", dumps({"x": 1, "duration": 60}), b"", ""]
     rush.scripts.push(args=args)
     wait_until(lambda: rush.n_running_tasks == 1)
     rush.scripts.push(args=args)  # the same call again, while the task runs

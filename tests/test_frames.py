@@ -39,9 +39,16 @@ def raw_rows(n, worker=b"w1"):
 def test_task_frame_types_are_the_same_for_few_and_many_rows(n):
     frame = task_frame(*raw_rows(n))
     assert list(frame.columns) == (["x", "name", "y"] if n else []) + list(frames.META_COLUMNS)
-    expected = {"pid": "Int64", "worker_id": STR, "state": STR, "keys": STR,
-                "queued_at": "datetime64[us, UTC]", "finished_at": "datetime64[us, UTC]",
-                "attempts": "int64", "error": STR}
+    expected = {
+        "pid": "Int64",
+        "worker_id": STR,
+        "state": STR,
+        "keys": STR,
+        "queued_at": "datetime64[us, UTC]",
+        "finished_at": "datetime64[us, UTC]",
+        "attempts": "int64",
+        "error": STR,
+    }
     for name, dtype in expected.items():
         assert frame[name].dtype == dtype, name
     if n:
@@ -106,8 +113,8 @@ def test_growing_frame_appends_like_concat():
 def test_growing_frame_falls_back_when_a_type_or_column_changes():
     table = GrowingFrame()
     table.append({"x": [1, 2], "s": ["a", "b"]})
-    table.append({"x": [2.5], "s": ["c"]})          # int -> float
-    table.append({"x": [None], "s": [None]})        # missing values
+    table.append({"x": [2.5], "s": ["c"]})  # int -> float
+    table.append({"x": [None], "s": [None]})  # missing values
     table.append({"x": [4], "s": ["d"], "z": [True]})  # a new column
     frame = table.frame()
     assert frame["x"].dtype == "float64" and np.isnan(frame["x"].iloc[3])
@@ -143,10 +150,12 @@ def test_growing_frame_result_can_be_changed_without_touching_the_table():
 def test_incremental_fetches_equal_a_cold_read(rush):
     """Many small fetches of a changing archive give what one fresh reader reads at once."""
     rush.start_workers(funcs.echo, n_workers=2)
-    kinds = [{"x": i, "label": f"t{i}"} for i in range(30)] + \
-        [{"x": 0.5, "label": None}, {"x": 7, "label": "after", "extra_input": True}]
+    kinds = [{"x": i, "label": f"t{i}"} for i in range(30)] + [
+        {"x": 0.5, "label": None},
+        {"x": 7, "label": "after", "extra_input": True},
+    ]
     for i in range(0, len(kinds), 4):
-        keys = rush.push_tasks(kinds[i:i + 4])
+        keys = rush.push_tasks(kinds[i : i + 4])
         rush.wait_for_tasks(keys, timeout=TIMEOUT)
         mine = rush.fetch_finished_tasks()
         mine.loc[0, "x"] = -1  # the caller's changes never reach the cache

@@ -42,8 +42,10 @@ def binary_tree(leaves: int) -> tuple[dict, str]:
 def delayed_tree(leaves: int):
     values = [dask.delayed(f.inc)(i) for i in range(leaves)]
     while len(values) > 1:
-        values = [dask.delayed(f.add)(*values[i:i + 2]) if i + 1 < len(values) else values[i]
-                  for i in range(0, len(values), 2)]
+        values = [
+            dask.delayed(f.add)(*values[i : i + 2]) if i + 1 < len(values) else values[i]
+            for i in range(0, len(values), 2)
+        ]
     return values[0]
 
 
@@ -63,13 +65,12 @@ def test_shared_inputs_outputs_and_different_options_are_not_fused():
     graph = {
         "shared": DataNode("shared", 1),
         "a": Task("a", add, TaskRef("shared"), 1),
-        "b": Task("b", add, TaskRef("shared"), 2),   # "shared" has two dependents
+        "b": Task("b", add, TaskRef("shared"), 2),  # "shared" has two dependents
         "c": Task("c", add, TaskRef("a"), TaskRef("b")),
     }
     fused, groups = fuse_subtrees(graph, keep={"c", "a"}, limit=10)
     assert set(fused) == {"shared", "a", "c"} and groups == {"c": ["b", "c"]}
-    fused, groups = fuse_subtrees(graph, keep={"c"}, limit=10,
-                                  options_of=lambda key: "high" if key == "b" else None)
+    fused, groups = fuse_subtrees(graph, keep={"c"}, limit=10, options_of=lambda key: "high" if key == "b" else None)
     assert set(fused) == {"shared", "b", "c"} and groups == {"c": ["a", "c"]}
     assert fuse_subtrees(graph, keep={"c"}, limit=1) == (graph, {})
 
@@ -98,10 +99,10 @@ def test_fused_compute_sends_fewer_tasks_and_reports_every_key(rush2):
         with Record():
             assert dask.compute(tree, scheduler=rush2, fuse=mode) == expected
         counts[f"tasks-{mode}"] = int(rush2.client.get(seq)) - before
-    assert counts["tasks-False"] == counts[False]              # one Redis task per node
-    assert counts["tasks-True"] < counts[False] / 4            # fused into subtrees
+    assert counts["tasks-False"] == counts[False]  # one Redis task per node
+    assert counts["tasks-True"] < counts[False] / 4  # fused into subtrees
     assert sorted(map(str, posted[True])) == sorted(map(str, posted[False]))
-    assert len(posted[True]) == counts[True]                   # callbacks see every Dask key
+    assert len(posted[True]) == counts[True]  # callbacks see every Dask key
     assert graph_keys(rush2) == []
 
 
@@ -128,8 +129,7 @@ def test_independent_outputs_are_bundled_in_order_by_options():
     graph["used"] = DataNode("used", 10)
     graph["y"] = Task("y", add, TaskRef("used"), 1)
     outputs = [*(f"x{i}" for i in range(7)), "used", "y"]
-    bundled, bundles = bundle_outputs(graph, outputs, limit=3, prefix="b",
-                                      options_of=lambda key: key == "x6")
+    bundled, bundles = bundle_outputs(graph, outputs, limit=3, prefix="b", options_of=lambda key: key == "x6")
     # "used" is needed by "y": it stays a task. "x6" differs in options and "y" is
     # left over after two full bundles: alone, each stays a task too.
     assert bundles == {("b", 0): ["x0", "x1", "x2"], ("b", 1): ["x3", "x4", "x5"]}
@@ -152,7 +152,7 @@ def test_bundled_compute_sends_few_tasks_and_reports_every_key(rush2):
     before = int(rush2.client.get(seq) or 0)
     with Record():
         assert dask.compute(*values, scheduler=rush2) == tuple(range(1, 2_001))
-    assert int(rush2.client.get(seq)) - before < 2_000 / 10     # bundles, not one task each
+    assert int(rush2.client.get(seq)) - before < 2_000 / 10  # bundles, not one task each
     assert sorted(map(str, posted)) == sorted(str(v.key) for v in values)
     assert graph_keys(rush2) == []
     before = int(rush2.client.get(seq))
@@ -174,7 +174,7 @@ def test_persist_and_futures_are_never_bundled(rush2):
     values = [dask.delayed(f.inc)(i) for i in range(300)]
     persisted = dask.persist(*values, scheduler=rush2)
     futures = [v.dask[v.key] for v in persisted]
-    assert len({fut.task_key for fut in futures}) == 300       # one Redis task per future
+    assert len({fut.task_key for fut in futures}) == 300  # one Redis task per future
     assert dask.compute(*persisted, scheduler=rush2) == tuple(range(1, 301))
     del persisted, futures
 

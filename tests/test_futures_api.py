@@ -18,7 +18,6 @@ from rush_dask import as_completed, fire_and_forget, wait
 TIMEOUT = 120
 
 
-
 def gate_file(tmp_path):
     return str(tmp_path / "gate")
 
@@ -202,8 +201,7 @@ def test_executor_submit_map_chunksize_timeout_shutdown(rush2, tmp_path):
 def test_executor_map_with_a_worker_sigkilled(rush2, tmp_path):
     pool = rush2.get_executor()
     items = list(range(30))
-    results = list(pool.map(f.slow_inc_killing_once_at, items, [12] * 30, [str(tmp_path)] * 30,
-                            timeout=TIMEOUT))
+    results = list(pool.map(f.slow_inc_killing_once_at, items, [12] * 30, [str(tmp_path)] * 30, timeout=TIMEOUT))
     assert results == [i + 1 for i in items]  # the killed worker's call was requeued
     assert rush2.n_lost_workers == 1
     pool.shutdown()

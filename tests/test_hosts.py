@@ -79,9 +79,14 @@ class Hosts:
     def spawn(self, i: int, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         """Run ``argv`` inside host ``i``; stdout and stderr go to ``log``."""
         with open(log, "wb") as out:
-            process = subprocess.Popen([IP, "netns", "exec", self.namespaces[i], *argv],
-                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       env=env, start_new_session=True)
+            process = subprocess.Popen(
+                [IP, "netns", "exec", self.namespaces[i], *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         self.processes.append(process)
         return process
 
@@ -135,7 +140,7 @@ def _claim_subnet(hosts: Hosts) -> str:
 def _build(hosts: Hosts) -> None:
     hosts.bridge = f"rb-{hosts.token}"
     ip("link", "add", hosts.bridge, "type", "bridge")
-    hosts.bridge_mac = "02:72:" + ":".join(hosts.token[i:i + 2] for i in (0, 2, 4)) + ":01"
+    hosts.bridge_mac = "02:72:" + ":".join(hosts.token[i : i + 2] for i in (0, 2, 4)) + ":01"
     ip("link", "set", hosts.bridge, "address", hosts.bridge_mac)
     prefix = _claim_subnet(hosts)
     hosts.bridge_ip = f"{prefix}.1"
@@ -151,8 +156,18 @@ def _build(hosts: Hosts) -> None:
         ip("addr", "add", f"{prefix}.{10 + i}/24", "dev", ns_link, netns=name)
         ip("link", "set", ns_link, "up", netns=name)
         ip("link", "set", "lo", "up", netns=name)
-        ip("neigh", "replace", hosts.bridge_ip, "lladdr", hosts.bridge_mac, "dev", ns_link,
-           "nud", "permanent", netns=name)
+        ip(
+            "neigh",
+            "replace",
+            hosts.bridge_ip,
+            "lladdr",
+            hosts.bridge_mac,
+            "dev",
+            ns_link,
+            "nud",
+            "permanent",
+            netns=name,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +182,10 @@ def hosts():
     probe = f"rushtest-{hosts.token}-probe"
     result = ip("netns", "add", probe, check=False)
     if result.returncode != 0:
-        pytest.skip(f"`ip netns add` is not permitted here ({result.stderr.strip()}); "
-                    "the test needs CAP_SYS_ADMIN and CAP_NET_ADMIN, e.g. root outside a container")
+        pytest.skip(
+            f"`ip netns add` is not permitted here ({result.stderr.strip()}); "
+            "the test needs CAP_SYS_ADMIN and CAP_NET_ADMIN, e.g. root outside a container"
+        )
     ip("netns", "del", probe, check=False)
     try:
         try:
@@ -193,17 +210,29 @@ def start_worker(hosts: Hosts, i: int, rush: Rush, start_id: str, url: str, log_
     worker_id = f"host{i}-{uuid.uuid4().hex[:6]}"
     # RUSH_HOST_ID: the namespaces share this machine's /dev/shm, but each is a host of its own,
     # so large graph results travel between them over TCP, as between machines.
-    env = dict(os.environ, RUSH_REDIS_URL=url, RUSH_TEST_HOST=hosts.namespaces[i],
-               RUSH_HOST_ID=hosts.namespaces[i],
-               PYTHONPATH=os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]]))
-    argv = [sys.executable, "-m", "rush_dask.core.worker", "--network", rush.network_id,
-            "--start-id", start_id, "--worker-id", worker_id]
+    env = dict(
+        os.environ,
+        RUSH_REDIS_URL=url,
+        RUSH_TEST_HOST=hosts.namespaces[i],
+        RUSH_HOST_ID=hosts.namespaces[i],
+        PYTHONPATH=os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]]),
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "rush_dask.core.worker",
+        "--network",
+        rush.network_id,
+        "--start-id",
+        start_id,
+        "--worker-id",
+        worker_id,
+    ]
     log = log_dir / f"{worker_id}.log"
     return worker_id, hosts.spawn(i, argv, env, log), log
 
 
-def start_workers(hosts: Hosts, rush: Rush, url: str, log_dir: Path, n: int, *, first: int = 0,
-                  **options) -> dict:
+def start_workers(hosts: Hosts, rush: Rush, url: str, log_dir: Path, n: int, *, first: int = 0, **options) -> dict:
     """One worker on each of hosts ``first`` .. ``first + n - 1``.
 
     Returns {worker_id: (process, log path)}.
@@ -240,8 +269,7 @@ def wait_registered(rush: Rush, workers: dict) -> None:
     def ready() -> bool:
         for wid, (process, log) in workers.items():
             if process.poll() is not None:
-                raise AssertionError(
-                    f"worker {wid} exited with {process.returncode}: {log.read_text()[-2000:]}")
+                raise AssertionError(f"worker {wid} exited with {process.returncode}: {log.read_text()[-2000:]}")
         states = rush._worker_states()
         return all(states.get(wid) == "running" for wid in workers)
 
@@ -250,8 +278,10 @@ def wait_registered(rush: Rush, workers: dict) -> None:
 
 def cut_while_running(hosts: Hosts, rush: Rush, victim: str, side: str) -> None:
     """Cut host 0 off while its worker runs a task and the network is well under way."""
-    wait_until(lambda: rush.n_finished_tasks >= N_HOSTS and rush.client.scard(rush.keys.held(victim)),
-               what="the victim running a task")
+    wait_until(
+        lambda: rush.n_finished_tasks >= N_HOSTS and rush.client.scard(rush.keys.held(victim)),
+        what="the victim running a task",
+    )
     hosts.cut(0, side)
 
 
@@ -277,8 +307,10 @@ def test_partitioned_host_is_lost_and_writes_nothing(hosts, server, tmp_path, si
         keys = rush.push_tasks([{"x": i} for i in range(N_TASKS)])
         cut_while_running(hosts, rush, victim, side)
         try:
-            wait_until(lambda: victim in rush.detect_lost_workers() or victim in rush.lost_worker_ids,
-                       what="the partitioned worker declared lost")
+            wait_until(
+                lambda: victim in rush.detect_lost_workers() or victim in rush.lost_worker_ids,
+                what="the partitioned worker declared lost",
+            )
             requeued = requeued_keys(rush, keys)
             assert requeued, "the partitioned worker held no task when it was declared lost"
             rush.wait_for_tasks(keys, timeout=TIMEOUT)  # the other hosts finish everything
@@ -306,8 +338,7 @@ def test_partitioned_host_is_lost_and_writes_nothing(hosts, server, tmp_path, si
         assert all(len(v) == 1 and v[0] != root_netns for v in netns_of)
         assert len({v[0] for v in netns_of}) == len(netns_of)
         host_of = results.groupby("worker_id")["host"].unique()
-        assert {w: v[0] for w, v in host_of.items()} == {
-            w: hosts.namespaces[int(w[4])] for w in host_of.index}
+        assert {w: v[0] for w, v in host_of.items()} == {w: hosts.namespaces[int(w[4])] for w in host_of.index}
 
         # The lost worker stays lost: no heartbeat, no new registration.
         info = rush.worker_info.set_index("worker_id")
@@ -359,8 +390,7 @@ def test_host_cut_off_past_redis_retry_timeout_exits_on_its_own(hosts, server, t
         kill_all(hosts, rush)
 
 
-def test_results_move_between_hosts_and_a_link_cut_mid_transfer_loses_nothing(hosts, server, tmp_path,
-                                                                              caplog):
+def test_results_move_between_hosts_and_a_link_cut_mid_transfer_loses_nothing(hosts, server, tmp_path, caplog):
     """A 24 MB result held on host 0 is fetched by host 1 over a link slowed to 40 Mbit/s;
     host 0 is cut off (silently, at the switch) while the transfer runs. The consumer's
     fetch stalls, gives up, and the compute runs again from its lineage on the other hosts."""
@@ -374,8 +404,9 @@ def test_results_move_between_hosts_and_a_link_cut_mid_transfer_loses_nothing(ho
     rush = Rush(f"hosts-{uuid.uuid4().hex[:8]}", url=server.url)
     tc = ["ip", "netns", "exec", hosts.namespaces[0], shutil.which("tc"), "qdisc"]
     try:
-        run([*tc, "add", "dev", hosts.ns_links[0], "root", "tbf", "rate", "40mbit", "burst", "32kb",
-             "latency", "400ms"])
+        run(
+            [*tc, "add", "dev", hosts.ns_links[0], "root", "tbf", "rate", "40mbit", "burst", "32kb", "latency", "400ms"]
+        )
         [producer] = start_workers(hosts, rush, server.url, tmp_path, 1)
         gate = tmp_path / "gate"
         big = dask.delayed(dask_funcs.big_array)(24 * 2**20, 3.0, dask_key_name="big")
@@ -383,8 +414,9 @@ def test_results_move_between_hosts_and_a_link_cut_mid_transfer_loses_nothing(ho
         result: list = []
         with dask.annotate(resources={"reader": 1}):  # only the workers of hosts 1 and 2
             total = dask.delayed(dask_funcs.array_sum)(big, wait, dask_key_name="total")
-        thread = threading.Thread(target=lambda: result.append(total.compute(
-            scheduler=rush, fuse=False, timeout=TIMEOUT)))
+        thread = threading.Thread(
+            target=lambda: result.append(total.compute(scheduler=rush, fuse=False, timeout=TIMEOUT))
+        )
         thread.start()
 
         def producer_at_gate() -> bool:
@@ -432,8 +464,12 @@ def test_a_matmul_of_megabyte_chunks_moves_them_between_hosts(hosts, server, tmp
         workers = start_workers(hosts, rush, server.url, tmp_path, N_HOSTS)
         n, chunk = 1500, 500
         x = (da.arange(n * n, dtype="int64", chunks=chunk * n).reshape(n, n) % 7).rechunk(chunk)
-        expected = int(((np.arange(n * n, dtype="int64").reshape(n, n) % 7) @
-                        (np.arange(n * n, dtype="int64").reshape(n, n) % 7).T).sum())
+        expected = int(
+            (
+                (np.arange(n * n, dtype="int64").reshape(n, n) % 7)
+                @ (np.arange(n * n, dtype="int64").reshape(n, n) % 7).T
+            ).sum()
+        )
         assert int((x @ x.T).sum().compute(scheduler=rush, timeout=TIMEOUT)) == expected
 
         def fetched() -> int:

@@ -23,8 +23,7 @@ from test_examples import assert_no_keys_left, assert_png  # noqa: E402
 
 def test_optuna_example(redis_url, network_id, tmp_path):
     out = tmp_path / "optuna.png"
-    config, score = hpo_optuna.main(n_evals=8, n_workers=2, url=redis_url, out=str(out), seed=1,
-                                    network_id=network_id)
+    config, score = hpo_optuna.main(n_evals=8, n_workers=2, url=redis_url, out=str(out), seed=1, network_id=network_id)
     assert set(config) == {"log_C", "log_gamma"} and 0.5 < score <= 1.0
     assert_png(out)
     assert_png(tmp_path / "optuna_busy.png")
@@ -33,8 +32,7 @@ def test_optuna_example(redis_url, network_id, tmp_path):
 
 def test_asha_example(redis_url, network_id, tmp_path):
     out = tmp_path / "asha.png"
-    config, error = hpo_asha.main(n_evals=30, n_workers=2, url=redis_url, out=str(out), seed=1,
-                                  network_id=network_id)
+    config, error = hpo_asha.main(n_evals=30, n_workers=2, url=redis_url, out=str(out), seed=1, network_id=network_id)
     assert set(config) == {"log_eta0", "log_alpha"} and 0.0 <= error < 0.5
     for path in (out, tmp_path / "asha_best.png", tmp_path / "asha_busy.png"):
         assert_png(path)

@@ -28,9 +28,11 @@ def workers(rush):
 
 
 def test_importing_rush_dask_registers_the_backend_without_importing_sklearn():
-    code = ("import sys, rush_dask; assert 'joblib' not in sys.modules; "  # registered when joblib loads
-            "import joblib; from joblib.parallel import BACKENDS; "
-            "assert 'rush' in BACKENDS; assert 'sklearn' not in sys.modules; print('ok')")
+    code = (
+        "import sys, rush_dask; assert 'joblib' not in sys.modules; "  # registered when joblib loads
+        "import joblib; from joblib.parallel import BACKENDS; "
+        "assert 'rush' in BACKENDS; assert 'sklearn' not in sys.modules; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
 
@@ -40,8 +42,13 @@ def test_grid_search_on_rush_equals_n_jobs_1(workers):
     with joblib.parallel_backend("rush", rush=workers):
         on_rush = GridSearchCV(SVC(), GRID, cv=3, n_jobs=-1).fit(X, y)
     alone = GridSearchCV(SVC(), GRID, cv=3, n_jobs=1).fit(X, y)
-    for column in ("params", "rank_test_score", "mean_test_score", "std_test_score",
-                   *[f"split{i}_test_score" for i in range(3)]):
+    for column in (
+        "params",
+        "rank_test_score",
+        "mean_test_score",
+        "std_test_score",
+        *[f"split{i}_test_score" for i in range(3)],
+    ):
         assert np.array_equal(np.asarray(on_rush.cv_results_[column]), np.asarray(alone.cv_results_[column]))
     assert on_rush.best_params_ == alone.best_params_
     # the 12 fits ran as rush tasks on both workers
@@ -58,8 +65,10 @@ def test_large_arguments_are_stored_once_per_network(workers):
     assert sums + more == [big.sum()] * 12
     shared = list(workers.client.scan_iter(match=workers.keys.prefix + "shared:*"))
     assert len(shared) == 1  # one copy of the array in Redis
-    sizes = [len(workers.client.hget(workers.keys.task(k.decode()), "xs"))
-             for k in workers.client.lrange(workers.keys.all_tasks, 0, -1)]
+    sizes = [
+        len(workers.client.hget(workers.keys.task(k.decode()), "xs"))
+        for k in workers.client.lrange(workers.keys.all_tasks, 0, -1)
+    ]
     assert len(sizes) == 12 and max(sizes) < 10_000  # the tasks only name it
 
 

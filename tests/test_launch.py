@@ -27,8 +27,9 @@ FAST = {"heartbeat_period": 0.2, "heartbeat_expire": 1.5}
 
 
 def new_cluster(**options) -> tuple[LocalCluster, Client]:
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=40, **options)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40, **options
+    )
     return cluster, Client(cluster)
 
 
@@ -93,9 +94,11 @@ def test_unix_socket_url_is_refused_and_nothing_is_written(rush, redis_url, clus
 def test_bad_cluster_input_is_refused_and_nothing_is_written(tcp_rush, tcp_url, cluster_client):
     with pytest.raises(ValueError, match="n_workers must be an integer >= 1"):
         tcp_rush.start_workers(funcs.add, n_workers=0, client=cluster_client)
-    with (LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty,
-          Client(empty) as client,
-          pytest.raises(ValueError, match="no workers yet.*wait_for_workers")):
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty,
+        Client(empty) as client,
+        pytest.raises(ValueError, match="no workers yet.*wait_for_workers"),
+    ):
         tcp_rush.start_workers(funcs.add, client=client)
     assert network_keys(tcp_url, tcp_rush) == set()
 
@@ -106,8 +109,7 @@ def test_hidden_env_shows_no_values():
     assert dict(env)["RUSH_SECRET"] == "s3cr3t"
 
 
-def test_workers_run_on_the_cluster_spread_over_its_workers_and_stop_with_the_controller(
-        tcp_rush, cluster_client):
+def test_workers_run_on_the_cluster_spread_over_its_workers_and_stop_with_the_controller(tcp_rush, cluster_client):
     ids = tcp_rush.start_workers(funcs.sleep_then, n_workers=3, client=cluster_client, **FAST)
     tcp_rush.wait_for_workers(timeout=TIMEOUT)  # counts the cluster workers it started
     keys = tcp_rush.push_tasks([{"x": i, "duration": 0.05} for i in range(12)])
@@ -151,8 +153,7 @@ def test_stop_workers_terminate_reaches_cluster_workers_through_redis(tcp_rush, 
     assert all(not tasks for tasks in cluster_client.processing().values())
 
 
-def test_stop_workers_kill_reaches_cluster_workers_at_their_next_heartbeat(tcp_rush, cluster_client,
-                                                                        remote_view):
+def test_stop_workers_kill_reaches_cluster_workers_at_their_next_heartbeat(tcp_rush, cluster_client, remote_view):
     ids = tcp_rush.start_workers(funcs.sleep_then, client=cluster_client, **FAST)
     tcp_rush.wait_for_workers(worker_ids=ids, timeout=TIMEOUT)
     [key] = tcp_rush.push_tasks([{"x": 1, "duration": 120}])
@@ -169,8 +170,13 @@ def test_stop_workers_kill_reaches_cluster_workers_at_their_next_heartbeat(tcp_r
 
 
 def test_a_worker_that_cannot_start_on_the_cluster_is_reported(tcp_rush, cluster_client):
-    started = submit_workers(cluster_client, sorted(cluster_worker_pids(cluster_client))[:1],
-                             tcp_rush.network_id, "no-such-start-id", tcp_rush.url)
+    started = submit_workers(
+        cluster_client,
+        sorted(cluster_worker_pids(cluster_client))[:1],
+        tcp_rush.network_id,
+        "no-such-start-id",
+        tcp_rush.url,
+    )
     tcp_rush.local_workers.on_cluster.extend(started)
     with pytest.raises(WorkerStartError, match="no worker configuration 'no-such-start-id'"):
         tcp_rush.wait_for_workers(timeout=TIMEOUT)
@@ -183,16 +189,16 @@ def hold_on_cluster(x, **kwargs):
     return {"y": x}
 
 
-def test_crashed_or_closed_cluster_makes_its_workers_lost_and_their_tasks_finish_elsewhere(
-        tcp_rush, remote_view):
+def test_crashed_or_closed_cluster_makes_its_workers_lost_and_their_tasks_finish_elsewhere(tcp_rush, remote_view):
     cluster, client = new_cluster(env={"RUSH_TEST_ON_CLUSTER": "1"})
     try:
         ids = tcp_rush.start_workers(hold_on_cluster, client=client, **FAST)
         tcp_rush.wait_for_workers(worker_ids=ids, timeout=TIMEOUT)
         pids = [int(info_of(tcp_rush, ids)[w]["pid"]) for w in ids]
         keys = tcp_rush.push_tasks([{"x": i} for i in range(10)])
-        wait_until(lambda: set(tcp_rush.fetch_running_tasks()["worker_id"]) == set(ids), TIMEOUT,
-                   "both cluster workers busy")
+        wait_until(
+            lambda: set(tcp_rush.fetch_running_tasks()["worker_id"]) == set(ids), TIMEOUT, "both cluster workers busy"
+        )
         # A distributed worker crashes: its Rush worker dies with it (not orphaned).
         os.kill(psutil.Process(pids[0]).ppid(), signal.SIGKILL)
         wait_until(lambda: not pid_alive(pids[0]), TIMEOUT, "Rush worker of the crashed Dask worker gone")

@@ -46,10 +46,8 @@ def rush2(rush):
 
 def start_client(rush, lease: float) -> subprocess.Popen:
     """A client process computing 40 slow nodes on ``rush``'s network; returns once they run."""
-    code = CLIENT.format(tests=str(Path(__file__).parent), network=rush.network_id, url=rush.url,
-                         lease=lease)
-    client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    code = CLIENT.format(tests=str(Path(__file__).parent), network=rush.network_id, url=rush.url, lease=lease)
+    client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until(lambda: rush.n_running_tasks > 0 or client.poll() is not None, what="graph running")
     assert client.poll() is None, client.communicate()
     return client

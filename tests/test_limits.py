@@ -22,14 +22,18 @@ def small(redis_url):
     yield from conftest.fresh_network(redis_url, max_payload_bytes=LIMIT)
 
 
-
-@pytest.mark.parametrize("xss, match", [
-    # a value over the limit (it would be stored as a shared input)
-    ([{"x": 1}, {"x": 2}, {"x": b"\1" * (LIMIT + 1)}], r"input 'x' of task 2 is 200,0\d\d bytes"),
-    # values under INLINE_LIMIT each stay in the task: together over the limit
-    ([{"x": 1}, {f"v{i}": bytes([i]) * 60_000 for i in range(4)}],
-     r"task 1 is 240,\d{3} bytes serialized, over the limit"),
-])
+@pytest.mark.parametrize(
+    "xss, match",
+    [
+        # a value over the limit (it would be stored as a shared input)
+        ([{"x": 1}, {"x": 2}, {"x": b"\1" * (LIMIT + 1)}], r"input 'x' of task 2 is 200,0\d\d bytes"),
+        # values under INLINE_LIMIT each stay in the task: together over the limit
+        (
+            [{"x": 1}, {f"v{i}": bytes([i]) * 60_000 for i in range(4)}],
+            r"task 1 is 240,\d{3} bytes serialized, over the limit",
+        ),
+    ],
+)
 def test_too_large_push_names_the_task_and_writes_nothing(small, redis_url, xss, match):
     small.push_tasks([{"x": 0}])  # the network has something to lose
     before = network_keys(redis_url, small)
@@ -39,11 +43,14 @@ def test_too_large_push_names_the_task_and_writes_nothing(small, redis_url, xss,
     assert small.n_tasks == 1
 
 
-@pytest.mark.parametrize("value, error, match", [
-    (100, ValueError, "max_payload_bytes must be between 1024"),
-    (600 * 2**20, ValueError, "max_payload_bytes must be between"),
-    (1.5e6, TypeError, "max_payload_bytes must be an integer"),
-])
+@pytest.mark.parametrize(
+    "value, error, match",
+    [
+        (100, ValueError, "max_payload_bytes must be between 1024"),
+        (600 * 2**20, ValueError, "max_payload_bytes must be between"),
+        (1.5e6, TypeError, "max_payload_bytes must be an integer"),
+    ],
+)
 def test_bad_max_payload_bytes(redis_url, value, error, match):
     with pytest.raises(error, match=match):
         Rush(url=redis_url, max_payload_bytes=value)

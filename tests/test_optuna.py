@@ -43,8 +43,9 @@ def test_storage_lives_under_the_network_prefix_and_reset_removes_it(rush, redis
 
 
 def test_optimize_completes_exactly_n_trials_on_the_workers(rush):
-    study = optuna.create_study(storage=storage(rush), study_name="quad",
-                                sampler=optuna.samplers.TPESampler(n_startup_trials=5))
+    study = optuna.create_study(
+        storage=storage(rush), study_name="quad", sampler=optuna.samplers.TPESampler(n_startup_trials=5)
+    )
     optimize(study, f.quadratic, n_trials=20, rush=rush, n_workers=2)
     assert states(study) == [TrialState.COMPLETE] * 20
     archive = rush.fetch_finished_tasks()
@@ -73,16 +74,20 @@ def test_each_trial_is_in_the_network_log_at_optunas_info_level(rush):
         optimize(study, f.quadratic, n_trials=3, rush=rush, n_workers=1)
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    wait_until(lambda: (rush.read_log()["logger"] == "rush_dask.optuna").sum() == 3, TIMEOUT,
-               "three 'trial ... complete' records")
+    wait_until(
+        lambda: (rush.read_log()["logger"] == "rush_dask.optuna").sum() == 3,
+        TIMEOUT,
+        "three 'trial ... complete' records",
+    )
     log = rush.read_log()
     messages = log[log["logger"] == "rush_dask.optuna"]["message"]
     assert messages.str.match(r"trial \d complete with value").all()
 
 
 def test_pruned_trials_do_not_count_and_are_replaced(rush):
-    study = optuna.create_study(storage=storage(rush), study_name="prune",
-                                pruner=optuna.pruners.SuccessiveHalvingPruner())
+    study = optuna.create_study(
+        storage=storage(rush), study_name="prune", pruner=optuna.pruners.SuccessiveHalvingPruner()
+    )
     optimize(study, f.prune_odd, n_trials=6, rush=rush, n_workers=2)
     counts = {s: states(study).count(s) for s in set(states(study))}
     assert counts[TrialState.COMPLETE] == 6
@@ -90,16 +95,22 @@ def test_pruned_trials_do_not_count_and_are_replaced(rush):
     assert counts.get(TrialState.PRUNED, 0) >= 5  # every odd trial number was pruned
 
 
-@pytest.mark.parametrize("sampler, pruner", [
-    ("TPESampler", "HyperbandPruner"),
-    ("CmaEsSampler", "SuccessiveHalvingPruner"),
-])
+@pytest.mark.parametrize(
+    "sampler, pruner",
+    [
+        ("TPESampler", "HyperbandPruner"),
+        ("CmaEsSampler", "SuccessiveHalvingPruner"),
+    ],
+)
 def test_optunas_own_samplers_and_pruners_run_in_the_workers(rush, sampler, pruner):
     if sampler == "CmaEsSampler":
         pytest.importorskip("cmaes")
-    study = optuna.create_study(storage=storage(rush), study_name="own",
-                                sampler=getattr(optuna.samplers, sampler)(n_startup_trials=4),
-                                pruner=getattr(optuna.pruners, pruner)())
+    study = optuna.create_study(
+        storage=storage(rush),
+        study_name="own",
+        sampler=getattr(optuna.samplers, sampler)(n_startup_trials=4),
+        pruner=getattr(optuna.pruners, pruner)(),
+    )
     optimize(study, f.learning_curve, n_trials=16, rush=rush, n_workers=2)
     counts = {s: states(study).count(s) for s in set(states(study))}
     assert counts[TrialState.COMPLETE] == 16 and TrialState.RUNNING not in counts
@@ -118,8 +129,9 @@ def test_a_sigkilled_worker_fails_its_trial_and_a_new_trial_takes_its_place(rush
 
     def run():
         try:
-            optimize(study, f.stuck_at_trial_3, n_trials=10, rush=rush, n_workers=2,
-                     heartbeat_period=0.5, heartbeat_expire=2)
+            optimize(
+                study, f.stuck_at_trial_3, n_trials=10, rush=rush, n_workers=2, heartbeat_period=0.5, heartbeat_expire=2
+            )
         except BaseException as exc:  # noqa: BLE001 - reported by the test below
             errors.append(exc)
         finally:
@@ -174,8 +186,11 @@ def holder_of_trial(rush, number):
 
 def test_a_stopped_worker_is_lost_when_its_heartbeat_expires_and_its_trial_fails(rush):
     study = optuna.create_study(storage=storage(rush), study_name="stop")
-    done, errors = run_in_thread(lambda: optimize(study, f.stuck_at_trial_3, n_trials=8, rush=rush,
-                                                  n_workers=2, heartbeat_period=0.3, heartbeat_expire=1.5))
+    done, errors = run_in_thread(
+        lambda: optimize(
+            study, f.stuck_at_trial_3, n_trials=8, rush=rush, n_workers=2, heartbeat_period=0.3, heartbeat_expire=1.5
+        )
+    )
     wait_until(lambda: holder_of_trial(rush, 3) is not None, TIMEOUT, "trial 3 running")
     worker_id = holder_of_trial(rush, 3)
     pid = int(rush.worker_info.set_index("worker_id").loc[worker_id, "pid"])
@@ -199,9 +214,18 @@ def test_without_a_controller_the_workers_fail_the_trial_of_a_dead_worker(rush):
     study = optuna.create_study(storage=storage(rush), study_name="alone")
     run = Run(rush.client, rush.keys.prefix, "alone")
     run.create(8, None)
-    rush.start_workers(worker_loop=trial_loop, n_workers=2, heartbeat_period=0.3, heartbeat_expire=1.5,
-                       run_id="alone", study_name="alone", storage=storage(rush), sampler=study.sampler,
-                       pruner=study.pruner, objective=f.stuck_at_trial_3)
+    rush.start_workers(
+        worker_loop=trial_loop,
+        n_workers=2,
+        heartbeat_period=0.3,
+        heartbeat_expire=1.5,
+        run_id="alone",
+        study_name="alone",
+        storage=storage(rush),
+        sampler=study.sampler,
+        pruner=study.pruner,
+        objective=f.stuck_at_trial_3,
+    )
     wait_until(lambda: holder_of_trial(rush, 3) is not None, TIMEOUT, "trial 3 running")
     worker_id = holder_of_trial(rush, 3)
     os.kill(int(rush.worker_info.set_index("worker_id").loc[worker_id, "pid"]), signal.SIGKILL)
@@ -232,13 +256,16 @@ def test_caught_errors_fail_the_trial_and_the_search_goes_on(rush):
     assert list(failed["trial"]) == [1] and "KeyError" in failed["error"].iloc[0]
 
 
-@pytest.mark.parametrize("bad, error, match", [
-    (dict(n_trials=0), ValueError, "n_trials must be a positive integer"),
-    (dict(n_trials=-3), ValueError, "n_trials must be a positive integer"),
-    (dict(timeout=0), ValueError, "timeout must be a positive number"),
-    (dict(objective=lambda t, lock=threading.Lock(): 0.0), TypeError, "objective cannot be pickled"),  # noqa: B008
-    (dict(heartbeat_every=3), TypeError, "unknown option"),
-])
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (dict(n_trials=0), ValueError, "n_trials must be a positive integer"),
+        (dict(n_trials=-3), ValueError, "n_trials must be a positive integer"),
+        (dict(timeout=0), ValueError, "timeout must be a positive number"),
+        (dict(objective=lambda t, lock=threading.Lock(): 0.0), TypeError, "objective cannot be pickled"),  # noqa: B008
+        (dict(heartbeat_every=3), TypeError, "unknown option"),
+    ],
+)
 def test_bad_input_raises_and_writes_nothing(rush, redis_url, bad, error, match):
     study = optuna.create_study(storage=storage(rush), study_name="bad")
     before = network_keys(redis_url, rush)

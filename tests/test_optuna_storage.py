@@ -70,8 +70,11 @@ def test_ask_report_tell_and_every_field_of_a_trial(store):
     for t in (store.get_trial(trial._trial_id), other(store).get_trial(trial._trial_id)):
         assert t.number == 0 and t.state == TrialState.COMPLETE and t.values == [1.25]
         assert t.params == {"x": x, "n": n, "c": c}
-        assert t.distributions == {"x": FloatDistribution(-1.0, 1.0), "n": IntDistribution(1, 10, log=True),
-                                   "c": CategoricalDistribution(["a", None, 3])}
+        assert t.distributions == {
+            "x": FloatDistribution(-1.0, 1.0),
+            "n": IntDistribution(1, 10, log=True),
+            "c": CategoricalDistribution(["a", None, 3]),
+        }
         assert t.intermediate_values[1] == 0.5 and t.intermediate_values[2] != t.intermediate_values[2]  # NaN
         assert t.user_attrs == {"curve": [1, 2.5, "three"]} and t.system_attrs == {"note": {"k": [1]}}
         assert t.datetime_start <= t.datetime_complete
@@ -86,8 +89,7 @@ def test_pruned_and_failed_trials(store):
     assert study.tell(trial, state=TrialState.PRUNED).value == 3.0  # the last intermediate value
     trial = study.ask()
     assert study.tell(trial, state=TrialState.FAIL).values is None
-    assert [t.state for t in other(store).get_all_trials(study._study_id)] == [TrialState.PRUNED,
-                                                                                TrialState.FAIL]
+    assert [t.state for t in other(store).get_all_trials(study._study_id)] == [TrialState.PRUNED, TrialState.FAIL]
 
 
 def test_get_all_trials_filters_by_state_and_sees_other_objects_writes(store):
@@ -179,9 +181,15 @@ study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=n)
 
 
 def run_processes(store, name, n_processes, n_trials):
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, store._url, store.prefix, name, str(n_trials)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for _ in range(n_processes)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, store._url, store.prefix, name, str(n_trials)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(n_processes)
+    ]
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0, out.decode()
@@ -226,8 +234,12 @@ def test_studies_attributes_names_and_deletion(store):
     assert len(store.get_all_trials(a)) == 1
     store.delete_study(a)
     assert [s.study_name for s in store.get_all_studies()] == ["b"]
-    for call in (lambda: store.get_study_id_from_name("a"), lambda: store.get_all_trials(a),
-                 lambda: other(store).get_trial(tid), lambda: store.delete_study(a)):
+    for call in (
+        lambda: store.get_study_id_from_name("a"),
+        lambda: store.get_all_trials(a),
+        lambda: other(store).get_trial(tid),
+        lambda: store.delete_study(a),
+    ):
         with pytest.raises(KeyError):
             call()
     assert store.create_new_study(MIN, "a") not in (a, b)  # ids are never reused
@@ -292,17 +304,20 @@ def test_it_pickles_without_its_connection(store):
 def test_optunas_samplers_on_it(store, sampler):
     if sampler == "CmaEsSampler":
         pytest.importorskip("cmaes")
-    study = optuna.create_study(storage=store, study_name=sampler,
-                                sampler=getattr(optuna.samplers, sampler)(n_startup_trials=4, seed=1),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    study = optuna.create_study(
+        storage=store,
+        study_name=sampler,
+        sampler=getattr(optuna.samplers, sampler)(n_startup_trials=4, seed=1),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
+    )
 
     def objective(trial):
         x, y = trial.suggest_float("x", -5, 5), trial.suggest_float("y", -5, 5)
         for step in range(3):
-            trial.report((x - 2) ** 2 + y ** 2 + 1 / (step + 1), step)
+            trial.report((x - 2) ** 2 + y**2 + 1 / (step + 1), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        return (x - 2) ** 2 + y ** 2
+        return (x - 2) ** 2 + y**2
 
     study.optimize(objective, n_trials=20)
     assert len(study.trials) == 20

@@ -56,37 +56,62 @@ def _make_certificates(directory: Path, prefix: str) -> dict[str, str]:
 
     def save(label: str, key, cert) -> None:
         key_path, cert_path = directory / f"{prefix}{label}.key", directory / f"{prefix}{label}.crt"
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         paths[f"{label}_key"], paths[f"{label}_cert"] = str(key_path), str(cert_path)
 
     def builder(subject: str, public_key):
-        return (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(f"{prefix}test CA"))
-                .public_key(public_key).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1)))
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(f"{prefix}test CA"))
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (builder(f"{prefix}test CA", ca_key.public_key())
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        builder(f"{prefix}test CA", ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     save("ca", ca_key, ca)
     authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
-    for label, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
-                         ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+    for label, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = builder(label, key.public_key()).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False).add_extension(authority, critical=False)
+        cert = (
+            builder(label, key.public_key())
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(authority, critical=False)
+        )
         if label == "server":
-            cert = cert.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
+            cert = cert.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         save(label, key, cert.sign(ca_key, hashes.SHA256()))
     return paths
 
@@ -114,8 +139,13 @@ def password_server():
 
 
 def _start_tls_server(certs, auth_clients: bool, password: str | None = None) -> RedisServer:
-    server = RedisServer(tls_cert=certs["server_cert"], tls_key=certs["server_key"],
-                         tls_ca=certs["ca_cert"], tls_auth_clients=auth_clients, password=password)
+    server = RedisServer(
+        tls_cert=certs["server_cert"],
+        tls_key=certs["server_key"],
+        tls_ca=certs["ca_cert"],
+        tls_auth_clients=auth_clients,
+        password=password,
+    )
     try:
         return server.start()
     except RuntimeError as exc:
@@ -185,21 +215,30 @@ def _assert_hidden(text: str | bytes, where: str) -> None:
 
 
 # ------------------------------------------------------------------------ redact
-@pytest.mark.parametrize("url, expected", [
-    ("redis://user:s3cret@host:6379/0", "redis://user:***@host:6379/0"),
-    ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
-    ("redis://s3cret@host:6379/0", "redis://***@host:6379/0"),  # redis-py: a user name; hidden anyway
-    ("rediss://u:s3cret@host:6380/0?ssl_ca_certs=/etc/ca.pem", "rediss://u:***@host:6380/0?ssl_ca_certs=/etc/ca.pem"),
-    ("unix:///tmp/r.sock?db=0&password=s3cret", "unix:///tmp/r.sock?db=0&password=***"),
-    ("rediss://host:6380/0?ssl_keyfile=/k.pem&ssl_password=s3cret", "rediss://host:6380/0?ssl_keyfile=/k.pem&ssl_password=***"),
-    ("redis://u:s3%40cret@host/0", "redis://u:***@host/0"),
-    ("redis://u:pa@s3cret@host/0", "redis://u:***@host/0"),  # an unescaped "@" in the password
-    ("redis://:pa#s3cret@host:1/0", "redis://***@host:1/0"),  # an unescaped "#" cuts urlsplit short
-    ("redis://u:pa/s3cret@host:1/0", "redis://***@host:1/0"),
-    ("redis://host:6379/0", "redis://host:6379/0"),
-    ("redis://[::1]:6379/0", "redis://[::1]:6379/0"),
-    ("unix:///tmp/a@b/r.sock", "unix:///tmp/a@b/r.sock"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("redis://user:s3cret@host:6379/0", "redis://user:***@host:6379/0"),
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://s3cret@host:6379/0", "redis://***@host:6379/0"),  # redis-py: a user name; hidden anyway
+        (
+            "rediss://u:s3cret@host:6380/0?ssl_ca_certs=/etc/ca.pem",
+            "rediss://u:***@host:6380/0?ssl_ca_certs=/etc/ca.pem",
+        ),
+        ("unix:///tmp/r.sock?db=0&password=s3cret", "unix:///tmp/r.sock?db=0&password=***"),
+        (
+            "rediss://host:6380/0?ssl_keyfile=/k.pem&ssl_password=s3cret",
+            "rediss://host:6380/0?ssl_keyfile=/k.pem&ssl_password=***",
+        ),
+        ("redis://u:s3%40cret@host/0", "redis://u:***@host/0"),
+        ("redis://u:pa@s3cret@host/0", "redis://u:***@host/0"),  # an unescaped "@" in the password
+        ("redis://:pa#s3cret@host:1/0", "redis://***@host:1/0"),  # an unescaped "#" cuts urlsplit short
+        ("redis://u:pa/s3cret@host:1/0", "redis://***@host:1/0"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://[::1]:6379/0", "redis://[::1]:6379/0"),
+        ("unix:///tmp/a@b/r.sock", "unix:///tmp/a@b/r.sock"),
+    ],
+)
 def test_redact_hides_the_password_in_every_form(url, expected):
     assert redact(url) == expected
     if "//s3cret@" not in url:  # a lone user name stays in quoted library messages
@@ -278,9 +317,21 @@ def test_missing_password_says_how_to_give_one(password_server):
 
 def test_worker_refuses_a_password_on_its_command_line(password_server):
     result = subprocess.run(
-        [sys.executable, "-m", "rush_dask.core.worker", "--network", "n", "--start-id", "s",
-         "--url", password_server.url],
-        check=False, capture_output=True, text=True, timeout=TIMEOUT,
+        [
+            sys.executable,
+            "-m",
+            "rush_dask.core.worker",
+            "--network",
+            "n",
+            "--start-id",
+            "s",
+            "--url",
+            password_server.url,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     assert result.returncode == 2
@@ -297,8 +348,7 @@ def test_tls_only_server_runs_workers(tls_server, tmp_path):
     _finish(_run_tasks(url, tmp_path))
 
 
-def test_large_graph_results_travel_between_hosts_over_tls_pinned_through_redis(tls_server, tmp_path,
-                                                                               monkeypatch):
+def test_large_graph_results_travel_between_hosts_over_tls_pinned_through_redis(tls_server, tmp_path, monkeypatch):
     import dask
     import dask_funcs
 
@@ -336,8 +386,9 @@ def test_mutual_tls_without_client_certificate_is_a_clear_error(mtls_server):
 
 
 def test_client_certificate_from_another_ca_is_refused(mtls_server, other_certs):
-    url = mtls_server.url + _client_cert_query({"client_cert": other_certs["client_cert"],
-                                                "client_key": other_certs["client_key"]})
+    url = mtls_server.url + _client_cert_query(
+        {"client_cert": other_certs["client_cert"], "client_key": other_certs["client_key"]}
+    )
     with pytest.raises(RedisUnavailableError, match="refused this client"):
         connect(url)
 
@@ -372,8 +423,10 @@ def test_dashboard_over_tls_with_password_hides_it(certs, tmp_path):
     try:
         rush = _run_tasks(server.url, tmp_path, n_workers=1)
         page = rush.dashboard(port=0).split("?")[0]
-        bodies = [urllib.request.urlopen(page + path, timeout=30).read()
-                  for path in ("", "api/config", f"api/snapshot?network={rush.network_id}", "metrics")]
+        bodies = [
+            urllib.request.urlopen(page + path, timeout=30).read()
+            for path in ("", "api/config", f"api/snapshot?network={rush.network_id}", "metrics")
+        ]
         assert json.loads(bodies[2])["counts"]["finished"] == 6  # read over TLS, with the password
         assert json.loads(bodies[1])["url"].startswith("rediss://:***@127.0.0.1:")
         for body, where in zip(bodies, ("the page", "/api/config", "/api/snapshot", "/metrics")):
@@ -389,8 +442,10 @@ def test_plain_url_against_tls_port_says_use_rediss(tls_server):
 
 
 def test_rediss_against_plain_port_says_use_redis(password_server, certs):
-    url = (f"rediss://:{quote(PASSWORD, safe='')}@127.0.0.1:{password_server.port}/0"
-           f"?ssl_ca_certs={quote(certs['ca_cert'])}&socket_connect_timeout=1")
+    url = (
+        f"rediss://:{quote(PASSWORD, safe='')}@127.0.0.1:{password_server.port}/0"
+        f"?ssl_ca_certs={quote(certs['ca_cert'])}&socket_connect_timeout=1"
+    )
     with pytest.raises(RedisUnavailableError, match="use redis://") as info:
         connect(url)
     _assert_hidden(str(info.value), "the error message")

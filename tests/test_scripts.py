@@ -60,8 +60,9 @@ def test_the_loader_refuses_undeclared_keys_and_families():
 
 def test_an_undeclared_key_is_an_error_at_run_time(redis_url):
     client = redis.Redis.from_url(redis_url)
-    source = build("tiny", "-- tiny: x\n-- KEYS: queue\n-- Families:\n-- ARGV: prefix\n-- Reply: 1\n"
-                           "return K[ARGV[2]]").source
+    source = build(
+        "tiny", "-- tiny: x\n-- KEYS: queue\n-- Families:\n-- ARGV: prefix\n-- Reply: 1\nreturn K[ARGV[2]]"
+    ).source
     keys = Keys("lua-check")
     assert client.eval(source, 1, keys.queue, keys.prefix, "queue") == keys.queue.encode()
     with pytest.raises(redis.ResponseError, match="key running is not declared"):
@@ -82,16 +83,17 @@ def test_the_typed_layer_round_trip(rush):
     assert isinstance(task, PoppedTask) and task.key == b"t1" and task.attempts == 1
     # A repeated request id gets the same task back, not a new one.
     assert scripts.settle_and_pop("w-typed", request=1, want=1, host="h").tasks[0].key == b"t1"
-    reply = scripts.settle_and_pop("w-typed", request=2, want=0, host="h",
-                                   outcomes=[Outcome("t1", "finished", dumps({"y": 1}))])
+    reply = scripts.settle_and_pop(
+        "w-typed", request=2, want=0, host="h", outcomes=[Outcome("t1", "finished", dumps({"y": 1}))]
+    )
     assert (reply.kind, reply.notes, reply.tasks) == ("empty", ["finished"], [])
     assert scripts.fetch_tasks(["t1", "t2"], ["state"]) == [[b"finished"], [b"queued"]]
-    assert scripts.heartbeat("w-typed", heartbeat_expire_ms=30_000, reap_batch=10, host="h") == \
-        HeartbeatReply("running", False, [])
+    assert scripts.heartbeat("w-typed", heartbeat_expire_ms=30_000, reap_batch=10, host="h") == HeartbeatReply(
+        "running", False, []
+    )
     assert scripts.mark_workers(["w-typed"], state="killed", reason="test") == ["w-typed"]
     assert scripts.mark_workers(["w-typed"], state="killed", reason="test") == []
-    stop = scripts.settle_and_pop("w-typed", request=3, host="h",
-                                  outcomes=[Outcome("t2", "finished", b"")])
+    stop = scripts.settle_and_pop("w-typed", request=3, host="h", outcomes=[Outcome("t2", "finished", b"")])
     assert (stop.kind, stop.reason, stop.notes) == ("stop", "killed", ["dropped"])
     assert scripts.deregister("w-typed") == "killed"
     assert scripts.empty_queue("emptied") == 1
@@ -99,12 +101,13 @@ def test_the_typed_layer_round_trip(rush):
 
 def test_a_typed_graph_batch(rush):
     scripts = rush.scripts
-    nodes = [NewNode("g.0", b"a", refs=1, deps=[], dependents=["g.1"], score=0.0),
-             NewNode("g.1", b"b", refs=1, deps=["g.0"], dependents=[], score=1.0)]
+    nodes = [
+        NewNode("g.0", b"a", refs=1, deps=[], dependents=["g.1"], score=0.0),
+        NewNode("g.1", b"b", refs=1, deps=["g.0"], dependents=[], score=1.0),
+    ]
     assert scripts.push_graph("g", nodes, n_nodes=2, notify="1", lease=60.0) == 1
     assert scripts.push_graph("g", nodes, n_nodes=2, notify="1", lease=60.0) == 0  # applies once
-    assert scripts.fetch_tasks(["g.0", "g.1"], ["state", "waiting"]) == [[b"queued", b"0"],
-                                                                         [b"waiting", b"1"]]
+    assert scripts.fetch_tasks(["g.0", "g.1"], ["state", "waiting"]) == [[b"queued", b"0"], [b"waiting", b"1"]]
     assert scripts.renew_lease("g", lease=60.0)
     scripts.cancel_graph("g", ["g.0", "g.1"])
     assert not scripts.renew_lease("g", lease=60.0)

@@ -83,8 +83,11 @@ def test_forged_task_never_runs(signed, tmp_path):
     failed = signed.fetch_failed_tasks()
     assert list(failed["keys"]) == [forged_key]
     assert "signature missing" in failed.error.iloc[0] or "signature invalid" in failed.error.iloc[0]
-    wait_until(lambda: any(forged_key in m and "refused" in m for m in signed.read_log().message),
-               30, "refusal in the worker log")
+    wait_until(
+        lambda: any(forged_key in m and "refused" in m for m in signed.read_log().message),
+        30,
+        "refusal in the worker log",
+    )
     assert set(signed.fetch_finished_tasks()["keys"]) == set(good)
     stderr = next(iter(signed.local_workers)).stderr_path.read_text()
     assert forged_key in stderr and "not unpickled" in stderr
@@ -107,8 +110,11 @@ def test_forged_function_blob_never_runs(signed, tmp_path):
     assert not marker.exists()
     error = signed.fetch_failed_tasks().error.tolist()
     assert len(error) == 1 and "PayloadSignatureError: payload signature missing" in error[0]
-    wait_until(lambda: any(forged_key in m and "refused" in m for m in signed.read_log().message),
-               30, "refusal in the worker log")
+    wait_until(
+        lambda: any(forged_key in m and "refused" in m for m in signed.read_log().message),
+        30,
+        "refusal in the worker log",
+    )
 
 
 def test_worker_with_the_wrong_secret_refuses_tasks(signed, redis_url, tmp_path):
@@ -117,16 +123,26 @@ def test_worker_with_the_wrong_secret_refuses_tasks(signed, redis_url, tmp_path)
     # A worker process started with another secret refuses the configuration and exits.
     start_id = signed.worker_script(funcs.add).split("--start-id ")[1]
     env = dict(os.environ, RUSH_REDIS_URL=redis_url, RUSH_SECRET="wrong")
-    proc = subprocess.run([sys.executable, "-m", "rush_dask.core.worker", "--network", signed.network_id,
-                           "--start-id", start_id],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rush_dask.core.worker", "--network", signed.network_id, "--start-id", start_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode != 0
     assert "signature invalid" in proc.stderr and "Traceback" not in proc.stderr
     # A worker without any secret says what to set.
     env.pop("RUSH_SECRET")
-    proc = subprocess.run([sys.executable, "-m", "rush_dask.core.worker", "--network", signed.network_id,
-                           "--start-id", start_id],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rush_dask.core.worker", "--network", signed.network_id, "--start-id", start_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode != 0 and "RUSH_SECRET" in proc.stderr
     assert signed.n_queued_tasks == 1
     # A worker that takes part directly with the wrong secret fails the task without unpickling it.
@@ -216,8 +232,9 @@ def test_inputs_copied_to_another_task_are_refused(signed, tmp_path):
     # Read without the tables: they would rightly unpickle the marked task's own inputs.
     error = signed.client.hget(signed.keys.task(victim), "error").decode()
     assert "PayloadSignatureError" in error and "moved here from another task" in error
-    wait_until(lambda: any(victim in m and "refused" in m for m in signed.read_log().message),
-               30, "refusal in the worker log")
+    wait_until(
+        lambda: any(victim in m and "refused" in m for m in signed.read_log().message), 30, "refusal in the worker log"
+    )
 
 
 def test_inputs_signed_for_another_network_are_refused(signed, tmp_path):

@@ -34,7 +34,7 @@ class _DoctestBlocks(Preprocessor):
         for line in lines:
             if in_doctest:
                 if line.strip():
-                    out.append(indent + _SKIP.sub("", line[len(indent):]))
+                    out.append(indent + _SKIP.sub("", line[len(indent) :]))
                     continue
                 out += [indent + "```", ""]
                 in_doctest = False
@@ -44,7 +44,7 @@ class _DoctestBlocks(Preprocessor):
                 indent = line[: len(line) - len(line.lstrip())]
                 if out and out[-1].strip():
                     out.append("")
-                out += [indent + "```pycon", indent + _SKIP.sub("", line[len(indent):])]
+                out += [indent + "```pycon", indent + _SKIP.sub("", line[len(indent) :])]
                 in_doctest = True
                 continue
             if not in_fence:

@@ -53,13 +53,17 @@ def read_partition(network_id: str, url: str, state: str, start: int, stop: int)
         view.client.close()
 
 
-def to_dask_dataframe(network_id: str, url: str, lengths: dict[str, int],
-                      states: Sequence[str], partition_size: int) -> dd.DataFrame:
+def to_dask_dataframe(
+    network_id: str, url: str, lengths: dict[str, int], states: Sequence[str], partition_size: int
+) -> dd.DataFrame:
     """A Dask DataFrame over the tasks in ``states`` (see :meth:`Rush.to_dask_dataframe`)."""
     import dask.dataframe as dd
 
-    ranges = [(state, start, min(start + partition_size, lengths[state]))
-              for state in states for start in range(0, lengths[state], partition_size)]
+    ranges = [
+        (state, start, min(start + partition_size, lengths[state]))
+        for state in states
+        for start in range(0, lengths[state], partition_size)
+    ]
     if not ranges:
         ranges = [(states[0], 0, 0)]
     first = read_partition(network_id, url, *ranges[0])

@@ -214,8 +214,7 @@ def check_url(url: str) -> None:
                 )
 
 
-def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
-            **options: Any) -> redis.Redis:
+def connect(url: str, *, check: bool = True, retry_timeout: float | None = None, **options: Any) -> redis.Redis:
     """A redis-py client for ``url`` (bytes replies), checked with PING.
 
     Raises :class:`RedisUnavailableError` with a message that never shows the
@@ -237,8 +236,7 @@ def connect(url: str, *, check: bool = True, retry_timeout: float | None = None,
     try:
         client = redis.Redis.from_url(url, decode_responses=False, **options)
     except ValueError as exc:
-        raise RedisUnavailableError(
-            f"invalid Redis URL {redact(url)}: {hide_secrets(str(exc), url)}") from None
+        raise RedisUnavailableError(f"invalid Redis URL {redact(url)}: {hide_secrets(str(exc), url)}") from None
     if check:
         try:
             client.ping()
@@ -313,8 +311,9 @@ def _connect_cluster(url: str, *, check: bool, retry_timeout: float | None = Non
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise RedisUnavailableError(_connection_failure(url, exc)) from None
     except redis.RedisClusterException as exc:
-        raise RedisUnavailableError(f"cannot use the Redis Cluster at {redact(url)}: "
-                                    f"{hide_secrets(str(exc), url)}") from None
+        raise RedisUnavailableError(
+            f"cannot use the Redis Cluster at {redact(url)}: {hide_secrets(str(exc), url)}"
+        ) from None
     return client
 
 
@@ -326,28 +325,41 @@ def _connection_failure(url: str, exc: BaseException) -> str:
     where = f"Redis at {redact(url)}"
     tls = url.startswith("rediss://")
     if tls and "CERTIFICATE_VERIFY_FAILED" in text and "mismatch" in text:
-        return (f"TLS handshake with {where} failed: the server's certificate does not name that "
-                f"host ({detail}). Connect with a host name the certificate holds.")
+        return (
+            f"TLS handshake with {where} failed: the server's certificate does not name that "
+            f"host ({detail}). Connect with a host name the certificate holds."
+        )
     if tls and "CERTIFICATE_VERIFY_FAILED" in text:
-        return (f"TLS handshake with {where} failed: the server's certificate is not signed by a "
-                f"trusted CA ({detail}). Give the CA certificate in the URL: "
-                "rediss://host:port/0?ssl_ca_certs=/path/ca.pem")
-    if tls and any(mark in text for mark in ("UNKNOWN_CA", "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE",
-                                              "EOF occurred in violation of protocol")):
-        return (f"TLS handshake with {where} failed: the server refused this client ({detail}). "
-                "It probably requires a client certificate signed by a CA it trusts: add "
-                "ssl_certfile=/path/client.crt&ssl_keyfile=/path/client.key to the URL")
+        return (
+            f"TLS handshake with {where} failed: the server's certificate is not signed by a "
+            f"trusted CA ({detail}). Give the CA certificate in the URL: "
+            "rediss://host:port/0?ssl_ca_certs=/path/ca.pem"
+        )
+    if tls and any(
+        mark in text
+        for mark in ("UNKNOWN_CA", "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "EOF occurred in violation of protocol")
+    ):
+        return (
+            f"TLS handshake with {where} failed: the server refused this client ({detail}). "
+            "It probably requires a client certificate signed by a CA it trusts: add "
+            "ssl_certfile=/path/client.crt&ssl_keyfile=/path/client.key to the URL"
+        )
     if tls and (isinstance(exc, redis.TimeoutError) or "WRONG_VERSION_NUMBER" in text):
-        return (f"TLS handshake with {where} failed ({detail}): the port does not seem to speak "
-                "TLS. For a plain port use redis:// instead of rediss://")
+        return (
+            f"TLS handshake with {where} failed ({detail}): the port does not seem to speak "
+            "TLS. For a plain port use redis:// instead of rediss://"
+        )
     if not tls and ("reset by peer" in text or "closed by server" in text):
-        return (f"{where} closed the connection ({detail}). If that port only accepts TLS, use "
-                "rediss://host:port/0?ssl_ca_certs=/path/ca.pem")
-    return (f"cannot reach {where} ({detail}). Start a server there, or give another url= or "
-            f"${URL_ENV}; without any URL rush_dask starts a private server itself.")
+        return (
+            f"{where} closed the connection ({detail}). If that port only accepts TLS, use "
+            "rediss://host:port/0?ssl_ca_certs=/path/ca.pem"
+        )
+    return (
+        f"cannot reach {where} ({detail}). Start a server there, or give another url= or "
+        f"${URL_ENV}; without any URL rush_dask starts a private server itself."
+    )
 
 
 def _has_password(url: str) -> bool:
     parts = urlsplit(url)
-    return bool(parts.password) or any(
-        name == "password" for name, _ in parse_qsl(parts.query))
+    return bool(parts.password) or any(name == "password" for name, _ in parse_qsl(parts.query))

@@ -57,6 +57,7 @@ class WorkerState(StrEnum):
     KILLED = "killed"
     LOST = "lost"
 
+
 DEFAULT_HEARTBEAT_PERIOD = 5.0
 DEFAULT_HEARTBEAT_EXPIRE = 30.0
 DEFAULT_MAX_LOST = 3  # like distributed's allowed-failures
@@ -79,10 +80,7 @@ _NETWORK_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 def check_network_id(network_id: str) -> str:
     """Return ``network_id`` if it is a usable network name, else raise ValueError."""
     if not isinstance(network_id, str) or not _NETWORK_ID.match(network_id):
-        raise ValueError(
-            f"network_id must be 1-128 characters of letters, digits, '_', '.' or '-'; "
-            f"got {network_id!r}"
-        )
+        raise ValueError(f"network_id must be 1-128 characters of letters, digits, '_', '.' or '-'; got {network_id!r}")
     return network_id
 
 
@@ -96,11 +94,38 @@ class Keys:
     """
 
     # The keys a network has one of (the Lua scripts receive them as KEYS) ...
-    FIXED = ("tasks", "queue", "running", "finished", "archive", "failed", "seq", "leases",
-             "worker_states", "wake", "lqs", "rqueues", "clients")
+    FIXED = (
+        "tasks",
+        "queue",
+        "running",
+        "finished",
+        "archive",
+        "failed",
+        "seq",
+        "leases",
+        "worker_states",
+        "wake",
+        "lqs",
+        "rqueues",
+        "clients",
+    )
     # ... and the families the scripts build from the prefix (``task:<key>`` ...).
-    FAMILIES = ("task", "worker", "hb", "held", "pq", "lq", "rq", "wake", "graph", "gdone",
-                "fdone", "gc", "crefs", "creq")
+    FAMILIES = (
+        "task",
+        "worker",
+        "hb",
+        "held",
+        "pq",
+        "lq",
+        "rq",
+        "wake",
+        "graph",
+        "gdone",
+        "fdone",
+        "gc",
+        "crefs",
+        "creq",
+    )
 
     def __init__(self, network_id: str):
         self.network_id = check_network_id(network_id)

@@ -59,8 +59,12 @@ class Network(NetworkView):
         self.client.close()
 
 
-def stop_workers(view: NetworkView, type: str = "terminate", worker_ids: Iterable[str] | None = None,
-                 processes: Mapping[str, Any] | None = None) -> list[str]:
+def stop_workers(
+    view: NetworkView,
+    type: str = "terminate",
+    worker_ids: Iterable[str] | None = None,
+    processes: Mapping[str, Any] | None = None,
+) -> list[str]:
     """Stop workers of ``view``'s network: ``terminate`` after their task, or ``kill`` now.
 
     A kill marks them ``killed`` in Redis (their running tasks fail) and
@@ -90,8 +94,7 @@ def stop_workers(view: NetworkView, type: str = "terminate", worker_ids: Iterabl
     return ids
 
 
-def signal_local(view: NetworkView, worker_ids: Sequence[str], signum: int,
-                 processes: Mapping[str, Any]) -> None:
+def signal_local(view: NetworkView, worker_ids: Sequence[str], signum: int, processes: Mapping[str, Any]) -> None:
     """Send ``signum`` to the workers among ``worker_ids`` that run on this host."""
     pipe = view.client.pipeline(transaction=False)
     for wid in worker_ids:

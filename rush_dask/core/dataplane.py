@@ -109,8 +109,9 @@ class DataPlane:
     >>> plane.read("g.1", [b"...pickle...", None, None, None])            # doctest: +SKIP
     """
 
-    def __init__(self, client: Any, keys: Keys, *, secret: bytes | None, url: str,
-                 transfer_timeout: float = TRANSFER_TIMEOUT):
+    def __init__(
+        self, client: Any, keys: Keys, *, secret: bytes | None, url: str, transfer_timeout: float = TRANSFER_TIMEOUT
+    ):
         self.client = client
         self.keys = keys
         self.secret = secret
@@ -137,8 +138,7 @@ class DataPlane:
         bind = os.environ.get(ADDRESS_ENV) or _address_towards(self.client)
         host, _, port = bind.rpartition(":") if bind.count(":") == 1 else (bind, "", "0")
         tls = TlsIdentity() if self.tls else None
-        self.server = DataServer(self.store, host or bind, int(port or 0), auth_key=self._auth_key,
-                                 tls=tls).start()
+        self.server = DataServer(self.store, host or bind, int(port or 0), auth_key=self._auth_key, tls=tls).start()
         fields = {"data_address": self.server.address}
         if tls is not None:
             fields["data_tls"] = tls.fingerprint
@@ -163,8 +163,12 @@ class DataPlane:
         try:
             path, size = self.store.put_frames(key, header, buffers, secret=self.secret)
         except OSError as exc:  # shared memory and the spill directory both full or unwritable
-            logger.warning("result %s (%s bytes) cannot be written to this host's store (%s); "
-                           "it goes to Redis instead", key, f"{size:,}", exc)
+            logger.warning(
+                "result %s (%s bytes) cannot be written to this host's store (%s); it goes to Redis instead",
+                key,
+                f"{size:,}",
+                exc,
+            )
             payload = dumps(value, self.secret, self._where(key))
             return "finished", payload, len(payload)
         self.bytes_held += size
@@ -247,16 +251,20 @@ class DataPlane:
         if where is None:
             raise ResultLostError(
                 f"the result of {key} was held by worker {worker_id}, which has no data server "
-                "any more (it stopped or was lost); the graph is computed again")
+                "any more (it stopped or was lost); the graph is computed again"
+            )
         address, fingerprint = where
         if self.tls and not fingerprint:
-            raise ResultLostError(f"the result of {key} is held by worker {worker_id}, whose data server "
-                                  "does not speak TLS; refused on a TLS network")
+            raise ResultLostError(
+                f"the result of {key} is held by worker {worker_id}, whose data server "
+                "does not speak TLS; refused on a TLS network"
+            )
         try:
             data = self.fetcher.fetch(address, key, fingerprint)
         except (TransferError, FileNotFoundError) as exc:
-            raise ResultLostError(f"the result of {key} held by worker {worker_id} at {address} could "
-                                  f"not be fetched: {exc}") from None
+            raise ResultLostError(
+                f"the result of {key} held by worker {worker_id} at {address} could not be fetched: {exc}"
+            ) from None
         self.bytes_fetched += len(data)
         return loads_frames(data, network_id=self.keys.network_id, key=key, secret=self.secret)
 
@@ -292,8 +300,7 @@ class DataPlane:
 
     def counters(self) -> dict[str, int]:
         """Bytes this process wrote to its host's store, mapped from it, and fetched from others."""
-        return {"bytes_held": self.bytes_held, "bytes_mapped": self.bytes_local,
-                "bytes_fetched": self.bytes_fetched}
+        return {"bytes_held": self.bytes_held, "bytes_mapped": self.bytes_local, "bytes_fetched": self.bytes_fetched}
 
     def _address_of(self, worker_id: str) -> tuple[str, str | None] | None:
         """(address, TLS fingerprint or None) of a worker's data server, read once from Redis."""

@@ -41,8 +41,7 @@ if TYPE_CHECKING:
 Raw = Sequence[Any]  # bytes, str or None per row
 
 # The columns every task row has after its inputs, outputs and extra columns.
-META_COLUMNS = ("pid", "worker_id", "state", "keys", "queued_at", "started_at",
-                "finished_at", "attempts", "error")
+META_COLUMNS = ("pid", "worker_id", "state", "keys", "queued_at", "started_at", "finished_at", "attempts", "error")
 
 
 @contextmanager
@@ -144,10 +143,20 @@ def dict_columns(*dict_lists: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     return columns
 
 
-def task_columns(keys: Raw, xs: Sequence[dict[str, Any]], ys: Sequence[dict[str, Any]],
-                 extra: Sequence[dict[str, Any]],
-                 state: Raw, worker_ids: Raw, pids: Sequence[int | None], queued_at: Raw,
-                 started_at: Raw, finished_at: Raw, attempts: Raw, error: Raw) -> dict[str, Any]:
+def task_columns(
+    keys: Raw,
+    xs: Sequence[dict[str, Any]],
+    ys: Sequence[dict[str, Any]],
+    extra: Sequence[dict[str, Any]],
+    state: Raw,
+    worker_ids: Raw,
+    pids: Sequence[int | None],
+    queued_at: Raw,
+    started_at: Raw,
+    finished_at: Raw,
+    attempts: Raw,
+    error: Raw,
+) -> dict[str, Any]:
     """The columns of :func:`task_frame`: lists for inputs, outputs and extra, typed arrays for the rest."""
     import pandas as pd
 
@@ -159,16 +168,15 @@ def task_columns(keys: Raw, xs: Sequence[dict[str, Any]], ys: Sequence[dict[str,
     meta = {
         "pid": pd.array(pids, dtype="Int64"),
         "worker_id": texts[:n],
-        "state": texts[n:2 * n],
-        "keys": texts[2 * n:3 * n],
+        "state": texts[n : 2 * n],
+        "keys": texts[2 * n : 3 * n],
         "queued_at": stamps[:n],
-        "started_at": stamps[n:2 * n],
-        "finished_at": stamps[2 * n:],
+        "started_at": stamps[n : 2 * n],
+        "finished_at": stamps[2 * n :],
         "attempts": counts(attempts),
-        "error": texts[3 * n:],
+        "error": texts[3 * n :],
     }
-    columns: dict[str, Any] = {name: values for name, values in dict_columns(xs, ys, extra).items()
-                               if name not in meta}
+    columns: dict[str, Any] = {name: values for name, values in dict_columns(xs, ys, extra).items() if name not in meta}
     columns.update(meta)
     return columns
 
@@ -255,9 +263,9 @@ class GrowingFrame:
                 data[name] = pd.concat([above, below], ignore_index=True)
                 continue
             values = columns.get(name)
-            data[name] = (above.tolist() if above is not None else [None] * len(old)) + \
-                (values if isinstance(values, list) else
-                 below.tolist() if below is not None else [None] * len(rows))
+            data[name] = (above.tolist() if above is not None else [None] * len(old)) + (
+                values if isinstance(values, list) else below.tolist() if below is not None else [None] * len(rows)
+            )
         return pd.DataFrame(data, index=pd.RangeIndex(len(old) + len(rows)))
 
     def frame(self) -> pd.DataFrame:
@@ -299,8 +307,7 @@ def _array_of(column: pd.Series) -> Any:
     import numpy as np
 
     values = column.array
-    return values.to_numpy() if isinstance(column.dtype, np.dtype) and column.dtype.kind in "iufb" \
-        else values
+    return values.to_numpy() if isinstance(column.dtype, np.dtype) and column.dtype.kind in "iufb" else values
 
 
 def _concat(old: Any, new: Any, compact: bool) -> Any:

@@ -58,8 +58,11 @@ class Heartbeat(threading.Thread):
                 if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
                     logger.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
                 if time.monotonic() - last_success > self.redis_retry_timeout:
-                    print(f"rush worker: Redis unreachable for {self.redis_retry_timeout:.0f} s "
-                          f"({exc}); exiting", file=sys.stderr, flush=True)
+                    print(
+                        f"rush worker: Redis unreachable for {self.redis_retry_timeout:.0f} s ({exc}); exiting",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     os._exit(EXIT_REDIS_GONE)
                 continue
             if state in (WorkerState.KILLED, WorkerState.LOST, "unknown"):

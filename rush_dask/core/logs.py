@@ -32,12 +32,16 @@ class RedisLogHandler(logging.Handler):
             message = record.getMessage()
             if record.exc_info and record.exc_info[0] is not None:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
-            self._buffer.append(json.dumps({
-                "time": record.created,
-                "level": record.levelname,
-                "logger": record.name,
-                "message": message,
-            }))
+            self._buffer.append(
+                json.dumps(
+                    {
+                        "time": record.created,
+                        "level": record.levelname,
+                        "logger": record.name,
+                        "message": message,
+                    }
+                )
+            )
         except Exception:  # a handler must never raise into the code that logs
             self.handleError(record)
 

@@ -87,12 +87,14 @@ def parse_header(name: str, text: str) -> dict[str, str]:
 
 def _expand(text: str, seen: set[str]) -> str:
     """``text`` with its include lines replaced by the files they name (each once)."""
+
     def include(match: re.Match[str]) -> str:
         name = match.group(1)
         if name in seen:
             return ""
         seen.add(name)
         return _expand(_read("include", f"{name}.lua"), seen)
+
     return _INCLUDE.sub(include, text)
 
 
@@ -136,8 +138,10 @@ def build(name: str, text: str, constants: Mapping[str, object] | None = None) -
     problems += [f"declares {k!r}, not a fixed key of a network" for k in keys if k not in Keys.FIXED]
     problems += [f"declares the family {f!r}, unknown" for f in families if f not in Keys.FAMILIES]
     problems += [f"uses K.{k} without declaring it" for k in sorted(set(_KEY_USE.findall(body)) - set(keys))]
-    problems += [f"builds {f}:<...> keys without declaring that family"
-                 for f in sorted(set(_FAMILY_USE.findall(body)) - set(families))]
+    problems += [
+        f"builds {f}:<...> keys without declaring that family"
+        for f in sorted(set(_FAMILY_USE.findall(body)) - set(families))
+    ]
     problems += [f"has no value for @{c}@" for c in sorted(set(_PLACEHOLDER.findall(body)))]
     if "KEYS[" in body:
         problems.append("reads KEYS[...] directly (use the names in K)")

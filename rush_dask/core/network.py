@@ -36,8 +36,16 @@ logger = logging.getLogger("rush_dask")
 
 # Fields read for every task row, in this order.
 _TASK_FIELDS = (
-    "xs", "extra", "state", "worker_id", "queued_at", "started_at",
-    "finished_at", "attempts", "error", "archive_index",
+    "xs",
+    "extra",
+    "state",
+    "worker_id",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "error",
+    "archive_index",
 )
 _BATCH = 2_000  # tasks read per script call (a few ms of Redis time each)
 _ARCHIVE_BATCH = 10_000  # archive rows per LRANGE
@@ -47,7 +55,6 @@ def unpack_row(raw: bytes) -> list[Any]:
     """An archive row: [key, xs, ys, extra, worker_id, queued_at, started_at, finished_at, attempts]."""
     row: list[Any] = unpackb(raw, raw=True)
     return row
-
 
 
 @overload
@@ -180,24 +187,27 @@ class NetworkView:
         states = self._worker_states()
         rows = []
         for rec in self._worker_records(sorted(states)):
-            rows.append({
-                "worker_id": rec["worker_id"],
-                "state": states[rec["worker_id"]],
-                "pid": int(rec["pid"]) if rec.get("pid") else None,
-                "hostname": rec.get("hostname"),
-                "heartbeat_period": float(rec["heartbeat_period"]) if rec.get("heartbeat_period") else None,
-                "heartbeat_expire": float(rec["heartbeat_expire"]) if rec.get("heartbeat_expire") else None,
-                "heartbeat": rec["heartbeat_ttl"] is not None,
-                # Each beat sets the TTL to heartbeat_expire, so what has run off is the age.
-                "heartbeat_age": float(rec["heartbeat_expire"]) - rec["heartbeat_ttl"]
-                if rec["heartbeat_ttl"] is not None and rec.get("heartbeat_expire") else None,
-                "resources": json.loads(rec.get("resources") or "{}"),
-                "started_at": _timestamp(rec.get("started_at")),
-                "stopped_at": _timestamp(rec.get("stopped_at")),
-                # Written with the heartbeat (see worker.RushWorker._report): may lag one period.
-                "rss": int(rec["rss"]) if rec.get("rss") else None,
-                "n_done": int(rec["n_done"]) if rec.get("n_done") else 0,
-            })
+            rows.append(
+                {
+                    "worker_id": rec["worker_id"],
+                    "state": states[rec["worker_id"]],
+                    "pid": int(rec["pid"]) if rec.get("pid") else None,
+                    "hostname": rec.get("hostname"),
+                    "heartbeat_period": float(rec["heartbeat_period"]) if rec.get("heartbeat_period") else None,
+                    "heartbeat_expire": float(rec["heartbeat_expire"]) if rec.get("heartbeat_expire") else None,
+                    "heartbeat": rec["heartbeat_ttl"] is not None,
+                    # Each beat sets the TTL to heartbeat_expire, so what has run off is the age.
+                    "heartbeat_age": float(rec["heartbeat_expire"]) - rec["heartbeat_ttl"]
+                    if rec["heartbeat_ttl"] is not None and rec.get("heartbeat_expire")
+                    else None,
+                    "resources": json.loads(rec.get("resources") or "{}"),
+                    "started_at": _timestamp(rec.get("started_at")),
+                    "stopped_at": _timestamp(rec.get("stopped_at")),
+                    # Written with the heartbeat (see worker.RushWorker._report): may lag one period.
+                    "rss": int(rec["rss"]) if rec.get("rss") else None,
+                    "n_done": int(rec["n_done"]) if rec.get("n_done") else 0,
+                }
+            )
         return sorted(rows, key=lambda row: row["started_at"] if row["started_at"] is not None else float("inf"))
 
     @property
@@ -212,8 +222,21 @@ class NetworkView:
         """
         import pandas as pd
 
-        columns = ["worker_id", "state", "pid", "hostname", "heartbeat_period", "heartbeat_expire",
-                   "heartbeat", "heartbeat_age", "resources", "started_at", "stopped_at", "rss", "n_done"]
+        columns = [
+            "worker_id",
+            "state",
+            "pid",
+            "hostname",
+            "heartbeat_period",
+            "heartbeat_expire",
+            "heartbeat",
+            "heartbeat_age",
+            "resources",
+            "started_at",
+            "stopped_at",
+            "rss",
+            "n_done",
+        ]
         frame = pd.DataFrame(self._worker_rows(), columns=columns)
         for col in ("started_at", "stopped_at"):
             frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
@@ -317,7 +340,7 @@ class NetworkView:
     def _read_task_fields(self, keys: Sequence[str]) -> list[list[bytes | None]]:
         records: list[list[bytes | None]] = []
         for start in range(0, len(keys), _BATCH):
-            records.extend(self.scripts.fetch_tasks(keys[start:start + _BATCH], _TASK_FIELDS))
+            records.extend(self.scripts.fetch_tasks(keys[start : start + _BATCH], _TASK_FIELDS))
         return records
 
     def _task_rows(self, keys: Sequence[str]) -> pd.DataFrame:
@@ -329,8 +352,7 @@ class NetworkView:
             xs, extra, state, wid, qat, sat, fat, attempts, error, index = columns
             # The outputs of finished tasks are in their archive rows.
             rows = self._archive_rows_at([int(i) for i in index if i is not None])
-            ys = [self._verified(rows[int(i)][2], k, "ys") if i is not None else None
-                  for i, k in zip(index, keys)]
+            ys = [self._verified(rows[int(i)][2], k, "ys") if i is not None else None for i, k in zip(index, keys)]
             return self._frame(keys, xs, ys, extra, state, wid, qat, sat, fat, attempts, error)
 
     def _archive_rows_at(self, indexes: Sequence[int]) -> dict[int, list[Any]]:
@@ -363,8 +385,9 @@ class NetworkView:
         """Finished tasks ``start`` to ``stop - 1`` (finish order) as a DataFrame, from the archive."""
         return frame_of(self._archive_columns(start, stop))
 
-    def _archive_columns(self, start: int, stop: int | None = None,
-                         rows: list[list[Any]] | None = None) -> dict[str, Any]:
+    def _archive_columns(
+        self, start: int, stop: int | None = None, rows: list[list[Any]] | None = None
+    ) -> dict[str, Any]:
         """:meth:`_archive_frame` as columns (see :func:`rush_dask.core.frames.task_columns`);
         ``rows``: archive rows already read from ``start`` on."""
         with gc_paused():
@@ -372,22 +395,56 @@ class NetworkView:
                 rows = self._archive_range(start, stop)
             key, xs, ys, extra, wid, qat, sat, fat, attempts = zip(*rows) if rows else ([] for _ in range(9))
             n = len(rows)
-            return self._columns(key, xs, self._verified_all(ys, key, "ys"), extra,
-                                 [b"finished"] * n, wid, qat, sat, fat, attempts, [None] * n)
+            return self._columns(
+                key,
+                xs,
+                self._verified_all(ys, key, "ys"),
+                extra,
+                [b"finished"] * n,
+                wid,
+                qat,
+                sat,
+                fat,
+                attempts,
+                [None] * n,
+            )
 
     def _frame(self, *fields: Any) -> pd.DataFrame:
         """A DataFrame of tasks from their raw fields (see :meth:`_columns`)."""
         return frame_of(self._columns(*fields))
 
-    def _columns(self, keys: Raw, xs: Sequence[bytes | None], ys: Sequence[dict[str, Any] | None],
-                 extra: Sequence[bytes | None], state: Raw, wid: Raw, qat: Raw, sat: Raw, fat: Raw,
-                 attempts: Raw, error: Raw) -> dict[str, Any]:
+    def _columns(
+        self,
+        keys: Raw,
+        xs: Sequence[bytes | None],
+        ys: Sequence[dict[str, Any] | None],
+        extra: Sequence[bytes | None],
+        state: Raw,
+        wid: Raw,
+        qat: Raw,
+        sat: Raw,
+        fat: Raw,
+        attempts: Raw,
+        error: Raw,
+    ) -> dict[str, Any]:
         """Columns of tasks from their raw fields: payloads checked and unpickled, pids looked up."""
         inputs = self._verified_all(xs, keys, "xs")
         if self._has_shared_inputs(xs):
             resolve(inputs, self._shared_inputs)
-        return task_columns(keys, inputs, [y or {} for y in ys], self._verified_all(extra, keys, "extra"),
-                            state, wid, self._pids_of(wid), qat, sat, fat, attempts, error)
+        return task_columns(
+            keys,
+            inputs,
+            [y or {} for y in ys],
+            self._verified_all(extra, keys, "extra"),
+            state,
+            wid,
+            self._pids_of(wid),
+            qat,
+            sat,
+            fat,
+            attempts,
+            error,
+        )
 
     def _verified_all(self, blobs: Sequence[bytes | None], keys: Sequence[Any], field: str) -> list[dict[str, Any]]:
         """:meth:`_verified` for many payloads; plain pickles without a secret in one quick pass."""
@@ -500,8 +557,9 @@ class NetworkView:
         self._new_offset += len(rows)
         return frame_of(columns)
 
-    def to_dask_dataframe(self, states: Sequence[str] | str = ("finished",),
-                          partition_size: int = 10_000) -> dd.DataFrame:
+    def to_dask_dataframe(
+        self, states: Sequence[str] | str = ("finished",), partition_size: int = 10_000
+    ) -> dd.DataFrame:
         """The tasks in ``states`` as a lazy Dask DataFrame that reads Redis partition by partition.
 
         ``states`` may contain ``"finished"``, ``"failed"`` or ``"all"``

@@ -163,6 +163,7 @@ def _raw_args_accepted(method: _Method) -> _Method:
         if not args and "args" in kwargs:
             return self.call(name, kwargs["args"], client=kwargs.get("client"))
         return method(self, *args, **kwargs)
+
     return cast(_Method, dispatch)
 
 
@@ -195,17 +196,33 @@ class Scripts:
 
     # ------------------------------------------------------------ tasks
     @_raw_args_accepted
-    def push(self, tasks: Sequence[NewTask], *, fun_id: str = "", max_retries: int = 0,
-             timeout: float | None = None, seed: int | None = None, priority: float = 0,
-             max_lost: int = 0, client: Any = None) -> int | None:
+    def push(
+        self,
+        tasks: Sequence[NewTask],
+        *,
+        fun_id: str = "",
+        max_retries: int = 0,
+        timeout: float | None = None,
+        seed: int | None = None,
+        priority: float = 0,
+        max_lost: int = 0,
+        client: Any = None,
+    ) -> int | None:
         """Create one batch of tasks; returns the sequence number before the first (None if pipelined).
 
         >>> scripts.push([NewTask("k1", dumps({"x": 1}))], max_lost=3)   # doctest: +SKIP
         41
         """
-        args: list[Any] = [self.prefix, len(tasks), fun_id, max_retries,
-                           "" if timeout is None else timeout, "" if seed is None else seed,
-                           priority, max_lost]
+        args: list[Any] = [
+            self.prefix,
+            len(tasks),
+            fun_id,
+            max_retries,
+            "" if timeout is None else timeout,
+            "" if seed is None else seed,
+            priority,
+            max_lost,
+        ]
         for task in tasks:
             args += task
         reply = self.call("push", args, client)
@@ -220,22 +237,34 @@ class Scripts:
         return int(self.call("push_running", args))
 
     @_raw_args_accepted
-    def settle_and_pop(self, worker_id: str, *, request: int, outcomes: Sequence[Outcome] = (),
-                       want: int = 1, min_queue: int = 0, resources: str = "",
-                       host: str = "") -> SettleReply:
+    def settle_and_pop(
+        self,
+        worker_id: str,
+        *,
+        request: int,
+        outcomes: Sequence[Outcome] = (),
+        want: int = 1,
+        min_queue: int = 0,
+        resources: str = "",
+        host: str = "",
+    ) -> SettleReply:
         """Record the outcomes of tasks ``worker_id`` ran, and pop up to ``want`` tasks.
 
         >>> reply = scripts.settle_and_pop("w1", request=7, want=1)   # doctest: +SKIP
         >>> reply.kind, [t.key for t in reply.tasks]                  # doctest: +SKIP
         ('tasks', [b'3f2a...'])
         """
-        args: list[Any] = [self.prefix, worker_id, request, resources, want, min_queue,
-                           len(outcomes), host]
+        args: list[Any] = [self.prefix, worker_id, request, resources, want, min_queue, len(outcomes), host]
         for outcome in outcomes:
             args += outcome
         reply = self.call("settle_and_pop", args)
-        return SettleReply(reply[0].decode(), _text(reply[1]), [n.decode() for n in reply[2]],
-                           reply[3], [PoppedTask(*raw) for raw in reply[4:]])
+        return SettleReply(
+            reply[0].decode(),
+            _text(reply[1]),
+            [n.decode() for n in reply[2]],
+            reply[3],
+            [PoppedTask(*raw) for raw in reply[4:]],
+        )
 
     @_raw_args_accepted
     def empty_queue(self, reason: str) -> int:
@@ -243,8 +272,9 @@ class Scripts:
         return int(self.call("empty_queue", [self.prefix, reason]))
 
     @_raw_args_accepted
-    def fetch_tasks(self, task_keys: Sequence[str], fields: Sequence[str],
-                    client: Any = None) -> list[list[bytes | None]]:
+    def fetch_tasks(
+        self, task_keys: Sequence[str], fields: Sequence[str], client: Any = None
+    ) -> list[list[bytes | None]]:
         """The values of ``fields`` of each task, in one call (a pipelined call returns [])."""
         reply = self.call("fetch_tasks", [self.prefix, len(fields), *fields, *task_keys], client)
         return [] if client is not None else cast("list[list[bytes | None]]", reply)
@@ -259,15 +289,15 @@ class Scripts:
         return bool(self.call("register", args))
 
     @_raw_args_accepted
-    def heartbeat(self, worker_id: str, *, heartbeat_expire_ms: int, reap_batch: int,
-                  host: str) -> HeartbeatReply:
+    def heartbeat(self, worker_id: str, *, heartbeat_expire_ms: int, reap_batch: int, host: str) -> HeartbeatReply:
         """Refresh the heartbeat of a running worker (and reap a little of an abandoned compute).
 
         >>> scripts.heartbeat("w1", heartbeat_expire_ms=30_000, reap_batch=2000, host="h")  # doctest: +SKIP
         HeartbeatReply(state='running', terminate=False, garbage=[])
         """
         state, terminate, garbage = self.call(
-            "heartbeat", [self.prefix, worker_id, heartbeat_expire_ms, reap_batch, host])
+            "heartbeat", [self.prefix, worker_id, heartbeat_expire_ms, reap_batch, host]
+        )
         return HeartbeatReply(state.decode(), terminate == b"1", garbage)
 
     @_raw_args_accepted
@@ -277,22 +307,31 @@ class Scripts:
         return state.decode() if state is not None else None
 
     @_raw_args_accepted
-    def mark_workers(self, worker_ids: Iterable[str] = (), *, state: str, reason: str,
-                     scan_heartbeats: bool = False) -> list[str]:
+    def mark_workers(
+        self, worker_ids: Iterable[str] = (), *, state: str, reason: str, scan_heartbeats: bool = False
+    ) -> list[str]:
         """Declare running workers ``lost`` or ``killed`` (with ``scan_heartbeats``, also every
         running worker whose heartbeat expired); returns the ids whose state changed.
 
         >>> scripts.mark_workers(["w1"], state="killed", reason="killed by the user")   # doctest: +SKIP
         ['w1']
         """
-        changed = self.call("mark_workers", [self.prefix, state, reason, "1" if scan_heartbeats else "0",
-                                             *worker_ids])
+        changed = self.call("mark_workers", [self.prefix, state, reason, "1" if scan_heartbeats else "0", *worker_ids])
         return [wid.decode() for wid in changed]
 
     # ------------------------------------------------------------ graphs
     @_raw_args_accepted
-    def push_graph(self, graph_id: str, nodes: Sequence[NewNode], *, n_nodes: int, notify: str,
-                   lease: float, owner: str = "", owner_lease: float = 0.0) -> int:
+    def push_graph(
+        self,
+        graph_id: str,
+        nodes: Sequence[NewNode],
+        *,
+        n_nodes: int,
+        notify: str,
+        lease: float,
+        owner: str = "",
+        owner_lease: float = 0.0,
+    ) -> int:
         """Create one batch of a graph's nodes; returns how many were queued (0: a repeated batch).
 
         ``notify`` is '1' (a compute reads ``gdone``), '0' (nobody) or the id of a futures client;
@@ -301,9 +340,19 @@ class Scripts:
         """
         args: list[Any] = [self.prefix, graph_id, n_nodes, notify, repr(lease), owner, repr(owner_lease)]
         for node in nodes:
-            args += [node.key, node.xs, node.refs, " ".join(node.deps), " ".join(node.dependents),
-                     repr(node.score), node.resources, node.max_retries, node.max_lost, node.held,
-                     "1" if node.mine else "0"]
+            args += [
+                node.key,
+                node.xs,
+                node.refs,
+                " ".join(node.deps),
+                " ".join(node.dependents),
+                repr(node.score),
+                node.resources,
+                node.max_retries,
+                node.max_lost,
+                node.held,
+                "1" if node.mine else "0",
+            ]
         return int(self.call("push_graph", args))
 
     @_raw_args_accepted

@@ -116,27 +116,31 @@ def verify(data: bytes, secret: bytes | None, where: bytes = b"") -> bytes | mem
     >>> verify(sign(b"abc", b"k", b"here"), b"k", b"here").tobytes()
     b'abc'
     """
-    signed = data[:len(MAGIC)] in (MAGIC, _OLD_MAGIC)
+    signed = data[: len(MAGIC)] in (MAGIC, _OLD_MAGIC)
     if secret is None:
         if signed:
             raise PayloadSignatureError(
                 "payload is signed but this process has no secret: set the RUSH_SECRET "
-                "environment variable (or pass secret=) to the network's secret")
+                "environment variable (or pass secret=) to the network's secret"
+            )
         return data
     if not signed:
         raise PayloadSignatureError(
             "payload signature missing: written by someone without the network's secret "
-            "(or by a client or worker that runs without a secret); refused, not unpickled")
-    if data[:len(MAGIC)] == _OLD_MAGIC:
+            "(or by a client or worker that runs without a secret); refused, not unpickled"
+        )
+    if data[: len(MAGIC)] == _OLD_MAGIC:
         raise PayloadSignatureError(
             "payload signature invalid: signed by an older rush_dask whose signatures are not "
-            "bound to their task (RSIG1); push it again; refused, not unpickled")
+            "bound to their task (RSIG1); push it again; refused, not unpickled"
+        )
     body = memoryview(data)[_HEADER:]
-    if not hmac.compare_digest(mac(secret, body, where), data[len(MAGIC):_HEADER]):
+    if not hmac.compare_digest(mac(secret, body, where), data[len(MAGIC) : _HEADER]):
         raise PayloadSignatureError(
             "payload signature invalid: written by someone without the network's secret, "
             "signed with another secret, or moved here from another task, field or network; "
-            "refused, not unpickled")
+            "refused, not unpickled"
+        )
     return body
 
 

@@ -116,11 +116,12 @@ class RedisServer:
         tls_auth_clients: bool = False,
     ):
         if bool(tls_cert) != bool(tls_key) or ((tls_port or tls_ca or tls_auth_clients) and not tls_cert):
-            raise ValueError("TLS needs both tls_cert= and tls_key= (PEM files); tls_port=, tls_ca= "
-                             "and tls_auth_clients= only go with them")
+            raise ValueError(
+                "TLS needs both tls_cert= and tls_key= (PEM files); tls_port=, tls_ca= "
+                "and tls_auth_clients= only go with them"
+            )
         if tls_auth_clients and not tls_ca:
-            raise ValueError("tls_auth_clients=True needs tls_ca=, "
-                             "the CA that signed the client certificates")
+            raise ValueError("tls_auth_clients=True needs tls_ca=, the CA that signed the client certificates")
         self.tls = bool(tls_cert)
         self.tls_cert, self.tls_key, self.tls_ca = tls_cert, tls_key, tls_ca
         self.tls_auth_clients = tls_auth_clients
@@ -160,23 +161,41 @@ class RedisServer:
         cmd = [
             self.binary,
             "-",  # the rest of the configuration comes on stdin: see _stdin_config
-            "--port", str(self.port if self.tcp and not self.tls else 0),
-            "--bind", self.bind,
-            "--unixsocket", self.socket_path,
-            "--unixsocketperm", "700",
-            "--dir", self.directory,
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always" if self.appendonly else "everysec",
-            "--daemonize", "no",
-            "--loglevel", "warning",
-            "--logfile", os.path.join(self.directory, "redis.log"),
+            "--port",
+            str(self.port if self.tcp and not self.tls else 0),
+            "--bind",
+            self.bind,
+            "--unixsocket",
+            self.socket_path,
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            self.directory,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always" if self.appendonly else "everysec",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            os.path.join(self.directory, "redis.log"),
         ]
         if self.tls:
             assert self.tls_cert and self.tls_key  # checked in __init__
-            cmd += ["--tls-port", str(self.port), "--tls-cert-file", self.tls_cert,
-                    "--tls-key-file", self.tls_key,
-                    "--tls-auth-clients", "yes" if self.tls_auth_clients else "no"]
+            cmd += [
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                self.tls_cert,
+                "--tls-key-file",
+                self.tls_key,
+                "--tls-auth-clients",
+                "yes" if self.tls_auth_clients else "no",
+            ]
             if self.tls_ca:
                 cmd += ["--tls-ca-cert-file", self.tls_ca]
         return cmd + self.extra_args
@@ -217,7 +236,8 @@ class RedisServer:
                 if self.tls and "TLS support" in log:
                     raise RuntimeError(
                         f"{self.binary} was built without TLS support: use a redis-server built "
-                        "with TLS (set $RUSH_REDIS_SERVER to its path, or pass binary=)")
+                        "with TLS (set $RUSH_REDIS_SERVER to its path, or pass binary=)"
+                    )
                 raise RuntimeError(f"{self.binary} exited with code {self.process.returncode}: {log}")
             if time.monotonic() > deadline:
                 self.stop()
@@ -286,8 +306,11 @@ def _start_watchdog(server: RedisServer) -> subprocess.Popen[bytes] | None:
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "rush_dask.core.watchdog", str(os.getpid()), str(server.process.pid)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     except OSError:  # no watchdog: an orphan after a crash, as before, but no reason to fail
         return None
 

@@ -47,9 +47,14 @@ class SharedInput:
         return SharedInput, (self.id,)
 
 
-def pack_inputs(xss: Sequence[dict[str, Any]], secret: bytes | None, limit: int = INLINE_LIMIT,
-                max_bytes: int | None = None, where: Callable[[str, str], bytes] | None = None,
-                keys: Sequence[str] | None = None) -> tuple[list[bytes], dict[str, bytes]]:
+def pack_inputs(
+    xss: Sequence[dict[str, Any]],
+    secret: bytes | None,
+    limit: int = INLINE_LIMIT,
+    max_bytes: int | None = None,
+    where: Callable[[str, str], bytes] | None = None,
+    keys: Sequence[str] | None = None,
+) -> tuple[list[bytes], dict[str, bytes]]:
     """(one payload per task, shared payloads by content id), large values moved out.
 
     With a secret, task ``i``'s inputs are signed for ``where(keys[i], "xs")``
@@ -85,7 +90,8 @@ def pack_inputs(xss: Sequence[dict[str, Any]], secret: bytes | None, limit: int 
                     raise PayloadTooLargeError(
                         f"input {name!r} of task {index} is {len(data):,} bytes serialized, over "
                         f"max_payload_bytes={max_bytes:,}: keep large data out of the task (a "
-                        "file or object store path) or raise Rush(max_payload_bytes=...)")
+                        "file or object store path) or raise Rush(max_payload_bytes=...)"
+                    )
                 cid = content_id(data)
                 if cid not in shared:
                     shared[cid] = sign(data, secret, where(cid, "shared") if where else b"")

@@ -79,8 +79,7 @@ def dumps_frames(obj: Any) -> tuple[bytes, list[memoryview]]:
         try:
             header = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
         except Exception as exc:
-            raise TypeError(f"cannot serialize the result {_describe(obj)}: {type(exc).__name__}: "
-                            f"{exc}") from exc
+            raise TypeError(f"cannot serialize the result {_describe(obj)}: {type(exc).__name__}: {exc}") from exc
     return header, [b.raw() for b in buffers]
 
 
@@ -96,16 +95,21 @@ def _binding(network_id: str, key: str) -> bytes:
     return f"{network_id}\0{key}\0".encode()
 
 
-def write_frames(path: Path, header: bytes, buffers: list[memoryview], *, network_id: str, key: str,
-                 secret: bytes | None) -> int:
+def write_frames(
+    path: Path, header: bytes, buffers: list[memoryview], *, network_id: str, key: str, secret: bytes | None
+) -> int:
     """Write one result file atomically (a reader never sees half of it); returns its size."""
     lengths = struct.pack(f"<{len(buffers)}Q", *(b.nbytes for b in buffers))
     head = _FIXED.pack(len(header), len(buffers)) + lengths
     start = _MAC_AT + _MAC_LEN
-    pieces: list[bytes | memoryview] = [head, _ZEROS[:_aligned(start + len(head)) - start - len(head)],
-                                        header, _ZEROS[:_aligned(len(header)) - len(header)]]
+    pieces: list[bytes | memoryview] = [
+        head,
+        _ZEROS[: _aligned(start + len(head)) - start - len(head)],
+        header,
+        _ZEROS[: _aligned(len(header)) - len(header)],
+    ]
     for buf in buffers:
-        pieces += [buf, _ZEROS[:_aligned(buf.nbytes) - buf.nbytes]]
+        pieces += [buf, _ZEROS[: _aligned(buf.nbytes) - buf.nbytes]]
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     state = _keyed(secret).copy() if secret is not None else None
     if state is not None:
@@ -129,7 +133,7 @@ def loads_frames(data: memoryview, *, network_id: str, key: str, secret: bytes |
 
     The buffers of the result are views into ``data``: no copy is made.
     """
-    if bytes(data[:len(MAGIC)]) != MAGIC:
+    if bytes(data[: len(MAGIC)]) != MAGIC:
         raise ValueError(f"the stored result of {key} is not a rush_dask result file")
     start = _MAC_AT + _MAC_LEN
     header_len, n = _FIXED.unpack_from(data, start)
@@ -142,17 +146,19 @@ def loads_frames(data: memoryview, *, network_id: str, key: str, secret: bytes |
         if not hmac.compare_digest(state.digest(), stored_mac):
             raise PayloadSignatureError(
                 f"the stored result of {key} has an invalid signature (written without the "
-                "network's secret, changed, or moved from another task); refused, not unpickled")
+                "network's secret, changed, or moved from another task); refused, not unpickled"
+            )
     elif stored_mac != bytes(_MAC_LEN):
         raise PayloadSignatureError(
             "stored result is signed but this process has no secret: set the RUSH_SECRET "
-            "environment variable (or pass secret=) to the network's secret")
+            "environment variable (or pass secret=) to the network's secret"
+        )
     offset = _aligned(start + _FIXED.size + 8 * n)
-    header = data[offset:offset + header_len]
+    header = data[offset : offset + header_len]
     offset += _aligned(header_len)
     buffers = []
     for length in lengths:
-        buffers.append(data[offset:offset + length])
+        buffers.append(data[offset : offset + length])
         offset += _aligned(length)
     return pickle.loads(header, buffers=buffers)
 
@@ -209,8 +215,9 @@ class LocalStore:
         self.spill_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self.spill_dir
 
-    def put_frames(self, key: str, header: bytes, buffers: list[memoryview], *,
-                   secret: bytes | None) -> tuple[str, int]:
+    def put_frames(
+        self, key: str, header: bytes, buffers: list[memoryview], *, secret: bytes | None
+    ) -> tuple[str, int]:
         """Write a pickled result; returns (path, size in bytes)."""
         if "/" in key or key.startswith("."):
             raise ValueError(f"not a task key: {key!r}")

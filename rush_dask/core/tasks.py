@@ -26,18 +26,18 @@ def check_xss(xss: Any, extra: Any = None, *, name: str = "xss") -> None:
     TypeError: xss must be a list of dicts (one dict of inputs per task), got a dict; wrap it: [{...}]
     """
     if isinstance(xss, dict):
-        raise TypeError(f"{name} must be a list of dicts (one dict of inputs per task), "
-                        "got a dict; wrap it: [{...}]")
+        raise TypeError(f"{name} must be a list of dicts (one dict of inputs per task), got a dict; wrap it: [{{...}}]")
     if isinstance(xss, (str, bytes)) or not isinstance(xss, Sequence):
-        raise TypeError(f"{name} must be a list of dicts (one dict of inputs per task), "
-                        f"got {type(xss).__name__}")
+        raise TypeError(f"{name} must be a list of dicts (one dict of inputs per task), got {type(xss).__name__}")
     for i, xs in enumerate(xss):
         if not isinstance(xs, dict):
             raise TypeError(f"{name}[{i}] must be a dict of inputs, got {type(xs).__name__}: {xs!r:.80}")
         bad = [k for k in xs if not isinstance(k, str) or not k.isidentifier()]
         if bad:
-            raise TypeError(f"{name}[{i}] has input names that are not valid Python identifiers: "
-                            f"{bad!r:.80}; inputs are passed as keyword arguments")
+            raise TypeError(
+                f"{name}[{i}] has input names that are not valid Python identifiers: "
+                f"{bad!r:.80}; inputs are passed as keyword arguments"
+            )
     if extra is not None:
         check_xss(extra, name="extra")
         if len(extra) != len(xss):

@@ -54,12 +54,14 @@ def _portable(message: Warning | str) -> Warning | str:
         return UserWarning(f"{type(message).__name__}: {message}")
 
 
-def ship(client: Any, prefix: str, graph_id: str, task_key: str, caught: list[warnings.WarningMessage],
-         secret: bytes | None) -> None:
+def ship(
+    client: Any, prefix: str, graph_id: str, task_key: str, caught: list[warnings.WarningMessage], secret: bytes | None
+) -> None:
     """Push the recorded warnings of one node to its graph's list (worker side)."""
     where = place(prefix, graph_id, "warnings") if secret else b""
-    items = [dumps((task_key, _portable(w.message), w.filename, w.lineno), secret, where)
-             for w in caught[:MAX_PER_NODE]]
+    items = [
+        dumps((task_key, _portable(w.message), w.filename, w.lineno), secret, where) for w in caught[:MAX_PER_NODE]
+    ]
     if not items:
         return
     key = warnings_key(prefix, graph_id)
@@ -90,12 +92,9 @@ def reemit(rush: Controller, graph_id: str, dask_key_of: Callable[[str], Hashabl
         except Exception:  # not signed with our secret, or unpicklable here: skip it
             continue
         message = _with_key(message, dask_key_of(task_key))
-        warnings.warn_explicit(message, type(message), filename, lineno,
-                               registry=_registries.setdefault(filename, {}))
+        warnings.warn_explicit(message, type(message), filename, lineno, registry=_registries.setdefault(filename, {}))
 
 
 def forget(rush: Controller, graph_id: str) -> None:
     """Drop the warnings of a graph that nobody will re-emit (a future's graph)."""
     rush.client.delete(warnings_key(rush.keys.prefix, graph_id))
-
-

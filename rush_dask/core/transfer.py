@@ -79,9 +79,16 @@ class TlsIdentity:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rush_dask data server")])
         now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-                .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .sign(key, hashes.SHA256())
+        )
         der = cert.public_bytes(serialization.Encoding.DER)
         self.fingerprint = hashlib.sha256(der).hexdigest()
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -89,9 +96,11 @@ class TlsIdentity:
             cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
             cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
             key_path.touch(mode=0o600)
-            key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                   serialization.PrivateFormat.PKCS8,
-                                                   serialization.NoEncryption()))
+            key_path.write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
             self.context.load_cert_chain(cert_path, key_path)
 
 
@@ -157,8 +166,7 @@ class DataServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, store: Any, host: str, port: int = 0, *, auth_key: bytes | None,
-                 tls: TlsIdentity | None = None):
+    def __init__(self, store: Any, host: str, port: int = 0, *, auth_key: bytes | None, tls: TlsIdentity | None = None):
         self.store = store
         self.network_id = store.network_id
         self.auth_key = auth_key
@@ -182,8 +190,9 @@ class DataServer(socketserver.ThreadingTCPServer):
         return None
 
     def start(self) -> DataServer:
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="rush-data-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.5}, name="rush-data-server", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -232,8 +241,10 @@ class Fetcher:
                 seen = hashlib.sha256(sock.getpeercert(binary_form=True) or b"").hexdigest()
                 if not hmac.compare_digest(seen, fingerprint):
                     sock.close()
-                    raise TransferError(f"the data server at {address} showed a certificate that is "
-                                        "not the one its worker published in Redis; refused")
+                    raise TransferError(
+                        f"the data server at {address} showed a certificate that is "
+                        "not the one its worker published in Redis; refused"
+                    )
             conn = self._connections[address] = (sock, sock.makefile("rb"))
         sock, reader = conn
         sock.sendall(f"GET {key} {token(self.auth_key, self.network_id, key)}\n".encode())

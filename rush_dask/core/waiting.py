@@ -15,8 +15,13 @@ from collections.abc import Callable
 class Patience:
     """Raise ``TimeoutError`` past ``timeout``, run ``every_half_second`` now and then, back off."""
 
-    def __init__(self, timeout: float | None, every_half_second: Callable[[], object] | None = None,
-                 first_delay: float = 0.0005, max_delay: float = 0.02):
+    def __init__(
+        self,
+        timeout: float | None,
+        every_half_second: Callable[[], object] | None = None,
+        first_delay: float = 0.0005,
+        max_delay: float = 0.02,
+    ):
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.every_half_second = every_half_second

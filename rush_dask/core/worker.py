@@ -109,9 +109,15 @@ class Task:
             seq=int(seq) if seq else 0,
             attempts=int(attempts) if attempts else 1,
             graph=graph.decode() if graph else None,
-            inputs={inputs[i].decode(): (inputs[i + 1] or None, inputs[i + 2].decode(), inputs[i + 3].decode(),
-                                         inputs[i + 4].decode())
-                    for i in range(0, len(inputs), 5)},
+            inputs={
+                inputs[i].decode(): (
+                    inputs[i + 1] or None,
+                    inputs[i + 2].decode(),
+                    inputs[i + 3].decode(),
+                    inputs[i + 4].decode(),
+                )
+                for i in range(0, len(inputs), 5)
+            },
             **({"load": load} if load is not None else {}),
         )
 
@@ -149,8 +155,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def describe_error(exc: BaseException, secret: bytes | None = None,
-                   where: bytes = b"") -> tuple[str, str, bytes]:
+def describe_error(exc: BaseException, secret: bytes | None = None, where: bytes = b"") -> tuple[str, str, bytes]:
     """(``"Type: message"``, traceback text, pickled exception (signed with ``secret`` for ``where``) or b"").
 
     >>> describe_error(ValueError("bad"))[0]
@@ -185,7 +190,8 @@ def load_function(blob: bytes, fun_id: str, secret: bytes | None, where: bytes =
     if content_id(blob) != fun_id:
         raise PayloadSignatureError(
             f"payload signature invalid for function {fun_id}: it is the signed payload of another "
-            "function of this network, moved here; refused, not unpickled")
+            "function of this network, moved here; refused, not unpickled"
+        )
     fun = pickle.loads(body)
     return fun
 
@@ -236,8 +242,9 @@ class RushWorker(NetworkView):
         self.client = connect(self.url)
         self.scripts = Scripts(self.client, self.keys)
         # Large graph results stay on this host; other hosts fetch them from this server.
-        self.plane = DataPlane(self.client, self.keys, secret=self.secret, url=self.url,
-                               transfer_timeout=max(5.0, self.heartbeat_expire))
+        self.plane = DataPlane(
+            self.client, self.keys, secret=self.secret, url=self.url, transfer_timeout=max(5.0, self.heartbeat_expire)
+        )
         data_server = self.plane.serve()
         self._init_view()
         self._functions: dict[str, Callable[..., Any]] = {}
@@ -256,15 +263,21 @@ class RushWorker(NetworkView):
             root.setLevel(log_level)
 
         fields = {
-            "pid": os.getpid(), "hostname": HOSTNAME,
-            "heartbeat_period": self.heartbeat_period, "heartbeat_expire": self.heartbeat_expire,
-            "resources": json.dumps(self.resources), "start_id": start_id or "",
-            "python": sys.version.split()[0], "host": self.plane.host,
+            "pid": os.getpid(),
+            "hostname": HOSTNAME,
+            "heartbeat_period": self.heartbeat_period,
+            "heartbeat_expire": self.heartbeat_expire,
+            "resources": json.dumps(self.resources),
+            "start_id": start_id or "",
+            "python": sys.version.split()[0],
+            "host": self.plane.host,
             **data_server,
-            "rss": rss_bytes(), "n_done": 0,
+            "rss": rss_bytes(),
+            "n_done": 0,
         }
         registered = self.scripts.register(
-            self.worker_id, heartbeat_expire_ms=int(self.heartbeat_expire * 1000), fields=fields)
+            self.worker_id, heartbeat_expire_ms=int(self.heartbeat_expire * 1000), fields=fields
+        )
         if not registered:
             raise ValueError(f"worker id {self.worker_id!r} is already taken in network {network_id!r}")
         self._heartbeat = Heartbeat(
@@ -276,8 +289,9 @@ class RushWorker(NetworkView):
         )
         # A timeout, so that a silent partition (a stalled TCP connection raises
         # nothing) counts against redis_retry_timeout; redis-py < 8 sets none.
-        self._heartbeat_client = connect(self.url, check=False, socket_timeout=self.heartbeat_expire,
-                                         socket_connect_timeout=self.heartbeat_expire)
+        self._heartbeat_client = connect(
+            self.url, check=False, socket_timeout=self.heartbeat_expire, socket_connect_timeout=self.heartbeat_expire
+        )
         self._heartbeat_scripts = Scripts(self._heartbeat_client, self.keys)
         self._heartbeat.start()
         logger.info("worker %s started (pid %s on %s)", self.worker_id, os.getpid(), HOSTNAME)
@@ -308,8 +322,11 @@ class RushWorker(NetworkView):
 
     def _beat(self) -> tuple[str, bool]:
         beat = self._heartbeat_scripts.heartbeat(
-            self.worker_id, heartbeat_expire_ms=int(self.heartbeat_expire * 1000),
-            reap_batch=C.REAP_BATCH, host=self.plane.host)
+            self.worker_id,
+            heartbeat_expire_ms=int(self.heartbeat_expire * 1000),
+            reap_batch=C.REAP_BATCH,
+            host=self.plane.host,
+        )
         self.plane.collect(beat.garbage)
         counters = self.plane.counters()
         if counters != self._reported:  # for benchmarks and the dashboard: bytes moved so far
@@ -348,20 +365,30 @@ class RushWorker(NetworkView):
         return value.decode() if value else "unknown"
 
     # ------------------------------------------------------------------- tasks
-    def _settle_and_pop(self, outcomes: Sequence[Outcome] = (), want: int = 1,
-                        min_queue: int = 0) -> SettleReply:
+    def _settle_and_pop(self, outcomes: Sequence[Outcome] = (), want: int = 1, min_queue: int = 0) -> SettleReply:
         """One round trip: report what became of tasks that ran here, pop ``want`` tasks."""
         self._requests += 1
         request = self._requests
-        reply = self._retry(lambda: self.scripts.settle_and_pop(
-            self.worker_id, request=request, outcomes=outcomes, want=want, min_queue=min_queue,
-            resources=self._resource_spec, host=self.plane.host))
+        reply = self._retry(
+            lambda: self.scripts.settle_and_pop(
+                self.worker_id,
+                request=request,
+                outcomes=outcomes,
+                want=want,
+                min_queue=min_queue,
+                resources=self._resource_spec,
+                host=self.plane.host,
+            )
+        )
         if reply.garbage:
             self.plane.collect(reply.garbage)
             for path in reply.garbage:
                 self.cache.discard(os.path.basename(os.fsdecode(path)))
-        why = (f"{self.worker_id} is {reply.reason} in Redis" if reply.kind == "stop"
-               else f"the task is no longer held by {self.worker_id} (first writer wins)")
+        why = (
+            f"{self.worker_id} is {reply.reason} in Redis"
+            if reply.kind == "stop"
+            else f"the task is no longer held by {self.worker_id} (first writer wins)"
+        )
         for outcome, note in zip(outcomes, reply.notes):
             if note in (C.TaskState.FINISHED, C.TaskState.FAILED):
                 self._n_done += 1
@@ -403,19 +430,18 @@ class RushWorker(NetworkView):
             self._last_sweep = now
             self._retry(self.plane.sweep)
         wait = 1.0 if limit is None else max(min(limit, 1.0), 0.001)
-        self._retry(lambda: self.client.blpop(
-            [self.keys.wake_worker(self.worker_id), self.keys.wake], timeout=wait))
+        self._retry(lambda: self.client.blpop([self.keys.wake_worker(self.worker_id), self.keys.wake], timeout=wait))
 
     def _on_stop_reply(self, reply: SettleReply) -> None:
         reason = reply.reason
         if reason == "terminate":
             self._terminate_requested = True
         else:
-            raise WorkerLostError(
-                f"worker {self.worker_id} is {reason!r} in Redis; its results are no longer accepted")
+            raise WorkerLostError(f"worker {self.worker_id} is {reason!r} in Redis; its results are no longer accepted")
 
-    def push_running_tasks(self, xss: Sequence[dict[str, Any]],
-                           extra: Sequence[dict[str, Any]] | None = None) -> list[str]:
+    def push_running_tasks(
+        self, xss: Sequence[dict[str, Any]], extra: Sequence[dict[str, Any]] | None = None
+    ) -> list[str]:
         """Create tasks that this worker runs itself (the decentralized mode); returns their keys.
 
         >>> keys = worker.push_running_tasks([{"x": 0.3}])   # doctest: +SKIP
@@ -423,9 +449,14 @@ class RushWorker(NetworkView):
         """
         check_xss(xss, extra)
         keys = new_keys(len(xss))
-        tasks = [RunningTask(key, dumps(dict(xss[i]), self.secret, self._where(key, "xs")),
-                             dumps(dict(extra[i]), self.secret, self._where(key, "extra")) if extra else b"")
-                 for i, key in enumerate(keys)]
+        tasks = [
+            RunningTask(
+                key,
+                dumps(dict(xss[i]), self.secret, self._where(key, "xs")),
+                dumps(dict(extra[i]), self.secret, self._where(key, "extra")) if extra else b"",
+            )
+            for i, key in enumerate(keys)
+        ]
         self._retry(lambda: self.scripts.push_running(self.worker_id, tasks))
         return keys
 
@@ -445,9 +476,16 @@ class RushWorker(NetworkView):
         if len(keys) != len(yss):
             raise ValueError(f"got {len(keys)} keys but {len(yss)} results")
         # Every result is checked before any is stored: a refused call writes nothing.
-        outcomes = [Outcome(key, "finished", self._check_result(
-                        dumps(ys if isinstance(ys, dict) else {"y": ys}, self.secret, self._where(key, "ys")), key))
-                    for key, ys in zip(keys, yss)]
+        outcomes = [
+            Outcome(
+                key,
+                "finished",
+                self._check_result(
+                    dumps(ys if isinstance(ys, dict) else {"y": ys}, self.secret, self._where(key, "ys")), key
+                ),
+            )
+            for key, ys in zip(keys, yss)
+        ]
         return self._settle(outcomes)
 
     def fail_tasks(self, keys: Sequence[str], errors: Sequence[BaseException | str]) -> list[str]:
@@ -455,9 +493,12 @@ class RushWorker(NetworkView):
         keys = [keys] if isinstance(keys, str) else list(keys)
         if len(keys) != len(errors):
             raise ValueError(f"got {len(keys)} keys but {len(errors)} errors")
-        outcomes = [Outcome(key, "error", *describe_error(e, self.secret, self._where(key, "exception")))
-                    if isinstance(e, BaseException)
-                    else Outcome(key, "error", str(e)) for key, e in zip(keys, errors)]
+        outcomes = [
+            Outcome(key, "error", *describe_error(e, self.secret, self._where(key, "exception")))
+            if isinstance(e, BaseException)
+            else Outcome(key, "error", str(e))
+            for key, e in zip(keys, errors)
+        ]
         return self._settle(outcomes)
 
     def _settle(self, outcomes: list[Outcome]) -> list[str]:
@@ -468,8 +509,8 @@ class RushWorker(NetworkView):
         if fun_id is None:
             if self.fun is None:
                 raise RuntimeError(
-                    "this worker has no function: pass fun= to start_workers, or push the "
-                    "task with fun=")
+                    "this worker has no function: pass fun= to start_workers, or push the task with fun="
+                )
             return self.fun
         fun = self._functions.get(fun_id)
         if fun is None:
@@ -523,8 +564,11 @@ class RushWorker(NetworkView):
                 return self._run_graph_node(task)
             finally:
                 if caught:
-                    self._retry(lambda: taskwarnings.ship(self.client, self.keys.prefix, graph_id,
-                                                          task.key, caught, self.secret))
+                    self._retry(
+                        lambda: taskwarnings.ship(
+                            self.client, self.keys.prefix, graph_id, task.key, caught, self.secret
+                        )
+                    )
 
     def _load_task(self, payload: bytes, key: str) -> Any:
         """Task ``key``'s inputs: signature checked, shared large values put back in."""
@@ -548,7 +592,8 @@ class RushWorker(NetworkView):
             raise PayloadTooLargeError(
                 f"the result{of_task} is {len(payload):,} bytes serialized, over max_payload_bytes="
                 f"{self.max_payload_bytes:,}: return a path to the data instead, or raise "
-                "Rush(max_payload_bytes=...)")
+                "Rush(max_payload_bytes=...)"
+            )
         return payload
 
     def execute(self, task: Task) -> tuple[str, Any, str, bytes]:
@@ -614,14 +659,12 @@ class RushWorker(NetworkView):
                 task = local.popleft()
                 if in_flight is None and not local and not self.terminated:
                     # Report what ran so far and prefetch, while this task runs.
-                    in_flight = courier.submit(self._settle_and_pop, outcomes, self._batch_size(),
-                                               PREFETCH_MIN_QUEUE)
+                    in_flight = courier.submit(self._settle_and_pop, outcomes, self._batch_size(), PREFETCH_MIN_QUEUE)
                     outcomes = []
                 started = time.perf_counter()
                 outcomes.append(Outcome(task.key, *self.execute(task)))
                 elapsed = time.perf_counter() - started
-                self._task_seconds = elapsed if self._task_seconds is None else \
-                    0.8 * self._task_seconds + 0.2 * elapsed
+                self._task_seconds = elapsed if self._task_seconds is None else 0.8 * self._task_seconds + 0.2 * elapsed
                 if self.log_handler.pending:
                     self._retry(lambda: self.log_handler.ship(self.client))
         finally:
@@ -658,12 +701,12 @@ def check_heartbeat(period: float, expire: float | None) -> tuple[float, float]:
     if not isinstance(expire, (int, float)) or expire <= period:
         raise ValueError(
             f"heartbeat_expire ({expire!r} s) must be longer than heartbeat_period ({period!r} s), "
-            "or a live worker would be declared lost between two beats")
+            "or a live worker would be declared lost between two beats"
+        )
     return float(period), float(expire)
 
 
-def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
-               url: str | None = None) -> int:
+def run_worker(network_id: str, start_id: str, worker_id: str | None = None, url: str | None = None) -> int:
     """Start a worker from the configuration ``start_id`` stored in Redis and run it to the end."""
     client = connect(resolve_url(url))
     keys = C.Keys(network_id)
@@ -676,19 +719,22 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
     secret = resolve_secret(None)
     fun_blob = cast("bytes | None", client.get(keys.function(fun_id))) if fun_id else None
     if fun_id and fun_blob is None:
-        raise SystemExit(f"rush worker: function {fun_id} of configuration {start_id!r} is missing "
-                         f"from network {network_id!r} (was it reset?)")
+        raise SystemExit(
+            f"rush worker: function {fun_id} of configuration {start_id!r} is missing "
+            f"from network {network_id!r} (was it reset?)"
+        )
     try:
+
         def where(key: str, field: str) -> bytes:
             return place(keys.prefix, key, field) if secret is not None else b""
 
         fun = load_function(fun_blob, fun_id, secret, where("", "fun")) if fun_blob is not None else None
         loop = loads(config["loop"], secret, where(start_id, "loop")) if config.get("loop") else None
-        constants = (loads(config["constants"], secret, where(start_id, "constants"))
-                     if config.get("constants") else {})
+        constants = loads(config["constants"], secret, where(start_id, "constants")) if config.get("constants") else {}
     except PayloadSignatureError as exc:
-        raise SystemExit(f"rush worker: refusing worker configuration {start_id!r} of network "
-                         f"{network_id!r}: {exc}") from None
+        raise SystemExit(
+            f"rush worker: refusing worker configuration {start_id!r} of network {network_id!r}: {exc}"
+        ) from None
     client.close()
 
     # A controller may send SIGTERM as soon as it sees the worker registered,
@@ -696,14 +742,19 @@ def run_worker(network_id: str, start_id: str, worker_id: str | None = None,
     early_stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: early_stop.append(signum))
     worker = RushWorker(
-        network_id, url=url, worker_id=worker_id,
+        network_id,
+        url=url,
+        worker_id=worker_id,
         heartbeat_period=float(config["heartbeat_period"]),
         heartbeat_expire=float(config["heartbeat_expire"]),
         resources=json.loads(config.get("resources", b"{}")),
         redis_retry_timeout=float(config["redis_retry_timeout"]),
-        fun=fun, constants={} if loop else constants,
-        log_level=int(config.get("log_level", logging.INFO)), start_id=start_id,
-        secret=secret, max_payload_bytes=int(config.get("max_payload_bytes", C.MAX_PAYLOAD_BYTES)),
+        fun=fun,
+        constants={} if loop else constants,
+        log_level=int(config.get("log_level", logging.INFO)),
+        start_id=start_id,
+        secret=secret,
+        max_payload_bytes=int(config.get("max_payload_bytes", C.MAX_PAYLOAD_BYTES)),
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: worker._request_terminate())
     if early_stop:
@@ -733,14 +784,18 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--network", required=True, help="network id")
     parser.add_argument("--start-id", required=True, help="worker configuration stored by the controller")
     parser.add_argument("--worker-id", default=None, help="id of this worker (default: random)")
-    parser.add_argument("--url", default=None,
-                        help=f"Redis URL without a password (default: ${URL_ENV}, the place for one)")
+    parser.add_argument(
+        "--url", default=None, help=f"Redis URL without a password (default: ${URL_ENV}, the place for one)"
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.url and hide_secrets(args.url, args.url) != args.url:
-        parser.error(f"--url {redact(args.url)} holds a password, which ps would show to every user "
-                     f"of this machine: put the URL in ${URL_ENV} instead")
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        parser.error(
+            f"--url {redact(args.url)} holds a password, which ps would show to every user "
+            f"of this machine: put the URL in ${URL_ENV} instead"
+        )
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     return run_worker(args.network, args.start_id, worker_id=args.worker_id, url=args.url)
 
 

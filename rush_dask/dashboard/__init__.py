@@ -24,8 +24,15 @@ if TYPE_CHECKING:
 MISSING_HINT = "the dashboard needs aiohttp and prometheus-client: pip install 'rush-dask[dashboard]'"
 
 
-def start_in_thread(url: str, network_id: str, host: str = "127.0.0.1", port: int = 8787, *,
-                    allow_control: bool = False, period: float = 0.5) -> DashboardThread:
+def start_in_thread(
+    url: str,
+    network_id: str,
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    *,
+    allow_control: bool = False,
+    period: float = 0.5,
+) -> DashboardThread:
     """Serve the dashboard of ``network_id`` from a background thread; returns once it listens.
 
     ``port=0`` takes a free port. ``server.url`` is the page's address,

@@ -69,7 +69,8 @@ class Dashboard:
         except ValueError as exc:
             raise KeyError(str(exc)) from None
         if network_id != self.network_id and not self.client.exists(
-                keys.worker_states, keys.all_tasks, keys.queue, keys.seq):
+            keys.worker_states, keys.all_tasks, keys.queue, keys.seq
+        ):
             raise KeyError(f"unknown network {network_id!r} at {redact(self.url)}")
         with self.lock:
             return self.monitors.setdefault(network_id, Monitor(self.client, self.url, network_id))
@@ -86,8 +87,7 @@ def _monitor_or_404(request: web.Request) -> Monitor:
         monitor: Monitor = request.app[_STATE].monitor(request.query.get("network"))
         return monitor
     except KeyError as exc:
-        raise web.HTTPNotFound(text=json.dumps({"error": exc.args[0]}),
-                               content_type="application/json") from None
+        raise web.HTTPNotFound(text=json.dumps({"error": exc.args[0]}), content_type="application/json") from None
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -100,9 +100,16 @@ async def config(request: web.Request) -> web.Response:
     networks = await loop.run_in_executor(None, state.networks)
     if state.network_id not in networks:
         networks = sorted([*networks, state.network_id])
-    return web.json_response({"network": state.network_id, "networks": networks, "url": redact(state.url),
-                              "allow_control": state.allow_control, "period": state.period,
-                              "token": state.token if state.allow_control else None})
+    return web.json_response(
+        {
+            "network": state.network_id,
+            "networks": networks,
+            "url": redact(state.url),
+            "allow_control": state.allow_control,
+            "period": state.period,
+            "token": state.token if state.allow_control else None,
+        }
+    )
 
 
 async def snapshot(request: web.Request) -> web.Response:
@@ -112,8 +119,9 @@ async def snapshot(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.StreamResponse:
     state = request.app[_STATE]
     monitor = _monitor_or_404(request)
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
     await response.prepare(request)
     since = None  # the chart's history goes once in full, then only its new points
     try:
@@ -125,8 +133,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await response.write(f"event: failure\ndata: {message}\n\n".encode())
             else:
                 if since is not None:
-                    snap = {**snap, "history": [p for p in snap["history"] if p["t"] > since],
-                            "history_delta": True}
+                    snap = {**snap, "history": [p for p in snap["history"] if p["t"] > since], "history_delta": True}
                 if snap["history"]:
                     since = snap["history"][-1]["t"]
                 await response.write(f"data: {json.dumps(snap)}\n\n".encode())
@@ -158,13 +165,11 @@ async def stop(request: web.Request) -> web.Response:
         monitor = state.monitor(body.get("network"))
         ids = await asyncio.get_running_loop().run_in_executor(None, stop_workers, monitor.net, kind, [wid])
     except (ValueError, KeyError, TypeError) as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}),
-                                 content_type="application/json") from None
+        raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}), content_type="application/json") from None
     return web.json_response({"stopped": ids, "type": kind})
 
 
-def make_app(url: str, network_id: str, *, allow_control: bool = False,
-             period: float = 0.5) -> web.Application:
+def make_app(url: str, network_id: str, *, allow_control: bool = False, period: float = 0.5) -> web.Application:
     """The aiohttp application of a dashboard of ``network_id`` at ``url``.
 
     >>> web.run_app(make_app(url, "test"), host="127.0.0.1", port=8787)   # doctest: +SKIP
@@ -190,8 +195,16 @@ class DashboardThread:
     >>> server.stop()
     """
 
-    def __init__(self, url: str, network_id: str, host: str = "127.0.0.1", port: int = 8787, *,
-                 allow_control: bool = False, period: float = 0.5):
+    def __init__(
+        self,
+        url: str,
+        network_id: str,
+        host: str = "127.0.0.1",
+        port: int = 8787,
+        *,
+        allow_control: bool = False,
+        period: float = 0.5,
+    ):
         self.host, self.port = host, port
         self.app = make_app(url, network_id, allow_control=allow_control, period=period)
         self.network_id = network_id

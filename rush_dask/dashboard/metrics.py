@@ -26,8 +26,12 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 30
 class NetworkCollector:
     """Collects the gauges and counters of every monitored network at scrape time."""
 
-    def __init__(self, monitors: Callable[[], Iterable[Monitor]], max_age: float,
-                 after_poll: Callable[[Monitor], None] = lambda monitor: None):
+    def __init__(
+        self,
+        monitors: Callable[[], Iterable[Monitor]],
+        max_age: float,
+        after_poll: Callable[[Monitor], None] = lambda monitor: None,
+    ):
         self.monitors = monitors
         self.max_age = max_age
         self.after_poll = after_poll
@@ -36,24 +40,36 @@ class NetworkCollector:
         return []  # the metrics are read from Redis: nothing to collect at registration
 
     def collect(self) -> Iterable[Any]:
-        tasks = GaugeMetricFamily("rush_tasks", "Tasks of the network by state (priority: queued on a "
-                                  "worker's own queue)", labels=["network", "state"])
-        workers = GaugeMetricFamily("rush_workers", "Workers of the network by state (lost includes "
-                                    "workers whose heartbeat expired)", labels=["network", "state"])
-        finished = CounterMetricFamily("rush_tasks_finished", "Rush tasks finished since the network "
-                                       "started (graph nodes are not counted)", labels=["network"])
-        failed = CounterMetricFamily("rush_tasks_failed", "Tasks failed for good since the network "
-                                     "started", labels=["network"])
-        computes = GaugeMetricFamily("rush_computes_running", "Dask computes in progress",
-                                     labels=["network"])
-        throughput = GaugeMetricFamily("rush_throughput_tasks_per_second", "Tasks finished or failed "
-                                       "per second over the last 10 s", labels=["network"])
-        keys = GaugeMetricFamily("rush_network_keys", "Redis keys of the network (counted every 30 s)",
-                                 labels=["network"])
+        tasks = GaugeMetricFamily(
+            "rush_tasks",
+            "Tasks of the network by state (priority: queued on a worker's own queue)",
+            labels=["network", "state"],
+        )
+        workers = GaugeMetricFamily(
+            "rush_workers",
+            "Workers of the network by state (lost includes workers whose heartbeat expired)",
+            labels=["network", "state"],
+        )
+        finished = CounterMetricFamily(
+            "rush_tasks_finished",
+            "Rush tasks finished since the network started (graph nodes are not counted)",
+            labels=["network"],
+        )
+        failed = CounterMetricFamily(
+            "rush_tasks_failed", "Tasks failed for good since the network started", labels=["network"]
+        )
+        computes = GaugeMetricFamily("rush_computes_running", "Dask computes in progress", labels=["network"])
+        throughput = GaugeMetricFamily(
+            "rush_throughput_tasks_per_second",
+            "Tasks finished or failed per second over the last 10 s",
+            labels=["network"],
+        )
+        keys = GaugeMetricFamily(
+            "rush_network_keys", "Redis keys of the network (counted every 30 s)", labels=["network"]
+        )
         memory = GaugeMetricFamily("rush_redis_memory_used_bytes", "Redis used_memory", labels=["redis"])
         peak = GaugeMetricFamily("rush_redis_memory_peak_bytes", "Redis used_memory_peak", labels=["redis"])
-        clients = GaugeMetricFamily("rush_redis_connected_clients", "Redis connected_clients",
-                                    labels=["redis"])
+        clients = GaugeMetricFamily("rush_redis_connected_clients", "Redis connected_clients", labels=["redis"])
         servers = set()
         for monitor in self.monitors():
             snap = monitor.poll(max_age=self.max_age)
@@ -84,9 +100,13 @@ class Metrics:
         self.registry = CollectorRegistry()
         # Registered first, so collected first: the histogram then holds what that poll saw.
         self.registry.register(NetworkCollector(monitors, max_age, self.observe))
-        self.durations = Histogram("rush_task_duration_seconds", "Run time of the tasks that finished "
-                                   "while the dashboard watched (graph nodes: to the poll period)",
-                                   ["network"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.durations = Histogram(
+            "rush_task_duration_seconds",
+            "Run time of the tasks that finished while the dashboard watched (graph nodes: to the poll period)",
+            ["network"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
         self.monitors = monitors
 
     def observe(self, monitor: Monitor) -> None:

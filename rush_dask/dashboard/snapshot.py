@@ -165,10 +165,16 @@ class Monitor:
             pipe.hmget(keys.task(key), "worker_id", "started_at", "graph")
         running_fields = pipe.execute() if running_keys else []
 
-        workers, priority = self._workers(wids, states, replies[:3 * len(wids)], running_keys, running_fields)
-        graph_replies = replies[3 * len(wids):3 * len(wids) + len(gids)]
-        counts = {"queued": queued, "priority": priority, "running": n_running, "finished": finished,
-                  "failed": failed, "tasks": n_tasks}
+        workers, priority = self._workers(wids, states, replies[: 3 * len(wids)], running_keys, running_fields)
+        graph_replies = replies[3 * len(wids) : 3 * len(wids) + len(gids)]
+        counts = {
+            "queued": queued,
+            "priority": priority,
+            "running": n_running,
+            "finished": finished,
+            "failed": failed,
+            "tasks": n_tasks,
+        }
         self._track_running(now, running_keys, running_fields)
         self._read_finished(finished)
         self._read_failed(failed)
@@ -198,8 +204,14 @@ class Monitor:
             "networks": self.networks,
         }
 
-    def _workers(self, wids: list[str], states: dict[str, str], replies: list[Any], running_keys: list[str],
-                 running_fields: list[Any]) -> tuple[list[dict[str, Any]], int]:
+    def _workers(
+        self,
+        wids: list[str],
+        states: dict[str, str],
+        replies: list[Any],
+        running_keys: list[str],
+        running_fields: list[Any],
+    ) -> tuple[list[dict[str, Any]], int]:
         current: dict[str, list[str]] = {}
         for key, (wid, _, _) in zip(running_keys, running_fields):
             if wid is not None:
@@ -219,17 +231,26 @@ class Monitor:
                 shown, note = C.WorkerState.LOST, "heartbeat expired (not yet marked lost in Redis)"
             elif state == C.WorkerState.RUNNING and raw.get("hostname") == HOSTNAME and pid and process_gone(pid):
                 shown, note = C.WorkerState.LOST, "process gone (not yet marked lost in Redis)"
-            workers.append({
-                "worker_id": wid, "state": shown, "redis_state": state, "note": note,
-                "hostname": raw.get("hostname"), "pid": pid, "heartbeat_age": age,
-                "n_done": _int(raw.get("n_done")) or 0,
-                "rss": _int(raw.get("rss")),
-                # Dask results kept on its host (the data plane's counter, with the heartbeat)
-                "bytes_held": _int(raw.get("bytes_held")),
-                "current": current.get(wid, []) if state == C.WorkerState.RUNNING else [],
-                "priority_queue": queue_len, "started_at": _float(raw.get("started_at")),
-                "stopped_at": _float(raw.get("stopped_at")), "resources": raw.get("resources") or "{}",
-            })
+            workers.append(
+                {
+                    "worker_id": wid,
+                    "state": shown,
+                    "redis_state": state,
+                    "note": note,
+                    "hostname": raw.get("hostname"),
+                    "pid": pid,
+                    "heartbeat_age": age,
+                    "n_done": _int(raw.get("n_done")) or 0,
+                    "rss": _int(raw.get("rss")),
+                    # Dask results kept on its host (the data plane's counter, with the heartbeat)
+                    "bytes_held": _int(raw.get("bytes_held")),
+                    "current": current.get(wid, []) if state == C.WorkerState.RUNNING else [],
+                    "priority_queue": queue_len,
+                    "started_at": _float(raw.get("started_at")),
+                    "stopped_at": _float(raw.get("stopped_at")),
+                    "resources": raw.get("resources") or "{}",
+                }
+            )
         workers.sort(key=lambda w: (w["state"] != C.WorkerState.RUNNING, w["started_at"] or 0.0, w["worker_id"]))
         return workers, priority
 
@@ -243,8 +264,13 @@ class Monitor:
         for key, (wid, started, graph) in zip(running_keys, running_fields):
             seen.add(key)
             if key not in self._running and wid is not None:
-                entry: dict[str, Any] = {"key": key, "worker_id": _text(wid), "start": _float(started) or now,
-                                         "end": None, "graph": _text(graph)}
+                entry: dict[str, Any] = {
+                    "key": key,
+                    "worker_id": _text(wid),
+                    "start": _float(started) or now,
+                    "end": None,
+                    "graph": _text(graph),
+                }
                 self._running[key] = entry
                 self.stream.append(entry)
         for key in [k for k in self._running if k not in seen]:
@@ -291,14 +317,29 @@ class Monitor:
             pipe.hmget(self.keys.task(key), "worker_id", "error", "traceback", "finished_at")
         failed = []
         for key, (wid, error, tb, at) in zip(keys, pipe.execute() if keys else []):
-            failed.append({"key": key, "worker_id": _text(wid), "error": redact_text(_text(error) or ""),
-                           "traceback": redact_text(_text(tb) or ""), "time": _float(at)})
+            failed.append(
+                {
+                    "key": key,
+                    "worker_id": _text(wid),
+                    "error": redact_text(_text(error) or ""),
+                    "traceback": redact_text(_text(tb) or ""),
+                    "time": _float(at),
+                }
+            )
         self._failed = failed[::-1]  # newest first
 
     def _log_lines(self) -> list[dict[str, Any]]:
         records = self._log_reader.read()[-LOG_LINES:]
-        return [{"time": r["time"], "worker_id": r["worker_id"], "level": r["level"], "logger": r["logger"],
-                 "message": redact_text(str(r["message"]))} for r in records]
+        return [
+            {
+                "time": r["time"],
+                "worker_id": r["worker_id"],
+                "level": r["level"],
+                "logger": r["logger"],
+                "message": redact_text(str(r["message"])),
+            }
+            for r in records
+        ]
 
     def _track_computes(self, now: float, gids: list[str], replies: list[Any]) -> None:
         """Progress of the computes holding a lease: nodes done of ``n``.
@@ -339,9 +380,19 @@ class Monitor:
             return
         self._info_at = time.monotonic()
         info = self.client.info()
-        self._info = {name: info.get(name) for name in (
-            "used_memory", "used_memory_peak", "maxmemory", "connected_clients", "redis_version",
-            "total_commands_processed", "used_cpu_sys", "used_cpu_user")}
+        self._info = {
+            name: info.get(name)
+            for name in (
+                "used_memory",
+                "used_memory_peak",
+                "maxmemory",
+                "connected_clients",
+                "redis_version",
+                "total_commands_processed",
+                "used_cpu_sys",
+                "used_cpu_user",
+            )
+        }
 
     def _scan(self) -> None:
         if time.monotonic() - self._scan_at < SCAN_EVERY:

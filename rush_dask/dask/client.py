@@ -38,9 +38,18 @@ def _apply(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 class FuturesClient:
     """Mixin of :class:`~rush_dask.Rush`: submit, map, gather, scatter, compute, get_executor."""
 
-    def submit(self: Controller, fn: Callable[..., Any], *args: Any, key: Hashable | None = None, pure: bool = True,
-               retries: int | None = None, priority: int = 0, resources: Mapping[str, float] | None = None,
-               lease: float | None = None, **kwargs: Any) -> RushFuture:
+    def submit(
+        self: Controller,
+        fn: Callable[..., Any],
+        *args: Any,
+        key: Hashable | None = None,
+        pure: bool = True,
+        retries: int | None = None,
+        priority: int = 0,
+        resources: Mapping[str, float] | None = None,
+        lease: float | None = None,
+        **kwargs: Any,
+    ) -> RushFuture:
         """Run ``fn(*args, **kwargs)`` on a worker; returns a :class:`RushFuture` at once.
 
         Arguments may be futures (or contain them): the worker reads their
@@ -59,13 +68,30 @@ class FuturesClient:
         """
         if key is not None and not isinstance(key, (str, tuple)):
             raise TypeError(f"key must be a string or a tuple, got {key!r}")
-        return self.map(fn, *([arg] for arg in args), key=[key] if key is not None else None, pure=pure,
-                        retries=retries, priority=priority, resources=resources, lease=lease, **kwargs)[0]
+        return self.map(
+            fn,
+            *([arg] for arg in args),
+            key=[key] if key is not None else None,
+            pure=pure,
+            retries=retries,
+            priority=priority,
+            resources=resources,
+            lease=lease,
+            **kwargs,
+        )[0]
 
-    def map(self: Controller, fn: Callable[..., Any], *iterables: Iterable[Any],
-            key: str | Sequence[Hashable] | None = None, pure: bool = True, retries: int | None = None,
-            priority: int = 0, resources: Mapping[str, float] | None = None, lease: float | None = None,
-            **kwargs: Any) -> list[RushFuture]:
+    def map(
+        self: Controller,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        key: str | Sequence[Hashable] | None = None,
+        pure: bool = True,
+        retries: int | None = None,
+        priority: int = 0,
+        resources: Mapping[str, float] | None = None,
+        lease: float | None = None,
+        **kwargs: Any,
+    ) -> list[RushFuture]:
         """``submit`` for each element of the iterables (zipped), in one graph; returns futures.
 
         Other keywords are passed to every call, as in distributed. ``key``: a
@@ -104,12 +130,23 @@ class FuturesClient:
         else:
             raise TypeError(f"key must be a string prefix or a list of keys, got {key!r}")
         options = {"lease": lease} if lease is not None else {}
-        return self._submit_calls(fn, [(tuple(c[i] for c in columns), kwargs) for i in range(n)], keys,
-                                  priority=priority, retries=retries or 0, resources=resources, **options)
+        return self._submit_calls(
+            fn,
+            [(tuple(c[i] for c in columns), kwargs) for i in range(n)],
+            keys,
+            priority=priority,
+            retries=retries or 0,
+            resources=resources,
+            **options,
+        )
 
-    def _submit_calls(self: Controller, fn: Callable[..., Any], calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-                      keys: Sequence[Hashable],
-                      **options: Any) -> list[RushFuture]:
+    def _submit_calls(
+        self: Controller,
+        fn: Callable[..., Any],
+        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        keys: Sequence[Hashable],
+        **options: Any,
+    ) -> list[RushFuture]:
         """One graph with one node ``fn(*args, **kwargs)`` per call; a key whose future
         lives (a pure call made before) is not run again."""
         from dask._task_spec import Task, parse_input
@@ -120,9 +157,15 @@ class FuturesClient:
         if todo:
             # parse_input finds futures nested in lists, dicts and tuples of the arguments.
             # (ignore: parse_input returns object, which mypy matches against Task's _data_producer: bool)
-            graph = {keys[i]: Task(keys[i], fn, *[parse_input(a) for a in calls[i][0]],
-                                   **{k: parse_input(v) for k, v in calls[i][1].items()})  # type: ignore[arg-type]
-                     for i in todo}
+            graph = {
+                keys[i]: Task(
+                    keys[i],
+                    fn,
+                    *[parse_input(a) for a in calls[i][0]],
+                    **{k: parse_input(v) for k, v in calls[i][1].items()},  # type: ignore[arg-type]
+                )
+                for i in todo
+            }
             new = self._submit_graph(graph, list(graph), **options)
         return [new[k] if k in new else existing[k] for k in keys]
 
@@ -136,7 +179,7 @@ class FuturesClient:
         pipe = self.client.pipeline(transaction=False)
         chunks = []
         for start in range(0, len(unique), 10_000):  # one command per 10,000 (not one per future)
-            task_keys = [f.task_key for f in unique[start:start + 10_000]]
+            task_keys = [f.task_key for f in unique[start : start + 10_000]]
             if direct:
                 chunks.append(self.scripts.fetch_tasks(task_keys, _FETCHED))
             else:

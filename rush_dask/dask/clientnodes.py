@@ -98,14 +98,17 @@ def _dask_functions() -> tuple[Any, frozenset[Any], Any, Any]:
     core = sys.modules.get("dask.array.core")
     if core is None:
         return None, frozenset(), _execute_subgraph, SerializableLock
-    locking = frozenset(getattr(core, name) for name in ("getter", "getter_nofancy", "getter_inline",
-                                                         "load_store_chunk", "load_chunk")
-                        if hasattr(core, name))
+    locking = frozenset(
+        getattr(core, name)
+        for name in ("getter", "getter_nofancy", "getter_inline", "load_store_chunk", "load_chunk")
+        if hasattr(core, name)
+    )
     return core.load_store_chunk, locking, _execute_subgraph, SerializableLock
 
 
-def _tasks(node: Any, scope: Mapping[Hashable, Any], execute_subgraph: Any,
-           wanted: frozenset[Any]) -> Iterator[tuple[Task, Mapping[Hashable, Any]]]:
+def _tasks(
+    node: Any, scope: Mapping[Hashable, Any], execute_subgraph: Any, wanted: frozenset[Any]
+) -> Iterator[tuple[Task, Mapping[Hashable, Any]]]:
     """The tasks of ``wanted`` functions in ``node``: the node itself, or the tasks of a fused
     subgraph (Dask's blockwise fusion), each with the map from the placeholder keys of its
     subgraph to what the fused node passes for them."""
@@ -117,8 +120,7 @@ def _tasks(node: Any, scope: Mapping[Hashable, Any], execute_subgraph: Any,
     args = node.args
     if node.func is execute_subgraph and len(args) >= 3 and isinstance(args[0], Mapping):
         inner = args[0]
-        if not any(isinstance(t, Task) and (t.func in wanted or t.func is execute_subgraph)
-                   for t in inner.values()):
+        if not any(isinstance(t, Task) and (t.func in wanted or t.func is execute_subgraph) for t in inner.values()):
             return  # the common case: nothing to look at more closely
         inkeys, outer = args[2], args[3:]
         inner_scope = {k: _through(v, scope) for k, v in zip(inkeys, outer)}
@@ -170,8 +172,8 @@ def client_keys(graph: Mapping[Hashable, GraphNode]) -> set[Hashable]:
         if func is execute_subgraph:
             inner = node.args[0] if node.args else None
             if not isinstance(inner, Mapping) or not any(
-                    isinstance(t, Task) and (t.func in locking or t.func is execute_subgraph)
-                    for t in inner.values()):
+                isinstance(t, Task) and (t.func in locking or t.func is execute_subgraph) for t in inner.values()
+            ):
                 continue
         elif func not in locking:
             continue
@@ -186,8 +188,9 @@ def client_keys(graph: Mapping[Hashable, GraphNode]) -> set[Hashable]:
     return keys
 
 
-def _store_placement(key: Hashable, task: Task, scope: Mapping[Hashable, Any],
-                     graph: Mapping[Hashable, GraphNode]) -> tuple[Hashable, ...]:
+def _store_placement(
+    key: Hashable, task: Task, scope: Mapping[Hashable, Any], graph: Mapping[Hashable, GraphNode]
+) -> tuple[Hashable, ...]:
     """The keys that run on the client for one store task in node ``key`` (rule 1)."""
     out = _through(task.args[1] if len(task.args) > 1 else task.kwargs.get("out"), scope)
     if isinstance(out, (TaskRef, Alias)):
@@ -264,8 +267,10 @@ class ClientNodes:
                 blob = dumps(exc, self.rush.secret, self.rush._where(task_key, "exception"))
             except Exception:
                 blob = b""
-            outcome, holder = Outcome(task_key, "error", f"{type(exc).__name__}: {exc}",
-                                      traceback.format_exc(), blob), ""
+            outcome, holder = (
+                Outcome(task_key, "error", f"{type(exc).__name__}: {exc}", traceback.format_exc(), blob),
+                "",
+            )
         try:
             notes = self.rush.scripts.settle_on_client(holder or f"client:{self.run.graph_id}", [outcome])
         except BaseException as exc:
@@ -320,7 +325,8 @@ class ClientNodes:
         if len(payload) > rush.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"the result of client node {self.by_task_key[task_key]!r} is {len(payload):,} bytes "
-                f"serialized, over max_payload_bytes={rush.max_payload_bytes:,}")
+                f"serialized, over max_payload_bytes={rush.max_payload_bytes:,}"
+            )
         return Outcome(task_key, "finished", payload), ""
 
     # ------------------------------------------------------------- following

@@ -94,7 +94,7 @@ class Completions:
         while self._to_release:
             keys.append(self._to_release.popleft())
         for start in range(0, len(keys), 10_000):
-            self.release_now(keys[start:start + 10_000])
+            self.release_now(keys[start : start + 10_000])
 
     def release_now(self, task_keys: list[str]) -> None:
         """Drop this client's references, recorded under its lease; one request id per call,
@@ -202,5 +202,8 @@ class Completions:
             pipe.hget(self._rush.keys.task(task_key), "state")
         states = [raw.decode() if raw is not None else None for raw in pipe.execute()]
         # A node already deleted was used up; its future learns why when it reads it.
-        return [(k, state in (TaskState.FAILED, None)) for k, state in zip(keys, states)
-                if state in (TaskState.FINISHED, TaskState.FAILED, None)]
+        return [
+            (k, state in (TaskState.FAILED, None))
+            for k, state in zip(keys, states)
+            if state in (TaskState.FINISHED, TaskState.FAILED, None)
+        ]

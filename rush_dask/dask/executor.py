@@ -44,8 +44,11 @@ class RushExecutor(concurrent.futures.Executor):
         if unknown:
             raise TypeError(f"unknown option(s) {sorted(unknown)} for get_executor()")
         self._rush = rush
-        self._options = {"retries": options.get("retries") or 0, "priority": options.get("priority", 0),
-                         "resources": options.get("resources")}
+        self._options = {
+            "retries": options.get("retries") or 0,
+            "priority": options.get("priority", 0),
+            "resources": options.get("resources"),
+        }
         self._lock = threading.Lock()
         self._outstanding: set[RushFuture] = set()
         self._submitted: set[concurrent.futures.Future[Any]] = set()  # of submit(), not resolved yet
@@ -96,8 +99,9 @@ class RushExecutor(concurrent.futures.Executor):
         rush_future.add_done_callback(transfer)
         return future
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1) -> Iterator[Any]:
+    def map(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+    ) -> Iterator[Any]:
         """``fn`` over the zipped iterables on the workers; yields results in order.
 
         ``chunksize`` calls run as one task (fewer, larger tasks for very short
@@ -116,19 +120,22 @@ class RushExecutor(concurrent.futures.Executor):
         if chunksize == 1:
             futures = self._calls(fn, [(a, {}) for a in args])
         else:
-            futures = self._calls(_run_chunk, [((fn, args[i:i + chunksize]), {})
-                                               for i in range(0, len(args), chunksize)])
+            futures = self._calls(
+                _run_chunk, [((fn, args[i : i + chunksize]), {}) for i in range(0, len(args), chunksize)]
+            )
         return self._results(futures, deadline, timeout, chunked=chunksize > 1)
 
-    def _results(self, futures: list[RushFuture], deadline: float | None, timeout: float | None,
-                 chunked: bool) -> Iterator[Any]:
+    def _results(
+        self, futures: list[RushFuture], deadline: float | None, timeout: float | None, chunked: bool
+    ) -> Iterator[Any]:
         completions = self._rush._completions
         i = 0
         try:
             while i < len(futures):
                 if not completions.wait([futures[i].task_key], deadline):
                     raise concurrent.futures.TimeoutError(
-                        f"{len(futures) - i} results of map() not there after {timeout} s")
+                        f"{len(futures) - i} results of map() not there after {timeout} s"
+                    )
                 j = i + 1
                 while j < len(futures) and j - i < _READ_BATCH and completions.is_done(futures[j].task_key):
                     j += 1
@@ -152,8 +159,7 @@ class RushExecutor(concurrent.futures.Executor):
         rush = self._rush
         keys = [f.task_key for f in futures]
         for start in range(0, len(keys), 10_000):
-            rush.scripts.cancel_futures(keys[start:start + 10_000],
-                                        reason="cancelled: the executor's map was left")
+            rush.scripts.cancel_futures(keys[start : start + 10_000], reason="cancelled: the executor's map was left")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; with ``cancel_futures`` cancel those not done; with ``wait`` wait for the rest.

@@ -44,7 +44,7 @@ from typing import Any
 
 from dask._task_spec import GraphNode, Task
 
-MAX_GROUP = 256   # nodes per fused task, whatever the graph's size
+MAX_GROUP = 256  # nodes per fused task, whatever the graph's size
 TASKS_PER_WORKER = 8  # aim for at least this many fused tasks per worker
 BUNDLES_PER_WORKER = 32  # and this many bundles of outputs per worker
 
@@ -72,9 +72,13 @@ def bundle_values(*values: Any) -> tuple[Any, ...]:
     return values
 
 
-def bundle_outputs(graph: Mapping[Hashable, GraphNode], outputs: Iterable[Hashable], limit: int,
-                   prefix: str, options_of: Callable[[Hashable], Any] = lambda key: None,
-                   ) -> tuple[dict[Hashable, GraphNode], dict[Hashable, list[Hashable]]]:
+def bundle_outputs(
+    graph: Mapping[Hashable, GraphNode],
+    outputs: Iterable[Hashable],
+    limit: int,
+    prefix: str,
+    options_of: Callable[[Hashable], Any] = lambda key: None,
+) -> tuple[dict[Hashable, GraphNode], dict[Hashable, list[Hashable]]]:
     """(the graph with outputs bundled, the member keys of each bundle, in tuple order).
 
     Only outputs that no node of the graph depends on are bundled, at most
@@ -92,7 +96,7 @@ def bundle_outputs(graph: Mapping[Hashable, GraphNode], outputs: Iterable[Hashab
     for keys in candidates.values():
         for start in range(0, len(keys), limit):
             if len(keys) - start > 1:  # a lone output stays a task of its own
-                bundles[(prefix, len(bundles))] = keys[start:start + limit]
+                bundles[(prefix, len(bundles))] = keys[start : start + limit]
     bundled_keys = {key for members in bundles.values() for key in members}
     result = {key: node for key, node in graph.items() if key not in bundled_keys}
     for bundle_key, members in bundles.items():
@@ -100,9 +104,12 @@ def bundle_outputs(graph: Mapping[Hashable, GraphNode], outputs: Iterable[Hashab
     return result, bundles
 
 
-def fuse_subtrees(graph: Mapping[Hashable, GraphNode], keep: Iterable[Hashable], limit: int,
-                  options_of: Callable[[Hashable], Any] = lambda key: None,
-                  ) -> tuple[dict[Hashable, GraphNode], dict[Hashable, list[Hashable]]]:
+def fuse_subtrees(
+    graph: Mapping[Hashable, GraphNode],
+    keep: Iterable[Hashable],
+    limit: int,
+    options_of: Callable[[Hashable], Any] = lambda key: None,
+) -> tuple[dict[Hashable, GraphNode], dict[Hashable, list[Hashable]]]:
     """(the graph with subtrees fused, the member keys of each fused node, root last).
 
     ``keep`` are keys that must stay tasks of their own; ``options_of(key)``
@@ -121,8 +128,13 @@ def fuse_subtrees(graph: Mapping[Hashable, GraphNode], keep: Iterable[Hashable],
     for key in _topological(graph, dependents):
         group = members[key]
         for dep in graph[key].dependencies:
-            if (dep in keep or len(dependents.get(dep, ())) != 1 or dep not in members
-                    or len(group) + len(members[dep]) > limit or options_of(dep) != options_of(key)):
+            if (
+                dep in keep
+                or len(dependents.get(dep, ())) != 1
+                or dep not in members
+                or len(group) + len(members[dep]) > limit
+                or options_of(dep) != options_of(key)
+            ):
                 continue
             group[:0] = members.pop(dep)  # inputs before the nodes that use them
 
@@ -137,8 +149,7 @@ def fuse_subtrees(graph: Mapping[Hashable, GraphNode], keep: Iterable[Hashable],
     return fused, groups
 
 
-def _topological(graph: Mapping[Hashable, GraphNode],
-                dependents: Mapping[Hashable, list[Hashable]]) -> list[Hashable]:
+def _topological(graph: Mapping[Hashable, GraphNode], dependents: Mapping[Hashable, list[Hashable]]) -> list[Hashable]:
     """Keys with every in-graph dependency before its dependents (Kahn's algorithm)."""
     waiting = {key: sum(dep in graph for dep in node.dependencies) for key, node in graph.items()}
     ready = deque(key for key, n in waiting.items() if n == 0)

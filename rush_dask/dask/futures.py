@@ -201,8 +201,7 @@ def adopt_future(network_id: str, key: Any, task_key: str) -> RushFuture | TaskR
     if existing is not None and existing.task_key == task_key and existing._finalizer.alive:
         return existing
     lease = rush.client_lease.hold()
-    gone = rush.scripts.hold([task_key], client_id=rush._completions.client_id,
-                             request=uuid.uuid4().hex, lease=lease)
+    gone = rush.scripts.hold([task_key], client_id=rush._completions.client_id, request=uuid.uuid4().hex, lease=lease)
     if gone:
         raise KeyError(f"the result of {key!r} was released by every client that held it")
     future = RushFuture(key, task_key, rush)
@@ -240,8 +239,9 @@ def wait(futures: Any, timeout: float | None = None, return_when: str = ALL_COMP
     >>> done, not_done = wait(rush.map(inc, range(10)), return_when="FIRST_COMPLETED")   # doctest: +SKIP
     """
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
-        raise ValueError(f"return_when must be {ALL_COMPLETED!r}, {FIRST_COMPLETED!r} or "
-                         f"{FIRST_EXCEPTION!r}, got {return_when!r}")
+        raise ValueError(
+            f"return_when must be {ALL_COMPLETED!r}, {FIRST_COMPLETED!r} or {FIRST_EXCEPTION!r}, got {return_when!r}"
+        )
     flat = list(dict.fromkeys(_flat(futures)))
     deadline = _deadline(timeout)
     by_rush: dict[int, list[RushFuture]] = collections.defaultdict(list)
@@ -253,9 +253,13 @@ def wait(futures: Any, timeout: float | None = None, return_when: str = ALL_COMP
 
     while True:
         done = done_now()
-        if (len(done) == len(flat) or return_when == FIRST_COMPLETED and done
-                or return_when == FIRST_EXCEPTION and any(f._cancelled or f._rush._completions.failed.get(
-                    f.task_key) for f in done)):
+        if (
+            len(done) == len(flat)
+            or return_when == FIRST_COMPLETED
+            and done
+            or return_when == FIRST_EXCEPTION
+            and any(f._cancelled or f._rush._completions.failed.get(f.task_key) for f in done)
+        ):
             return DoneAndNotDoneFutures(done, set(flat) - done)
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"{len(flat) - len(done)} of {len(flat)} futures not done after {timeout} s")
@@ -280,8 +284,13 @@ class as_completed:
     ...     print(result)
     """
 
-    def __init__(self, futures: Iterable[RushFuture] = (), timeout: float | None = None,
-                 with_results: bool = False, raise_errors: bool = True):
+    def __init__(
+        self,
+        futures: Iterable[RushFuture] = (),
+        timeout: float | None = None,
+        with_results: bool = False,
+        raise_errors: bool = True,
+    ):
         self.timeout = timeout
         self.with_results = with_results
         self.raise_errors = raise_errors
@@ -356,8 +365,7 @@ class as_completed:
                 raise StopIteration
             batch = self._take()
             self._left -= len(batch)
-            self._pending_batch = collections.deque(
-                self._with_results(batch) if self.with_results else batch)
+            self._pending_batch = collections.deque(self._with_results(batch) if self.with_results else batch)
         return self._pending_batch.popleft()
 
 

@@ -128,11 +128,22 @@ def raise_node_error(rush: Controller, task_key: str, dask_key: Any) -> None:
 class GraphRun:
     """One graph pushed to Redis: submit it, follow it, cancel it."""
 
-    def __init__(self, rush: Controller, dsk: Any, outputs: list[Hashable], *, notify: bool,
-                 priority: int = 0, retries: int = 0, resources: Mapping[str, float] | None = None,
-                 max_lost: int = C.DEFAULT_MAX_LOST, fuse: bool | int = True,
-                 lease: float = C.DEFAULT_GRAPH_LEASE, config: Mapping[str, Any] | None = None,
-                 done_list: str | None = None):
+    def __init__(
+        self,
+        rush: Controller,
+        dsk: Any,
+        outputs: list[Hashable],
+        *,
+        notify: bool,
+        priority: int = 0,
+        retries: int = 0,
+        resources: Mapping[str, float] | None = None,
+        max_lost: int = C.DEFAULT_MAX_LOST,
+        fuse: bool | int = True,
+        lease: float = C.DEFAULT_GRAPH_LEASE,
+        config: Mapping[str, Any] | None = None,
+        done_list: str | None = None,
+    ):
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
             raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
         self.rush = rush
@@ -162,14 +173,14 @@ class GraphRun:
         # The Redis tasks: the Dask graph with small subtrees fused and, when the client
         # reads the outputs itself, independent outputs bundled (see rush_dask.dask.fusion).
         self.graph, self.groups, self.bundles = self._fuse(fuse, bundle=notify)
-        self.in_bundle = {key: (bundle, i) for bundle, members in self.bundles.items()
-                          for i, key in enumerate(members)}
+        self.in_bundle = {key: (bundle, i) for bundle, members in self.bundles.items() for i, key in enumerate(members)}
         self.task_keys = {key: f"{self.graph_id}.{i}" for i, key in enumerate(self.graph)}
         self.born_finished: set[str] = set()  # large DataNodes the client holds (see submit)
         self.client_nodes: ClientNodes | None = None  # set by submit when the graph has client nodes
 
-    def _fuse(self, fuse: bool | int, bundle: bool) -> tuple[dict[Hashable, GraphNode], dict[Hashable, list[Hashable]],
-                                                               dict[Hashable, list[Hashable]]]:
+    def _fuse(
+        self, fuse: bool | int, bundle: bool
+    ) -> tuple[dict[Hashable, GraphNode], dict[Hashable, list[Hashable]], dict[Hashable, list[Hashable]]]:
         """(Redis-task graph, Dask keys of each fused task, outputs of each bundle)."""
         if isinstance(fuse, bool) or fuse is None:
             cap = None if fuse else 1
@@ -191,16 +202,23 @@ class GraphRun:
         # its host's store (see submit) instead of sending it inside a consumer's task.
         from dask.sizeof import sizeof
 
-        large_data = [key for key, node in self.dask_graph.items()
-                      if isinstance(node, DataNode) and sizeof(node.value) >= OFFLOAD_MIN]
-        graph, groups = fuse_subtrees(self.dask_graph, keep=[*self.outputs, *large_data],
-                                      options_of=options_of,
-                                      limit=cap or group_limit(len(self.dask_graph), n_workers))
+        large_data = [
+            key
+            for key, node in self.dask_graph.items()
+            if isinstance(node, DataNode) and sizeof(node.value) >= OFFLOAD_MIN
+        ]
+        graph, groups = fuse_subtrees(
+            self.dask_graph,
+            keep=[*self.outputs, *large_data],
+            options_of=options_of,
+            limit=cap or group_limit(len(self.dask_graph), n_workers),
+        )
         if not bundle:
             return graph, groups, {}
         limit = min(cap or MAX_GROUP, bundle_limit(len(self.outputs), n_workers))
-        graph, bundles = bundle_outputs(graph, self.outputs, limit, prefix=f"rush-bundle-{self.graph_id}",
-                                        options_of=options_of)
+        graph, bundles = bundle_outputs(
+            graph, self.outputs, limit, prefix=f"rush-bundle-{self.graph_id}", options_of=options_of
+        )
         for bundle_key, members in bundles.items():
             groups[bundle_key] = [k for member in members for k in groups.pop(member, [member])]
         return graph, groups, bundles
@@ -209,10 +227,14 @@ class GraphRun:
         """Take the outputs that finalize a collection out of the graph; their inputs become outputs."""
         from dask.utils import key_split
 
-        local = {key: self.dask_graph[key] for key in self.outputs
-                 if key in self.dask_graph and key_split(key).startswith("finalize")  # also dask.compute's
-                 and self.dask_graph[key].dependencies
-                 and all(dep in self.dask_graph for dep in self.dask_graph[key].dependencies)}
+        local = {
+            key: self.dask_graph[key]
+            for key in self.outputs
+            if key in self.dask_graph
+            and key_split(key).startswith("finalize")  # also dask.compute's
+            and self.dask_graph[key].dependencies
+            and all(dep in self.dask_graph for dep in self.dask_graph[key].dependencies)
+        }
         for key in local:
             del self.dask_graph[key]
         if local:
@@ -234,7 +256,8 @@ class GraphRun:
             if future is None:
                 raise KeyError(
                     f"the graph needs key {key!r}, which is neither in the graph nor the key of "
-                    "a live rush future (was it released?)")
+                    "a live rush future (was it released?)"
+                )
             self.external[key] = future
 
     def task_key(self, key: Hashable) -> str:
@@ -264,21 +287,32 @@ class GraphRun:
                     dependents[dep].append(task_keys[key])
         if any(dependents.values()):
             # dask.order types its keys as dask.typing.Key; ours are the same keys, typed Hashable
-            ranks: dict[Hashable, Any] = {key: getattr(rank, "priority", rank)
-                                          for key, rank in order(cast("Mapping[Key, GraphNode]", graph)).items()}
+            ranks: dict[Hashable, Any] = {
+                key: getattr(rank, "priority", rank)
+                for key, rank in order(cast("Mapping[Key, GraphNode]", graph)).items()
+            }
         else:  # no edges: any order is dask.order's order, and computing it is costly
             ranks = {key: i for i, key in enumerate(graph)}
         outputs = {*self.outputs, *self.bundles}  # the client holds one reference on each
-        priority_of, resources_of, retries_of = (self._per_node(name) for name in
-                                                 ("priority", "resources", "retries"))
+        priority_of, resources_of, retries_of = (self._per_node(name) for name in ("priority", "resources", "retries"))
         base = self.rush.client.incrby(self.rush.keys.seq, max(len(graph), 1)) - len(graph)
         notify = "1" if self.notify else (self.done_list or "0")
-        on_client = ({task_keys[key] for key in graph if any(k in self.client_keys for k in self.dask_keys(key))}
-                     if self.client_keys else set())
+        on_client = (
+            {task_keys[key] for key in graph if any(k in self.client_keys for k in self.dask_keys(key))}
+            if self.client_keys
+            else set()
+        )
 
         def push(batch: list[NewNode]) -> None:
-            self.rush.scripts.push_graph(self.graph_id, batch, n_nodes=len(graph), notify=notify,
-                                         lease=self.lease, owner=self.owner, owner_lease=self.owner_lease)
+            self.rush.scripts.push_graph(
+                self.graph_id,
+                batch,
+                n_nodes=len(graph),
+                notify=notify,
+                lease=self.lease,
+                owner=self.owner,
+                owner_lease=self.owner_lease,
+            )
 
         batch: list[NewNode] = []
         # Inputs before the nodes that use them (dask.order is topological), in batches
@@ -293,8 +327,11 @@ class GraphRun:
                     if held is not None:  # written to this host's store: workers map it, nothing runs it
                         self.born_finished.add(task_keys[key])
                     else:
-                        payload = dumps((with_config(node, self.config), deps), self.rush.secret,
-                                        self.rush._where(task_keys[key], "xs"))
+                        payload = dumps(
+                            (with_config(node, self.config), deps),
+                            self.rush.secret,
+                            self.rush._where(task_keys[key], "xs"),
+                        )
                 except TypeError:  # cannot be pickled: it runs here (see rush_dask.dask.clientnodes)
                     on_client.add(task_keys[key])
                     if isinstance(node, DataNode):  # and so does what takes the value itself
@@ -306,17 +343,25 @@ class GraphRun:
                 raise PayloadTooLargeError(
                     f"task {key!r} of the graph is {len(payload):,} bytes serialized, over "
                     f"max_payload_bytes={self.rush.max_payload_bytes:,}: load large data inside "
-                    "a task (dask.delayed) instead of embedding it in the graph")
-            batch.append(NewNode(
-                task_keys[key], payload,
-                refs=len(dependents[key]) + (key in outputs),
-                deps=list(deps.values()), dependents=dependents[key],
-                score=-int(priority_of(key)) * 1e12 + base + ranks[key],
-                resources=(client_spec(self.graph_id) if task_keys[key] in on_client
-                           else _resource_spec(resources_of(key))),
-                max_retries=int(retries_of(key) or 0), max_lost=self.max_lost, held=held or "",
-                mine=bool(self.owner) and key in outputs,
-            ))
+                    "a task (dask.delayed) instead of embedding it in the graph"
+                )
+            batch.append(
+                NewNode(
+                    task_keys[key],
+                    payload,
+                    refs=len(dependents[key]) + (key in outputs),
+                    deps=list(deps.values()),
+                    dependents=dependents[key],
+                    score=-int(priority_of(key)) * 1e12 + base + ranks[key],
+                    resources=(
+                        client_spec(self.graph_id) if task_keys[key] in on_client else _resource_spec(resources_of(key))
+                    ),
+                    max_retries=int(retries_of(key) or 0),
+                    max_lost=self.max_lost,
+                    held=held or "",
+                    mine=bool(self.owner) and key in outputs,
+                )
+            )
             if len(batch) == _BATCH:
                 push(batch)
                 batch = []
@@ -332,8 +377,12 @@ class GraphRun:
         held_keys = list(dict.fromkeys(self.external[k].task_key for k in self._external_outputs()))
         if held_keys and self.notify:
             rush = self.rush
-            gone = rush.scripts.hold(held_keys, client_id=rush._completions.client_id,
-                                     request=uuid.uuid4().hex, lease=rush.client_lease.hold())
+            gone = rush.scripts.hold(
+                held_keys,
+                client_id=rush._completions.client_id,
+                request=uuid.uuid4().hex,
+                lease=rush.client_lease.hold(),
+            )
             if gone:  # released since _check_external_inputs: nothing of this compute may stay
                 self.cancel()
                 rush._completions.release_now([k for k in held_keys if k not in gone])
@@ -352,8 +401,9 @@ class GraphRun:
             if state.decode() == TaskState.FAILED:
                 raise_node_error(self.rush, future.task_key, key)
 
-    def wait(self, *, on_done: Callable[[Hashable], None] = lambda key: None,
-             timeout: float | None = None) -> dict[Hashable, Any]:
+    def wait(
+        self, *, on_done: Callable[[Hashable], None] = lambda key: None, timeout: float | None = None
+    ) -> dict[Hashable, Any]:
         """Follow the run until every node finished; returns the outputs' values."""
         rush = self.rush
         by_task_key = {task_key: key for key, task_key in self.task_keys.items()}
@@ -419,7 +469,8 @@ class GraphRun:
             raise ComputeCancelledError(
                 f"the workers cancelled this compute: its client did not renew the graph's "
                 f"lease for {self.lease:g} s (was the process paused, or cut off from Redis?); "
-                "compute it again, with a longer compute(..., lease=) if pauses are expected")
+                "compute it again, with a longer compute(..., lease=) if pauses are expected"
+            )
 
     def _external_outputs(self) -> list[Hashable]:
         """Outputs that are futures of earlier graphs (not computed by this one)."""
@@ -481,7 +532,7 @@ class GraphRun:
             self.client_nodes.close()
         keys = list(self.task_keys.values())
         for start in range(0, max(len(keys), 1), 10_000):
-            self.rush.scripts.cancel_graph(self.graph_id, keys[start:start + 10_000])
+            self.rush.scripts.cancel_graph(self.graph_id, keys[start : start + 10_000])
 
     def futures(self) -> dict[Hashable, RushFuture]:
         """One future per output (for persist and submit)."""

@@ -74,8 +74,10 @@ class ClientLease:
             self.expired = True
             logger.warning(
                 "rush controller %s did not renew its lease for %g s (was the process paused, or cut "
-                "off from Redis?): its persisted results and futures were released", self.client_id,
-                self.seconds)
+                "off from Redis?): its persisted results and futures were released",
+                self.client_id,
+                self.seconds,
+            )
 
     def _run(self) -> None:
         while not self._stop.wait(min(self.seconds / 4, RENEW_EVERY_MAX)):

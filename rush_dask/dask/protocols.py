@@ -61,18 +61,39 @@ class Controller(Protocol):
     def _graph_options(self, kwargs: dict[str, Any]) -> dict[str, Any]: ...
     def _submit_graph(self, dsk: Any, outputs: list[Hashable], **options: Any) -> dict[Hashable, RushFuture]: ...
     def get(self, dsk: Any, keys: Any, *, timeout: float | None = None, **kwargs: Any) -> Any: ...
-    def _run_with_lineage(self, run: GraphRun, dsk: Any, outputs: list[Hashable], options: dict[str, Any],
-                          on_done: Callable[[Hashable], None], timeout: float | None) -> dict[Hashable, Any]: ...
-    def _follow(self, run: GraphRun, on_done: Callable[[Hashable], None],
-                timeout: float | None) -> dict[Hashable, Any]: ...
+    def _run_with_lineage(
+        self,
+        run: GraphRun,
+        dsk: Any,
+        outputs: list[Hashable],
+        options: dict[str, Any],
+        on_done: Callable[[Hashable], None],
+        timeout: float | None,
+    ) -> dict[Hashable, Any]: ...
+    def _follow(
+        self, run: GraphRun, on_done: Callable[[Hashable], None], timeout: float | None
+    ) -> dict[Hashable, Any]: ...
 
     # From FuturesClient, used by futures, the executor and graph runs.
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], key: str | Sequence[Hashable] | None = None,
-            pure: bool = True, retries: int | None = None, priority: int = 0,
-            resources: Mapping[str, float] | None = None, lease: float | None = None,
-            **kwargs: Any) -> list[RushFuture]: ...
-    def _submit_calls(self, fn: Callable[..., Any], calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-                      keys: Sequence[Hashable], **options: Any) -> list[RushFuture]: ...
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        key: str | Sequence[Hashable] | None = None,
+        pure: bool = True,
+        retries: int | None = None,
+        priority: int = 0,
+        resources: Mapping[str, float] | None = None,
+        lease: float | None = None,
+        **kwargs: Any,
+    ) -> list[RushFuture]: ...
+    def _submit_calls(
+        self,
+        fn: Callable[..., Any],
+        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        keys: Sequence[Hashable],
+        **options: Any,
+    ) -> list[RushFuture]: ...
     def _read_futures(self, futures: Sequence[RushFuture], raise_errors: bool = True) -> dict[str, Any]: ...
     def _reemit_warnings(self, graph_ids: list[str]) -> None: ...
     def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any: ...

@@ -52,8 +52,13 @@ def _local_value(node: Any) -> tuple[bool, Any]:
 
     if isinstance(node, DataNode):
         return True, node.value
-    if (type(node) is Task and isinstance(node.func, literal) and not node.args and not node.kwargs
-            and not node.dependencies):
+    if (
+        type(node) is Task
+        and isinstance(node.func, literal)
+        and not node.args
+        and not node.kwargs
+        and not node.dependencies
+    ):
         return True, node.func()
     return False, None
 
@@ -92,24 +97,26 @@ class DaskScheduler:
             return
         if self.n_running_workers == 0 and not self.local_workers.any_alive():
             ids = self.start_workers()
-            logger.info("no running worker in network %r: started %d local workers",
-                        self.network_id, len(ids))
+            logger.info("no running worker in network %r: started %d local workers", self.network_id, len(ids))
 
     def _graph_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        options: dict[str, Any] = {k: kwargs.pop(k) for k in ("priority", "retries", "resources", "max_lost",
-                                                              "fuse", "lease") if k in kwargs}
+        options: dict[str, Any] = {
+            k: kwargs.pop(k) for k in ("priority", "retries", "resources", "max_lost", "fuse", "lease") if k in kwargs
+        }
         unknown = set(kwargs) - _LOCAL_ONLY - {"callbacks"}
         if unknown:  # Dask forwards every compute() keyword to the scheduler, as for local ones
             logger.debug("rush scheduler: ignoring compute keyword(s) %s", sorted(unknown))
         return options
 
-    def _submit_graph(self: Controller, dsk: Any, outputs: list[Hashable],
-                      **options: Any) -> dict[Hashable, RushFuture]:
+    def _submit_graph(
+        self: Controller, dsk: Any, outputs: list[Hashable], **options: Any
+    ) -> dict[Hashable, RushFuture]:
         """Submit a graph whose outputs become futures of this client; returns them by key."""
         from .graph import GraphRun
 
-        run = GraphRun(self, dsk, outputs, notify=False, config=config_snapshot(),
-                       done_list=self._completions.client_id, **options)
+        run = GraphRun(
+            self, dsk, outputs, notify=False, config=config_snapshot(), done_list=self._completions.client_id, **options
+        )
         self._ensure_workers()
         futures = run.futures()  # before submit: a node may finish before the listener follows it
         self._completions.watch([f.task_key for f in futures.values()])
@@ -152,8 +159,14 @@ class DaskScheduler:
         with local_callbacks(callbacks) as active:
             start, start_state, pretask, posttask, finish = unpack_callbacks(active)
             graph = run.dask_graph
-            state: dict[str, Any] = {"ready": [], "waiting": set(graph), "running": set(),
-                     "finished": set(), "cache": {}, "released": set()}
+            state: dict[str, Any] = {
+                "ready": [],
+                "waiting": set(graph),
+                "running": set(),
+                "finished": set(),
+                "cache": {},
+                "released": set(),
+            }
             for f in start:
                 f(graph)
             for f in start_state:
@@ -181,8 +194,15 @@ class DaskScheduler:
                     f(graph, state, errored)
         return pack_results(keys, results)
 
-    def _run_with_lineage(self: Controller, run: GraphRun, dsk: Any, outputs: list[Hashable], options: dict[str, Any],
-                          on_done: Callable[[Hashable], None], timeout: float | None) -> dict[Hashable, Any]:
+    def _run_with_lineage(
+        self: Controller,
+        run: GraphRun,
+        dsk: Any,
+        outputs: list[Hashable],
+        options: dict[str, Any],
+        on_done: Callable[[Hashable], None],
+        timeout: float | None,
+    ) -> dict[Hashable, Any]:
         """Submit and follow ``run``; if a result held on another host was lost with its
         worker, compute the graph again from its lineage (a few times at most)."""
         from .graph import GraphRun
@@ -198,8 +218,9 @@ class DaskScheduler:
                 run = GraphRun(self, dsk, outputs, notify=True, config=run.config, **options)
         raise AssertionError("unreachable")
 
-    def _follow(self: Controller, run: GraphRun, on_done: Callable[[Hashable], None],
-                timeout: float | None) -> dict[Hashable, Any]:
+    def _follow(
+        self: Controller, run: GraphRun, on_done: Callable[[Hashable], None], timeout: float | None
+    ) -> dict[Hashable, Any]:
         """Wait for ``run``; the warnings its tasks raised are shown here, even when it fails."""
         by_task_key = {task_key: key for key, task_key in run.task_keys.items()}
 
@@ -235,5 +256,7 @@ class DaskScheduler:
         if len(collections) == 1 and len(keys) != 1:
             keys = [keys]
         futures = self._submit_graph(expr, flat_keys(keys), **options)
-        return [rebuild({k: futures[k] for k in flat_keys(ks)}, *args)
-                for (rebuild, args), ks in zip((c.__dask_postpersist__() for c in collections), keys)]
+        return [
+            rebuild({k: futures[k] for k in flat_keys(ks)}, *args)
+            for (rebuild, args), ks in zip((c.__dask_postpersist__() for c in collections), keys)
+        ]

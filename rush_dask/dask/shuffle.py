@@ -65,8 +65,10 @@ def has_p2p(graph: Mapping[Any, Any]) -> bool:
     """Whether a converted graph holds a task of distributed's P2P shuffle or rechunk."""
     if "distributed.shuffle" not in sys.modules:  # never imported: no P2P task can exist
         return False
-    return any(getattr(getattr(node, "func", None), "__module__", "").startswith("distributed.shuffle")
-               for node in graph.values())
+    return any(
+        getattr(getattr(node, "func", None), "__module__", "").startswith("distributed.shuffle")
+        for node in graph.values()
+    )
 
 
 def check_p2p(graph: Mapping[Any, Any]) -> None:
@@ -80,7 +82,8 @@ def check_p2p(graph: Mapping[Any, Any]) -> None:
             "distributed Client is the default client), which runs only on distributed's own "
             "workers. Use rush.compute(x) / rush.persist(x) (task shuffle unless you chose one), "
             "build the collection with dask.config.set({'dataframe.shuffle.method': 'tasks', "
-            "'array.rechunk.method': 'tasks'}), or create the Client with set_as_default=False")
+            "'array.rechunk.method': 'tasks'}), or create the Client with set_as_default=False"
+        )
 
 
 def check_disk_shuffle(rush: Controller, graph: Mapping[Any, Any]) -> None:
@@ -100,4 +103,5 @@ def check_disk_shuffle(rush: Controller, graph: Mapping[Any, Any]) -> None:
             f"Client), but the workers of network {rush.network_id!r} at {redact(rush.url)} run on "
             f"{len(hosts)} machines, which do not share that disk. Use rush.compute(x) / "
             "rush.persist(x) (task shuffle by default), or set "
-            "dask.config.set({'dataframe.shuffle.method': 'tasks'}) around the compute")
+            "dask.config.set({'dataframe.shuffle.method': 'tasks'}) around the compute"
+        )

@@ -56,9 +56,11 @@ def config_snapshot() -> dict[str, Any]:
 
     defaults = _flat(dask.config.merge(*dask.config.defaults))
     missing = object()
-    return {key: value for key, value in _flat(dask.config.config).items()
-            if key.split(".", 1)[0] not in _LOCAL and defaults.get(key, missing) != value
-            and _plain(value)}
+    return {
+        key: value
+        for key, value in _flat(dask.config.config).items()
+        if key.split(".", 1)[0] not in _LOCAL and defaults.get(key, missing) != value and _plain(value)
+    }
 
 
 class WithConfig:

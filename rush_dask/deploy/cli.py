@@ -81,8 +81,9 @@ def parse_resources(text: str | None) -> dict[str, float] | None:
         except ValueError:
             value = float("nan")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name) or not value >= 0 or value == float("inf"):
-            raise BadInput(f"bad --resources {text!r}: give NAME=AMOUNT pairs separated by commas, "
-                           "e.g. --resources GPU=1,MEM=4")
+            raise BadInput(
+                f"bad --resources {text!r}: give NAME=AMOUNT pairs separated by commas, e.g. --resources GPU=1,MEM=4"
+            )
         if name in resources:
             raise BadInput(f"bad --resources {text!r}: {name} is given twice")
         resources[name] = int(value) if value.is_integer() else value
@@ -103,8 +104,10 @@ def import_function(spec: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise BadInput(f"--fun {spec!r}: cannot import {module_name!r} ({exc}); run from the directory "
-                       "that holds it or add it to PYTHONPATH") from None
+        raise BadInput(
+            f"--fun {spec!r}: cannot import {module_name!r} ({exc}); run from the directory "
+            "that holds it or add it to PYTHONPATH"
+        ) from None
     fun: object = module
     for part in name.split("."):
         fun = getattr(fun, part, None)
@@ -127,12 +130,15 @@ def _errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except RedisUnavailableError as exc:
             message = str(exc)
             if message.startswith("cannot reach Redis"):  # connect()'s advice is for Python callers
-                message = (f"cannot reach Redis at {redact(kwargs.get('url') or '')}: start a server "
-                           f"there (rush-dask server) or pass the right --url / ${URL_ENV}")
+                message = (
+                    f"cannot reach Redis at {redact(kwargs.get('url') or '')}: start a server "
+                    f"there (rush-dask server) or pass the right --url / ${URL_ENV}"
+                )
             raise click.ClickException(message) from None
         except redis.RedisError as exc:
-            raise click.ClickException(f"Redis error: {redact_text(str(exc))}; check that the server "
-                                       "is up and try again") from None
+            raise click.ClickException(
+                f"Redis error: {redact_text(str(exc))}; check that the server is up and try again"
+            ) from None
         except WorkerStartError as exc:
             raise click.ClickException(redact_text(str(exc))) from None
 
@@ -141,9 +147,14 @@ def _errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _url_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--url", envvar=URL_ENV, default=None, metavar="URL", show_envvar=True,
+        "--url",
+        envvar=URL_ENV,
+        default=None,
+        metavar="URL",
+        show_envvar=True,
         help="Redis URL, e.g. redis://:PASSWORD@host:6379/0 (prefer the environment variable: "
-             "a password on the command line shows in ps)")(command)
+        "a password on the command line shows in ps)",
+    )(command)
 
 
 def _network_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -153,8 +164,7 @@ def _network_option(command: Callable[..., Any]) -> Callable[..., Any]:
 def _check_target(network: str, url: str | None) -> str:
     """Refuse a missing URL or a bad network id, in one line that says what to do; returns the URL."""
     if not url:
-        raise BadInput(f"no Redis URL: pass --url redis://HOST:PORT/0 or set ${URL_ENV} "
-                       "(rush-dask server starts one)")
+        raise BadInput(f"no Redis URL: pass --url redis://HOST:PORT/0 or set ${URL_ENV} (rush-dask server starts one)")
     try:
         C.check_network_id(network)
     except ValueError as exc:
@@ -181,15 +191,20 @@ def _existing_network(network: str, url: str | None, worker_ids: Sequence[str] =
         known = set(net.worker_ids)
         unknown = [wid for wid in worker_ids if wid not in known]
         if unknown:
-            raise click.ClickException(f"unknown worker id(s) {', '.join(unknown)} in network "
-                                       f"{network!r}; rush-dask status --all lists them")
+            raise click.ClickException(
+                f"unknown worker id(s) {', '.join(unknown)} in network {network!r}; rush-dask status --all lists them"
+            )
         return net
     found = list_networks(net.client)
-    listing = f"networks there: {', '.join(found[:10])}{', ...' if len(found) > 10 else ''}" if found \
+    listing = (
+        f"networks there: {', '.join(found[:10])}{', ...' if len(found) > 10 else ''}"
+        if found
         else "it holds no network yet"
+    )
     net.close()
-    raise click.ClickException(f"unknown network {network!r} at {redact(net.url)} ({listing}); "
-                               "check --network and --url")
+    raise click.ClickException(
+        f"unknown network {network!r} at {redact(net.url)} ({listing}); check --network and --url"
+    )
 
 
 def list_networks(client: Any) -> list[str]:
@@ -198,16 +213,23 @@ def list_networks(client: Any) -> list[str]:
     >>> list_networks(rush.client)   # doctest: +SKIP
     ['test']
     """
-    return sorted({match.group(1) for key in client.scan_iter(match="rush:{*}:*", count=1000)
-                   if (match := re.match(r"rush:\{([^}]*)\}:", key.decode(errors="replace")))})
+    return sorted(
+        {
+            match.group(1)
+            for key in client.scan_iter(match="rush:{*}:*", count=1000)
+            if (match := re.match(r"rush:\{([^}]*)\}:", key.decode(errors="replace")))
+        }
+    )
 
 
 @contextmanager
 def _caught_signals() -> Iterator[list[int]]:
     """Record SIGINT/SIGTERM in a list instead of acting on them (the caller polls it)."""
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield received
     finally:
@@ -224,25 +246,61 @@ def main() -> None:
 @main.command()
 @_network_option
 @_url_option
-@click.option("--n-workers", "-n", type=click.IntRange(min=1), default=None,
-              help="Worker processes to start on this host (default: CPU count).")
-@click.option("--fun", "fun_spec", metavar="MODULE:FUNCTION",
-              help="The function that runs tasks pushed without fun= (default: none; tasks carry it).")
-@click.option("--start-id", default=None,
-              help="Start from a configuration a controller stored (Rush.worker_script prints it).")
-@click.option("--heartbeat-period", type=float, default=C.DEFAULT_HEARTBEAT_PERIOD, show_default=True,
-              help="Seconds between heartbeats.")
-@click.option("--heartbeat-expire", type=float, default=None,
-              help="Seconds without a heartbeat before a worker counts as lost (default: 6 periods).")
-@click.option("--resources", "resources_spec", metavar="NAME=AMOUNT,...",
-              help="What each worker offers to tasks that need resources, e.g. GPU=1,MEM=4.")
-@click.option("--log-dir", type=click.Path(file_okay=False), default=None,
-              help="Keep the workers' stdout/stderr files there (default: a temporary directory).")
+@click.option(
+    "--n-workers",
+    "-n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes to start on this host (default: CPU count).",
+)
+@click.option(
+    "--fun",
+    "fun_spec",
+    metavar="MODULE:FUNCTION",
+    help="The function that runs tasks pushed without fun= (default: none; tasks carry it).",
+)
+@click.option(
+    "--start-id", default=None, help="Start from a configuration a controller stored (Rush.worker_script prints it)."
+)
+@click.option(
+    "--heartbeat-period",
+    type=float,
+    default=C.DEFAULT_HEARTBEAT_PERIOD,
+    show_default=True,
+    help="Seconds between heartbeats.",
+)
+@click.option(
+    "--heartbeat-expire",
+    type=float,
+    default=None,
+    help="Seconds without a heartbeat before a worker counts as lost (default: 6 periods).",
+)
+@click.option(
+    "--resources",
+    "resources_spec",
+    metavar="NAME=AMOUNT,...",
+    help="What each worker offers to tasks that need resources, e.g. GPU=1,MEM=4.",
+)
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep the workers' stdout/stderr files there (default: a temporary directory).",
+)
 @click.pass_context
 @_errors
-def worker(ctx: click.Context, network: str, url: str | None, n_workers: int | None, fun_spec: str | None,
-           start_id: str | None, heartbeat_period: float, heartbeat_expire: float | None,
-           resources_spec: str | None, log_dir: str | None) -> None:
+def worker(
+    ctx: click.Context,
+    network: str,
+    url: str | None,
+    n_workers: int | None,
+    fun_spec: str | None,
+    start_id: str | None,
+    heartbeat_period: float,
+    heartbeat_expire: float | None,
+    resources_spec: str | None,
+    log_dir: str | None,
+) -> None:
     """Start workers for a network on this host and run until they stop.
 
     Without --fun or --start-id the workers are generic: they run Dask graph
@@ -250,10 +308,13 @@ def worker(ctx: click.Context, network: str, url: str | None, n_workers: int | N
     stops them gracefully (each finishes its running task); a second one kills them.
     """
     if start_id is not None:
-        stored = {"fun_spec": "--fun", "heartbeat_period": "--heartbeat-period",
-                  "heartbeat_expire": "--heartbeat-expire", "resources_spec": "--resources"}
-        given = [flag for name, flag in stored.items()
-                 if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
+        stored = {
+            "fun_spec": "--fun",
+            "heartbeat_period": "--heartbeat-period",
+            "heartbeat_expire": "--heartbeat-expire",
+            "resources_spec": "--resources",
+        }
+        given = [flag for name, flag in stored.items() if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
         if given:
             raise BadInput(f"--start-id uses the stored configuration; drop {', '.join(given)}")
     resources = parse_resources(resources_spec)
@@ -262,9 +323,15 @@ def worker(ctx: click.Context, network: str, url: str | None, n_workers: int | N
     with _caught_signals() as received:
         try:
             try:
-                ids = rush.start_workers(fun, n_workers, heartbeat_period=heartbeat_period,
-                                         heartbeat_expire=heartbeat_expire, resources=resources,
-                                         log_dir=log_dir, start_id=start_id)
+                ids = rush.start_workers(
+                    fun,
+                    n_workers,
+                    heartbeat_period=heartbeat_period,
+                    heartbeat_expire=heartbeat_expire,
+                    resources=resources,
+                    log_dir=log_dir,
+                    start_id=start_id,
+                )
             except (TypeError, ValueError) as exc:
                 raise BadInput(str(exc)) from None
             click.echo(f"starting {len(ids)} workers for network {network!r} at {redact(rush.url)}")
@@ -273,8 +340,7 @@ def worker(ctx: click.Context, network: str, url: str | None, n_workers: int | N
             while not received:
                 try:
                     rush.wait_for_workers(worker_ids=ids, timeout=0.5)
-                    click.echo(f"{len(ids)} workers running; Ctrl-C stops them gracefully "
-                               "(twice: kills them)")
+                    click.echo(f"{len(ids)} workers running; Ctrl-C stops them gracefully (twice: kills them)")
                     break
                 except TimeoutError:
                     pass
@@ -297,8 +363,11 @@ def _supervise(rush: Rush, ids: list[str], received: list[int]) -> int:
             handled = len(received)
             alive = [proc.worker_id for proc in procs if proc.alive]
             kind = "terminate" if handled == 1 else "kill"
-            click.echo("stopping the workers: each finishes its running task (again: kill them)"
-                       if kind == "terminate" else "killing the workers")
+            click.echo(
+                "stopping the workers: each finishes its running task (again: kill them)"
+                if kind == "terminate"
+                else "killing the workers"
+            )
             try:  # through Redis: idle workers wake at once, the states say "killed"
                 running = set(rush.running_worker_ids)
                 rush.stop_workers(kind, [wid for wid in alive if wid in running])
@@ -328,8 +397,13 @@ def _supervise(rush: Rush, ids: list[str], received: list[int]) -> int:
 @_network_option
 @_url_option
 @click.option("--all", "show_all", is_flag=True, help="Also list stopped workers.")
-@click.option("--watch", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
-              help="Refresh every SECONDS until Ctrl-C.")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    metavar="SECONDS",
+    help="Refresh every SECONDS until Ctrl-C.",
+)
 @_errors
 def status(network: str, url: str | None, show_all: bool, watch: float | None) -> None:
     """Workers (id, state, host, pid, heartbeat age, resources) and task counts of a network."""
@@ -381,8 +455,10 @@ def status_text(view: NetworkView, show_all: bool = False) -> str:
     hidden = len(rows) - len(shown)
     if hidden:
         lines.append(f"  ({hidden} stopped workers not shown: --all lists them)")
-    lines.append(f"tasks: {counts['queued']} queued, {counts['priority']} queued priority, "
-                 f"{counts['running']} running, {counts['finished']} finished, {counts['failed']} failed")
+    lines.append(
+        f"tasks: {counts['queued']} queued, {counts['priority']} queued priority, "
+        f"{counts['running']} running, {counts['finished']} finished, {counts['failed']} failed"
+    )
     return "\n".join(lines)
 
 
@@ -390,11 +466,11 @@ def status_text(view: NetworkView, show_all: bool = False) -> str:
 @main.command()
 @_network_option
 @_url_option
-@click.option("--worker", "worker_ids", multiple=True, metavar="ID",
-              help="Only this worker's lines (repeat for several).")
+@click.option(
+    "--worker", "worker_ids", multiple=True, metavar="ID", help="Only this worker's lines (repeat for several)."
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
-@click.option("--tail", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Start with the last N lines only.")
+@click.option("--tail", type=click.IntRange(min=0), default=None, metavar="N", help="Start with the last N lines only.")
 @_errors
 def logs(network: str, url: str | None, worker_ids: tuple[str, ...], follow: bool, tail: int | None) -> None:
     """Print the log lines that workers (and code in tasks) wrote, oldest first."""
@@ -403,7 +479,7 @@ def logs(network: str, url: str | None, worker_ids: tuple[str, ...], follow: boo
     try:
         records = reader.read()
         if tail is not None:
-            records = records[len(records) - tail:] if tail else []
+            records = records[len(records) - tail :] if tail else []
         while True:
             for record in records:
                 click.echo(format_log_record(record))
@@ -422,8 +498,9 @@ def format_log_record(record: dict[str, Any]) -> str:
     '1970-01-01 00:00:00.000 w1 INFO    x: hi'
     """
     when = datetime.fromtimestamp(record["time"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    return (f"{when} {record['worker_id']} {record['level']:<7} {record['logger']}: "
-            f"{redact_text(str(record['message']))}")
+    return (
+        f"{when} {record['worker_id']} {record['level']:<7} {record['logger']}: {redact_text(str(record['message']))}"
+    )
 
 
 class LogReader:
@@ -486,10 +563,16 @@ class LogReader:
 @main.command()
 @_network_option
 @_url_option
-@click.option("--worker", "worker_ids", multiple=True, metavar="ID",
-              help="Stop only this worker (repeat for several; default: every running worker).")
-@click.option("--kill", is_flag=True,
-              help="Kill now: their running tasks fail (default: terminate, each finishes its task).")
+@click.option(
+    "--worker",
+    "worker_ids",
+    multiple=True,
+    metavar="ID",
+    help="Stop only this worker (repeat for several; default: every running worker).",
+)
+@click.option(
+    "--kill", is_flag=True, help="Kill now: their running tasks fail (default: terminate, each finishes its task)."
+)
 @_errors
 def stop(network: str, url: str | None, worker_ids: tuple[str, ...], kill: bool) -> None:
     """Stop the workers of a network, on any host.
@@ -517,15 +600,24 @@ def stop(network: str, url: str | None, worker_ids: tuple[str, ...], kill: bool)
 @main.command()
 @_network_option
 @_url_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to serve the page on (0.0.0.0: every interface; anyone who reaches it "
-                   "sees the network).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8787, show_default=True,
-              help="TCP port (0: any free port).")
-@click.option("--allow-control", is_flag=True,
-              help="Add buttons that stop or kill workers (default: read-only).")
-@click.option("--period", type=click.FloatRange(min=0.1), default=0.5, show_default=True,
-              metavar="SECONDS", help="Seconds between reads of Redis while a page is open.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to serve the page on (0.0.0.0: every interface; anyone who reaches it sees the network).",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8787, show_default=True, help="TCP port (0: any free port)."
+)
+@click.option("--allow-control", is_flag=True, help="Add buttons that stop or kill workers (default: read-only).")
+@click.option(
+    "--period",
+    type=click.FloatRange(min=0.1),
+    default=0.5,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between reads of Redis while a page is open.",
+)
 @_errors
 def dashboard(network: str, url: str | None, host: str, port: int, allow_control: bool, period: float) -> None:
     """Serve a live web page of a network (workers, tasks, computes, failures, log, Redis)
@@ -544,14 +636,16 @@ def dashboard(network: str, url: str | None, host: str, port: int, allow_control
     net.close()
     with _caught_signals() as received:
         try:
-            server = DashboardThread(net.url, network, host, port, allow_control=allow_control,
-                                     period=period).start()
+            server = DashboardThread(net.url, network, host, port, allow_control=allow_control, period=period).start()
         except OSError as exc:
-            raise click.ClickException(f"cannot serve on {host}:{port} ({exc.strerror or exc}): "
-                                       "choose another --port or --host") from None
-        click.echo(f"dashboard of network {network!r} at {redact(net.url)}: {server.url}"
-                   f"{' (control on)' if allow_control else ''}; metrics at "
-                   f"{server.url.split('?')[0]}metrics; Ctrl-C stops it")
+            raise click.ClickException(
+                f"cannot serve on {host}:{port} ({exc.strerror or exc}): choose another --port or --host"
+            ) from None
+        click.echo(
+            f"dashboard of network {network!r} at {redact(net.url)}: {server.url}"
+            f"{' (control on)' if allow_control else ''}; metrics at "
+            f"{server.url.split('?')[0]}metrics; Ctrl-C stops it"
+        )
         try:
             while not received:
                 time.sleep(0.2)
@@ -561,14 +655,24 @@ def dashboard(network: str, url: str | None, host: str, port: int, allow_control
 
 # -------------------------------------------------------------------------- server
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", type=click.IntRange(0, 65535), default=6379, show_default=True,
-              help="TCP port (0: any free port).")
-@click.option("--password", envvar=PASSWORD_ENV, show_envvar=True, default=None,
-              help="Password clients must give (default: a random one, printed once).")
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
-              help="Keep the data there in an append-only file; a restart with the same --dir brings it back.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=6379, show_default=True, help="TCP port (0: any free port)."
+)
+@click.option(
+    "--password",
+    envvar=PASSWORD_ENV,
+    show_envvar=True,
+    default=None,
+    help="Password clients must give (default: a random one, printed once).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep the data there in an append-only file; a restart with the same --dir brings it back.",
+)
 @_errors
 def server(host: str, port: int, password: str | None, directory: str | None) -> None:
     """Run a Redis server for a cluster of workers until Ctrl-C or SIGTERM.
@@ -595,11 +699,13 @@ def server(host: str, port: int, password: str | None, directory: str | None) ->
             try:
                 probe.bind((host, port))
             except OSError as exc:
-                raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror}): "
-                                           "choose another --port or --host") from None
+                raise click.ClickException(
+                    f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port or --host"
+                ) from None
     with _caught_signals() as received:
-        redis_server = RedisServer(directory=directory, tcp=True, port=port, bind=host,
-                                   password=password, appendonly=directory is not None)
+        redis_server = RedisServer(
+            directory=directory, tcp=True, port=port, bind=host, password=password, appendonly=directory is not None
+        )
         try:
             redis_server.start()
         except (RuntimeError, redis.RedisError):
@@ -613,11 +719,13 @@ def server(host: str, port: int, password: str | None, directory: str | None) ->
             public = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
             public = f"[{public}]" if ":" in public else public
             url = f"redis://:{quote(password, safe='')}@{public}:{redis_server.port}/0"
-            where = f"append-only file in {directory}" if directory else \
-                "no persistence (--dir keeps the data)"
-            click.echo(f"Redis server listening on {host}:{redis_server.port}, password required, "
-                       f"{where}. Run this where workers and controllers run "
-                       "(the password is not shown again):", err=True)
+            where = f"append-only file in {directory}" if directory else "no persistence (--dir keeps the data)"
+            click.echo(
+                f"Redis server listening on {host}:{redis_server.port}, password required, "
+                f"{where}. Run this where workers and controllers run "
+                "(the password is not shown again):",
+                err=True,
+            )
             click.echo(f"export {URL_ENV}={shlex.quote(url)}")
             click.echo("Ctrl-C or SIGTERM stops the server.", err=True)
             while not received and redis_server.running:

@@ -82,7 +82,8 @@ def check_cluster_url(url: str) -> None:
             f"Redis URL {redact(url)} cannot be reached from a Dask cluster: workers on a "
             "cluster need a TCP Redis (redis://host:port/0 or rediss://...). Start one with "
             "`rush-dask server` (or any Redis >= 7) and pass its URL with Rush(url=...), "
-            f"rush_dask.plan(url=...) or ${URL_ENV}.")
+            f"rush_dask.plan(url=...) or ${URL_ENV}."
+        )
 
 
 @dataclass
@@ -107,8 +108,10 @@ def cluster_addresses(client: Any) -> list[str]:
         info = client.scheduler_info()
     addresses = sorted(info["workers"])
     if not addresses:
-        raise ValueError("the Dask cluster has no workers yet: scale it (cluster.scale(...)) and "
-                         "wait for them (client.wait_for_workers(n)) before start_workers")
+        raise ValueError(
+            "the Dask cluster has no workers yet: scale it (cluster.scale(...)) and "
+            "wait for them (client.wait_for_workers(n)) before start_workers"
+        )
     return addresses
 
 
@@ -130,8 +133,9 @@ def plan_cluster(client: Any, n_workers: int | None, url: str) -> list[str]:
     return [addresses[i % len(addresses)] for i in range(n)]
 
 
-def submit_workers(client: Any, addresses: list[str], network_id: str, start_id: str,
-                   url: str, secret: str | bytes | None = None) -> list[ClusterWorker]:
+def submit_workers(
+    client: Any, addresses: list[str], network_id: str, start_id: str, url: str, secret: str | bytes | None = None
+) -> list[ClusterWorker]:
     """Submit one long-running task per address; each runs one Rush worker.
 
     ``secret`` (default ``$RUSH_SECRET``) reaches the workers as ``$RUSH_SECRET``.
@@ -149,9 +153,15 @@ def submit_workers(client: Any, addresses: list[str], network_id: str, start_id:
     for address in addresses:
         worker_id = uuid.uuid4().hex[:12]
         future = client.submit(
-            run_on_cluster, network_id, start_id, worker_id, env,
-            key=f"rush-worker-{network_id}-{worker_id}", pure=False,
-            workers=[address], allow_other_workers=False,
+            run_on_cluster,
+            network_id,
+            start_id,
+            worker_id,
+            env,
+            key=f"rush-worker-{network_id}-{worker_id}",
+            pure=False,
+            workers=[address],
+            allow_other_workers=False,
         )
         fire_and_forget(future)  # keeps running when this client goes away
         launched.append(ClusterWorker(worker_id, address, future))
@@ -175,7 +185,8 @@ def check_cluster_workers(launched: Iterable[ClusterWorker], states: dict[str, s
                 code, tail = None, f"{type(exc).__name__}: {exc}"
             raise WorkerStartError(
                 f"worker {worker.worker_id} on the Dask worker {worker.address} ended (exit code "
-                f"{code}) before it registered. Last lines of its stderr:\n{tail}")
+                f"{code}) before it registered. Last lines of its stderr:\n{tail}"
+            )
 
 
 def run_on_cluster(network_id: str, start_id: str, worker_id: str, env: dict[str, str]) -> tuple[int, str]:
@@ -199,9 +210,22 @@ def run_on_cluster(network_id: str, start_id: str, worker_id: str, env: dict[str
     # The Rush worker must import what this distributed worker imports.
     child_env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])
     process = subprocess.Popen(
-        [sys.executable, "-m", "rush_dask.deploy.launch", "--parent-pid", str(os.getpid()),
-         "--network", network_id, "--start-id", start_id, "--worker-id", worker_id],
-        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env,
+        [
+            sys.executable,
+            "-m",
+            "rush_dask.deploy.launch",
+            "--parent-pid",
+            str(os.getpid()),
+            "--network",
+            network_id,
+            "--start-id",
+            start_id,
+            "--worker-id",
+            worker_id,
+        ],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=child_env,
         start_new_session=True,  # a Ctrl-C in the cluster's terminal is not for it
     )
     tail: collections.deque[str] = collections.deque(maxlen=20)

@@ -56,8 +56,9 @@ class WorkerProcess:
                 pass
 
 
-def spawn_worker(network_id: str, start_id: str, worker_id: str, url: str, log_dir: Path,
-                 secret: bytes | None = None) -> WorkerProcess:
+def spawn_worker(
+    network_id: str, start_id: str, worker_id: str, url: str, log_dir: Path, secret: bytes | None = None
+) -> WorkerProcess:
     """Start one local worker process (with the controller's secret, or none)."""
     env = dict(os.environ)
     env[URL_ENV] = url
@@ -76,9 +77,21 @@ def spawn_worker(network_id: str, start_id: str, worker_id: str, url: str, log_d
     stderr_path = log_dir / f"worker-{worker_id}.err"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "rush_dask.core.worker", "--network", network_id,
-             "--start-id", start_id, "--worker-id", worker_id],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+            [
+                sys.executable,
+                "-m",
+                "rush_dask.core.worker",
+                "--network",
+                network_id,
+                "--start-id",
+                start_id,
+                "--worker-id",
+                worker_id,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=env,
             start_new_session=True,
         )
     return WorkerProcess(worker_id, process, stdout_path, stderr_path)
@@ -144,8 +157,7 @@ class LocalWorkers:
         ids = []
         for _ in range(n):
             wid = uuid.uuid4().hex[:12]
-            self.processes[wid] = spawn_worker(self.network_id, start_id, wid, self.url, directory,
-                                               secret=self.secret)
+            self.processes[wid] = spawn_worker(self.network_id, start_id, wid, self.url, directory, secret=self.secret)
             ids.append(wid)
         return ids
 
@@ -168,7 +180,8 @@ class LocalWorkers:
             elif not proc.alive:
                 raise WorkerStartError(
                     f"worker {proc.worker_id} exited with code {proc.process.returncode} before it "
-                    f"registered. Last lines of its stderr ({proc.stderr_path}):\n{proc.stderr_tail()}")
+                    f"registered. Last lines of its stderr ({proc.stderr_path}):\n{proc.stderr_tail()}"
+                )
 
     def any_alive(self) -> bool:
         """Whether a local worker process still runs."""

@@ -41,10 +41,12 @@ def _redirect(rush) -> None:
         rush_get.__name__ = rush_get.__qualname__ = f"rush_get_for_{original.__module__}"
         return rush_get
 
-    threads, processes, sync = (rushed(dask.threaded.get), rushed(dask.multiprocessing.get),
-                                rushed(dask.local.get_sync))
-    by_original = {dask.threaded.get: threads, dask.multiprocessing.get: processes,
-                   dask.local.get_sync: sync}
+    threads, processes, sync = (
+        rushed(dask.threaded.get),
+        rushed(dask.multiprocessing.get),
+        rushed(dask.local.get_sync),
+    )
+    by_original = {dask.threaded.get: threads, dask.multiprocessing.get: processes, dask.local.get_sync: sync}
     for name, get in dict(dask.base.named_schedulers).items():
         if get in by_original:
             dask.base.named_schedulers[name] = by_original[get]
