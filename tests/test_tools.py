@@ -22,12 +22,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def _tool(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     if importlib.util.find_spec(module) is None:
         pytest.fail(f"{module} is not installed: pip install -e '.[test]'")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_ruff_finds_nothing():
     proc = _tool("ruff", "check", "--no-cache", "--output-format", "concise", ".")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_code_is_formatted():
+    proc = _tool("ruff", "format", "--check", "--no-cache", ".")  # fix with: ruff format .
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -47,15 +53,25 @@ HEAVY = ("dask", "distributed", "pandas", "numpy", "joblib", "optuna", "matplotl
 
 
 def _imported(code: str, env: dict[str, str] | None = None) -> set[str]:
-    proc = subprocess.run([sys.executable, "-c", _PROBE.format(code=code)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, check=True, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(code=code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
     return {name.split(".")[0] for name in json.loads(proc.stdout)}
 
 
-@pytest.mark.parametrize("code", [
-    "import rush_dask",
-    "import rush_dask; rush_dask.RushError; rush_dask.plan",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import rush_dask",
+        "import rush_dask; rush_dask.RushError; rush_dask.plan",
+    ],
+)
 def test_importing_the_package_loads_no_dask_pandas_or_numpy(code):
     """The package's imports are lazy: the CLI and the worker processes start fast."""
     assert not _imported(code) & set(HEAVY)
