@@ -24,7 +24,7 @@ DASK = Path(dask.__file__).resolve().parent
 # The cut that CI runs: what fits its budget (about 8 minutes on 2 cores). Measured at commit
 # time: these files without linalg took 2 min 14 s on 2 quiet cores (load 0.2 to 1.9);
 # test_linalg.py took 1.2 times as long as test_array_core.py when both ran alone.
-# RUSH_DASK_SUITE=full adds test_reductions.py and test_multi.py: 22 minutes on 2 shared cores.
+# RUSH_DASK_SUITE=full adds test_reductions.py and test_multi.py: 11 minutes on 2 quiet cores.
 # Measured at commit time: 2,319 passed, 10 failed, all on the list below (2 fail natively too):
 # 2,319 of the 2,327 that pass natively, 99.7 %. Before client nodes (rush_dask.dask.clientnodes): 2,304.
 CUT = [
