@@ -316,10 +316,11 @@ def _one_trial(
     except optuna.TrialPruned:
         frozen = _tell_unless_finished(study, trial, TrialState.PRUNED)
     except Exception as exc:  # noqa: BLE001 - recorded on the trial and the task
-        if study._storage.get_trial(trial_id).state.is_finished():
+        stored = study._storage.get_trial(trial_id)
+        if stored.state.is_finished():
             # The tell was refused: a sweep failed this trial meanwhile (this worker was declared
             # lost, then came back) and a new trial took its place. Not the objective's error.
-            frozen = study._storage.get_trial(trial_id)
+            frozen = stored
             logger.warning("trial %d was failed by a sweep while it ran; its result is dropped", trial.number)
         else:
             error = exc  # the objective raised, or returned what Optuna cannot tell (None, NaN)

@@ -292,9 +292,11 @@ def test_a_tell_refused_after_a_sweep_failed_the_trial_does_not_stop_the_search(
     run.create(3, None)
     worker = RushWorker(rush.network_id, url=redis_url)
 
+    elsewhere = storage(rush)  # another worker's storage: this worker's caches do not see its writes
+
     def failed_by_a_sweep_meanwhile(trial):  # what the Reconciler of another worker does
-        study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", "worker lost")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        elsewhere.set_trial_system_attr(trial._trial_id, "fail_reason", "worker lost")
+        elsewhere.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         return 1.0
 
     try:  # (closed before the fixture's teardown, which kills the network's workers: this process)
